@@ -145,16 +145,23 @@ class BFCNN(nn.Module):
 ARCHITECTURES: dict[str, type[nn.Module]] = {"unet": BiasFreeUNet, "bfcnn": BFCNN}
 
 
-def build_model(name: str, **params) -> nn.Module:
-    """Instantiate an architecture by registry name with its constructor hyper-parameters."""
+def build_model(name: str, seed: int | None = None, **params) -> nn.Module:
+    """Instantiate an architecture by registry name with its constructor hyper-parameters.
+
+    With a seed, the initial weights depend on it alone (the global RNG is left untouched), so
+    the two models of a split pair can start from the same or from different weights on purpose.
+    """
     try:
         cls = ARCHITECTURES[name]
     except KeyError:
         raise UserInputError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
-    try:
-        return cls(**params)
-    except TypeError as exc:  # an unknown or misspelt hyper-parameter
-        raise UserInputError(f"architecture {name!r}: {exc}") from None
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            return cls(**params)
+        except TypeError as exc:  # an unknown or misspelt hyper-parameter
+            raise UserInputError(f"architecture {name!r}: {exc}") from None
 
 
 def denoise(net: nn.Module, y: torch.Tensor) -> torch.Tensor:

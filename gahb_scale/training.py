@@ -1,0 +1,215 @@
+"""One blind-denoiser training run (SCIENCE.md §3).
+
+Per image a noise level σ is drawn from the whole range and never shown to the network, which
+learns to predict the noise (residual loss). The number of gradient steps is fixed and does not
+depend on N: the N training images are tiled (every image shown once per pass, in a new random
+order each pass) so that every training-set size sees the same amount of optimisation.
+
+Everything random is drawn from generators whose state goes into the checkpoint, so a run that is
+interrupted and resumed from a checkpoint ends with exactly the weights of an uninterrupted run
+(on CPU; CUDA kernels may not be bitwise deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import UserInputError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one run; defaults are the paper's where it gives them.
+
+    The paper counts epochs of 250k tiled images at batch 512 and halves the learning rate every
+    `lr_freq` epochs; here both are in gradient steps (`steps_for_epochs` converts).
+    """
+
+    steps: int = 10_000
+    batch_size: int = 512
+    lr: float = 1e-3
+    lr_halve_every: int = 2_500
+    noise_range: tuple[float, float] = (0.0, 255.0)  # σ range in grey levels (/255)
+    noise_schedule: str = "quadratic"  # quadratic: denser at low σ; or linear
+    precision: str = "fp32"  # bf16 = bf16 autocast, used on CUDA only
+    checkpoint_every: int = 1_000
+    log_every: int = 50
+    seed: int = 0  # batch order and noise
+
+    def __post_init__(self):
+        object.__setattr__(self, "noise_range", tuple(float(v) for v in self.noise_range))  # YAML gives lists
+        a, b = self.noise_range
+        if not 0 <= a < b:
+            raise UserInputError(f"noise_range must satisfy 0 <= a < b, got {self.noise_range}")
+        if self.noise_schedule not in ("quadratic", "linear"):
+            raise UserInputError(f"noise_schedule must be 'quadratic' or 'linear', got {self.noise_schedule!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserInputError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        for name in ("steps", "batch_size", "lr_halve_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def steps_for_epochs(epochs: int, images_per_epoch: int = 250_000, batch_size: int = 512) -> int:
+    """Gradient steps of the paper's schedule: `epochs` passes over `images_per_epoch` tiled images."""
+    return math.ceil(epochs * images_per_epoch / batch_size)
+
+
+def draw_noise_levels(batch: int, noise_range: tuple[float, float], schedule: str, generator: torch.Generator,
+                      device: torch.device) -> torch.Tensor:
+    """σ per image, shape (batch, 1, 1, 1), in [0, 1] image units.
+
+    quadratic: σ = ((u·(√b − √a) + √a)²)/255 puts more images at low noise, where the denoiser
+    is hardest to get right; linear: σ = (u·(b − a) + a)/255.
+    """
+    a, b = noise_range
+    u = torch.rand(batch, 1, 1, 1, generator=generator, device=device)
+    if schedule == "quadratic":
+        return (u * (math.sqrt(b) - math.sqrt(a)) + math.sqrt(a)) ** 2 / 255.0
+    return (u * (b - a) + a) / 255.0
+
+
+class TiledBatches:
+    """Batches of training-image indices: a fresh random permutation of range(N) per pass.
+
+    Showing each image once per pass (rather than drawing with replacement) is the paper's tiling;
+    for N = 1 every batch is the one image repeated.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(n, generator=self.generator)
+        self.position = 0
+
+    def next(self, batch_size: int) -> torch.Tensor:
+        parts, needed = [], batch_size
+        while needed:
+            if self.position == self.n:
+                self.order = torch.randperm(self.n, generator=self.generator)
+                self.position = 0
+            take = min(needed, self.n - self.position)
+            parts.append(self.order[self.position:self.position + take])
+            self.position += take
+            needed -= take
+        return torch.cat(parts)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["rng"])
+        self.order, self.position = state["order"], state["position"]
+
+
+def residual_loss(net: nn.Module, clean: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Σ‖net(x + σz) − σz‖² / batch: the network predicts the noise it is given."""
+    target = sigma * noise
+    return ((net(clean + target) - target) ** 2).sum() / clean.shape[0]
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    return getattr(net, "module", net)  # DistributedDataParallel keeps the model in .module
+
+
+@dataclass
+class TrainResult:
+    net: nn.Module
+    steps_done: int
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last log)
+    resumed_from: int = 0  # step of the checkpoint the run resumed from (0 = fresh start)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train_denoiser(net: nn.Module, images: torch.Tensor, config: TrainConfig, device: str | torch.device | None = None,
+                   checkpoint_path: str | Path | None = None,
+                   on_log: Callable[[int, dict], None] | None = None,
+                   on_checkpoint: Callable[[int, Path], None] | None = None) -> TrainResult:
+    """Train `net` (a residual network) as a blind denoiser of `images` (N, C, H, W) in [0, 1].
+
+    If `checkpoint_path` exists the run resumes from it; a checkpoint is written there every
+    `checkpoint_every` steps and at the end. `on_log(step, metrics)` receives the mean loss every
+    `log_every` steps; `on_checkpoint(step, path)` is called after each checkpoint is written.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # The whole training set lives on the device: at the paper's sizes it fits, and per-step host
+    # to device copies would dominate the step time of these small networks.
+    images = images.to(device=device, dtype=torch.float32)
+    net.to(device).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    batches = TiledBatches(images.shape[0], config.seed)
+    noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
+    step, losses = 0, []
+
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if state["config"] != asdict(config):
+            raise UserInputError(f"checkpoint {checkpoint_path} was written with another training config; "
+                                 "remove it or restore the config")
+        _unwrap(net).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state_dict(state["batches"])
+        noise_rng.set_state(state["noise_rng"].cpu())
+        step, losses = state["step"], state["losses"]
+        running, since_log = state["running_loss"].to(device), state["since_log"]
+    else:
+        running = torch.zeros((), device=device)  # summed on device: no host sync every step
+        since_log = 0
+    resumed_from = step
+
+    use_bf16 = config.precision == "bf16" and device.type == "cuda"
+    while step < config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * 0.5 ** (step // config.lr_halve_every)
+        clean = images[batches.next(config.batch_size).to(device)]
+        sigma = draw_noise_levels(clean.shape[0], config.noise_range, config.noise_schedule, noise_rng, device)
+        noise = torch.randn(clean.shape, generator=noise_rng, device=device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            loss = residual_loss(net, clean, sigma, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        running += loss.detach().float()
+        since_log += 1
+
+        if step % config.log_every == 0 or step == config.steps:
+            mean_loss = (running / since_log).item()
+            losses.append((step, mean_loss))
+            if on_log is not None:
+                on_log(step, {"loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]})
+            running.zero_()
+            since_log = 0
+        if checkpoint_path is not None and (step % config.checkpoint_every == 0 or step == config.steps):
+            save_checkpoint(checkpoint_path, {
+                "model": _unwrap(net).state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "batches": batches.state_dict(), "noise_rng": noise_rng.get_state(), "losses": losses,
+                "running_loss": running, "since_log": since_log, "config": asdict(config),
+            })
+            if on_checkpoint is not None:
+                on_checkpoint(step, Path(checkpoint_path))
+
+    net.eval()
+    return TrainResult(net=net, steps_done=step, losses=losses, resumed_from=resumed_from)
+
+
+def load_trained_weights(net: nn.Module, checkpoint_path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Load the weights of a checkpoint written by `train_denoiser` into `net`, in eval mode."""
+    state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    net.load_state_dict(state["model"])
+    return net.to(device).eval()

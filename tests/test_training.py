@@ -1,0 +1,107 @@
+"""The blind training run: noise draw, tiling, schedule, checkpoint/resume."""
+
+import math
+
+import pytest
+import torch
+
+from gahb_scale.errors import UserInputError
+from gahb_scale.models import build_model
+from gahb_scale.training import (TiledBatches, TrainConfig, draw_noise_levels, load_trained_weights, steps_for_epochs,
+                                 train_denoiser)
+
+
+def tiny_images(n=12, seed=0):
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_quadratic_noise_levels_follow_their_distribution():
+    a, b = 4.0, 100.0
+    sigma = draw_noise_levels(200_000, (a, b), "quadratic", torch.Generator().manual_seed(0), torch.device("cpu"))
+    grey = sigma.flatten() * 255
+    assert grey.min() >= a - 1e-4 and grey.max() <= b + 1e-4
+    for s in (10.0, 30.0, 70.0):  # P(σ ≤ s) = (√s − √a)/(√b − √a) for the quadratic range
+        expected = (math.sqrt(s) - math.sqrt(a)) / (math.sqrt(b) - math.sqrt(a))
+        assert abs((grey <= s).float().mean().item() - expected) < 0.005
+
+
+def test_linear_noise_levels_are_uniform():
+    sigma = draw_noise_levels(200_000, (0, 255), "linear", torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert abs((sigma <= 0.25).float().mean().item() - 0.25) < 0.005
+
+
+def test_tiling_shows_every_image_once_per_pass():
+    batches = TiledBatches(7, seed=0)
+    shown = torch.cat([batches.next(5) for _ in range(14)])  # 70 indices = 10 passes
+    for p in range(10):
+        assert sorted(shown[7 * p:7 * p + 7].tolist()) == list(range(7))
+    assert torch.equal(TiledBatches(1, seed=3).next(4), torch.zeros(4, dtype=torch.long))
+
+
+def test_step_count_does_not_depend_on_n():
+    config = TrainConfig(steps=6, batch_size=4, log_every=3)
+    for n in (1, 12):
+        result = train_denoiser(build_model("bfcnn", seed=0, width=4, layers=3), tiny_images(n), config, device="cpu")
+        assert result.steps_done == 6 and [s for s, _ in result.losses] == [3, 6]
+
+
+def test_training_reduces_the_denoising_loss():
+    images = tiny_images(4)
+    config = TrainConfig(steps=150, batch_size=16, lr=3e-3, log_every=25, lr_halve_every=100)
+    result = train_denoiser(build_model("unet", seed=0, width=8, blocks=1), images, config, device="cpu")
+    first, last = result.losses[0][1], result.losses[-1][1]
+    assert last < 0.5 * first
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    images = tiny_images()
+    config = TrainConfig(steps=12, batch_size=5, checkpoint_every=5, log_every=4, lr_halve_every=6)
+    straight = train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, config, device="cpu")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_first_checkpoint(step, path):
+        raise Interrupt
+
+    checkpoint = tmp_path / "ckpt.pt"
+    with pytest.raises(Interrupt):
+        train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, config, device="cpu",
+                       checkpoint_path=checkpoint, on_checkpoint=stop_at_first_checkpoint)
+    resumed = train_denoiser(build_model("unet", seed=2, width=4, blocks=1), images, config, device="cpu",
+                             checkpoint_path=checkpoint)
+    assert resumed.resumed_from == 5 and resumed.steps_done == 12
+    for (name, p), q in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert resumed.losses == straight.losses
+
+    reloaded = load_trained_weights(build_model("unet", width=4, blocks=1), checkpoint)
+    assert not reloaded.training
+    y = images[:2]
+    assert torch.equal(reloaded(y), straight.net(y))
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    checkpoint = tmp_path / "ckpt.pt"
+    train_denoiser(build_model("bfcnn", width=4, layers=3), tiny_images(), TrainConfig(steps=2, batch_size=2),
+                   device="cpu", checkpoint_path=checkpoint)
+    with pytest.raises(UserInputError, match="another training config"):
+        train_denoiser(build_model("bfcnn", width=4, layers=3), tiny_images(), TrainConfig(steps=3, batch_size=2),
+                       device="cpu", checkpoint_path=checkpoint)
+
+
+def test_seeded_models_are_reproducible_and_seed_dependent():
+    a, b, c = (build_model("unet", seed=s, width=4, blocks=1) for s in (0, 0, 1))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(UserInputError, match="noise_range"):
+        TrainConfig(noise_range=(10, 5))
+    with pytest.raises(UserInputError, match="precision"):
+        TrainConfig(precision="fp8")
+
+
+def test_paper_schedule_in_steps():
+    assert steps_for_epochs(1) == math.ceil(250_000 / 512)
