@@ -1,0 +1,71 @@
+"""A small real-photograph dataset with no download: tiles of the photographs in scikit-image's wheel.
+
+Each photograph is turned grey and reduced to scales 1, 1/2 and 1/4 (box-filtered, so anti-aliased);
+each scale is cut into a grid of NON-overlapping size×size tiles. No two tiles share a pixel of the
+same scale, so splits of this pool are genuinely disjoint training sets (the split-pair experiment
+checks that two models saw different images). Tiles of different scales of one photograph do show
+the same scene, at different resolutions.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import skimage.data
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..errors import UserInputError
+from ._validate import int_at_least, seeded_rng
+from .transforms import to_float_images
+
+# Natural photographs bundled in the scikit-image wheel (all load offline). Fixed on purpose:
+# changing it changes every pool built from it.
+PHOTO_NAMES = ("astronaut", "camera", "chelsea", "coffee", "coins", "moon", "rocket", "grass",
+               "gravel", "brick", "clock", "hubble_deep_field")
+PYRAMID_FACTORS = (1, 2, 4)  # reduction factors: scales 1, 1/2, 1/4
+
+
+def photo_patches(n: int, size: int, seed: int = 0) -> Tensor:
+    """`n` grey size×size photo tiles, float32 (n, 1, size, size) in [0, 1].
+
+    The tile pool (see `photo_pool_size`) is shuffled by `seed` and the first `n` returned, so a
+    larger `n` extends a smaller one. Asking for more tiles than the pool holds is an error.
+    """
+    n = int_at_least("n", n, 1)
+    pool = _tile_pool(int_at_least("size", size, 1))
+    if n > len(pool):
+        raise UserInputError(f"asked for n={n} photo patches of size {size}, but the embedded photographs "
+                             f"give only {len(pool)} non-overlapping tiles of that size")
+    order = seeded_rng(seed).permutation(len(pool))[:n]
+    return to_float_images(torch.from_numpy(pool[order])).unsqueeze(1)
+
+
+def photo_pool_size(size: int) -> int:
+    """How many distinct non-overlapping size×size tiles the embedded photographs give."""
+    return len(_tile_pool(int_at_least("size", size, 1)))
+
+
+@functools.lru_cache(maxsize=8)
+def _tile_pool(size: int) -> np.ndarray:
+    """All tiles, uint8 (count, size, size), photograph by photograph, scale by scale, row-major."""
+    tiles = [_grid_tiles(np.asarray(photo.reduce(factor)), size)
+             for photo in _grey_photos() for factor in PYRAMID_FACTORS]
+    pool = np.concatenate(tiles)
+    pool.flags.writeable = False  # shared by every caller through the cache
+    return pool
+
+
+@functools.lru_cache(maxsize=1)
+def _grey_photos() -> tuple[Image.Image, ...]:
+    return tuple(Image.fromarray(getattr(skimage.data, name)()).convert("L") for name in PHOTO_NAMES)
+
+
+def _grid_tiles(image: np.ndarray, size: int) -> np.ndarray:
+    """The non-overlapping size×size tiles of a grid centred on `image`: (rows·cols, size, size)."""
+    rows, cols = image.shape[0] // size, image.shape[1] // size
+    top, left = (image.shape[0] - rows * size) // 2, (image.shape[1] - cols * size) // 2
+    grid = image[top:top + rows * size, left:left + cols * size]
+    return grid.reshape(rows, size, cols, size).swapaxes(1, 2).reshape(rows * cols, size, size)

@@ -1,0 +1,394 @@
+"""Tests of the data package: synthetic families, image folders, embedded photos, transforms, splits."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gahb_scale.data import (
+    DATASET_KINDS,
+    PHOTO_NAMES,
+    build_pool,
+    calpha_images,
+    disc_images,
+    load_image_folder,
+    photo_patches,
+    photo_pool_size,
+    pixel_permutation,
+    pool_size_needed,
+    render_discs,
+    shuffle_pixels,
+    split_pair,
+    to_float_images,
+    unshuffle_pixels,
+)
+from gahb_scale.data.calpha import _box_smooth_2x2, _contour, _mask_below
+from gahb_scale.data.embedded import _grid_tiles
+from gahb_scale.errors import UserInputError
+
+
+def assert_grey_images(images: torch.Tensor, n: int, size: int) -> None:
+    assert images.shape == (n, 1, size, size)
+    assert images.dtype == torch.float32
+    assert images.min() >= 0.0 and images.max() <= 1.0
+
+
+# ---------------------------------------------------------------- C^alpha
+
+
+def test_calpha_shape_range_and_determinism():
+    images = calpha_images(6, alpha=2.0, size=24, seed=3)
+    assert_grey_images(images, 6, 24)
+    assert torch.equal(images, calpha_images(6, alpha=2.0, size=24, seed=3))
+    assert not torch.equal(images, calpha_images(6, alpha=2.0, size=24, seed=4))
+    # Image i depends on (seed, i) only, so a larger n extends a smaller one.
+    assert torch.equal(images[:2], calpha_images(2, alpha=2.0, size=24, seed=3))
+
+
+def test_calpha_images_do_not_depend_on_the_generation_chunk(monkeypatch):
+    import gahb_scale.data.calpha as calpha
+
+    expected = calpha_images(20, alpha=1.5, size=8, seed=2)
+    monkeypatch.setattr(calpha, "_CHUNK", 7)
+    assert torch.equal(calpha_images(20, alpha=1.5, size=8, seed=2), expected)
+
+
+def test_calpha_beta_defaults_to_alpha_and_changes_the_backgrounds():
+    images = calpha_images(3, alpha=2.0, size=16, seed=0)
+    assert torch.equal(images, calpha_images(3, alpha=2.0, size=16, seed=0, beta=2.0))
+    assert not torch.equal(images, calpha_images(3, alpha=2.0, size=16, seed=0, beta=0.5))
+
+
+def test_calpha_sides_differ_in_brightness_either_way_round():
+    # One background is rescaled to [u1, 1] and the other to [0, u2], the bright one on a random
+    # side of the boundary, which stays near the middle row: compare the top and bottom quarters.
+    images = calpha_images(40, alpha=3.0, size=32, seed=1)[:, 0]
+    top_minus_bottom = images[:, :8].mean(dim=(1, 2)) - images[:, -8:].mean(dim=(1, 2))
+    assert top_minus_bottom.abs().mean() > 0.2
+    assert 0.2 < (top_minus_bottom > 0).float().mean() < 0.8
+
+
+def test_contour_regularity_grows_with_alpha():
+    noise = 2 * np.random.default_rng(0).random((200, 32)) - 1
+    roughness = [np.abs(np.diff(_contour(noise, alpha, 32), n=2, axis=1)).mean() for alpha in (0.5, 1.0, 2.0, 4.0)]
+    assert roughness == sorted(roughness, reverse=True)
+    assert roughness[0] > 5 * roughness[-1]
+
+
+def test_contour_is_centred_and_clipped_to_the_image():
+    noise = 2 * np.random.default_rng(1).random((100, 32)) - 1
+    contour = _contour(noise, 1.0, 32)
+    assert contour.min() >= 0 and contour.max() <= 32
+    assert abs(np.median(contour) - 16) <= 2
+    assert np.array_equal(_contour(np.zeros((1, 8)), 2.0, 8), np.full((1, 8), 4))
+
+
+def test_mask_is_one_on_and_below_the_contour_and_smoothing_keeps_size():
+    mask = _mask_below(np.array([[0, 2, 4, 4]]), 4)[0]
+    assert np.array_equal(mask[:, 0], [1, 1, 1, 1])
+    assert np.array_equal(mask[:, 1], [0, 0, 1, 1])
+    assert np.array_equal(mask[:, 2], [0, 0, 0, 0])
+    smooth = _box_smooth_2x2(mask[None])[0]
+    assert smooth.shape == (4, 4)
+    assert smooth.min() >= 0 and smooth.max() <= 1
+    assert smooth[0, 0] == 0.5  # the step between columns 0 and 1 is blurred
+
+
+@pytest.mark.parametrize("kwargs", [dict(alpha=-1.0), dict(alpha=1.0, size=1), dict(alpha=1.0, n=0),
+                                    dict(alpha=float("nan")), dict(alpha=1.0, beta=-2.0),
+                                    dict(alpha=1.0, seed=None)])
+def test_calpha_rejects_bad_parameters(kwargs):
+    arguments = dict(n=2, size=16) | kwargs
+    with pytest.raises(UserInputError):
+        calpha_images(**arguments)
+
+
+# ---------------------------------------------------------------- discs
+
+
+def reference_discs(params: torch.Tensor, size: int, supersample: int) -> torch.Tensor:
+    """Brute force: ramp coverage at every sub-pixel of the supersampled grid, then average-pool."""
+    coords = (torch.arange(size * supersample, dtype=params.dtype) + 0.5) / supersample
+    centre_x, centre_y, radius, foreground, background = (c[:, None, None, None] for c in params.unbind(1))
+    distance = torch.hypot(coords[None, None, None, :] - centre_x, coords[None, None, :, None] - centre_y)
+    coverage = F.avg_pool2d(((radius - distance) * supersample + 0.5).clamp(0, 1), supersample)
+    return background + (foreground - background) * coverage
+
+
+def test_discs_shapes_parameters_and_determinism():
+    images, params = disc_images(20, 24, seed=5)
+    assert_grey_images(images, 20, 24)
+    assert params.shape == (20, 5) and params.dtype == torch.float32
+    centre_x, centre_y, radius, foreground, background = params.T
+    assert ((radius >= 0.1 * 24) & (radius <= 0.35 * 24)).all()
+    for centre in (centre_x, centre_y):
+        assert ((centre - radius >= 0) & (centre + radius <= 24)).all()
+    assert ((foreground >= 0) & (foreground <= 1) & (background >= 0) & (background <= 1)).all()
+    again_images, again_params = disc_images(20, 24, seed=5)
+    assert torch.equal(images, again_images) and torch.equal(params, again_params)
+    assert not torch.equal(params, disc_images(20, 24, seed=6)[1])
+    assert torch.equal(params[:3], disc_images(3, 24, seed=5)[1])
+
+
+def test_render_discs_reproduces_disc_images_exactly():
+    images, params = disc_images(10, 20, seed=2, supersample=3)
+    assert torch.equal(render_discs(params, 20, supersample=3), images)
+
+
+@pytest.mark.parametrize("supersample", [1, 2, 4])
+def test_render_discs_matches_brute_force_supersampling(supersample):
+    params = disc_images(12, 20, seed=7)[1].double()
+    assert torch.allclose(render_discs(params, 20, supersample), reference_discs(params, 20, supersample), atol=1e-12)
+
+
+def test_disc_greys_inside_and_outside_and_anti_aliased_edge():
+    images, params = disc_images(8, 32, seed=1)
+    centres = torch.arange(32) + 0.5
+    for image, (centre_x, centre_y, radius, foreground, background) in zip(images[:, 0], params):
+        distance = torch.hypot(centres[None, :] - centre_x, centres[:, None] - centre_y)
+        assert torch.allclose(image[distance < radius - 1], foreground, atol=1e-6)
+        assert torch.allclose(image[distance > radius + 1], background, atol=1e-6)
+        edge = image[(distance - radius).abs() < 0.3]
+        low, high = sorted([foreground.item(), background.item()])
+        assert ((edge > low + 1e-3) & (edge < high - 1e-3)).any()
+
+
+def test_disc_rendering_is_smooth_in_the_parameters():
+    # The disc's area is pi r^2, so summing d(image)/dr over pixels gives (fg - bg) 2 pi r,
+    # and moving the centre moves mass without changing its total.
+    params = torch.tensor([[16.3, 15.7, 7.2, 0.9, 0.2]], dtype=torch.float64)
+    step = 1e-3
+
+    def total_derivative(index):
+        shift = torch.zeros(5, dtype=torch.float64)
+        shift[index] = step
+        return ((render_discs(params + shift, 32) - render_discs(params - shift, 32)) / (2 * step)).sum().item()
+
+    radius_derivative = total_derivative(2)
+    assert radius_derivative == pytest.approx(0.7 * 2 * math.pi * 7.2, rel=0.02)
+    assert abs(total_derivative(0)) < 0.01 * radius_derivative
+    assert abs(total_derivative(1)) < 0.01 * radius_derivative
+    assert total_derivative(3) == pytest.approx(math.pi * 7.2 ** 2, rel=0.02)
+
+
+def test_render_discs_rejects_bad_params():
+    with pytest.raises(UserInputError, match="shape"):
+        render_discs(torch.zeros(3, 4), 16)
+    with pytest.raises(UserInputError, match="supersample"):
+        render_discs(torch.zeros(3, 5), 16, supersample=0)
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def test_pixel_permutation_is_a_fixed_permutation():
+    perm = pixel_permutation(64, seed=9)
+    assert perm.dtype == torch.int64
+    assert torch.equal(perm.sort().values, torch.arange(64))
+    assert torch.equal(perm, pixel_permutation(64, seed=9))
+    assert not torch.equal(perm, pixel_permutation(64, seed=10))
+
+
+def test_shuffle_then_unshuffle_is_identity_and_uses_one_permutation():
+    images = torch.rand(4, 2, 8, 8)
+    shuffled = shuffle_pixels(images, seed=1)
+    assert not torch.equal(shuffled, images)
+    assert torch.equal(unshuffle_pixels(shuffled, seed=1), images)
+    # Every image and channel moves its pixel k to the same place: output pixel k is input perm[k].
+    perm = pixel_permutation(64, seed=1)
+    assert torch.equal(shuffled.reshape(4, 2, 64), images.reshape(4, 2, 64)[..., perm])
+    assert torch.equal(shuffle_pixels(images[2:3], seed=1), shuffled[2:3])
+
+
+def test_to_float_images():
+    floats = to_float_images(torch.tensor([[0, 128, 255]], dtype=torch.uint8))
+    assert floats.dtype == torch.float32
+    assert torch.allclose(floats, torch.tensor([[0.0, 128 / 255, 1.0]]))
+    with pytest.raises(TypeError):
+        to_float_images(torch.zeros(2))
+
+
+# ---------------------------------------------------------------- splits
+
+
+def test_split_pair_is_disjoint_deterministic_and_nested():
+    small = split_pair(100, 10, 7, seed=4)
+    large = split_pair(100, 40, 7, seed=4)
+    for split in (small, large):
+        a, b, test = (set(t.tolist()) for t in (split.a, split.b, split.test))
+        assert not (a & b) and not (a & test) and not (b & test)
+        assert all(0 <= i < 100 for i in a | b | test)
+    assert (len(small.a), len(small.b), len(small.test)) == (10, 10, 7)
+    assert set(small.a.tolist()) <= set(large.a.tolist())
+    assert set(small.b.tolist()) <= set(large.b.tolist())
+    assert torch.equal(small.test, large.test)
+    again = split_pair(100, 10, 7, seed=4)
+    assert all(torch.equal(x, y) for x, y in zip((small.a, small.b, small.test), (again.a, again.b, again.test)))
+    assert not torch.equal(small.a, split_pair(100, 10, 7, seed=5).a)
+
+
+def test_split_pair_can_use_the_whole_pool_and_no_more():
+    assert pool_size_needed(10, 5) == 25
+    full = split_pair(25, 10, 5, seed=0)
+    assert sorted(torch.cat([full.a, full.b, full.test]).tolist()) == list(range(25))
+    with pytest.raises(UserInputError) as error:
+        split_pair(24, 10, 5, seed=0)
+    assert "25" in str(error.value) and "24" in str(error.value)
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def save_image(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+
+
+def white_centre(width, height):
+    """Black image whose centred square of side min(width, height) is white."""
+    array = np.zeros((height, width), np.uint8)
+    side = min(width, height)
+    top, left = (height - side) // 2, (width - side) // 2
+    array[top:top + side, left:left + side] = 255
+    return array
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "photos"
+    save_image(root / "a_wide.png", white_centre(30, 12))
+    save_image(root / "b_red.jpeg", np.broadcast_to(np.array([255, 0, 0], np.uint8), (20, 20, 3)))
+    save_image(root / "sub" / "c_tall.PNG", white_centre(10, 26))
+    save_image(root / "sub" / "d_noise.JPG", np.random.default_rng(0).integers(0, 256, (17, 23, 3)))
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_load_image_folder_shapes_order_and_preprocessing(folder):
+    images = load_image_folder(str(folder), 8)
+    assert images.shape == (4, 1, 8, 8) and images.dtype == torch.uint8
+    # Sorted by relative path; the centre square of both framed images is white.
+    assert (images[0] == 255).all() and (images[2] == 255).all()
+    red_as_grey = PIL.Image.new("RGB", (1, 1), (255, 0, 0)).convert("L").getpixel((0, 0))
+    assert ((images[1].int() - red_as_grey).abs() <= 2).all()  # JPEG may be off by a level
+    assert 0 < images[3].float().std() < 128
+    assert torch.equal(load_image_folder(folder, 8, limit=2), images[:2])
+
+
+def test_load_image_folder_cache_is_reused_without_decoding(folder, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = load_image_folder(folder, 8, cache_dir=cache)
+    assert [p.suffix for p in cache.iterdir()] == [".npy"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded an image despite the cache")
+
+    monkeypatch.setattr(PIL.Image, "open", refuse)
+    assert torch.equal(load_image_folder(folder, 8, cache_dir=str(cache)), first)
+    monkeypatch.undo()
+    # A changed file, another size or another limit is a different dataset: a new cache entry.
+    save_image(folder / "a_wide.png", np.zeros((12, 30)))
+    assert not torch.equal(load_image_folder(folder, 8, cache_dir=cache), first)
+    load_image_folder(folder, 4, cache_dir=cache)
+    load_image_folder(folder, 8, cache_dir=cache, limit=3)
+    assert len(list(cache.glob("*.npy"))) == 4
+    assert list(cache.glob("*.tmp")) == []
+
+
+def test_load_image_folder_errors_name_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(UserInputError, match="not found") as error:
+        load_image_folder(missing, 8)
+    assert str(missing) in str(error.value)
+
+    a_file = tmp_path / "file.png"
+    save_image(a_file, np.zeros((4, 4)))
+    with pytest.raises(UserInputError, match="not a directory"):
+        load_image_folder(a_file, 8)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    with pytest.raises(UserInputError, match="no image files") as error:
+        load_image_folder(empty, 8)
+    assert str(empty) in str(error.value)
+
+
+def test_load_image_folder_names_a_corrupt_file(folder):
+    corrupt = folder / "sub" / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(UserInputError) as error:
+        load_image_folder(folder, 8)
+    assert str(corrupt) in str(error.value)
+
+
+# ---------------------------------------------------------------- embedded photographs
+
+
+def test_photo_patches_are_deterministic_grey_tiles():
+    patches = photo_patches(30, 16, seed=0)
+    assert_grey_images(patches, 30, 16)
+    assert torch.equal(patches, photo_patches(30, 16, seed=0))
+    assert torch.equal(patches[:5], photo_patches(5, 16, seed=0))
+    assert not torch.equal(patches, photo_patches(30, 16, seed=1))
+    assert len(PHOTO_NAMES) == 12
+
+
+def test_photo_pool_is_finite_and_overdrawing_is_an_error():
+    pool = photo_pool_size(80)
+    assert 100 < pool < photo_pool_size(40) < photo_pool_size(16)
+    assert len(photo_patches(pool, 80)) == pool
+    with pytest.raises(UserInputError) as error:
+        photo_patches(pool + 1, 80)
+    assert str(pool + 1) in str(error.value) and str(pool) in str(error.value)
+
+
+def test_grid_tiles_never_share_pixels():
+    image = np.arange(23 * 37).reshape(23, 37)  # every pixel distinct
+    tiles = _grid_tiles(image, 5)
+    assert tiles.shape == (4 * 7, 5, 5)
+    values = tiles.ravel()
+    assert len(np.unique(values)) == len(values)
+    assert np.array_equal(tiles[0], image[1:6, 1:6])  # the grid is centred
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_build_pool_every_kind(folder):
+    params = {"calpha": dict(alpha=2.0), "discs": dict(supersample=2), "folder": dict(path=folder), "photos": {}}
+    assert set(params) == set(DATASET_KINDS)
+    for kind in DATASET_KINDS:
+        assert_grey_images(build_pool(kind, 3, 16, seed=1, **params[kind]), 3, 16)
+    assert torch.equal(build_pool("calpha", 3, 16, seed=1, alpha=2.0), calpha_images(3, 2.0, 16, seed=1))
+    assert torch.equal(build_pool("discs", 3, 16, seed=1), disc_images(3, 16, seed=1)[0])
+    assert torch.equal(build_pool("folder", 3, 8, seed=0, path=folder),
+                       to_float_images(load_image_folder(folder, 8))[:3])
+
+
+def test_build_pool_errors(folder):
+    with pytest.raises(UserInputError, match="mnist"):
+        build_pool("mnist", 3, 16, seed=0)
+    with pytest.raises(UserInputError, match="gamma"):
+        build_pool("calpha", 3, 16, seed=0, alpha=1.0, gamma=2.0)
+    with pytest.raises(UserInputError, match="alpha"):
+        build_pool("calpha", 3, 16, seed=0)
+    with pytest.raises(UserInputError, match="path"):
+        build_pool("folder", 3, 16, seed=0)
+    with pytest.raises(UserInputError) as error:
+        build_pool("folder", 9, 8, seed=0, path=folder)
+    assert str(folder) in str(error.value) and "9" in str(error.value) and "4" in str(error.value)
+
+
+def test_data_package_imports_neither_ray_nor_mlflow():
+    code = ("import sys, gahb_scale.data; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
