@@ -139,13 +139,19 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 def train_denoiser(net: nn.Module, images: torch.Tensor, config: TrainConfig, device: str | torch.device | None = None,
                    checkpoint_path: str | Path | None = None,
                    on_log: Callable[[int, dict], None] | None = None,
-                   on_checkpoint: Callable[[int, Path], None] | None = None) -> TrainResult:
+                   on_checkpoint: Callable[[int, Path], None] | None = None,
+                   shard: tuple[int, int] = (0, 1)) -> TrainResult:
     """Train `net` (a residual network) as a blind denoiser of `images` (N, C, H, W) in [0, 1].
 
     If `checkpoint_path` exists the run resumes from it; a checkpoint is written there every
     `checkpoint_every` steps and at the end. `on_log(step, metrics)` receives the mean loss every
     `log_every` steps; `on_checkpoint(step, path)` is called after each checkpoint is written.
+
+    Data-parallel training passes `shard=(rank, world_size)` and a DDP-wrapped net: every rank
+    draws the same global batch and noise from the same generators and keeps its slice, so the
+    averaged gradient is the single-process gradient and a checkpoint of rank 0 resumes every rank.
     """
+    rank, world = shard
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # The whole training set lives on the device: at the paper's sizes it fits, and per-step host
     # to device copies would dominate the step time of these small networks.
@@ -176,9 +182,10 @@ def train_denoiser(net: nn.Module, images: torch.Tensor, config: TrainConfig, de
     while step < config.steps:
         for group in optimizer.param_groups:
             group["lr"] = config.lr * 0.5 ** (step // config.lr_halve_every)
-        clean = images[batches.next(config.batch_size).to(device)]
-        sigma = draw_noise_levels(clean.shape[0], config.noise_range, config.noise_schedule, noise_rng, device)
-        noise = torch.randn(clean.shape, generator=noise_rng, device=device)
+        clean = images[batches.next(config.batch_size).to(device)][rank::world]
+        sigma = draw_noise_levels(config.batch_size, config.noise_range, config.noise_schedule, noise_rng,
+                                  device)[rank::world]
+        noise = torch.randn((config.batch_size, *images.shape[1:]), generator=noise_rng, device=device)[rank::world]
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
             loss = residual_loss(net, clean, sigma, noise)
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,126 @@
+"""gahb-scale command line: run | validate | status | query.
+
+Thin on purpose: each command parses its arguments and calls the study layer. Anything the user
+can fix ends in one message naming the field or file and exit status 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from .errors import UserInputError
+
+EXIT_USER_ERROR, EXIT_FAILED = 2, 1
+
+
+def _format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _num(value, digits=3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _cell(value) -> str:
+    return _num(value, 4) if isinstance(value, float) else str(value)
+
+
+def format_transition(rows: list[dict]) -> str:
+    header = ["dataset", "arch", "N", "PSNR train", "PSNR test", "gap dB", "NN cos", "f_mem [95% CI]",
+              "A/B cos", "A/B cos centred", "A/B L2", "tr J", "capped"]
+    body = []
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["architecture"], r["n"])):
+        f_mem = (f"{r['f_mem']:.2f} [{r['f_mem_low']:.2f}, {r['f_mem_high']:.2f}]"
+                 if not math.isnan(r["f_mem"]) else "undefined (N<2)")
+        body.append([r["dataset"], r["architecture"], str(r["n"]), _num(r["train_psnr"], 2), _num(r["test_psnr"], 2),
+                     _num(r["psnr_gap"], 2), _num(r["nn_cosine"]), f_mem, _num(r["ab_cosine"]),
+                     _num(r["ab_cosine_centered"]), _num(r["ab_l2"]), _num(r["effective_dim"], 1),
+                     str(r["capped_samples"])])
+    return _format_table(header, body)
+
+
+def cmd_validate(args) -> int:
+    from .study.spec import describe_trials, load_spec
+
+    print(describe_trials(load_spec(args.spec)))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .study.spec import load_spec
+
+    spec = load_spec(args.spec)  # validate before Ray starts: a bad spec writes nothing
+    from .study.runner import StudyFailed, run_study
+    from .study.tracking import ui_command
+
+    try:
+        result = run_study(spec, Path(args.spec).read_text(), address=args.address)
+    except StudyFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print()
+    print(f"transition table of study {spec.name} (means over models; A/B = same-seed samples of the two "
+          "models of a split pair):")
+    print(format_transition(result["transition"]))
+    print()
+    print(f"tables (Parquet):  {result['results']}/tables/")
+    print(f"SQL:               gahb-scale query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\"")
+    if result["mlflow_uri"]:
+        print(f"MLflow UI:         {ui_command(result['mlflow_uri'])}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .study.status import study_status
+
+    print(study_status(args.spec))
+    return 0
+
+
+def cmd_query(args) -> int:
+    from .study.query import run_query
+
+    columns, rows = run_query(args.sql, args.results)
+    print(_format_table(columns, [[_cell(v) for v in row] for row in rows]))
+    print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gahb-scale", description="Scaling studies of memorization and "
+                                     "generalization in bias-free diffusion denoisers, on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run (or continue) a study")
+    p.add_argument("spec", help="study spec (YAML)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("validate", help="check a spec and print its trial grid")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("status", help="what is done, running and missing in a study")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("query", help="SQL over the Parquet tables of all studies under a results folder")
+    p.add_argument("sql")
+    p.add_argument("--results", default="results", help="folder holding the studies' results (default: results)")
+    p.set_defaults(func=cmd_query)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved; run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Run a study end to end on Ray: train → analyse each model → compare each pair → transition.
+
+Every stage skips what is already done, judged from the store: a model file per trained trial,
+rows tagged with the analysis settings' id per analysed model and pair. So re-running a finished
+study trains and writes nothing, and a study stopped at any point continues where it was.
+The driver is the only writer of the Parquet tables and of MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import gahb_scale
+
+from ..errors import UserInputError
+from .spec import StudySpec, Trial, expand_trials
+from .store import StudyStore, arrays_path, load_arrays, model_path
+
+from .train import RAY_ENV, TRIAL_DRIVER_CPUS, train_trials  # first: sets Ray Train V2 before ray.train loads
+
+import ray  # noqa: E402
+
+from . import stages  # noqa: E402
+
+
+class StudyFailed(Exception):
+    """Some trials or tasks failed; what finished is saved and a re-run continues from there."""
+
+
+def analysis_id(spec: StudySpec) -> str:
+    """Hash of the sampling and analysis settings: analysed rows are valid for these only."""
+    settings = {"sampling": spec.sampling.model_dump(mode="json"), "analysis": spec.analysis.model_dump(mode="json"),
+                "test_images": spec.test_images}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def check_resources(spec: StudySpec, cluster: dict, strict: bool, progress: Callable[[str], None]) -> None:
+    """Refuse, before anything starts, a request the cluster cannot satisfy.
+
+    On an existing cluster (`strict=False`) an autoscaler may still add nodes, so a shortfall is
+    only reported; on the local Ray started here nothing will ever be added.
+    """
+    r, workers = spec.resources, spec.training.workers
+    cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    need_cpus = workers * r.cpus_per_trial
+    problems = []
+    if need_cpus > cpus + 1e-9:
+        problems.append(f"resources.cpus_per_trial: one trial needs {need_cpus:g} CPUs ({workers} worker(s) x "
+                        f"{r.cpus_per_trial:g}) but the Ray cluster has {cpus:g}")
+    if r.cpus_per_trial <= TRIAL_DRIVER_CPUS:
+        problems.append(f"resources.cpus_per_trial must exceed {TRIAL_DRIVER_CPUS} (the trial driver's share)")
+    if workers * r.gpus_per_trial > gpus + 1e-9:
+        problems.append(f"resources.gpus_per_trial: one trial needs {workers * r.gpus_per_trial:g} GPUs "
+                        f"but the Ray cluster has {gpus:g}")
+    if problems and strict:
+        raise UserInputError("\n".join(problems))
+    for problem in problems:
+        progress(f"warning: {problem} (now; waiting for the autoscaler)")
+
+
+def _connect(address: str | None) -> None:
+    runtime_env = {"env_vars": RAY_ENV}
+    if address:  # ship this version of the package to the cluster's workers
+        runtime_env["py_modules"] = [str(Path(gahb_scale.__file__).parent)]
+    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+
+
+def _gather(refs: dict, what: str, progress: Callable[[str], None], on_result: Callable[[object, dict], None],
+            flush: Callable[[], None], flush_every: float = 20.0) -> list:
+    """Wait for Ray tasks, handing each result over as it arrives; returns the keys that failed."""
+    failed, done, last_flush = [], 0, time.monotonic()
+    pending = dict(refs)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(ready[0])
+        try:
+            on_result(key, ray.get(ready[0]))
+        except Exception as exc:  # a failed task must not lose the others' results
+            failed.append(key)
+            progress(f"[{what}] FAILED {key}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        done += 1
+        progress(f"[{what}] {done}/{len(refs)} done")
+        if time.monotonic() - last_flush > flush_every:
+            flush()
+            last_flush = time.monotonic()
+    flush()
+    return failed
+
+
+class _Buffered:
+    """Rows collected from tasks and written to their tables in batches (one writer per table)."""
+
+    def __init__(self, store: StudyStore):
+        self.store, self.rows = store, defaultdict(list)
+
+    def add(self, tables: dict[str, list[dict]]) -> None:
+        for name, rows in tables.items():
+            self.rows[name] += rows
+
+    def flush(self) -> None:
+        # model_metrics last: its rows are the "done" marker of the rows in the other tables
+        for name in sorted(self.rows, key=lambda n: n == "model_metrics"):
+            self.store.upsert(name, self.rows[name])
+        self.rows.clear()
+
+
+def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -> None:
+    import torch
+
+    registered = store.keys_present("trials", "trial_id", {"study_id": spec.name})
+    rows, curves = [], []
+    for t in trials:
+        if t.trial_id in registered or not store.exists(model_path(t.trial_id)):
+            continue
+        saved = torch.load(io.BytesIO(store.read_bytes(model_path(t.trial_id))), map_location="cpu",
+                           weights_only=False)
+        rows.append({**t.as_row(), "steps": saved["steps"], "final_loss": saved["losses"][-1][1],
+                     "num_parameters": saved["num_parameters"], "train_seconds": saved["train_seconds"],
+                     "resumed_from_step": saved["resumed_from"], "device": saved["device"],
+                     "workers": saved["workers"], "model_path": store.uri(model_path(t.trial_id))})
+        curves += [{"study_id": spec.name, "trial_id": t.trial_id, "step": s, "loss": loss} for s, loss in saved["losses"]]
+    store.upsert("train_curves", curves)
+    store.upsert("trials", rows)
+
+
+def _log_to_mlflow(spec: StudySpec, spec_text: str, trials: list[Trial], store: StudyStore, aid: str,
+                   transition: list[dict], progress: Callable[[str], None]) -> str:
+    from . import figures
+    from .tracking import StudyTracker
+
+    tracker = StudyTracker(spec, store)
+    todo = [t for t in trials if not tracker.trial_logged(t, aid)]
+    if todo:
+        tables = {name: defaultdict(list) for name in ("model_metrics", "psnr", "eigen", "train_curves")}
+        for name, by_trial in tables.items():
+            for row in store.rows(name):
+                if row["study_id"] == spec.name:
+                    by_trial[row["trial_id"]].append(row)
+        partner = {(t.pair_id, t.split): t for t in trials}
+        for i, t in enumerate(todo, 1):
+            arrays = load_arrays(store, arrays_path(t.trial_id))
+            other = partner[(t.pair_id, "B" if t.split == "A" else "A")]
+            other_samples = load_arrays(store, arrays_path(other.trial_id))["samples"]
+            title = f"{t.dataset.name} / {t.architecture.name}, N={t.n}, pair {t.pair}, seed {t.seed}"
+            grid = {f"model {t.split} (this)": arrays["samples"], f"model {other.split}": other_samples,
+                    f"nearest training image of {t.split}": arrays["nearest"]}
+            shown = min(8, len(arrays["sample_seeds"]))
+            figs = {
+                "samples.png": figures.sample_grid_figure({k: v[:shown] for k, v in grid.items()},
+                                                          arrays["sample_seeds"][:shown], title),
+                "psnr_curves.png": figures.psnr_figure(tables["psnr"][t.trial_id], title),
+                "eigen_spectrum.png": figures.spectrum_figure(tables["eigen"][t.trial_id], title),
+                "eigenvectors.png": figures.eigenvector_figure(arrays["eigenvectors"], arrays["jacobian_sigmas"],
+                                                               arrays["jacobian_inputs"], title),
+            }
+            metrics = tables["model_metrics"][t.trial_id][0]
+            losses = [(r["step"], r["loss"]) for r in tables["train_curves"][t.trial_id]]
+            tracker.log_trial(t, aid, metrics, losses, figs)
+            progress(f"[mlflow] trial runs {i}/{len(todo)} logged")
+        tracker.log_study(spec_text, transition, figures.transition_figure(transition))
+    return tracker.uri
+
+
+def run_study(spec: StudySpec, spec_text: str, address: str | None = None,
+              progress: Callable[[str], None] = print) -> dict:
+    """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "results": location}."""
+    store = StudyStore(spec.storage.results_location())
+    trials = expand_trials(spec)
+    aid = analysis_id(spec)
+    started = time.monotonic()
+    progress(f"study {spec.name}: {len(trials)} models; results in {store.location}")
+    _connect(address)
+    try:
+        check_resources(spec, ray.cluster_resources(), strict=address is None, progress=progress)
+        store.write_bytes("spec.yaml", spec_text.encode())
+        r = spec.resources
+
+        # 1. training (Tune grid of TorchTrainers)
+        todo = [t for t in trials if not store.exists(model_path(t.trial_id))]
+        if todo:
+            failed = train_trials(spec, todo, store, progress, fixed_cluster=address is None)
+        else:
+            failed = []
+            progress(f"[train] all {len(trials)} models already trained")
+        _register_trained(spec, trials, store)
+        trained = [t for t in trials if store.exists(model_path(t.trial_id))]
+
+        # 2. per model: samples, PSNR curves, memorization, Jacobian spectra
+        analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": aid})
+        pending = [t for t in trained if t.trial_id not in analysed]
+        buffer = _Buffered(store)
+        if pending:
+            task = ray.remote(stages.analyze_model).options(num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial)
+            refs = {task.remote(spec, t, store.location, aid): t.trial_id for t in pending}
+            progress(f"[analysis] {len(pending)} models to analyse")
+            failed += _gather(refs, "analysis", progress, lambda key, rows: buffer.add(rows), buffer.flush)
+        else:
+            progress(f"[analysis] all {len(trained)} models already analysed")
+
+        # 3. per split pair: A/B similarity of samples with shared seeds
+        analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": aid})
+        compared = store.keys_present("pairs", "pair_id", {"study_id": spec.name, "analysis_id": aid})
+        by_pair = defaultdict(dict)
+        for t in trials:
+            by_pair[t.pair_id][t.split] = t
+        ready = [(p["A"], p["B"]) for pid, p in by_pair.items()
+                 if pid not in compared and p["A"].trial_id in analysed and p["B"].trial_id in analysed]
+        if ready:
+            task = ray.remote(stages.analyze_pair).options(num_cpus=min(1.0, r.cpus_per_trial))
+            refs = {task.remote(spec, a, b, store.location, aid): a.pair_id for a, b in ready}
+            failed += _gather(refs, "pairs", progress, lambda key, rows: buffer.add(rows), buffer.flush)
+        else:
+            progress("[pairs] nothing new to compare")
+
+        # 4. per study: the transition table
+        complete = all(t.trial_id in analysed for t in trials)
+        transition = ray.get(ray.remote(stages.transition_rows).options(num_cpus=0).remote(spec, store.location))
+        store.upsert("transition", transition)
+    finally:
+        ray.shutdown()
+
+    loggable = [t for t in trials if all(u.trial_id in analysed for u in by_pair[t.pair_id].values())]
+    mlflow_uri = _log_to_mlflow(spec, spec_text, loggable, store, aid, transition, progress) if loggable else None
+    progress(f"study {spec.name}: finished stages in {time.monotonic() - started:.0f} s")
+    if failed or not complete:
+        raise StudyFailed(f"{len(failed)} trial(s)/task(s) failed ({', '.join(map(str, failed[:5]))}); finished "
+                          f"work is saved — fix the cause and run the same command again to continue")
+    return {"transition": transition, "mlflow_uri": mlflow_uri, "results": store.location}

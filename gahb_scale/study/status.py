@@ -1,0 +1,54 @@
+"""`gahb-scale status`: which models are trained, part-trained or missing, and which analysed."""
+
+from __future__ import annotations
+
+import io
+
+from .runner import analysis_id
+from .spec import expand_trials, load_spec
+from .store import StudyStore, model_path
+
+
+def _checkpoint_step(store: StudyStore, trial_id: str) -> int | None:
+    """Step of the newest Ray Train checkpoint of a trial that has not finished, if any."""
+    import pyarrow.fs as pafs
+    import torch
+
+    folder = store.path(f"ray/{trial_id}")
+    infos = store.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    checkpoints = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and
+                         i.base_name.startswith("checkpoint_"))
+    if not checkpoints:
+        return None
+    with store.fs.open_input_stream(f"{checkpoints[-1]}/train_state.pt") as f:
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)["step"]
+
+
+def study_status(spec_path: str) -> str:
+    spec = load_spec(spec_path)
+    store = StudyStore(spec.storage.results_location())
+    trials = expand_trials(spec)
+    aid = analysis_id(spec)
+    analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": aid})
+    compared = store.keys_present("pairs", "pair_id", {"study_id": spec.name, "analysis_id": aid})
+    counts = {"trained": 0, "part-trained": 0, "not started": 0}
+    lines = []
+    for t in trials:
+        if store.exists(model_path(t.trial_id)):
+            state = "trained"
+        else:
+            step = _checkpoint_step(store, t.trial_id)
+            state = "not started" if step is None else "part-trained"
+            if step is not None:
+                state_text = f"part-trained (checkpoint at step {step}/{spec.training.steps})"
+        counts[state] += 1
+        shown = state_text if state == "part-trained" else state
+        lines.append(f"{t.trial_id}  {t.dataset.name}/{t.architecture.name} N={t.n} pair={t.pair} {t.split} "
+                     f"seed={t.seed}: {shown}; {'analysed' if t.trial_id in analysed else 'not analysed'}")
+    pairs = {t.pair_id for t in trials}
+    summary = (f"study {spec.name} ({store.location}): {len(trials)} models — {counts['trained']} trained, "
+               f"{counts['part-trained']} part-trained (resume with `gahb-scale run`), {counts['not started']} not "
+               f"started; {len(analysed & {t.trial_id for t in trials})} analysed; "
+               f"{len(compared & pairs)}/{len(pairs)} split pairs compared; transition table "
+               f"{'written' if store.keys_present('transition', 'study_id') & {spec.name} else 'not written'}")
+    return "\n".join([summary, ""] + lines)

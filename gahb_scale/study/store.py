@@ -1,0 +1,135 @@
+"""Study storage: model files, arrays and Parquet tables under one results location.
+
+The location is a local directory or any URI pyarrow understands (s3://, gs://, hdfs://), so a
+study on a cluster writes where every node can read. Tables are written only by the study driver
+(one writer per table) and always atomically: a new file is written beside the old one and moved
+over it, so a reader — or a run killed mid-write — never sees half a table.
+
+Rows are upserted by key: writing rows for a trial replaces that trial's earlier rows, which is why
+re-running a study never duplicates a row. The schema of every table is in the README.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+# table -> the columns that identify a row group; new rows replace old rows with the same key.
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "trials": ("study_id", "trial_id"),
+    "train_curves": ("study_id", "trial_id"),
+    "model_metrics": ("study_id", "trial_id"),
+    "psnr": ("study_id", "trial_id"),
+    "samples": ("study_id", "trial_id"),
+    "jacobian": ("study_id", "trial_id"),
+    "eigen": ("study_id", "trial_id"),
+    "pairs": ("study_id", "pair_id"),
+    "transition": ("study_id",),
+}
+
+
+def model_path(trial_id: str) -> str:
+    """A trained model: weights, training curve and metadata, written once training finished."""
+    return f"models/{trial_id}/model.pt"
+
+
+def arrays_path(trial_id: str) -> str:
+    """A model's analysis arrays (samples, nearest training images, eigenvectors) for figures."""
+    return f"arrays/{trial_id}.npz"
+
+
+class StudyStore:
+    def __init__(self, location: str):
+        self.location = location
+        if "://" in location:
+            self.fs, self.root = pafs.FileSystem.from_uri(location)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(location).resolve())
+        # Nothing is created until something is written: a rejected study leaves no trace.
+
+    # ---- files ---------------------------------------------------------------------------------
+    def path(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+    def uri(self, relative: str) -> str:
+        """Where Ray and users can find a file: a local path or a URI."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return self.path(relative)
+        return f"{self.location.rstrip('/')}/{relative}"
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        target = self.path(relative)
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self.fs.move(tmp, target)
+
+    def read_bytes(self, relative: str) -> bytes:
+        with self.fs.open_input_stream(self.path(relative)) as f:
+            return f.read()
+
+    # ---- tables --------------------------------------------------------------------------------
+    def table_path(self, name: str) -> str:
+        return f"tables/{name}.parquet"
+
+    def read_table(self, name: str) -> pa.Table | None:
+        if not self.exists(self.table_path(name)):
+            return None
+        return pq.read_table(io.BytesIO(self.read_bytes(self.table_path(name))))
+
+    def rows(self, name: str) -> list[dict]:
+        table = self.read_table(name)
+        return [] if table is None else table.to_pylist()
+
+    def upsert(self, name: str, rows: list[dict]) -> None:
+        """Replace the rows sharing a key with `rows` and write the table atomically."""
+        if not rows:
+            return
+        new = pa.Table.from_pylist(rows)
+        old = self.read_table(name)
+        if old is not None:
+            keys = TABLE_KEYS[name]
+            new_keys = {tuple(r[k] for k in keys) for r in rows}
+            old_keys = list(zip(*(old.column(k).to_pylist() for k in keys)))
+            keep = pa.array([k not in new_keys for k in old_keys], type=pa.bool_())
+            new = pa.concat_tables([old.filter(keep), new], promote_options="permissive")
+        buffer = io.BytesIO()
+        pq.write_table(new, buffer)
+        self.write_bytes(self.table_path(name), buffer.getvalue())
+
+    def keys_present(self, name: str, column: str, where: dict | None = None) -> set:
+        """Values of `column` in table `name`, optionally filtered by equality on other columns."""
+        table = self.read_table(name)
+        if table is None:
+            return set()
+        for col, value in (where or {}).items():
+            if col not in table.column_names:
+                return set()
+            table = table.filter(pc.equal(table.column(col), value))
+        return set(table.column(column).to_pylist())
+
+    def local_table_paths(self) -> dict[str, str]:
+        """Table name -> local file path (for SQL queries); only for local stores."""
+        return {name: self.path(self.table_path(name)) for name in TABLE_KEYS if self.exists(self.table_path(name))}
+
+
+def save_arrays(store: StudyStore, relative: str, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    store.write_bytes(relative, buffer.getvalue())
+
+
+def load_arrays(store: StudyStore, relative: str) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(store.read_bytes(relative))) as data:
+        return dict(data)

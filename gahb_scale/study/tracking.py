@@ -1,0 +1,107 @@
+"""MLflow: one parent run per study, one nested run per trained model.
+
+The parent run holds the spec, the transition metrics (logged with step = N, so MLflow draws
+them against N) and the phase-transition figure; each nested run holds the trial's parameters,
+loss curve, PSNR curves, sample grid (A | B | nearest training image) and eigen spectrum.
+Runs are found again by tag, so re-running a study updates its runs instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from .spec import StudySpec, Trial
+from .store import StudyStore
+
+STUDY_TAG, TRIAL_TAG, ANALYSIS_TAG = "gahb.study_id", "gahb.trial_id", "gahb.analysis_id"
+
+
+def tracking_uri(spec: StudySpec, store: StudyStore) -> str:
+    if spec.storage.mlflow_tracking_uri:
+        return spec.storage.mlflow_tracking_uri
+    if "://" in store.location:  # a remote results location cannot hold an sqlite file
+        return f"sqlite:///{Path('mlflow.db').resolve()}"
+    return f"sqlite:///{store.path('mlflow.db')}"
+
+
+def ui_command(uri: str) -> str:
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+class StudyTracker:
+    def __init__(self, spec: StudySpec, store: StudyStore):
+        self.spec, self.store = spec, store
+        self.uri = tracking_uri(spec, store)
+        self.client = MlflowClient(self.uri)
+        name = f"gahb-scale/{spec.name}"
+        experiment = self.client.get_experiment_by_name(name)
+        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+            name, artifact_location=store.uri("mlflow-artifacts"))
+        self.parent_id = self._run({STUDY_TAG: spec.name}, spec.name, parent=None)
+
+    def _find(self, tags: dict[str, str]) -> str | None:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def _run(self, tags: dict[str, str], name: str, parent: str | None) -> str:
+        run_id = self._find(tags)
+        if run_id is None:
+            extra = {"mlflow.parentRunId": parent} if parent else {}
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, **extra}).info.run_id
+        return run_id
+
+    def _artifact(self, run_id: str, name: str, data: bytes | str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data.encode() if isinstance(data, str) else data)
+            self.client.log_artifact(run_id, str(path))
+
+    def _metrics(self, run_id: str, metrics: list[Metric]) -> None:
+        finite = [m for m in metrics if math.isfinite(m.value)]
+        for start in range(0, len(finite), 1000):  # MLflow's batch limit
+            self.client.log_batch(run_id, metrics=finite[start:start + 1000])
+
+    def trial_logged(self, trial: Trial, analysis_id: str) -> bool:
+        run_id = self._find({STUDY_TAG: self.spec.name, TRIAL_TAG: trial.trial_id})
+        return run_id is not None and self.client.get_run(run_id).data.tags.get(ANALYSIS_TAG) == analysis_id
+
+    def log_trial(self, trial: Trial, analysis_id: str, metrics: dict, losses: list[tuple[int, float]],
+                  figures: dict[str, bytes]) -> None:
+        name = f"{trial.dataset.name}-{trial.architecture.name}-N{trial.n}-p{trial.pair}-{trial.split}-s{trial.seed}"
+        run_id = self._run({STUDY_TAG: self.spec.name, TRIAL_TAG: trial.trial_id}, name, parent=self.parent_id)
+        params = {**{k: v for k, v in trial.as_row().items() if k != "study_id"},
+                  **{f"arch.{k}": v for k, v in trial.architecture.params.items()},
+                  **{f"data.{k}": v for k, v in trial.dataset.params.items()},
+                  **{f"train.{k}": v for k, v in self.spec.training.model_dump().items()}}
+        existing = self.client.get_run(run_id).data.params
+        new_params = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, params=new_params)
+        self._metrics(run_id, [Metric("loss", loss, now, step) for step, loss in losses]
+                      + [Metric(k, float(v), now, 0) for k, v in metrics.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)])
+        for file_name, data in figures.items():
+            self._artifact(run_id, file_name, data)
+        self.client.set_tag(run_id, ANALYSIS_TAG, analysis_id)  # last: marks the run complete
+        self.client.set_terminated(run_id)
+
+    def log_study(self, spec_text: str, transition: list[dict], figure: bytes) -> None:
+        now = int(time.time() * 1000)
+        metrics = []
+        for row in transition:
+            prefix = f"{row['dataset']}/{row['architecture']}"
+            for key in ("psnr_gap", "nn_cosine", "f_mem", "ab_cosine", "ab_cosine_centered", "ab_l2",
+                        "effective_dim", "train_psnr", "test_psnr"):
+                if row[key] is not None:
+                    metrics.append(Metric(f"{prefix}/{key}", float(row[key]), now, int(row["n"])))
+        self._metrics(self.parent_id, metrics)
+        self._artifact(self.parent_id, "spec.yaml", spec_text)
+        self._artifact(self.parent_id, "phase_transition.png", figure)
+        self.client.set_terminated(self.parent_id)

@@ -1,0 +1,181 @@
+"""Training stage: a Ray Tune grid whose trials each run one Ray Train TorchTrainer.
+
+Resource model (why it cannot deadlock): a Tune trial is only a driver — it asks for a sliver of
+a CPU and starts a TorchTrainer whose controller asks for none; the Train workers hold the real
+CPUs/GPUs. The sliver is carved out of the trial's own CPUs (a worker asks for
+`cpus_per_trial − sliver/workers`), so a trial occupies exactly workers × cpus_per_trial and two
+1-CPU trials fit on 2 CPUs. Concurrency is capped at what the cluster can hold (`max_concurrent`),
+so a trial driver never waits for workers that cannot be placed.
+
+Resume: each TorchTrainer is named by its trial id under the study's storage, so a re-started
+study finds its last reported checkpoint through `ray.train.get_checkpoint()` and continues from
+it; a finished trial leaves `models/<trial_id>/model.pt` and is not started again.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+RAY_ENV = {
+    "RAY_TRAIN_V2_ENABLED": "1",
+    # Worker groups on a loaded small machine can take more than Ray's default 60 s to start.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+}
+for _key, _value in RAY_ENV.items():  # must precede the first import of ray.train in this process
+    os.environ.setdefault(_key, _value)
+
+import ray  # noqa: E402
+import ray.train  # noqa: E402
+import ray.tune  # noqa: E402
+import torch  # noqa: E402
+from ray.train.torch import TorchTrainer  # noqa: E402
+
+from ..models import build_model, count_parameters
+from ..training import TrainConfig, train_denoiser
+from .datasets import split_images
+from .spec import StudySpec, Trial
+from .store import StudyStore, model_path
+
+TRIAL_DRIVER_CPUS = 0.01
+STATE_FILE = "train_state.pt"
+
+
+def train_config(spec: StudySpec, seed: int) -> TrainConfig:
+    t = spec.training
+    return TrainConfig(steps=t.steps, batch_size=t.batch_size, lr=t.lr, lr_halve_every=t.lr_halve_every,
+                       noise_range=t.noise_range, noise_schedule=t.noise_schedule, precision=t.precision,
+                       checkpoint_every=t.checkpoint_every, log_every=t.log_every, seed=seed)
+
+
+def use_cpu_threads(cpus: float) -> None:
+    """Match torch's thread pool to the CPUs Ray granted (Ray's own default rounds fractions down)."""
+    torch.set_num_threads(max(1, round(cpus)))
+
+
+def train_worker(payload: dict) -> None:
+    """Ray Train worker loop: train one denoiser, report progress, checkpoint, save the model."""
+    spec, trial, store = payload["spec"], payload["trial"], StudyStore(payload["store"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    use_cpu_threads(spec.resources.cpus_per_trial)
+    images = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair)[trial.split]
+    net = build_model(trial.architecture.kind, seed=trial.seed, **trial.architecture.params)
+    parallel_net = ray.train.torch.prepare_model(net) if world > 1 else net.to(device)
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"gahb-{trial.trial_id}-"))
+    state_path = workdir / STATE_FILE
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as directory:
+            shutil.copy(Path(directory) / STATE_FILE, state_path)
+    last = {}
+
+    def on_log(step: int, metrics: dict) -> None:
+        last.update(metrics, step=step)
+        ray.train.report({**last, "n": trial.n})
+
+    def on_checkpoint(step: int, path: Path) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(workdir)) if rank == 0 else None
+        ray.train.report({**last, "step": step, "n": trial.n}, checkpoint=checkpoint)
+
+    started = time.perf_counter()
+    result = train_denoiser(parallel_net, images, train_config(spec, trial.seed), device=device,
+                            checkpoint_path=state_path, on_log=on_log, on_checkpoint=on_checkpoint,
+                            shard=(rank, world))
+    if rank == 0:
+        buffer = io.BytesIO()
+        torch.save({"state_dict": net.state_dict(), "trial": trial.as_row(), "losses": result.losses,
+                    "steps": result.steps_done, "resumed_from": result.resumed_from,
+                    "train_seconds": time.perf_counter() - started, "device": str(device), "workers": world,
+                    "num_parameters": count_parameters(net)}, buffer)
+        store.write_bytes(model_path(trial.trial_id), buffer.getvalue())
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def tune_trial(config: dict, payloads: dict) -> None:
+    """One Tune trial: a TorchTrainer for one model, its progress forwarded to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    payload = payloads[config["trial_id"]]
+    spec = payload["spec"]
+    r = spec.resources
+    use_gpu = r.gpus_per_trial > 0
+    worker_cpus = r.cpus_per_trial - TRIAL_DRIVER_CPUS / spec.training.workers
+    worker_resources = {"CPU": worker_cpus, **({"GPU": r.gpus_per_trial} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_worker, train_loop_config=payload,
+        scaling_config=ray.train.ScalingConfig(num_workers=spec.training.workers, use_gpu=use_gpu,
+                                               resources_per_worker=worker_resources),
+        run_config=ray.train.RunConfig(name=config["trial_id"], storage_path=payload["ray_storage"],
+                                       callbacks=[TuneReportCallback()],
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    trainer.fit()
+
+
+def max_concurrent(spec: StudySpec, cluster: dict | None) -> int:
+    """Trials that fit side by side: each needs `workers` × (cpus, gpus) plus its driver's sliver.
+
+    `cluster=None` (an autoscaling cluster, whose size now says nothing) trusts the spec's cap.
+    """
+    r, workers = spec.resources, spec.training.workers
+    if cluster is None:
+        return r.max_concurrent_trials
+    fits = math.floor((cluster.get("CPU", 0) + 1e-9) / (workers * r.cpus_per_trial))
+    if r.gpus_per_trial > 0:
+        fits = min(fits, math.floor((cluster.get("GPU", 0) + 1e-9) / (workers * r.gpus_per_trial)))
+    return max(1, min(fits, r.max_concurrent_trials))
+
+
+def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, progress, fixed_cluster: bool) -> list[str]:
+    """Train `trials` with a Tune grid; returns the ids of the trials that failed."""
+    ray_storage = store.uri("ray")
+    payloads = {t.trial_id: {"spec": spec, "trial": t, "store": store.location, "ray_storage": ray_storage}
+                for t in trials}
+    concurrency = max_concurrent(spec, ray.cluster_resources() if fixed_cluster else None)
+    progress(f"[train] {len(trials)} models to train, {concurrency} at a time")
+    tuner = ray.tune.Tuner(
+        ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads), {"cpu": TRIAL_DRIVER_CPUS}),
+        param_space={"trial_id": ray.tune.grid_search([t.trial_id for t in trials])},
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
+        run_config=ray.tune.RunConfig(name=f"train-{int(time.time())}", storage_path=ray_storage, verbose=0,
+                                      callbacks=[TrainProgress(spec, {t.trial_id: t for t in trials}, progress)]),
+    )
+    results = tuner.fit()
+    return [r.config["trial_id"] for r in results if r.error is not None]
+
+
+class TrainProgress(ray.tune.Callback):
+    """One terminal line per trial every few reports: which model, how far, current loss."""
+
+    def __init__(self, spec: StudySpec, trials: dict[str, Trial], progress):
+        self.steps, self.trials, self.progress = spec.training.steps, trials, progress
+        self.finished = 0
+        self.last_print: dict[str, float] = {}
+
+    def _name(self, trial) -> str:
+        t = self.trials[trial.config["trial_id"]]
+        return f"{t.trial_id} {t.dataset.name}/{t.architecture.name} N={t.n} pair={t.pair} {t.split} seed={t.seed}"
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        now = time.monotonic()
+        if now - self.last_print.get(trial.trial_id, 0) < 5 and result.get("step") != self.steps:
+            return
+        self.last_print[trial.trial_id] = now
+        if "loss" in result:
+            self.progress(f"[train] {self._name(trial)}: step {result.get('step')}/{self.steps} "
+                          f"loss {result['loss']:.4g}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished += 1
+        self.progress(f"[train] done {self.finished}/{len(self.trials)}: {self._name(trial)}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.progress(f"[train] FAILED: {self._name(trial)}")

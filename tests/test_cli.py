@@ -1,0 +1,85 @@
+"""The command line on bad input: one clear message naming the field or file, exit 2, nothing written."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gahb_scale.cli import format_transition, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def micro(tmp_path, **changes):
+    data = yaml.safe_load((ROOT / "studies" / "micro.yaml").read_text())
+    data["storage"] = {"results_dir": str(tmp_path / "out")}
+    for dotted, value in changes.items():  # "training__lr" sets data["training"]["lr"]
+        *path, last = dotted.split("__")
+        target = data
+        for key in path:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        target[int(last) if isinstance(target, list) else last] = value
+    return data
+
+
+MALFORMED = [
+    ("train_sizes", dict(train_sizes=[])),
+    ("training.lr", dict(training__lr=-1)),
+    ("sampling.beta", dict(sampling__beta=1.5)),
+    ("sampling.sigma_L", dict(sampling__sigma_L=2.0)),
+    ("datasets[0].kind", dict(datasets__0__kind="mnist")),
+    ("datasets[0].params", dict(datasets__0__params={"alpha": 2})),
+    ("architectures[0].kind", dict(architectures__0__kind="transformer")),
+    ("architectures[0].params", dict(architectures__0__params={"depth": 3})),
+    ("image_size", dict(image_size=7)),
+    ("resources.gpus_per_trial", dict(resources__gpus_per_trial=1.5)),
+    ("resources.max_concurrent_trials", dict(resources__max_concurrent_trials=0)),
+    ("training.noise_schedule", dict(training__noise_schedule="cosine")),
+]
+
+
+@pytest.mark.parametrize("field, changes", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_spec_is_rejected_without_output(tmp_path, capsys, field, changes):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(micro(tmp_path, **changes)))
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dataset_folder_is_named(tmp_path, capsys):
+    data = micro(tmp_path)
+    data["datasets"] = [{"name": "faces", "kind": "folder", "params": {"path": str(tmp_path / "no-such-folder")}}]
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "datasets[0].params.path" in err and "no-such-folder" in err
+
+
+def test_unreadable_yaml_and_missing_file(tmp_path, capsys):
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("name: x\n  image_size: [16\n")
+    assert main(["validate", str(spec)]) == 2
+    assert "line" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "absent.yaml")]) == 2
+    assert "absent.yaml" in capsys.readouterr().err
+
+
+def test_validate_prints_the_trial_grid(capsys):
+    assert main(["validate", str(ROOT / "studies" / "smoke.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "8 trials" in out
+
+
+def test_query_without_results_is_a_clear_error(tmp_path, capsys):
+    assert main(["query", "SELECT 1", "--results", str(tmp_path / "nothing")]) == 2
+    assert "nothing" in capsys.readouterr().err
+
+
+def test_transition_table_says_undefined_for_n_below_2():
+    row = dict(dataset="d", architecture="a", n=1, train_psnr=30.0, test_psnr=20.0, psnr_gap=10.0,
+               nn_cosine=0.99, f_mem=float("nan"), f_mem_low=float("nan"), f_mem_high=float("nan"), ab_cosine=0.5,
+               ab_cosine_centered=0.1, ab_l2=0.2, effective_dim=3.0, capped_samples=0)
+    assert "undefined (N<2)" in format_transition([row])

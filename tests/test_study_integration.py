@@ -1,0 +1,155 @@
+"""A micro-study end to end on local Ray: every table, MLflow, idempotent re-run, resume after kill.
+
+Slow by nature (Ray starts processes per trial): the whole file takes a few minutes on 2 CPUs.
+The tests share one results folder and run in order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gahb_scale.cli import main
+from gahb_scale.study.spec import expand_trials, load_spec
+from gahb_scale.study.store import StudyStore, model_path
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    """The micro study with its results in a temporary folder: (spec path, results folder)."""
+    folder = tmp_path_factory.mktemp("micro")
+    data = yaml.safe_load((ROOT / "studies" / "micro.yaml").read_text())
+    data["storage"] = {"results_dir": str(folder / "results" / "micro")}
+    spec_path = folder / "micro.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    return spec_path, folder / "results" / "micro"
+
+
+def table_rows(results: Path) -> dict[str, list[dict]]:
+    store = StudyStore(str(results))
+    return {name: store.rows(name) for name in
+            ("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "pairs", "transition")}
+
+
+def test_micro_study_end_to_end(micro, capsys):
+    spec_path, results = micro
+    assert main(["run", str(spec_path)]) == 0
+    out = capsys.readouterr().out
+    assert "transition table" in out and "mlflow ui --backend-store-uri" in out
+
+    spec = load_spec(spec_path)
+    trials = expand_trials(spec)
+    rows = table_rows(results)
+    a = spec.analysis
+    n_models, n_pairs = len(trials), len(trials) // 2
+    assert len(rows["trials"]) == n_models
+    assert {r["trial_id"] for r in rows["trials"]} == {t.trial_id for t in trials}
+    assert len(rows["train_curves"]) == n_models * spec.training.steps // spec.training.log_every
+    assert len(rows["model_metrics"]) == n_models
+    assert len(rows["psnr"]) == n_models * 2 * len(a.sigmas)
+    assert len(rows["samples"]) == n_models * spec.sampling.num_samples
+    assert len(rows["jacobian"]) == n_models * a.jacobian_images * len(a.jacobian_sigmas)
+    assert len(rows["eigen"]) == n_models * a.jacobian_images * len(a.jacobian_sigmas) * a.eigenvalues_kept
+    assert len(rows["pairs"]) == n_pairs * spec.sampling.num_samples
+    assert sorted(r["n"] for r in rows["transition"]) == spec.train_sizes
+    for name, table in rows.items():
+        for row in table:
+            assert row["study_id"] == "micro", name
+            assert row.get("trial_id") or row.get("pair_id") or name == "transition", name
+
+    # the science of the tables, as far as a 20-step model allows
+    by_n = {r["n"]: r for r in rows["transition"]}
+    assert by_n[1]["f_mem"] != by_n[1]["f_mem"]  # NaN: undefined for N = 1, not invented
+    assert 0 <= by_n[4]["f_mem"] <= 1
+    for r in rows["samples"]:
+        assert r["steps"] >= 1 and -1 <= r["nn_cosine"] <= 1 + 1e-6
+    for r in rows["pairs"]:
+        assert -1 - 1e-6 <= r["cosine_centered"] <= 1 + 1e-6 and r["l2_normalized"] >= 0
+
+    # MLflow: one study run with one nested run per model, each with its figures
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("gahb-scale/micro")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == n_models
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert {"phase_transition.png", "spec.yaml"} <= {f.path for f in client.list_artifacts(parents[0].info.run_id)}
+    child_files = {f.path for f in client.list_artifacts(children[0].info.run_id)}
+    assert {"samples.png", "psnr_curves.png", "eigen_spectrum.png", "eigenvectors.png"} <= child_files
+    assert client.get_metric_history(children[0].info.run_id, "loss")
+    f_mem_history = client.get_metric_history(parents[0].info.run_id, "discs/unet_micro/psnr_gap")
+    assert sorted(m.step for m in f_mem_history) == spec.train_sizes
+
+    # SQL over the tables
+    assert main(["query", "SELECT count(*) AS n FROM samples WHERE study_id = 'micro'", "--results",
+                 str(results.parent)]) == 0
+    assert str(n_models * spec.sampling.num_samples) in capsys.readouterr().out
+
+
+def test_rerun_trains_nothing_and_adds_no_row(micro, capsys):
+    spec_path, results = micro
+    before = table_rows(results)
+    stamps = {p: p.stat().st_mtime_ns for p in (results / "tables").glob("*.parquet") if p.name != "transition.parquet"}
+    models = {p: p.stat().st_mtime_ns for p in (results / "models").glob("*/model.pt")}
+    assert main(["run", str(spec_path)]) == 0
+    out = capsys.readouterr().out
+    assert "already trained" in out and "already analysed" in out
+    assert table_rows(results) == before
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # untouched, not rewritten
+    assert {p: p.stat().st_mtime_ns for p in models} == models
+
+
+def test_killed_study_resumes_from_checkpoints(micro, tmp_path):
+    """Kill a run mid-training (SIGKILL, no clean-up), then run again: it continues from the checkpoint."""
+    spec_path, results = micro
+    data = yaml.safe_load(spec_path.read_text())
+    data["training"].update(steps=400, checkpoint_every=50, log_every=50)  # new trial ids: a fresh training run
+    data["train_sizes"] = [4]
+    spec_file = tmp_path / "micro_resume.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    trials = expand_trials(load_spec(spec_file))
+
+    process = subprocess.Popen([sys.executable, "-m", "gahb_scale.cli", "run", str(spec_file)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    checkpoints = []
+    while time.monotonic() < deadline and not checkpoints:
+        checkpoints = list((results / "ray").glob(f"{trials[0].trial_id}/checkpoint_*")) + \
+            list((results / "ray").glob(f"{trials[1].trial_id}/checkpoint_*"))
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpoints, "no checkpoint was written before the deadline"
+    store = StudyStore(str(results))
+    assert not all(store.exists(model_path(t.trial_id)) for t in trials)
+
+    assert main(["run", str(spec_file)]) == 0
+    trained = {r["trial_id"]: r for r in store.rows("trials")}
+    resumed = [trained[t.trial_id]["resumed_from_step"] for t in trials]
+    assert max(resumed) >= 50  # at least one model continued from a checkpoint instead of step 0
+    assert all(trained[t.trial_id]["steps"] == 400 for t in trials)
+    assert len([r for r in store.rows("pairs") if r["pair_id"] == trials[0].pair_id]) == data["sampling"]["num_samples"]
+
+
+def test_impossible_resource_request_is_refused_before_any_output(tmp_path, capsys):
+    data = yaml.safe_load((ROOT / "studies" / "micro.yaml").read_text())
+    data["resources"]["gpus_per_trial"] = 1
+    data["storage"] = {"results_dir": str(tmp_path / "out")}
+    spec_file = tmp_path / "gpu.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    assert main(["run", str(spec_file)]) == 2
+    assert "resources.gpus_per_trial" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
