@@ -1,0 +1,21 @@
+"""Measurements on denoisers and their samples (SCIENCE.md §5): PSNR curves, split-pair similarity,
+memorization, Jacobian analysis and the C^alpha PSNR slope. Plain PyTorch: no Ray, no MLflow.
+
+A *denoiser* here is any callable `f(y) -> clean estimate` on (B, C, H, W) images in [0, 1]; for a
+residual network pass `functools.partial(gahb_scale.models.denoise, net)` with `net` in eval mode.
+"""
+
+from .calpha_slope import fit_psnr_slope, optimal_calpha_slope
+from .jacobian import (EigenSpectrum, denoiser_jacobian, effective_dimensionality, eigen_spectrum,
+                       jacobian_by_rows, symmetry_error)
+from .memorization import MemorizationFraction, NearestNeighbours, memorization_fraction, nearest_neighbours
+from .psnr import default_sigma_grid, psnr, psnr_curve
+from .reference import EmpiricalOptimalDenoiser, GaussianDenoiser
+from .similarity import cosine_similarity, split_pair_similarity, unit_vectors
+
+__all__ = [
+    "EigenSpectrum", "EmpiricalOptimalDenoiser", "GaussianDenoiser", "MemorizationFraction", "NearestNeighbours", "cosine_similarity", "default_sigma_grid",
+    "denoiser_jacobian", "effective_dimensionality", "eigen_spectrum", "fit_psnr_slope", "jacobian_by_rows",
+    "memorization_fraction", "nearest_neighbours", "optimal_calpha_slope", "psnr", "psnr_curve",
+    "split_pair_similarity", "symmetry_error", "unit_vectors",
+]
