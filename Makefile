@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/gahb-scale demo
+	$(BIN)/gahb-scale run studies/smoke.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -54,7 +54,7 @@ class EmpiricalOptimalDenoiser(nn.Module):
 
     def __init__(self, train_images: torch.Tensor, sigma: float | None = None, sigma_grid: torch.Tensor | None = None):
         super().__init__()
-        self.register_buffer("train", train_images.double().flatten(1))
+        self.register_buffer("train_images", train_images.double().flatten(1))
         grid = torch.tensor([float(sigma)], dtype=torch.float64) if sigma is not None else (
             sigma_grid if sigma_grid is not None else log_sigma_grid())
         self.register_buffer("sigma_grid", grid.double())
@@ -62,11 +62,11 @@ class EmpiricalOptimalDenoiser(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         flat = y.double().flatten(1)
         n = flat.shape[1]
-        sq_dist = torch.cdist(flat, self.train) ** 2  # (B, N)
+        sq_dist = torch.cdist(flat, self.train_images) ** 2  # (B, N)
         var = self.sigma_grid ** 2  # (K,)
         logits = -sq_dist[:, None, :] / (2 * var[None, :, None])  # (B, K, N)
         # p(y | σ_k) = mean_i N(y; x_i, σ_k² I): the evidence for each σ, then the posterior over i.
         log_evidence = torch.logsumexp(logits, dim=2) - n * torch.log(self.sigma_grid)  # (B, K)
         weights = torch.softmax(log_evidence, dim=1)[:, :, None] * torch.softmax(logits, dim=2)  # (B, K, N)
-        denoised = weights.sum(1) @ self.train
+        denoised = weights.sum(1) @ self.train_images
         return (flat - denoised).reshape(y.shape).to(y.dtype)

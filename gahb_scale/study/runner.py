@@ -22,7 +22,7 @@ from ..errors import UserInputError
 from .spec import StudySpec, Trial, expand_trials
 from .store import StudyStore, arrays_path, load_arrays, model_path
 
-from .train import RAY_ENV, TRIAL_DRIVER_CPUS, train_trials  # first: sets Ray Train V2 before ray.train loads
+from .train import RAY_ENV, TRIAL_DRIVER_CPUS, say, train_trials  # first: sets Ray Train V2 before ray.train loads
 
 import ray  # noqa: E402
 
@@ -40,7 +40,7 @@ def analysis_id(spec: StudySpec) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def check_resources(spec: StudySpec, cluster: dict, strict: bool, progress: Callable[[str], None]) -> None:
+def check_resources(spec: StudySpec, cluster: dict, strict: bool) -> None:
     """Refuse, before anything starts, a request the cluster cannot satisfy.
 
     On an existing cluster (`strict=False`) an autoscaler may still add nodes, so a shortfall is
@@ -61,7 +61,7 @@ def check_resources(spec: StudySpec, cluster: dict, strict: bool, progress: Call
     if problems and strict:
         raise UserInputError("\n".join(problems))
     for problem in problems:
-        progress(f"warning: {problem} (now; waiting for the autoscaler)")
+        say(f"warning: {problem} (now; waiting for the autoscaler)")
 
 
 def _connect(address: str | None) -> None:
@@ -72,7 +72,7 @@ def _connect(address: str | None) -> None:
              configure_logging=False)
 
 
-def _gather(refs: dict, what: str, progress: Callable[[str], None], on_result: Callable[[object, dict], None],
+def _gather(refs: dict, what: str, on_result: Callable[[object, dict], None],
             flush: Callable[[], None], flush_every: float = 20.0) -> list:
     """Wait for Ray tasks, handing each result over as it arrives; returns the keys that failed."""
     failed, done, last_flush = [], 0, time.monotonic()
@@ -84,9 +84,10 @@ def _gather(refs: dict, what: str, progress: Callable[[str], None], on_result: C
             on_result(key, ray.get(ready[0]))
         except Exception as exc:  # a failed task must not lose the others' results
             failed.append(key)
-            progress(f"[{what}] FAILED {key}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the task's own exception
+            say(f"[{what}] FAILED {key}: {type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300]}")
         done += 1
-        progress(f"[{what}] {done}/{len(refs)} done")
+        say(f"[{what}] {done}/{len(refs)} done")
         if time.monotonic() - last_flush > flush_every:
             flush()
             last_flush = time.monotonic()
@@ -131,7 +132,7 @@ def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -
 
 
 def _log_to_mlflow(spec: StudySpec, spec_text: str, trials: list[Trial], store: StudyStore, aid: str,
-                   transition: list[dict], progress: Callable[[str], None]) -> str:
+                   transition: list[dict]) -> str:
     from . import figures
     from .tracking import StudyTracker
 
@@ -163,32 +164,31 @@ def _log_to_mlflow(spec: StudySpec, spec_text: str, trials: list[Trial], store: 
             metrics = tables["model_metrics"][t.trial_id][0]
             losses = [(r["step"], r["loss"]) for r in tables["train_curves"][t.trial_id]]
             tracker.log_trial(t, aid, metrics, losses, figs)
-            progress(f"[mlflow] trial runs {i}/{len(todo)} logged")
+            say(f"[mlflow] trial runs {i}/{len(todo)} logged")
         tracker.log_study(spec_text, transition, figures.transition_figure(transition))
     return tracker.uri
 
 
-def run_study(spec: StudySpec, spec_text: str, address: str | None = None,
-              progress: Callable[[str], None] = print) -> dict:
+def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> dict:
     """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "results": location}."""
     store = StudyStore(spec.storage.results_location())
     trials = expand_trials(spec)
     aid = analysis_id(spec)
     started = time.monotonic()
-    progress(f"study {spec.name}: {len(trials)} models; results in {store.location}")
+    say(f"study {spec.name}: {len(trials)} models; results in {store.location}")
     _connect(address)
     try:
-        check_resources(spec, ray.cluster_resources(), strict=address is None, progress=progress)
+        check_resources(spec, ray.cluster_resources(), strict=address is None)
         store.write_bytes("spec.yaml", spec_text.encode())
         r = spec.resources
 
         # 1. training (Tune grid of TorchTrainers)
         todo = [t for t in trials if not store.exists(model_path(t.trial_id))]
         if todo:
-            failed = train_trials(spec, todo, store, progress, fixed_cluster=address is None)
+            failed = train_trials(spec, todo, store, fixed_cluster=address is None)
         else:
             failed = []
-            progress(f"[train] all {len(trials)} models already trained")
+            say(f"[train] all {len(trials)} models already trained")
         _register_trained(spec, trials, store)
         trained = [t for t in trials if store.exists(model_path(t.trial_id))]
 
@@ -199,10 +199,10 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None,
         if pending:
             task = ray.remote(stages.analyze_model).options(num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial)
             refs = {task.remote(spec, t, store.location, aid): t.trial_id for t in pending}
-            progress(f"[analysis] {len(pending)} models to analyse")
-            failed += _gather(refs, "analysis", progress, lambda key, rows: buffer.add(rows), buffer.flush)
+            say(f"[analysis] {len(pending)} models to analyse")
+            failed += _gather(refs, "analysis", lambda key, rows: buffer.add(rows), buffer.flush)
         else:
-            progress(f"[analysis] all {len(trained)} models already analysed")
+            say(f"[analysis] all {len(trained)} models already analysed")
 
         # 3. per split pair: A/B similarity of samples with shared seeds
         analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": aid})
@@ -215,9 +215,9 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None,
         if ready:
             task = ray.remote(stages.analyze_pair).options(num_cpus=min(1.0, r.cpus_per_trial))
             refs = {task.remote(spec, a, b, store.location, aid): a.pair_id for a, b in ready}
-            failed += _gather(refs, "pairs", progress, lambda key, rows: buffer.add(rows), buffer.flush)
+            failed += _gather(refs, "pairs", lambda key, rows: buffer.add(rows), buffer.flush)
         else:
-            progress("[pairs] nothing new to compare")
+            say("[pairs] nothing new to compare")
 
         # 4. per study: the transition table
         complete = all(t.trial_id in analysed for t in trials)
@@ -227,8 +227,8 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None,
         ray.shutdown()
 
     loggable = [t for t in trials if all(u.trial_id in analysed for u in by_pair[t.pair_id].values())]
-    mlflow_uri = _log_to_mlflow(spec, spec_text, loggable, store, aid, transition, progress) if loggable else None
-    progress(f"study {spec.name}: finished stages in {time.monotonic() - started:.0f} s")
+    mlflow_uri = _log_to_mlflow(spec, spec_text, loggable, store, aid, transition) if loggable else None
+    say(f"study {spec.name}: finished stages in {time.monotonic() - started:.0f} s")
     if failed or not complete:
         raise StudyFailed(f"{len(failed)} trial(s)/task(s) failed ({', '.join(map(str, failed[:5]))}); finished "
                           f"work is saved — fix the cause and run the same command again to continue")

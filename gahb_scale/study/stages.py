@@ -73,7 +73,7 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
     jac_rows, eigen_rows, eigenvectors = [], [], []
     for sigma in a.jacobian_sigmas:
         noisy = clean + sigma / 255.0 * torch.randn(clean.shape, generator=generator).to(device)
-        jac = denoiser_jacobian(f, noisy)
+        jac = denoiser_jacobian(f, noisy, chunk_size=256 if device.type == "cuda" else 64)  # bounds memory
         spectrum = eigen_spectrum(jac)
         sym, dim = symmetry_error(jac), effective_dimensionality(jac)
         eigenvectors.append(spectrum.eigenvectors[:, :, :a.eigenvector_images].transpose(1, 2)

@@ -134,19 +134,24 @@ def max_concurrent(spec: StudySpec, cluster: dict | None) -> int:
     return max(1, min(fits, r.max_concurrent_trials))
 
 
-def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, progress, fixed_cluster: bool) -> list[str]:
+def say(line: str) -> None:
+    """A progress line on the terminal (module-level so Tune can pickle the callback that uses it)."""
+    print(line, flush=True)
+
+
+def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, fixed_cluster: bool) -> list[str]:
     """Train `trials` with a Tune grid; returns the ids of the trials that failed."""
     ray_storage = store.uri("ray")
     payloads = {t.trial_id: {"spec": spec, "trial": t, "store": store.location, "ray_storage": ray_storage}
                 for t in trials}
     concurrency = max_concurrent(spec, ray.cluster_resources() if fixed_cluster else None)
-    progress(f"[train] {len(trials)} models to train, {concurrency} at a time")
+    say(f"[train] {len(trials)} models to train, {concurrency} at a time")
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads), {"cpu": TRIAL_DRIVER_CPUS}),
         param_space={"trial_id": ray.tune.grid_search([t.trial_id for t in trials])},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
         run_config=ray.tune.RunConfig(name=f"train-{int(time.time())}", storage_path=ray_storage, verbose=0,
-                                      callbacks=[TrainProgress(spec, {t.trial_id: t for t in trials}, progress)]),
+                                      callbacks=[TrainProgress(spec, {t.trial_id: t for t in trials})]),
     )
     results = tuner.fit()
     return [r.config["trial_id"] for r in results if r.error is not None]
@@ -155,8 +160,8 @@ def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, progre
 class TrainProgress(ray.tune.Callback):
     """One terminal line per trial every few reports: which model, how far, current loss."""
 
-    def __init__(self, spec: StudySpec, trials: dict[str, Trial], progress):
-        self.steps, self.trials, self.progress = spec.training.steps, trials, progress
+    def __init__(self, spec: StudySpec, trials: dict[str, Trial]):
+        self.steps, self.trials = spec.training.steps, trials
         self.finished = 0
         self.last_print: dict[str, float] = {}
 
@@ -170,12 +175,12 @@ class TrainProgress(ray.tune.Callback):
             return
         self.last_print[trial.trial_id] = now
         if "loss" in result:
-            self.progress(f"[train] {self._name(trial)}: step {result.get('step')}/{self.steps} "
+            say(f"[train] {self._name(trial)}: step {result.get('step')}/{self.steps} "
                           f"loss {result['loss']:.4g}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
-        self.progress(f"[train] done {self.finished}/{len(self.trials)}: {self._name(trial)}")
+        say(f"[train] done {self.finished}/{len(self.trials)}: {self._name(trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.progress(f"[train] FAILED: {self._name(trial)}")
+        say(f"[train] FAILED: {self._name(trial)}")
