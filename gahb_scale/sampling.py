@@ -27,10 +27,15 @@ class SamplerResult:
     sigmas: torch.Tensor  # (B, T): σ_t per step, NaN after the sample stopped
     steps: torch.Tensor  # (B,): steps taken
     hit_cap: torch.Tensor  # (B,) bool: stopped by max_steps, not by reaching sigma_L
+    diverged: torch.Tensor  # (B,) bool: stopped because y became non-finite (sample is not usable)
 
     @property
     def num_capped(self) -> int:
         return int(self.hit_cap.sum())
+
+    @property
+    def num_diverged(self) -> int:
+        return int(self.diverged.sum())
 
 
 def step_size(t: int, h0: float) -> float:
@@ -46,7 +51,9 @@ def sample_kadkhodaie_simoncelli(residual: Residual, image_shape: Sequence[int],
 
     `image_shape` is (C, H, W). Every sample runs until its own σ_t ≤ sigma_L; finished samples
     leave the batch so the network only sees the ones still running. A sample still running after
-    `max_steps` is stopped and flagged in `hit_cap` — callers must report it.
+    `max_steps` is stopped and flagged in `hit_cap`; one whose σ_t overflows (a denoiser too
+    inaccurate at low noise makes the ascent unstable) is stopped and flagged in `diverged`.
+    Callers must report both.
     """
     if not 0 < beta <= 1:
         raise ValueError(f"beta must be in (0, 1], got {beta}")
@@ -66,6 +73,7 @@ def sample_kadkhodaie_simoncelli(residual: Residual, image_shape: Sequence[int],
     samples = torch.empty_like(y)
     steps = torch.zeros(batch, dtype=torch.long)
     hit_cap = torch.zeros(batch, dtype=torch.bool)
+    diverged = torch.zeros(batch, dtype=torch.bool)
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows still running, their σ_t) per step
 
     active = all_rows  # indices into the batch of the samples still running; y holds only those
@@ -74,12 +82,14 @@ def sample_kadkhodaie_simoncelli(residual: Residual, image_shape: Sequence[int],
         d = residual(y)
         sigma = (d.flatten(1).norm(dim=1) / math.sqrt(n)).float()
         history.append((active, sigma.cpu()))
-        done = (sigma <= sigma_L).cpu() | (t >= max_steps)
+        converged, blown_up = (sigma <= sigma_L).cpu(), (~torch.isfinite(sigma)).cpu()
+        done = converged | blown_up | (t >= max_steps)
         if done.any():
             finished = active[done]
             samples[finished.to(device)] = (y - d)[done.to(device)]
             steps[finished] = t
-            hit_cap[finished] = (sigma.cpu()[done] > sigma_L)
+            hit_cap[finished] = ~converged[done] & ~blown_up[done]
+            diverged[finished] = blown_up[done]
             keep = ~done
             active, y, d, sigma = active[keep], y[keep.to(device)], d[keep.to(device)], sigma[keep.to(device)]
             if not active.numel():
@@ -94,4 +104,4 @@ def sample_kadkhodaie_simoncelli(residual: Residual, image_shape: Sequence[int],
     sigmas = torch.full((batch, len(history)), float("nan"))
     for step_index, (rows, values) in enumerate(history):
         sigmas[rows, step_index] = values
-    return SamplerResult(samples=samples, sigmas=sigmas, steps=steps, hit_cap=hit_cap)
+    return SamplerResult(samples=samples, sigmas=sigmas, steps=steps, hit_cap=hit_cap, diverged=diverged)

@@ -106,7 +106,7 @@ def test_step_cap_is_reported():
     identity_residual = lambda y: y - 0.5  # noqa: E731  σ_t never falls below sigma_L within 3 steps
     result = sample_kadkhodaie_simoncelli(identity_residual, (1, 4, 4), seeds=[0, 1], h0=0.01, max_steps=3,
                                           device="cpu")
-    assert result.hit_cap.all() and result.num_capped == 2
+    assert result.hit_cap.all() and result.num_capped == 2 and not result.diverged.any()
     assert (result.steps == 3).all()
     assert result.sigmas.shape == (2, 3) and not result.sigmas.isnan().any()
 
@@ -121,3 +121,11 @@ def test_samples_stop_individually():
         k = int(result.steps[i])
         assert not row[:k].isnan().any() and row[k:].isnan().all()
         assert row[k - 1] <= 0.01
+
+
+def test_diverging_trajectory_is_stopped_and_reported():
+    exploding_residual = lambda y: -1e30 * y  # noqa: E731  ascent away from everything: y overflows
+    result = sample_kadkhodaie_simoncelli(exploding_residual, (1, 4, 4), seeds=[0], h0=0.5, max_steps=100,
+                                          device="cpu")
+    assert result.diverged.all() and result.num_diverged == 1
+    assert not result.hit_cap.any() and result.steps[0] < 100

@@ -31,7 +31,7 @@ def transition_figure(rows: list[dict]) -> bytes:
         label = f"{dataset} / {arch}"
         col = lambda k: np.array([r[k] for r in rs], dtype=float)  # noqa: E731
         axes[0].errorbar(n, col("psnr_gap"), yerr=col("psnr_gap_std"), marker="o", capsize=3, label=label)
-        axes[1].plot(n, col("nn_cosine"), marker="o", label=f"{label}: NN cosine")
+        axes[1].plot(n, col("nn_cosine_centered"), marker="o", label=f"{label}: centred cosine to nearest training image")
         f, lo, hi = col("f_mem"), col("f_mem_low"), col("f_mem_high")
         axes[1].errorbar(n, f, yerr=[np.nan_to_num(f - lo), np.nan_to_num(hi - f)], marker="s", ls="--", capsize=3,
                          label=f"{label}: f_mem (95% CI)")

@@ -34,9 +34,10 @@ class StudyFailed(Exception):
 
 
 def analysis_id(spec: StudySpec) -> str:
-    """Hash of the sampling and analysis settings: analysed rows are valid for these only."""
+    """Hash of the sampling and analysis settings and of the package version (a release may
+    change what is measured): analysed rows are valid for these only."""
     settings = {"sampling": spec.sampling.model_dump(mode="json"), "analysis": spec.analysis.model_dump(mode="json"),
-                "test_images": spec.test_images}
+                "test_images": spec.test_images, "version": gahb_scale.__version__}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..analysis import (denoiser_jacobian, effective_dimensionality, eigen_spectrum, memorization_fraction,
-                        nearest_neighbours, psnr_curve, split_pair_similarity, symmetry_error)
+                        nearest_neighbours, psnr_curve, split_pair_similarity, symmetry_error, unit_vectors)
 from ..models import build_model, denoise
 from ..sampling import sample_kadkhodaie_simoncelli
 from .datasets import split_images
@@ -35,6 +35,10 @@ def load_model(store: StudyStore, trial: Trial, device: torch.device) -> tuple[t
     net = build_model(trial.architecture.kind, **trial.architecture.params)
     net.load_state_dict(saved["state_dict"])
     return net.to(device).eval(), saved
+
+
+def _normalized(images: torch.Tensor) -> torch.Tensor:
+    return unit_vectors(images, centered=True).reshape(images.shape)
 
 
 def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str) -> dict[str, list[dict]]:
@@ -58,13 +62,21 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
     seeds = [s.seed + i for i in range(s.num_samples)]
     sampled = sample_kadkhodaie_simoncelli(net, train.shape[1:], seeds, h0=s.h0, beta=s.beta, sigma_0=s.sigma_0,
                                            sigma_L=s.sigma_L, mean=s.mean, max_steps=s.max_steps, device=device)
-    nn = nearest_neighbours(sampled.samples, train)
-    f_mem = memorization_fraction(nn.ratio.cpu(), threshold=a.memorization_threshold, n_boot=a.bootstrap, seed=0)
+    # A bias-free denoiser maps a·x to a·f(x): every rescaled training image is a fixed point, so
+    # a memorizing model's samples are training images up to gain and offset. Neighbours and d1/d2
+    # are therefore taken between mean-removed, unit-norm images (scale-free, and not fooled by
+    # flat regions as the raw cosine is); the raw pixel distance to that neighbour is kept too.
+    nn = nearest_neighbours(_normalized(sampled.samples), _normalized(train))
+    raw_l2 = (sampled.samples - train[nn.index_l2]).flatten(1).norm(dim=1)
+    usable = ~sampled.diverged  # a diverged sample is reported, not counted as (non-)memorized
+    f_mem = memorization_fraction(nn.ratio.cpu()[usable], threshold=a.memorization_threshold, n_boot=a.bootstrap,
+                                  seed=0)
     final_sigma = [float(row[~row.isnan()][-1]) for row in sampled.sigmas]
     sample_rows = [{**base, "sample_seed": seed, "steps": int(sampled.steps[i]), "hit_cap": bool(sampled.hit_cap[i]),
-                    "final_sigma": final_sigma[i], "nn_index": int(nn.index_l2[i]), "nn_l2": float(nn.d1[i]),
-                    "second_nn_l2": float(nn.d2[i]), "d1_d2": float(nn.ratio[i]),
-                    "nn_cosine": float(nn.cosine[i]), "nn_cosine_index": int(nn.index_cosine[i])}
+                    "diverged": bool(sampled.diverged[i]),
+                    "final_sigma": final_sigma[i], "nn_index": int(nn.index_l2[i]), "d1": float(nn.d1[i]),
+                    "d2": float(nn.d2[i]), "d1_d2": float(nn.ratio[i]),
+                    "nn_cosine_centered": float(nn.cosine[i]), "nn_l2_pixels": float(raw_l2[i])}
                    for i, seed in enumerate(seeds)]
 
     # Jacobians at noisy held-out images; the noise is seeded so A and B see the same inputs.
@@ -93,9 +105,9 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
                 - np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "test"]))
     metrics = {**base, **trial.as_row(), "analysis_id": analysis_id,
                "train_psnr": float(curves["train"]["psnr_out"].mean()), "test_psnr": float(curves["test"]["psnr_out"].mean()),
-               "psnr_gap": gap, "nn_cosine_mean": float(nn.cosine.mean()), "nn_l2_mean": float(nn.d1.mean()),
+               "psnr_gap": gap, "nn_cosine_centered": float(nn.cosine.mean()), "nn_l2_pixels": float(raw_l2.mean()),
                "f_mem": f_mem.value, "f_mem_low": f_mem.low, "f_mem_high": f_mem.high, "f_mem_defined": f_mem.defined,
-               "capped_samples": sampled.num_capped, "mean_sampler_steps": float(sampled.steps.float().mean()),
+               "capped_samples": sampled.num_capped, "diverged_samples": sampled.num_diverged, "mean_sampler_steps": float(sampled.steps.float().mean()),
                "effective_dim": float(np.mean([r["effective_dim"] for r in jac_rows])),
                "symmetry_error": float(np.mean([r["symmetry_error"] for r in jac_rows]))}
     return {"model_metrics": [metrics], "psnr": psnr_rows, "samples": sample_rows, "jacobian": jac_rows,
@@ -137,10 +149,11 @@ def transition_rows(spec: StudySpec, location: str) -> list[dict]:
             continue
         key = (m["dataset"], m["architecture"], m["n"])
         trial_group[m["trial_id"]] = key
-        for col in ("train_psnr", "test_psnr", "psnr_gap", "nn_cosine_mean", "effective_dim", "capped_samples"):
+        for col in ("train_psnr", "test_psnr", "psnr_gap", "nn_cosine_centered", "effective_dim", "capped_samples",
+                    "diverged_samples"):
             groups[key][col].append(m[col])
     for s in samples:
-        if s["study_id"] == spec.name and s["trial_id"] in trial_group:
+        if s["study_id"] == spec.name and s["trial_id"] in trial_group and not s["diverged"]:
             groups[trial_group[s["trial_id"]]]["ratio"].append(s["d1_d2"])
     for p in pairs:
         if p["study_id"] == spec.name:
@@ -154,16 +167,17 @@ def transition_rows(spec: StudySpec, location: str) -> list[dict]:
                                       threshold=spec.analysis.memorization_threshold,
                                       n_boot=spec.analysis.bootstrap, seed=0)
         gap, gap_std = _mean_std(g["psnr_gap"])
-        nn_cos, nn_cos_std = _mean_std(g["nn_cosine_mean"])
+        nn_cos, nn_cos_std = _mean_std(g["nn_cosine_centered"])
         ab_c, ab_c_std = _mean_std(g["ab_cosine_centered"])
         rows.append({
             "study_id": spec.name, "dataset": dataset, "architecture": architecture, "n": n,
             "models": len(g["psnr_gap"]), "train_psnr": _mean_std(g["train_psnr"])[0],
             "test_psnr": _mean_std(g["test_psnr"])[0], "psnr_gap": gap, "psnr_gap_std": gap_std,
-            "nn_cosine": nn_cos, "nn_cosine_std": nn_cos_std,
+            "nn_cosine_centered": nn_cos, "nn_cosine_centered_std": nn_cos_std,
             "f_mem": f_mem.value, "f_mem_low": f_mem.low, "f_mem_high": f_mem.high,
             "ab_cosine": _mean_std(g["ab_cosine"])[0], "ab_cosine_centered": ab_c,
             "ab_cosine_centered_std": ab_c_std, "ab_l2": _mean_std(g["ab_l2_normalized"])[0],
             "effective_dim": _mean_std(g["effective_dim"])[0], "capped_samples": int(sum(g["capped_samples"])),
+            "diverged_samples": int(sum(g["diverged_samples"])),
         })
     return rows

@@ -134,9 +134,13 @@ def max_concurrent(spec: StudySpec, cluster: dict | None) -> int:
     return max(1, min(fits, r.max_concurrent_trials))
 
 
+_STARTED = time.monotonic()
+
+
 def say(line: str) -> None:
-    """A progress line on the terminal (module-level so Tune can pickle the callback that uses it)."""
-    print(line, flush=True)
+    """A progress line on the terminal, stamped with seconds since start (module-level so Tune
+    can pickle the callback that uses it)."""
+    print(f"{time.monotonic() - _STARTED:6.0f}s {line}", flush=True)
 
 
 def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, fixed_cluster: bool) -> list[str]:
