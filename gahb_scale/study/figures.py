@@ -19,6 +19,15 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str) -> bytes:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def transition_figure(rows: list[dict]) -> bytes:
     """The phase transition against N: PSNR gap, memorization, A/B similarity, effective dimension."""
     lines = defaultdict(list)
@@ -58,12 +67,7 @@ def psnr_figure(psnr_rows: list[dict], title: str) -> bytes:
     lo = min(r["psnr_in"] for r in psnr_rows)
     hi = max(r["psnr_in"] for r in psnr_rows)
     ax.plot([lo, hi], [lo, hi], color="grey", ls=":", label="identity")
-    ax.set_xlabel("input PSNR (dB)")
-    ax.set_ylabel("output PSNR (dB)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _finish(fig, ax, "input PSNR (dB)", "output PSNR (dB)", title)
 
 
 def sample_grid_figure(columns: dict[str, np.ndarray], seeds: np.ndarray, title: str) -> bytes:
@@ -93,12 +97,7 @@ def spectrum_figure(eigen_rows: list[dict], title: str) -> bytes:
         points.sort()
         ax.plot([k + 1 for k, _ in points], [v for _, v in points], label=f"σ={sigma:g}/255, image {image}")
     ax.set_xscale("log")
-    ax.set_xlabel("k")
-    ax.set_ylabel("eigenvalue λ_k of the Jacobian")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _png(fig)
+    return _finish(fig, ax, "k", "eigenvalue λ_k of the Jacobian", title)
 
 
 def eigenvector_figure(eigenvectors: np.ndarray, sigmas: np.ndarray, inputs: np.ndarray, title: str) -> bytes:

@@ -35,16 +35,14 @@ def study_status(spec_path: str) -> str:
     lines = []
     for t in trials:
         if store.exists(model_path(t.trial_id)):
-            state = "trained"
+            state, detail = "trained", "trained"
+        elif (step := _checkpoint_step(store, t.trial_id)) is not None:
+            state, detail = "part-trained", f"part-trained (checkpoint at step {step}/{spec.training.steps})"
         else:
-            step = _checkpoint_step(store, t.trial_id)
-            state = "not started" if step is None else "part-trained"
-            if step is not None:
-                state_text = f"part-trained (checkpoint at step {step}/{spec.training.steps})"
+            state, detail = "not started", "not started"
         counts[state] += 1
-        shown = state_text if state == "part-trained" else state
         lines.append(f"{t.trial_id}  {t.dataset.name}/{t.architecture.name} N={t.n} pair={t.pair} {t.split} "
-                     f"seed={t.seed}: {shown}; {'analysed' if t.trial_id in analysed else 'not analysed'}")
+                     f"seed={t.seed}: {detail}; {'analysed' if t.trial_id in analysed else 'not analysed'}")
     pairs = {t.pair_id for t in trials}
     summary = (f"study {spec.name} ({store.location}): {len(trials)} models — {counts['trained']} trained, "
                f"{counts['part-trained']} part-trained (resume with `gahb-scale run`), {counts['not started']} not "
