@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import PIL.Image
@@ -385,10 +383,3 @@ def test_build_pool_errors(folder):
     with pytest.raises(UserInputError) as error:
         build_pool("folder", 9, 8, seed=0, path=folder)
     assert str(folder) in str(error.value) and "9" in str(error.value) and "4" in str(error.value)
-
-
-def test_data_package_imports_neither_ray_nor_mlflow():
-    code = ("import sys, gahb_scale.data; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"

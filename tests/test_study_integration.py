@@ -118,6 +118,10 @@ def test_rerun_trains_nothing_and_adds_no_row(micro, capsys):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # untouched, not rewritten
     assert {p: p.stat().st_mtime_ns for p in models} == models
 
+    assert main(["status", str(spec_path)]) == 0
+    status = capsys.readouterr().out
+    assert "4 models — 4 trained" in status and "2/2 split pairs compared" in status
+
 
 def test_killed_study_resumes_from_checkpoints(micro, tmp_path):
     """Kill a run mid-training (SIGKILL, no clean-up), then run again: it continues from the checkpoint."""
