@@ -70,10 +70,12 @@ def cmd_run(args) -> int:
           "models of a split pair):")
     print(format_transition(result["transition"]))
     print()
+    # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)
+    bin_dir = Path(sys.executable).parent
     print(f"tables (Parquet):  {result['results']}/tables/")
-    print(f"SQL:               gahb-scale query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\"")
+    print(f"SQL:               {bin_dir / 'gahb-scale'} query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\"")
     if result["mlflow_uri"]:
-        print(f"MLflow UI:         {ui_command(result['mlflow_uri'])}")
+        print(f"MLflow UI:         {bin_dir / ui_command(result['mlflow_uri'])}")
     return 0
 
 
