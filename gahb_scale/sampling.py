@@ -1,4 +1,4 @@
-"""The Kadkhodaie–Simoncelli sampler: stochastic coarse-to-fine gradient ascent (SCIENCE.md §4).
+"""The Kadkhodaie–Simoncelli (NeurIPS 2021) sampler: stochastic coarse-to-fine gradient ascent.
 
 A blind denoiser's residual d(y) = y − f(y) is σ²∇log p_σ(y), so stepping y ← y − h·d climbs the
 log-density of the noisy image while the effective noise σ_t = ‖d‖/√n shrinks. β = 1 makes the

@@ -1,4 +1,4 @@
-"""One blind-denoiser training run (SCIENCE.md §3).
+"""One blind-denoiser training run, as in Kadkhodaie et al. (ICLR 2024).
 
 Per image a noise level σ is drawn from the whole range and never shown to the network, which
 learns to predict the noise (residual loss). The number of gradient steps is fixed and does not

@@ -1,4 +1,4 @@
-"""Measurements on denoisers and their samples (SCIENCE.md §5): PSNR curves, split-pair similarity,
+"""Measurements on denoisers and their samples (Kadkhodaie et al., ICLR 2024): PSNR curves, split-pair similarity,
 memorization, Jacobian analysis and the C^alpha PSNR slope. Plain PyTorch: no Ray, no MLflow.
 
 A *denoiser* here is any callable `f(y) -> clean estimate` on (B, C, H, W) images in [0, 1]; for a
@@ -12,10 +12,12 @@ from .memorization import MemorizationFraction, NearestNeighbours, memorization_
 from .psnr import default_sigma_grid, psnr, psnr_curve
 from .reference import EmpiricalOptimalDenoiser, GaussianDenoiser
 from .similarity import cosine_similarity, split_pair_similarity, unit_vectors
+from .subspaces import disc_tangent_space, energy_in_subspace, orthonormal_basis, principal_angles
 
 __all__ = [
     "EigenSpectrum", "EmpiricalOptimalDenoiser", "GaussianDenoiser", "MemorizationFraction", "NearestNeighbours", "cosine_similarity", "default_sigma_grid",
     "denoiser_jacobian", "effective_dimensionality", "eigen_spectrum", "fit_psnr_slope", "jacobian_by_rows",
     "memorization_fraction", "nearest_neighbours", "optimal_calpha_slope", "psnr", "psnr_curve",
-    "split_pair_similarity", "symmetry_error", "unit_vectors",
+    "split_pair_similarity", "symmetry_error", "unit_vectors", "disc_tangent_space", "energy_in_subspace",
+    "orthonormal_basis", "principal_angles",
 ]

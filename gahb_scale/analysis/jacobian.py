@@ -2,7 +2,7 @@
 
 For a bias-free network `f(y) = J(y) y` exactly, so the Jacobian *is* the adaptive linear filter the
 denoiser applies at y; its eigenvectors are the geometry-adaptive harmonic basis and its eigenvalues
-the shrinkage factors (SCIENCE.md §5).
+the shrinkage factors (Kadkhodaie et al., ICLR 2024, §3).
 """
 
 from __future__ import annotations

@@ -1,0 +1,56 @@
+"""Subspaces of image space: the tangent space of the disc family, principal angles, and how much of
+a denoiser's Jacobian lives inside a given subspace.
+
+On a low-dimensional image family the optimal denoiser at small noise projects onto the family's
+tangent space (5-D for discs). Comparing the trained network's Jacobian with that tangent space shows
+what it keeps beyond it (its GAHB components); principal angles between the leading eigen-subspaces
+of the two models of a split pair show generalization in the learned basis itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import render_discs
+
+
+def orthonormal_basis(vectors: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis (..., n, k) of the span of the columns of `vectors` (..., n, k)."""
+    q, _ = torch.linalg.qr(vectors)
+    return q
+
+
+def disc_tangent_space(params: torch.Tensor, size: int, supersample: int = 4, step: float = 1e-3) -> torch.Tensor:
+    """Orthonormal basis (B, n, 5) of the tangent space of the disc family at each row of `params` (B, 5).
+
+    Central finite differences of `render_discs` in each parameter, in float64 so the small step
+    does not drown in rounding; positions and radius move by `step` pixels, greys by `step`.
+    """
+    params = params.double()
+    columns = []
+    for k in range(params.shape[1]):
+        shift = torch.zeros_like(params)
+        shift[:, k] = step
+        plus = render_discs(params + shift, size, supersample).flatten(1)
+        minus = render_discs(params - shift, size, supersample).flatten(1)
+        columns.append((plus - minus) / (2 * step))
+    return orthonormal_basis(torch.stack(columns, dim=2))
+
+
+def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Principal angles (radians, ascending) between the column spans of `a` (..., n, p) and `b` (..., n, q).
+
+    The cosines are the singular values of QaᵀQb for orthonormal bases Qa, Qb (Björck & Golub 1973).
+    """
+    cosines = torch.linalg.svdvals(orthonormal_basis(a).transpose(-1, -2) @ orthonormal_basis(b))
+    return torch.arccos(cosines.clamp(-1.0, 1.0))
+
+
+def energy_in_subspace(jacobian: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Share of the Jacobian's Frobenius energy inside a subspace: ‖P J P‖²_F / ‖J‖²_F, (B,).
+
+    `basis` (B, n, k) must be orthonormal (e.g. from `disc_tangent_space`); P = basis basisᵀ.
+    1 means the denoiser acts only within the subspace; a projection onto it gives exactly 1.
+    """
+    inside = basis.transpose(-1, -2) @ jacobian @ basis  # k × k block: ‖P J P‖_F = ‖Bᵀ J B‖_F
+    return inside.square().sum(dim=(-1, -2)) / jacobian.square().sum(dim=(-1, -2))
