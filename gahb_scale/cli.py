@@ -34,14 +34,15 @@ def _cell(value) -> str:
 
 def format_transition(rows: list[dict]) -> str:
     header = ["dataset", "arch", "N", "PSNR train", "PSNR test", "gap dB", "NN cos centred", "f_mem [95% CI]",
-              "A/B cos", "A/B cos centred", "A/B L2", "tr J", "capped", "diverged"]
+              "A/B cos", "A/B cos centred", "A/B L2", "A/B basis", "tr J", "capped", "diverged"]
     body = []
     for r in sorted(rows, key=lambda r: (r["dataset"], r["architecture"], r["n"])):
         f_mem = (f"{r['f_mem']:.2f} [{r['f_mem_low']:.2f}, {r['f_mem_high']:.2f}]"
                  if not math.isnan(r["f_mem"]) else "undefined (N<2)")
         body.append([r["dataset"], r["architecture"], str(r["n"]), _num(r["train_psnr"], 2), _num(r["test_psnr"], 2),
                      _num(r["psnr_gap"], 2), _num(r["nn_cosine_centered"]), f_mem, _num(r["ab_cosine"]),
-                     _num(r["ab_cosine_centered"]), _num(r["ab_l2"]), _num(r["effective_dim"], 1),
+                     _num(r["ab_cosine_centered"]), _num(r["ab_l2"]), _num(r["ab_basis_overlap"]),
+                     _num(r["effective_dim"], 1),
                      str(r["capped_samples"]), str(r["diverged_samples"])])
     return _format_table(header, body)
 

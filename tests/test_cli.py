@@ -81,5 +81,5 @@ def test_query_without_results_is_a_clear_error(tmp_path, capsys):
 def test_transition_table_says_undefined_for_n_below_2():
     row = dict(dataset="d", architecture="a", n=1, train_psnr=30.0, test_psnr=20.0, psnr_gap=10.0,
                nn_cosine_centered=0.99, f_mem=float("nan"), f_mem_low=float("nan"), f_mem_high=float("nan"), ab_cosine=0.5,
-               ab_cosine_centered=0.1, ab_l2=0.2, effective_dim=3.0, capped_samples=0, diverged_samples=0)
+               ab_cosine_centered=0.1, ab_l2=0.2, ab_basis_overlap=0.5, effective_dim=3.0, capped_samples=0, diverged_samples=0)
     assert "undefined (N<2)" in format_transition([row])

@@ -35,7 +35,8 @@ def micro(tmp_path_factory):
     return spec_path, folder / "results" / "micro"
 
 
-TABLES = ("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "pairs", "transition")
+TABLES = ("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "pairs", "pair_bases",
+          "transition")
 
 
 def table_rows(results: Path) -> dict[str, list[dict]]:
@@ -68,6 +69,9 @@ def test_micro_study_end_to_end(micro, capsys):
     assert len(rows["jacobian"]) == n_models * a.jacobian_images * len(a.jacobian_sigmas)
     assert len(rows["eigen"]) == n_models * a.jacobian_images * len(a.jacobian_sigmas) * a.eigenvalues_kept
     assert len(rows["pairs"]) == n_pairs * spec.sampling.num_samples
+    assert len(rows["pair_bases"]) == n_pairs * a.jacobian_images * len(a.jacobian_sigmas)
+    for r in rows["pair_bases"]:
+        assert 0 <= r["basis_overlap"] <= 1 + 1e-9 and r["chance"] == a.eigenvector_images / spec.image_size**2
     assert sorted(r["n"] for r in rows["transition"]) == spec.train_sizes
     for name, table in rows.items():
         for row in table:

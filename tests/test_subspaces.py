@@ -51,3 +51,17 @@ def test_energy_in_subspace_of_a_projection_and_of_the_identity():
     assert torch.allclose(energy_in_subspace(projection, basis), torch.ones(1, dtype=torch.float64))
     identity = torch.eye(50, dtype=torch.float64).unsqueeze(0)
     assert torch.allclose(energy_in_subspace(identity, basis), torch.tensor([5 / 50], dtype=torch.float64))
+
+
+def test_pair_basis_overlap_is_one_for_the_same_basis_and_zero_for_orthogonal_ones():
+    from gahb_scale.study.stages import _basis_overlaps
+
+    eye = torch.eye(16, dtype=torch.float64)
+    first, last = eye[:4].reshape(1, 1, 4, 1, 4, 4).numpy(), eye[8:12].reshape(1, 1, 4, 1, 4, 4).numpy()
+    sigmas = torch.tensor([25.0]).numpy()
+    same = _basis_overlaps({"eigenvectors": first, "jacobian_sigmas": sigmas},
+                           {"eigenvectors": first[:, :, ::-1].copy(), "jacobian_sigmas": sigmas}, {})
+    apart = _basis_overlaps({"eigenvectors": first, "jacobian_sigmas": sigmas},
+                            {"eigenvectors": last, "jacobian_sigmas": sigmas}, {})
+    assert math.isclose(same[0]["basis_overlap"], 1.0) and math.isclose(apart[0]["basis_overlap"], 0.0, abs_tol=1e-12)
+    assert same[0]["chance"] == 4 / 16

@@ -47,8 +47,9 @@ def transition_figure(rows: list[dict]) -> bytes:
         axes[2].errorbar(n, col("ab_cosine_centered"), yerr=col("ab_cosine_centered_std"), marker="o", capsize=3,
                          label=f"{label}: centred cosine")
         axes[2].plot(n, col("ab_cosine"), marker="^", ls=":", label=f"{label}: raw cosine")
+        axes[2].plot(n, col("ab_basis_overlap"), marker="s", ls="--", label=f"{label}: Jacobian eigenbasis overlap")
         axes[3].plot(n, col("effective_dim"), marker="o", label=label)
-    titles = ["train − test PSNR (dB)", "memorization", "A/B sample similarity (same seed)",
+    titles = ["train − test PSNR (dB)", "memorization", "model A vs model B",
               "effective dimension tr J"]
     for ax, title in zip(axes, titles):
         ax.set_xscale("log")

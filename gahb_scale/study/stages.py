@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..analysis import (denoiser_jacobian, effective_dimensionality, eigen_spectrum, memorization_fraction,
-                        nearest_neighbours, psnr_curve, split_pair_similarity, symmetry_error, unit_vectors)
+                        nearest_neighbours, principal_angles, psnr_curve, split_pair_similarity, symmetry_error,
+                        unit_vectors)
 from ..models import build_model, denoise
 from ..sampling import sample_kadkhodaie_simoncelli
 from .datasets import split_images
@@ -126,7 +127,26 @@ def analyze_pair(spec: StudySpec, trial_a: Trial, trial_b: Trial, location: str,
             "trial_id_b": trial_b.trial_id, "dataset": trial_a.dataset.name,
             "architecture": trial_a.architecture.name, "n": trial_a.n, "pair": trial_a.pair, "seed": trial_a.seed}
     return {"pairs": [{**base, "sample_seed": int(seed), **{k: float(v[i]) for k, v in sim.items()}}
-                      for i, seed in enumerate(a["sample_seeds"])]}
+                      for i, seed in enumerate(a["sample_seeds"])],
+            "pair_bases": _basis_overlaps(a, b, {k: base[k] for k in ("study_id", "pair_id", "analysis_id")})}
+
+
+def _basis_overlaps(a: dict, b: dict, base: dict) -> list[dict]:
+    """Generalization seen in the basis: how close the leading Jacobian eigenvectors of A and B are.
+
+    Both models' Jacobians were taken at the same noisy held-out images. Overlap = mean cos² of the
+    principal angles between the two k-dimensional leading eigen-subspaces: 1 for the same
+    subspace, k/n (given as `chance`) on average for unrelated ones.
+    """
+    sigmas, (n_sigma, n_images, k) = a["jacobian_sigmas"], a["eigenvectors"].shape[:3]
+    rows = []
+    for s in range(n_sigma):
+        for i in range(n_images):
+            u, v = (torch.from_numpy(x["eigenvectors"][s, i]).double().reshape(k, -1).T for x in (a, b))
+            cos2 = torch.cos(principal_angles(u, v)).square()
+            rows.append({**base, "image": i, "sigma": float(sigmas[s]), "k": k, "basis_overlap": float(cos2.mean()),
+                         "chance": k / u.shape[0]})
+    return rows
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -142,6 +162,7 @@ def transition_rows(spec: StudySpec, location: str) -> list[dict]:
     """
     store = StudyStore(location)
     metrics, samples, pairs = store.rows("model_metrics"), store.rows("samples"), store.rows("pairs")
+    pair_group = {p["pair_id"]: (p["dataset"], p["architecture"], p["n"]) for p in pairs}
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     trial_group = {}
     for m in metrics:
@@ -160,6 +181,9 @@ def transition_rows(spec: StudySpec, location: str) -> list[dict]:
             key = (p["dataset"], p["architecture"], p["n"])
             for col in ("cosine", "cosine_centered", "l2_normalized"):
                 groups[key]["ab_" + col].append(p[col])
+    for row in store.rows("pair_bases"):
+        if row["study_id"] == spec.name and row["pair_id"] in pair_group:
+            groups[pair_group[row["pair_id"]]]["ab_basis_overlap"].append(row["basis_overlap"])
 
     rows = []
     for (dataset, architecture, n), g in sorted(groups.items()):
@@ -177,6 +201,7 @@ def transition_rows(spec: StudySpec, location: str) -> list[dict]:
             "f_mem": f_mem.value, "f_mem_low": f_mem.low, "f_mem_high": f_mem.high,
             "ab_cosine": _mean_std(g["ab_cosine"])[0], "ab_cosine_centered": ab_c,
             "ab_cosine_centered_std": ab_c_std, "ab_l2": _mean_std(g["ab_l2_normalized"])[0],
+            "ab_basis_overlap": _mean_std(g["ab_basis_overlap"])[0],
             "effective_dim": _mean_std(g["effective_dim"])[0], "capped_samples": int(sum(g["capped_samples"])),
             "diverged_samples": int(sum(g["diverged_samples"])),
         })

@@ -31,6 +31,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "jacobian": ("study_id", "trial_id"),
     "eigen": ("study_id", "trial_id"),
     "pairs": ("study_id", "pair_id"),
+    "pair_bases": ("study_id", "pair_id"),
     "transition": ("study_id",),
 }
 
