@@ -74,9 +74,9 @@ def cmd_run(args) -> int:
     # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)
     bin_dir = Path(sys.executable).parent
     print(f"tables (Parquet):  {result['results']}/tables/")
-    print(f"SQL:               {bin_dir / 'gahb-scale'} query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\"")
+    print(f"SQL:               {bin_dir}/gahb-scale query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\"")
     if result["mlflow_uri"]:
-        print(f"MLflow UI:         {bin_dir / ui_command(result['mlflow_uri'])}")
+        print(f"MLflow UI:         {bin_dir}/{ui_command(result['mlflow_uri'])}")
     return 0
 
 

@@ -53,7 +53,7 @@ def test_micro_study_end_to_end(micro, capsys):
     spec_path, results = micro
     assert main(["run", str(spec_path)]) == 0
     out = capsys.readouterr().out
-    assert "transition table" in out and "mlflow ui --backend-store-uri" in out
+    assert "transition table" in out and f"mlflow ui --backend-store-uri sqlite:///{results / 'mlflow.db'}" in out
 
     spec = load_spec(spec_path)
     trials = expand_trials(spec)
