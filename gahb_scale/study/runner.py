@@ -9,7 +9,6 @@ The driver is the only writer of the Parquet tables and of MLflow.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from collections import defaultdict
@@ -114,15 +113,12 @@ class _Buffered:
 
 
 def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -> None:
-    import torch
-
     registered = store.keys_present("trials", "trial_id", {"study_id": spec.name})
     rows, curves = [], []
     for t in trials:
         if t.trial_id in registered or not store.exists(model_path(t.trial_id)):
             continue
-        saved = torch.load(io.BytesIO(store.read_bytes(model_path(t.trial_id))), map_location="cpu",
-                           weights_only=False)
+        saved = stages.read_model_file(store, t.trial_id)
         rows.append({**t.as_row(), "steps": saved["steps"], "final_loss": saved["losses"][-1][1],
                      "num_parameters": saved["num_parameters"], "train_seconds": saved["train_seconds"],
                      "resumed_from_step": saved["resumed_from"], "device": saved["device"],

@@ -30,12 +30,15 @@ from .spec import StudySpec, Trial
 from .store import StudyStore, arrays_path, load_arrays, model_path, save_arrays
 
 
-def load_model(store: StudyStore, trial: Trial, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    saved = torch.load(io.BytesIO(store.read_bytes(model_path(trial.trial_id))), map_location=device,
-                       weights_only=False)
+def read_model_file(store: StudyStore, trial_id: str, device: str | torch.device = "cpu") -> dict:
+    """The saved model of a trial: state_dict, losses, steps, timing and device of its training."""
+    return torch.load(io.BytesIO(store.read_bytes(model_path(trial_id))), map_location=device, weights_only=False)
+
+
+def load_model(store: StudyStore, trial: Trial, device: torch.device) -> torch.nn.Module:
     net = build_model(trial.architecture.kind, **trial.architecture.params)
-    net.load_state_dict(saved["state_dict"])
-    return net.to(device).eval(), saved
+    net.load_state_dict(read_model_file(store, trial.trial_id, device)["state_dict"])
+    return net.to(device).eval()
 
 
 def _normalized(images: torch.Tensor) -> torch.Tensor:
@@ -45,7 +48,7 @@ def _normalized(images: torch.Tensor) -> torch.Tensor:
 def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str) -> dict[str, list[dict]]:
     store = StudyStore(location)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net, _ = load_model(store, trial, device)
+    net = load_model(store, trial, device)
     f = functools.partial(denoise, net)
     data = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair)
     train, test = data[trial.split].to(device), data["test"].to(device)
