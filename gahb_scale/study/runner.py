@@ -106,8 +106,9 @@ class _Buffered:
             self.rows[name] += rows
 
     def flush(self) -> None:
-        # model_metrics last: its rows are the "done" marker of the rows in the other tables
-        for name in sorted(self.rows, key=lambda n: n == "model_metrics"):
+        # The stage markers last: model_metrics rows mark a model analysed and pairs rows a pair
+        # compared, so a kill between two writes never leaves a marker without the rows it vouches for.
+        for name in sorted(self.rows, key=lambda n: n in ("model_metrics", "pairs")):
             self.store.upsert(name, self.rows[name])
         self.rows.clear()
 
