@@ -26,16 +26,19 @@ def _finite_pool(dataset: DatasetSpec, size: int) -> Tensor:
     return to_float_images(load_image_folder(dataset.params["path"], size, cache_dir=dataset.params.get("cache_dir")))
 
 
-def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int) -> dict[str, Tensor]:
-    """{"A": (n,1,S,S), "B": (n,1,S,S), "test": (n_test,1,S,S)} for split pair `pair`, in [0, 1]."""
+def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int,
+                 parts: tuple[str, ...] = ("A", "B", "test")) -> dict[str, Tensor]:
+    """{"A": (n,1,S,S), "B": (n,1,S,S), "test": (n_test,1,S,S)} for split pair `pair`, in [0, 1],
+    restricted to `parts` (synthetic images cost time to make: a trial needs only its own split)."""
     if dataset.kind in ("calpha", "discs"):
         counts = {"A": n, "B": n, "test": n_test}
-        images = {name: build_pool(dataset.kind, counts[name], size, seed=3 * pair + stream, **dataset.params)
-                  for name, stream in _STREAMS.items()}
+        images = {name: build_pool(dataset.kind, counts[name], size, seed=3 * pair + _STREAMS[name], **dataset.params)
+                  for name in parts}
     else:
         pool = _finite_pool(dataset, size)
         split = split_pair(len(pool), n, n_test, seed=pair)
-        images = {"A": pool[split.a], "B": pool[split.b], "test": pool[split.test]}
+        images = {name: pool[index] for name, index in (("A", split.a), ("B", split.b), ("test", split.test))
+                  if name in parts}
     if dataset.pixel_shuffle_seed is not None:
         images = {name: shuffle_pixels(x, dataset.pixel_shuffle_seed) for name, x in images.items()}
     return images

@@ -50,7 +50,8 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = load_model(store, trial, device)
     f = functools.partial(denoise, net)
-    data = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair)
+    data = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair,
+                        parts=(trial.split, "test"))
     train, test = data[trial.split].to(device), data["test"].to(device)
     base = {"study_id": spec.name, "trial_id": trial.trial_id}
     a = spec.analysis

@@ -65,7 +65,8 @@ def train_worker(payload: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     use_cpu_threads(spec.resources.cpus_per_trial)
-    images = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair)[trial.split]
+    images = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair,
+                          parts=(trial.split,))[trial.split]
     net = build_model(trial.architecture.kind, seed=trial.seed, **trial.architecture.params)
     parallel_net = ray.train.torch.prepare_model(net) if world > 1 else net.to(device)
 
