@@ -1,4 +1,4 @@
-"""gahb-scale command line: run | validate | status | query.
+"""gahb-scale command line: run | validate | status | query | report.
 
 Thin on purpose: each command parses its arguments and calls the study layer. Anything the user
 can fix ends in one message naming the field or file and exit status 2 — never a traceback.
@@ -77,6 +77,17 @@ def cmd_run(args) -> int:
     print(f"SQL:               {bin_dir}/gahb-scale query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\"")
     if result["mlflow_uri"]:
         print(f"MLflow UI:         {bin_dir}/{ui_command(result['mlflow_uri'])}")
+    if result["report"]:
+        print(f"report:            {result['report']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .study.report import build_and_log_report
+    from .study.spec import load_spec
+
+    spec = load_spec(args.spec)
+    print(f"report: {build_and_log_report(spec)}")
     return 0
 
 
@@ -114,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sql")
     p.add_argument("--results", default="results", help="folder holding the studies' results (default: results)")
     p.set_defaults(func=cmd_query)
+    p = sub.add_parser("report", help="(re)build a study's HTML report with its figures and log it to MLflow")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

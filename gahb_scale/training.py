@@ -42,9 +42,11 @@ class TrainConfig:
     checkpoint_every: int = 1_000
     log_every: int = 50
     seed: int = 0  # batch order and noise
+    snapshot_steps: tuple[int, ...] = ()  # steps whose weights are handed to `on_snapshot`
 
     def __post_init__(self):
         object.__setattr__(self, "noise_range", tuple(float(v) for v in self.noise_range))  # YAML gives lists
+        object.__setattr__(self, "snapshot_steps", tuple(sorted({int(s) for s in self.snapshot_steps})))
         a, b = self.noise_range
         if not 0 <= a < b:
             raise UserInputError(f"noise_range must satisfy 0 <= a < b, got {self.noise_range}")
@@ -55,6 +57,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "lr_halve_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UserInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.snapshot_steps and not 1 <= self.snapshot_steps[0] <= self.snapshot_steps[-1] <= self.steps:
+            raise UserInputError(f"snapshot_steps must lie in [1, steps = {self.steps}], got {list(self.snapshot_steps)}")
 
 
 def steps_for_epochs(epochs: int, images_per_epoch: int = 250_000, batch_size: int = 512) -> int:
@@ -140,12 +144,15 @@ def train_denoiser(net: nn.Module, images: torch.Tensor, config: TrainConfig, de
                    checkpoint_path: str | Path | None = None,
                    on_log: Callable[[int, dict], None] | None = None,
                    on_checkpoint: Callable[[int, Path], None] | None = None,
+                   on_snapshot: Callable[[int, nn.Module], None] | None = None,
                    shard: tuple[int, int] = (0, 1)) -> TrainResult:
     """Train `net` (a residual network) as a blind denoiser of `images` (N, C, H, W) in [0, 1].
 
     If `checkpoint_path` exists the run resumes from it; a checkpoint is written there every
     `checkpoint_every` steps and at the end. `on_log(step, metrics)` receives the mean loss every
-    `log_every` steps; `on_checkpoint(step, path)` is called after each checkpoint is written.
+    `log_every` steps; `on_checkpoint(step, path)` is called after each checkpoint is written;
+    `on_snapshot(step, net)` receives the (unwrapped, still training) network at each of
+    `snapshot_steps`, before that step's checkpoint, so a resumed run never skips a snapshot.
 
     Data-parallel training passes `shard=(rank, world_size)` and a DDP-wrapped net: every rank
     draws the same global batch and noise from the same generators and keeps its slice, so the
@@ -202,6 +209,8 @@ def train_denoiser(net: nn.Module, images: torch.Tensor, config: TrainConfig, de
                 on_log(step, {"loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]})
             running.zero_()
             since_log = 0
+        if on_snapshot is not None and step in config.snapshot_steps:
+            on_snapshot(step, _unwrap(net))
         if checkpoint_path is not None and (step % config.checkpoint_every == 0 or step == config.steps):
             save_checkpoint(checkpoint_path, {
                 "model": _unwrap(net).state_dict(), "optimizer": optimizer.state_dict(), "step": step,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..data import build_pool, photo_pool_size, shuffle_pixels, split_pair
+from ..data import build_pool, disc_images, photo_pool_size, shuffle_pixels, split_pair
 from .spec import DatasetSpec
 
 _STREAMS = {"A": 0, "B": 1, "test": 2}
@@ -42,3 +42,11 @@ def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int
     if dataset.pixel_shuffle_seed is not None:
         images = {name: shuffle_pixels(x, dataset.pixel_shuffle_seed) for name, x in images.items()}
     return images
+
+
+def test_disc_parameters(dataset: DatasetSpec, size: int, n_test: int, pair: int) -> Tensor:
+    """(n_test, 5) generator parameters of the held-out images of a discs dataset (the stream
+    `split_images` draws them from), for the family's tangent space at each of them."""
+    if dataset.kind != "discs":
+        raise ValueError(f"dataset {dataset.name!r} is {dataset.kind!r}, not discs: it has no disc parameters")
+    return disc_images(n_test, size, seed=3 * pair + _STREAMS["test"], **dataset.params)[1]

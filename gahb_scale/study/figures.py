@@ -120,3 +120,232 @@ def eigenvector_figure(eigenvectors: np.ndarray, sigmas: np.ndarray, inputs: np.
                 ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
     return _png(fig)
+
+
+# ---- study-level figures of the report ---------------------------------------------------------
+
+
+def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    out = defaultdict(list)
+    for r in rows:
+        out[tuple(r[k] for k in keys)].append(r)
+    return dict(sorted(out.items()))
+
+
+def _colours(count: int):
+    return plt.cm.viridis(np.linspace(0, 0.9, max(count, 1)))
+
+
+def _image(ax, image: np.ndarray, signed: bool = False) -> None:
+    if signed:
+        m = float(np.abs(image).max()) or 1.0
+        ax.imshow(image, cmap="RdBu_r", vmin=-m, vmax=m)
+    else:
+        ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def psnr_by_n_figure(psnr_rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
+    """Output vs input PSNR, one colour per N: held-out images (solid, ±1 sd over models) and the
+    model's own training images (dashed). Memorization shows as train ≫ test."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    by_n = _by([{**r, "n": trials[r["trial_id"]]["n"]} for r in psnr_rows], "n")
+    for colour, ((n,), rs) in zip(_colours(len(by_n)), by_n.items()):
+        for images, style in (("test", "-"), ("train", "--")):
+            per_sigma = _by([r for r in rs if r["images"] == images], "sigma")
+            x = [np.mean([r["psnr_in"] for r in v]) for v in per_sigma.values()]
+            y = np.array([[r["psnr_out"] for r in v] for v in per_sigma.values()], dtype=object)
+            mean = [np.mean(v) for v in y]
+            std = [np.std(v) for v in y]
+            ax.errorbar(x, mean, yerr=std if images == "test" else None, ls=style, marker="o", ms=3, color=colour,
+                        capsize=2, label=f"N={n} {images}")
+    lo, hi = ax.get_xlim()
+    ax.plot([lo, hi], [lo, hi], color="grey", ls=":", label="identity")
+    return _finish(fig, ax, "input PSNR (dB)", "output PSNR (dB)", title)
+
+
+def samples_by_n_figure(rows: list[tuple[int, dict[str, np.ndarray]]], seeds: np.ndarray, title: str) -> bytes:
+    """One row per N; for each shown seed three images: model A, model B, A's nearest training image."""
+    columns = len(seeds) * 3
+    fig, axes = plt.subplots(len(rows), columns, figsize=(0.9 * columns, 1.0 * len(rows) + 0.6), squeeze=False)
+    for i, (n, images) in enumerate(rows):
+        for j in range(len(seeds)):
+            for c, name in enumerate(("A", "B", "nearest training image of A")):
+                ax = axes[i, 3 * j + c]
+                _image(ax, images[name][j, 0])
+                if i == 0:
+                    ax.set_title(f"seed {int(seeds[j])}\n{name}" if c == 0 else name, fontsize=6)
+        axes[i, 0].set_ylabel(f"N={n}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def spectra_by_n_figure(eigen_rows: list[dict], trials: dict[str, dict], title: str,
+                        tangent_dims: int | None = None) -> bytes:
+    """Jacobian eigenvalues against rank, one panel per σ, one colour per N (mean over images and
+    models). Optionally marks the dimension of a known tangent space."""
+    rows = [{**r, "n": trials[r["trial_id"]]["n"]} for r in eigen_rows]
+    by_sigma = _by(rows, "sigma")
+    fig, axes = plt.subplots(1, len(by_sigma), figsize=(4.2 * len(by_sigma), 3.6), squeeze=False)
+    for ax, ((sigma,), rs) in zip(axes[0], by_sigma.items()):
+        by_n = _by(rs, "n")
+        for colour, ((n,), vs) in zip(_colours(len(by_n)), by_n.items()):
+            per_k = _by(vs, "k")
+            ax.plot([k + 1 for (k,) in per_k], [np.mean([v["eigenvalue"] for v in p]) for p in per_k.values()],
+                    color=colour, label=f"N={n}")
+        if tangent_dims:
+            ax.axvline(tangent_dims, color="red", ls=":", label=f"{tangent_dims} tangent dimensions")
+        ax.set_xscale("log")
+        ax.set_xlabel("rank k")
+        ax.set_ylabel("eigenvalue λ_k")
+        ax.set_title(f"σ = {sigma:g}/255", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def eigenvectors_ab_figure(rows: list[tuple[int, np.ndarray, np.ndarray]], clean: np.ndarray, sigma: float,
+                           title: str) -> bytes:
+    """Leading Jacobian eigenvectors of model A and model B at the same noisy image, one row pair per N.
+    Generalization in the basis: the two rows agree once N is large."""
+    k = rows[0][1].shape[0]
+    fig, axes = plt.subplots(2 * len(rows), k + 1, figsize=(1.0 * (k + 1), 1.0 * 2 * len(rows) + 0.5), squeeze=False)
+    for i, (n, vectors_a, vectors_b) in enumerate(rows):
+        for r, (name, vectors) in enumerate((("A", vectors_a), ("B", vectors_b))):
+            row = axes[2 * i + r]
+            _image(row[0], clean[0])
+            row[0].set_ylabel(f"N={n} {name}", fontsize=7)
+            for j in range(k):
+                _image(row[j + 1], vectors[j, 0], signed=True)
+                if i == 0 and r == 0:
+                    row[j + 1].set_title(f"e{j + 1}", fontsize=7)
+    fig.suptitle(f"{title}: leading eigenvectors at σ = {sigma:g}/255 (first column: clean image)", fontsize=9)
+    return _png(fig)
+
+
+def basis_overlap_figure(rows: list[dict], title: str) -> bytes:
+    """Mean cos² of the principal angles between A's and B's leading eigen-subspaces against N."""
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    by_sigma = _by(rows, "sigma")
+    for colour, ((sigma,), rs) in zip(_colours(len(by_sigma)), by_sigma.items()):
+        per_n = _by(rs, "n")
+        n = [key[0] for key in per_n]
+        values = [[r["basis_overlap"] for r in v] for v in per_n.values()]
+        ax.errorbar(n, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], marker="o", capsize=3,
+                    color=colour, label=f"σ = {sigma:g}/255")
+        ax.plot(n, [v[0]["chance"] for v in per_n.values()], color=colour, ls=":", label="chance (k/n)")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    return _finish(fig, ax, "training-set size N", "overlap of A and B eigen-subspaces", title)
+
+
+def slope_figure(rows: list[dict], title: str) -> bytes:
+    """Fitted PSNR slope against α, with the optimal α/(α+1)."""
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    known = [r for r in rows if r["alpha"] is not None]
+    by_arch = _by(known, "architecture", "n")
+    for (arch, n), rs in by_arch.items():
+        rs = sorted(rs, key=lambda r: r["alpha"])
+        ax.errorbar([r["alpha"] for r in rs], [r["psnr_slope"] for r in rs], yerr=[r["psnr_slope_std"] for r in rs],
+                    marker="o", capsize=3, label=f"{arch}, N={n}: fitted slope")
+    alphas = np.linspace(min(r["alpha"] for r in known) * 0.8, max(r["alpha"] for r in known) * 1.1, 100)
+    ax.plot(alphas, alphas / (alphas + 1), color="black", ls="--", label="optimal α/(α+1)")
+    return _finish(fig, ax, "regularity α", "slope of output vs input PSNR", title)
+
+
+def disc_tangent_figure(rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
+    """Against σ, one colour per N: share of the Jacobian's energy inside the 5-D tangent space,
+    the trace inside it vs in total, and the count of eigenvalues above the threshold."""
+    rows = [{**r, "n": trials[r["trial_id"]]["n"]} for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    by_n = _by(rows, "n")
+    for colour, ((n,), rs) in zip(_colours(len(by_n)), by_n.items()):
+        per_sigma = _by(rs, "sigma")
+        s = [key[0] for key in per_sigma]
+        mean = lambda k: [np.mean([r[k] for r in v]) for v in per_sigma.values()]  # noqa: E731
+        axes[0].plot(s, mean("energy_inside"), marker="o", color=colour, label=f"N={n}")
+        axes[1].plot(s, mean("trace_total"), marker="o", color=colour, label=f"N={n}: tr J")
+        axes[1].plot(s, mean("trace_inside"), marker="s", ls="--", color=colour, label=f"N={n}: tr inside tangent")
+        axes[2].plot(s, mean("eigenvalues_above"), marker="o", color=colour, label=f"N={n}")
+    dims, threshold = rows[0]["tangent_dims"], rows[0]["eigenvalue_threshold"]
+    axes[1].axhline(dims, color="red", ls=":", label=f"{dims} (projection onto the tangent space)")
+    axes[2].axhline(dims, color="red", ls=":", label=f"{dims} tangent dimensions")
+    labels = [("share of ‖J‖²_F inside the tangent space", "energy inside"), ("trace", "trace"),
+              (f"eigenvalues above {threshold:g}", "count")]
+    for ax, (name, ylabel) in zip(axes, labels):
+        ax.set_xscale("log")
+        ax.set_xlabel("noise level σ (grey levels)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def shuffle_figure(rows: list[dict], title: str) -> bytes:
+    """Output vs input PSNR on the same images with and without a fixed pixel permutation."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    groups = _by(rows, "dataset", "architecture", "n")
+    for colour, ((dataset, arch, n), rs) in zip(_colours(len(groups)), groups.items()):
+        rs = sorted(rs, key=lambda r: r["psnr_in"])
+        x = [r["psnr_in"] for r in rs]
+        ax.plot(x, [r["psnr_out"] for r in rs], marker="o", color=colour, label=f"{dataset}/{arch} N={n}")
+        ax.plot(x, [r["psnr_out_shuffled"] for r in rs], marker="s", ls="--", color=colour,
+                label=f"{rs[0]['shuffled_dataset']} (pixels shuffled)")
+    lo, hi = ax.get_xlim()
+    ax.plot([lo, hi], [lo, hi], color="grey", ls=":", label="identity")
+    return _finish(fig, ax, "input PSNR (dB)", "output PSNR on held-out images (dB)", title)
+
+
+def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) -> bytes:
+    """f_mem (95% bootstrap CI) against training step, one colour per N; and the onset step vs N."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    groups = _by(rows, "dataset", "architecture", "n")
+    for colour, ((dataset, arch, n), rs) in zip(_colours(len(groups)), groups.items()):
+        rs = sorted(rs, key=lambda r: r["step"])
+        f = np.array([r["f_mem"] for r in rs], dtype=float)
+        lo, hi = np.array([r["f_mem_low"] for r in rs]), np.array([r["f_mem_high"] for r in rs])
+        axes[0].errorbar([r["step"] for r in rs], f, yerr=[np.nan_to_num(f - lo), np.nan_to_num(hi - f)], marker="o",
+                         capsize=2, color=colour, label=f"{dataset}/{arch} N={n}")
+    if onset:
+        axes[0].axhline(onset[0]["onset_f_mem"], color="grey", ls=":", label="onset level")
+    for (dataset, arch), rs in _by(onset, "dataset", "architecture").items():
+        reached = [r for r in sorted(rs, key=lambda r: r["n"]) if r["onset_step"] is not None]
+        axes[1].plot([r["n"] for r in reached], [r["onset_step"] for r in reached], marker="o",
+                     label=f"{dataset}/{arch}")
+        for r in rs:
+            if r["onset_step"] is None:
+                axes[1].annotate("never", (r["n"], 0), fontsize=7, ha="center")
+    axes[0].set_xscale("log")
+    axes[0].set_ylim(-0.02, 1.02)
+    for ax, (xl, yl, name) in zip(axes, [("training step", "f_mem", "memorized share of samples"),
+                                         ("training-set size N", "step", "onset of memorization")]):
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[1].set_xscale("log")
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def loss_curves_figure(curves: list[dict], trials: dict[str, dict], title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    by_trial = _by(curves, "trial_id")
+    ns = sorted({trials[t]["n"] for (t,) in by_trial if t in trials})
+    colour = dict(zip(ns, _colours(len(ns))))
+    labelled = set()
+    for (trial_id,), rs in by_trial.items():
+        if trial_id not in trials:
+            continue
+        n = trials[trial_id]["n"]
+        rs = sorted(rs, key=lambda r: r["step"])
+        ax.plot([r["step"] for r in rs], [r["loss"] for r in rs], color=colour[n], alpha=0.8,
+                label=None if n in labelled else f"N={n}")
+        labelled.add(n)
+    ax.set_yscale("log")
+    return _finish(fig, ax, "step", "training loss", title)

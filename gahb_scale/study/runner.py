@@ -168,7 +168,7 @@ def _log_to_mlflow(spec: StudySpec, spec_text: str, trials: list[Trial], store: 
 
 
 def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> dict:
-    """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "results": location}."""
+    """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "results": location, "report": ...}."""
     store = StudyStore(spec.storage.results_location())
     trials = expand_trials(spec)
     aid = analysis_id(spec)
@@ -177,7 +177,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
     _connect(address)
     try:
         check_resources(spec, ray.cluster_resources(), strict=address is None)
-        store.write_bytes("spec.yaml", spec_text.encode())
+        store.write_bytes(f"specs/{spec.name}.yaml", spec_text.encode())  # several studies may share a folder
         r = spec.resources
 
         # 1. training (Tune grid of TorchTrainers)
@@ -217,17 +217,24 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
         else:
             say("[pairs] nothing new to compare")
 
-        # 4. per study: the transition table
+        # 4. per study: transition, slopes, shuffle drop, memorization over time
         complete = all(t.trial_id in analysed for t in trials)
-        transition = ray.get(ray.remote(stages.transition_rows).options(num_cpus=0).remote(spec, store.location))
-        store.upsert("transition", transition)
+        tables = ray.get(ray.remote(stages.study_tables).options(num_cpus=0).remote(spec, store.location))
+        for name, rows in tables.items():
+            store.upsert(name, rows)
+        transition = tables["transition"]
     finally:
         ray.shutdown()
 
     loggable = [t for t in trials if all(u.trial_id in analysed for u in by_pair[t.pair_id].values())]
     mlflow_uri = _log_to_mlflow(spec, spec_text, loggable, store, aid, transition) if loggable else None
+    report = None
+    if loggable:
+        from .report import build_and_log_report
+        report = build_and_log_report(spec)
+        say(f"[report] {report}")
     say(f"study {spec.name}: finished stages in {time.monotonic() - started:.0f} s")
     if failed or not complete:
         raise StudyFailed(f"{len(failed)} trial(s)/task(s) failed ({', '.join(map(str, failed[:5]))}); finished "
                           f"work is saved — fix the cause and run the same command again to continue")
-    return {"transition": transition, "mlflow_uri": mlflow_uri, "results": store.location}
+    return {"transition": transition, "mlflow_uri": mlflow_uri, "results": store.location, "report": report}

@@ -343,6 +343,8 @@ class TrainingSpec(_Model):
     checkpoint_every: int = Field(default=500, ge=1)
     log_every: int = Field(default=50, ge=1)
     workers: int = Field(default=1, ge=1, validate_default=True, description="Ray Train workers per trial (> 1: DDP)")
+    snapshot_steps: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="steps whose weights are kept, for memorization over training time")
 
     @field_validator("noise_range")
     @classmethod
@@ -358,6 +360,15 @@ class TrainingSpec(_Model):
         if batch is not None and batch % v:
             raise ValueError(f"training.batch_size = {batch} cannot be split evenly over {v} workers")
         return v
+
+    @field_validator("snapshot_steps")
+    @classmethod
+    def _within_training(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        steps = info.data.get("steps")
+        late = [s for s in v if steps is not None and s > steps]
+        if late:
+            raise ValueError(f"steps {late} are after the end of training (training.steps = {steps})")
+        return _unique_ints(v, "snapshot step")
 
 
 class SamplingSpec(_Model):
@@ -411,12 +422,29 @@ class AnalysisSpec(_Model):
     eigenvector_images: int = Field(default=8, ge=0, validate_default=True,
                                     description="leading eigenvectors saved as images")
     memorization_threshold: float = Field(default=1 / 3, gt=0, lt=1, description="d1/d2 below this: memorized")
+    onset_f_mem: float = Field(default=0.5, gt=0, le=1, description="memorization has set in once f_mem reaches this "
+                                                                     "(over training.snapshot_steps)")
+    slope_sigma_range: tuple[float, float] = Field(default=(0.0, 255.0), validate_default=True,
+                                                   description="noise levels (grey levels) the PSNR slope is fitted on")
+    eigenvalue_threshold: float = Field(default=0.5, gt=0, description="Jacobian eigenvalues above this are counted "
+                                                                        "against the disc family's 5 tangent dimensions")
     bootstrap: int = Field(default=1000, ge=1, description="bootstrap resamples for f_mem intervals")
 
     @field_validator("sigmas", "jacobian_sigmas")
     @classmethod
     def _grid(cls, v: list[float]) -> list[float]:
         return _sigma_grid(v)
+
+    @field_validator("slope_sigma_range")
+    @classmethod
+    def _two_sigmas_in_range(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        sigmas = info.data.get("sigmas")
+        if v[0] > v[1]:
+            raise ValueError(f"needs low <= high (got [{v[0]:g}, {v[1]:g}])")
+        if sigmas is not None and sum(v[0] <= s <= v[1] for s in sigmas) < 2:
+            raise ValueError(f"[{v[0]:g}, {v[1]:g}] holds fewer than two of analysis.sigmas {sigmas}: "
+                             f"a slope needs two noise levels")
+        return v
 
     @field_validator("eigenvector_images")
     @classmethod

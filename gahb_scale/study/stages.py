@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import math
 from collections import defaultdict
 
 import numpy as np
 import torch
 
-from ..analysis import (denoiser_jacobian, effective_dimensionality, eigen_spectrum, memorization_fraction,
-                        nearest_neighbours, principal_angles, psnr_curve, split_pair_similarity, symmetry_error,
+from ..analysis import (denoiser_jacobian, disc_tangent_space, effective_dimensionality, eigen_spectrum,
+                        energy_in_subspace, fit_psnr_slope, memorization_fraction, nearest_neighbours,
+                        optimal_calpha_slope, principal_angles, psnr_curve, split_pair_similarity, symmetry_error,
                         unit_vectors)
 from ..models import build_model, denoise
 from ..sampling import sample_kadkhodaie_simoncelli
-from .datasets import split_images
-from .spec import StudySpec, Trial
-from .store import StudyStore, arrays_path, load_arrays, model_path, save_arrays
+from .datasets import split_images, test_disc_parameters
+from .spec import DatasetSpec, StudySpec, Trial
+from .store import StudyStore, arrays_path, load_arrays, model_path, save_arrays, snapshot_path
 
 
 def read_model_file(store: StudyStore, trial_id: str, device: str | torch.device = "cpu") -> dict:
@@ -43,6 +45,31 @@ def load_model(store: StudyStore, trial: Trial, device: torch.device) -> torch.n
 
 def _normalized(images: torch.Tensor) -> torch.Tensor:
     return unit_vectors(images, centered=True).reshape(images.shape)
+
+
+def _sample_and_match(net: torch.nn.Module, train: torch.Tensor, spec: StudySpec, device: torch.device):
+    """Samples with the study's shared seeds, each one's nearest training image, and f_mem."""
+    s, a = spec.sampling, spec.analysis
+    seeds = [s.seed + i for i in range(s.num_samples)]
+    sampled = sample_kadkhodaie_simoncelli(net, train.shape[1:], seeds, h0=s.h0, beta=s.beta, sigma_0=s.sigma_0,
+                                           sigma_L=s.sigma_L, mean=s.mean, max_steps=s.max_steps, device=device)
+    # A bias-free denoiser maps a·x to a·f(x): every rescaled training image is a fixed point, so
+    # a memorizing model's samples are training images up to gain and offset. Neighbours and d1/d2
+    # are therefore taken between mean-removed, unit-norm images (scale-free, and not fooled by
+    # flat regions as the raw cosine is).
+    nn = nearest_neighbours(_normalized(sampled.samples), _normalized(train))
+    usable = ~sampled.diverged  # a diverged sample is reported, not counted as (non-)memorized
+    f_mem = memorization_fraction(nn.ratio.cpu()[usable], threshold=a.memorization_threshold, n_boot=a.bootstrap,
+                                  seed=0)
+    return seeds, sampled, nn, f_mem
+
+
+def optimal_slope(dataset: DatasetSpec) -> float:
+    """α/(α+1) for C^α images whose backgrounds are as regular as their boundary; NaN otherwise."""
+    p = dataset.params
+    if dataset.kind != "calpha" or p.get("beta") not in (None, p["alpha"]):
+        return math.nan
+    return optimal_calpha_slope(p["alpha"])
 
 
 def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str) -> dict[str, list[dict]]:
@@ -62,20 +89,11 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
     psnr_rows = [{**base, "images": name, "sigma": float(s * 255), "psnr_in": float(c["psnr_in"][i]),
                   "psnr_out": float(c["psnr_out"][i]), "psnr_out_std": float(c["psnr_out_std"][i])}
                  for name, c in curves.items() for i, s in enumerate(sigmas)]
+    in_range = [i for i, s in enumerate(a.sigmas) if a.slope_sigma_range[0] <= s <= a.slope_sigma_range[1]]
+    slope, _ = fit_psnr_slope(curves["test"]["psnr_in"][in_range], curves["test"]["psnr_out"][in_range])
 
-    s = spec.sampling
-    seeds = [s.seed + i for i in range(s.num_samples)]
-    sampled = sample_kadkhodaie_simoncelli(net, train.shape[1:], seeds, h0=s.h0, beta=s.beta, sigma_0=s.sigma_0,
-                                           sigma_L=s.sigma_L, mean=s.mean, max_steps=s.max_steps, device=device)
-    # A bias-free denoiser maps a·x to a·f(x): every rescaled training image is a fixed point, so
-    # a memorizing model's samples are training images up to gain and offset. Neighbours and d1/d2
-    # are therefore taken between mean-removed, unit-norm images (scale-free, and not fooled by
-    # flat regions as the raw cosine is); the raw pixel distance to that neighbour is kept too.
-    nn = nearest_neighbours(_normalized(sampled.samples), _normalized(train))
-    raw_l2 = (sampled.samples - train[nn.index_l2]).flatten(1).norm(dim=1)
-    usable = ~sampled.diverged  # a diverged sample is reported, not counted as (non-)memorized
-    f_mem = memorization_fraction(nn.ratio.cpu()[usable], threshold=a.memorization_threshold, n_boot=a.bootstrap,
-                                  seed=0)
+    seeds, sampled, nn, f_mem = _sample_and_match(net, train, spec, device)
+    raw_l2 = (sampled.samples - train[nn.index_l2]).flatten(1).norm(dim=1)  # pixel distance, scale included
     final_sigma = [float(row[~row.isnan()][-1]) for row in sampled.sigmas]
     sample_rows = [{**base, "sample_seed": seed, "steps": int(sampled.steps[i]), "hit_cap": bool(sampled.hit_cap[i]),
                     "diverged": bool(sampled.diverged[i]),
@@ -86,8 +104,9 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
 
     # Jacobians at noisy held-out images; the noise is seeded so A and B see the same inputs.
     clean = test[:a.jacobian_images]
+    tangent = _disc_tangent_basis(spec, trial, len(clean))
     generator = torch.Generator().manual_seed(0)
-    jac_rows, eigen_rows, eigenvectors = [], [], []
+    jac_rows, eigen_rows, tangent_rows, eigenvectors = [], [], [], []
     for sigma in a.jacobian_sigmas:
         noisy = clean + sigma / 255.0 * torch.randn(clean.shape, generator=generator).to(device)
         jac = denoiser_jacobian(f, noisy, chunk_size=256 if device.type == "cuda" else 64)  # bounds memory
@@ -100,23 +119,77 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
                              "effective_dim": float(dim[image])})
             eigen_rows += [{**base, "image": image, "sigma": float(sigma), "k": k, "eigenvalue": float(value)}
                            for k, value in enumerate(spectrum.eigenvalues[image, :a.eigenvalues_kept].tolist())]
+        if tangent is not None:
+            tangent_rows += _tangent_rows(jac, spectrum, tangent.to(device), a.eigenvalue_threshold,
+                                          {**base, "sigma": float(sigma)})
 
     save_arrays(store, arrays_path(trial.trial_id), samples=sampled.samples.cpu().numpy(),
                 nearest=train[nn.index_l2.to(device)].cpu().numpy(), sample_seeds=np.array(seeds),
                 sigma_trajectories=sampled.sigmas.numpy(), jacobian_inputs=clean.cpu().numpy(),
                 jacobian_sigmas=np.array(a.jacobian_sigmas), eigenvectors=np.stack(eigenvectors))
 
+    over_time = _memorization_over_time(spec, trial, store, train, device, base)
+    if over_time:  # the final model closes the curve
+        over_time += [{**base, "step": spec.training.steps, "sample_seed": r["sample_seed"], "d1_d2": r["d1_d2"],
+                       "nn_cosine_centered": r["nn_cosine_centered"], "diverged": r["diverged"]} for r in sample_rows]
+
     gap = float(np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "train"])
                 - np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "test"]))
     metrics = {**base, **trial.as_row(), "analysis_id": analysis_id,
                "train_psnr": float(curves["train"]["psnr_out"].mean()), "test_psnr": float(curves["test"]["psnr_out"].mean()),
-               "psnr_gap": gap, "nn_cosine_centered": float(nn.cosine.mean()), "nn_l2_pixels": float(raw_l2.mean()),
+               "psnr_gap": gap, "psnr_slope": slope, "optimal_slope": optimal_slope(trial.dataset),
+               "nn_cosine_centered": float(nn.cosine.mean()), "nn_l2_pixels": float(raw_l2.mean()),
                "f_mem": f_mem.value, "f_mem_low": f_mem.low, "f_mem_high": f_mem.high, "f_mem_defined": f_mem.defined,
                "capped_samples": sampled.num_capped, "diverged_samples": sampled.num_diverged, "mean_sampler_steps": float(sampled.steps.float().mean()),
                "effective_dim": float(np.mean([r["effective_dim"] for r in jac_rows])),
                "symmetry_error": float(np.mean([r["symmetry_error"] for r in jac_rows]))}
     return {"model_metrics": [metrics], "psnr": psnr_rows, "samples": sample_rows, "jacobian": jac_rows,
-            "eigen": eigen_rows}
+            "eigen": eigen_rows, "disc_tangent": tangent_rows, "snapshot_samples": over_time}
+
+
+def _disc_tangent_basis(spec: StudySpec, trial: Trial, count: int) -> torch.Tensor | None:
+    """Tangent space of the disc family at the first `count` held-out images; None for other data
+    (and for shuffled discs, whose images no longer come from `render_discs` directly)."""
+    if trial.dataset.kind != "discs" or trial.dataset.pixel_shuffle_seed is not None:
+        return None
+    params = test_disc_parameters(trial.dataset, spec.image_size, count, trial.pair)
+    return disc_tangent_space(params, spec.image_size, trial.dataset.params["supersample"]).float()
+
+
+def _tangent_rows(jac: torch.Tensor, spectrum, tangent: torch.Tensor, threshold: float, base: dict) -> list[dict]:
+    """How the Jacobian at a noisy disc image relates to the 5-D tangent space of the family there.
+
+    The optimal denoiser at small noise is the projection onto the tangent space: energy inside 1,
+    trace inside 5 = total trace, 5 eigenvalues near 1 whose eigenvectors span the tangent space.
+    What a network keeps beyond that is what the paper calls its GAHB components.
+    """
+    dims = tangent.shape[-1]
+    energy = energy_in_subspace(jac, tangent)
+    trace_inside = (tangent.transpose(-1, -2) @ jac @ tangent).diagonal(dim1=-2, dim2=-1).sum(-1)
+    leading = spectrum.eigenvectors[:, :, :dims]
+    alignment = torch.cos(principal_angles(leading.double(), tangent.double())).square().mean(-1)
+    above = (spectrum.eigenvalues > threshold).sum(-1)
+    return [{**base, "image": i, "tangent_dims": dims, "energy_inside": float(energy[i]),
+             "trace_inside": float(trace_inside[i]), "trace_total": float(jac[i].diagonal().sum()),
+             "leading_alignment": float(alignment[i]), "eigenvalues_above": int(above[i]),
+             "eigenvalue_threshold": threshold} for i in range(len(jac))]
+
+
+def _memorization_over_time(spec: StudySpec, trial: Trial, store: StudyStore, train: torch.Tensor,
+                            device: torch.device, base: dict) -> list[dict]:
+    """Per snapshot of training (training.snapshot_steps): each sample's d1/d2 and similarity to
+    its nearest training image, with the same seeds as the final model's samples."""
+    rows = []
+    for step in spec.training.snapshot_steps:
+        net = build_model(trial.architecture.kind, **trial.architecture.params)
+        saved = torch.load(io.BytesIO(store.read_bytes(snapshot_path(trial.trial_id, step))), map_location=device,
+                           weights_only=False)
+        net.load_state_dict(saved["state_dict"])
+        seeds, sampled, nn, _ = _sample_and_match(net.to(device).eval(), train, spec, device)
+        rows += [{**base, "step": step, "sample_seed": seed, "d1_d2": float(nn.ratio[i]),
+                  "nn_cosine_centered": float(nn.cosine[i]), "diverged": bool(sampled.diverged[i])}
+                 for i, seed in enumerate(seeds)]
+    return rows
 
 
 def analyze_pair(spec: StudySpec, trial_a: Trial, trial_b: Trial, location: str,
@@ -156,6 +229,96 @@ def _basis_overlaps(a: dict, b: dict, base: dict) -> list[dict]:
 def _mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     return (float(arr.mean()), float(arr.std())) if arr.size else (math.nan, math.nan)
+
+
+def study_tables(spec: StudySpec, location: str) -> dict[str, list[dict]]:
+    """Every study-level table, from the per-model and per-pair tables of the whole study."""
+    store = StudyStore(location)
+    metrics = [m for m in store.rows("model_metrics") if m["study_id"] == spec.name]
+    over_time = memorization_time_rows(spec, metrics, store.rows("snapshot_samples"))
+    return {"transition": transition_rows(spec, location), "slopes": slope_rows(spec, metrics),
+            "shuffle_psnr": shuffle_rows(spec, metrics, store.rows("psnr")),
+            "memorization_time": over_time, "memorization_onset": onset_rows(spec, over_time)}
+
+
+def slope_rows(spec: StudySpec, metrics: list[dict]) -> list[dict]:
+    """Fitted PSNR slope per (dataset, architecture, N), next to α/(α+1) where it is known."""
+    groups = defaultdict(list)
+    for m in metrics:
+        groups[(m["dataset"], m["architecture"], m["n"])].append(m)
+    datasets = {d.name: d for d in spec.datasets}
+    rows = []
+    for (dataset, architecture, n), ms in sorted(groups.items()):
+        slope, slope_std = _mean_std([m["psnr_slope"] for m in ms])
+        rows.append({"study_id": spec.name, "dataset": dataset, "architecture": architecture, "n": n,
+                     "alpha": datasets[dataset].params.get("alpha") if dataset in datasets else None,
+                     "models": len(ms), "psnr_slope": slope, "psnr_slope_std": slope_std,
+                     "optimal_slope": ms[0]["optimal_slope"], "sigma_low": spec.analysis.slope_sigma_range[0],
+                     "sigma_high": spec.analysis.slope_sigma_range[1]})
+    return rows
+
+
+def shuffle_rows(spec: StudySpec, metrics: list[dict], psnr_rows: list[dict]) -> list[dict]:
+    """Held-out PSNR of each pixel-shuffled dataset next to its unshuffled twin (same kind and
+    parameters), per architecture, N and noise level; `drop` = plain − shuffled (dB)."""
+    plain = {(d.kind, json.dumps(d.params, sort_keys=True)): d.name for d in spec.datasets
+             if d.pixel_shuffle_seed is None}
+    twins = {d.name: plain.get((d.kind, json.dumps(d.params, sort_keys=True))) for d in spec.datasets
+             if d.pixel_shuffle_seed is not None}
+    group = {m["trial_id"]: (m["dataset"], m["architecture"], m["n"]) for m in metrics}
+    outputs = defaultdict(list)
+    for r in psnr_rows:
+        if r["study_id"] == spec.name and r["images"] == "test" and r["trial_id"] in group:
+            outputs[(*group[r["trial_id"]], r["sigma"])].append((r["psnr_in"], r["psnr_out"]))
+    rows = []
+    for (dataset, architecture, n, sigma), values in sorted(outputs.items()):
+        twin = twins.get(dataset)
+        if twin is None or (twin, architecture, n, sigma) not in outputs:
+            continue
+        shuffled = float(np.mean([v[1] for v in values]))
+        unshuffled = float(np.mean([v[1] for v in outputs[(twin, architecture, n, sigma)]]))
+        rows.append({"study_id": spec.name, "dataset": twin, "shuffled_dataset": dataset,
+                     "architecture": architecture, "n": n, "sigma": sigma,
+                     "psnr_in": float(np.mean([v[0] for v in values])), "psnr_out": unshuffled,
+                     "psnr_out_shuffled": shuffled, "drop": unshuffled - shuffled})
+    return rows
+
+
+def memorization_time_rows(spec: StudySpec, metrics: list[dict], sample_rows: list[dict]) -> list[dict]:
+    """f_mem per (dataset, architecture, N, training step), pooling the samples of every model."""
+    group = {m["trial_id"]: (m["dataset"], m["architecture"], m["n"]) for m in metrics}
+    ratios, cosines = defaultdict(list), defaultdict(list)
+    for r in sample_rows:
+        if r["study_id"] == spec.name and r["trial_id"] in group and not r["diverged"]:
+            ratios[(*group[r["trial_id"]], r["step"])].append(r["d1_d2"])
+            cosines[(*group[r["trial_id"]], r["step"])].append(r["nn_cosine_centered"])
+    rows = []
+    for (dataset, architecture, n, step), values in sorted(ratios.items()):
+        f_mem = memorization_fraction(torch.tensor(values, dtype=torch.float64),
+                                      threshold=spec.analysis.memorization_threshold,
+                                      n_boot=spec.analysis.bootstrap, seed=0)
+        rows.append({"study_id": spec.name, "dataset": dataset, "architecture": architecture, "n": n, "step": step,
+                     "samples": len(values), "f_mem": f_mem.value, "f_mem_low": f_mem.low, "f_mem_high": f_mem.high,
+                     "nn_cosine_centered": float(np.mean(cosines[(dataset, architecture, n, step)]))})
+    return rows
+
+
+def onset_rows(spec: StudySpec, over_time: list[dict]) -> list[dict]:
+    """The first training step at which f_mem reaches `analysis.onset_f_mem`, per (dataset,
+    architecture, N); None when it never does within training (or f_mem is undefined, N = 1)."""
+    curves = defaultdict(list)
+    for r in over_time:
+        curves[(r["dataset"], r["architecture"], r["n"])].append(r)
+    rows = []
+    for (dataset, architecture, n), rs in sorted(curves.items()):
+        rs.sort(key=lambda r: r["step"])
+        reached = [r["step"] for r in rs if r["f_mem"] >= spec.analysis.onset_f_mem]  # NaN compares False
+        defined = [r["f_mem"] for r in rs if not math.isnan(r["f_mem"])]
+        rows.append({"study_id": spec.name, "dataset": dataset, "architecture": architecture, "n": n,
+                     "onset_step": reached[0] if reached else None, "onset_f_mem": spec.analysis.onset_f_mem,
+                     "final_f_mem": rs[-1]["f_mem"], "max_f_mem": max(defined) if defined else math.nan,
+                     "steps_observed": len(rs)})
+    return rows
 
 
 def transition_rows(spec: StudySpec, location: str) -> list[dict]:

@@ -30,15 +30,26 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "samples": ("study_id", "trial_id"),
     "jacobian": ("study_id", "trial_id"),
     "eigen": ("study_id", "trial_id"),
+    "disc_tangent": ("study_id", "trial_id"),
+    "snapshot_samples": ("study_id", "trial_id"),
     "pairs": ("study_id", "pair_id"),
     "pair_bases": ("study_id", "pair_id"),
     "transition": ("study_id",),
+    "slopes": ("study_id",),
+    "shuffle_psnr": ("study_id",),
+    "memorization_time": ("study_id",),
+    "memorization_onset": ("study_id",),
 }
 
 
 def model_path(trial_id: str) -> str:
     """A trained model: weights, training curve and metadata, written once training finished."""
     return f"models/{trial_id}/model.pt"
+
+
+def snapshot_path(trial_id: str, step: int) -> str:
+    """The weights of a trial at one of `training.snapshot_steps` (for memorization over time)."""
+    return f"models/{trial_id}/step_{step:09d}.pt"
 
 
 def arrays_path(trial_id: str) -> str:

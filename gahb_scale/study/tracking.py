@@ -105,3 +105,10 @@ class StudyTracker:
         self._artifact(self.parent_id, "spec.yaml", spec_text)
         self._artifact(self.parent_id, "phase_transition.png", figure)
         self.client.set_terminated(self.parent_id)
+
+    def log_report(self, files: dict[str, bytes]) -> None:
+        """The static report (index.html and its PNGs) as artifacts under report/ of the study run."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            self.client.log_artifacts(self.parent_id, tmp, artifact_path="report")

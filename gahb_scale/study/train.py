@@ -40,7 +40,7 @@ from ..models import build_model, count_parameters
 from ..training import TrainConfig, train_denoiser
 from .datasets import split_images
 from .spec import StudySpec, Trial
-from .store import StudyStore, model_path
+from .store import StudyStore, model_path, snapshot_path
 
 TRIAL_DRIVER_CPUS = 0.01
 STATE_FILE = "train_state.pt"
@@ -50,12 +50,19 @@ def train_config(spec: StudySpec, seed: int) -> TrainConfig:
     t = spec.training
     return TrainConfig(steps=t.steps, batch_size=t.batch_size, lr=t.lr, lr_halve_every=t.lr_halve_every,
                        noise_range=t.noise_range, noise_schedule=t.noise_schedule, precision=t.precision,
-                       checkpoint_every=t.checkpoint_every, log_every=t.log_every, seed=seed)
+                       checkpoint_every=t.checkpoint_every, log_every=t.log_every, seed=seed,
+                       snapshot_steps=tuple(t.snapshot_steps))
 
 
 def use_cpu_threads(cpus: float) -> None:
     """Match torch's thread pool to the CPUs Ray granted (Ray's own default rounds fractions down)."""
     torch.set_num_threads(max(1, round(cpus)))
+
+
+def _torch_bytes(obj: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def train_worker(payload: dict) -> None:
@@ -86,17 +93,21 @@ def train_worker(payload: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(workdir)) if rank == 0 else None
         ray.train.report({**last, "step": step, "n": trial.n}, checkpoint=checkpoint)
 
+    def on_snapshot(step: int, module: torch.nn.Module) -> None:
+        if rank == 0:
+            store.write_bytes(snapshot_path(trial.trial_id, step), _torch_bytes({"state_dict": module.state_dict(),
+                                                                                "step": step}))
+
     started = time.perf_counter()
     result = train_denoiser(parallel_net, images, train_config(spec, trial.seed), device=device,
                             checkpoint_path=state_path, on_log=on_log, on_checkpoint=on_checkpoint,
-                            shard=(rank, world))
+                            on_snapshot=on_snapshot, shard=(rank, world))
     if rank == 0:
-        buffer = io.BytesIO()
-        torch.save({"state_dict": net.state_dict(), "trial": trial.as_row(), "losses": result.losses,
-                    "steps": result.steps_done, "resumed_from": result.resumed_from,
-                    "train_seconds": time.perf_counter() - started, "device": str(device), "workers": world,
-                    "num_parameters": count_parameters(net)}, buffer)
-        store.write_bytes(model_path(trial.trial_id), buffer.getvalue())
+        store.write_bytes(model_path(trial.trial_id), _torch_bytes({
+            "state_dict": net.state_dict(), "trial": trial.as_row(), "losses": result.losses,
+            "steps": result.steps_done, "resumed_from": result.resumed_from,
+            "train_seconds": time.perf_counter() - started, "device": str(device), "workers": world,
+            "num_parameters": count_parameters(net)}))
     shutil.rmtree(workdir, ignore_errors=True)
 
 

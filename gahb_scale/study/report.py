@@ -1,0 +1,269 @@
+"""`gahb-scale report`: one static HTML page per study, with its figures as PNG files beside it.
+
+Everything on the page is read back from the study's Parquet tables and arrays, so the report of
+a finished study can be rebuilt at any time (and shows whatever part of a study has finished).
+Sections appear only when the study measured what they show: the C^α slope table needs C^α
+data, the tangent-space section discs, the shuffle section a pixel-shuffled twin dataset, the
+memorization-over-time section `training.snapshot_steps`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from . import figures
+from .spec import StudySpec
+from .store import StudyStore, arrays_path, load_arrays
+
+
+
+def report_dir(spec: StudySpec) -> str:
+    """Under the results folder; per study, because studies may share a folder (and their models)."""
+    return f"reports/{spec.name}"
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.3f}".rstrip("0").rstrip(".")
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict], columns: dict[str, str]) -> str:
+    """An HTML table of `rows`; `columns` maps row keys to header text."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in columns.values())
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(k))}</td>" for k in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class _Page:
+    def __init__(self, title: str):
+        self.title, self.parts, self.files = title, [], {}
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def text(self, text: str) -> None:
+        self.parts.append(f"<p>{html.escape(text)}</p>")
+
+    def figure(self, name: str, png: bytes, caption: str) -> None:
+        self.files[f"{name}.png"] = png
+        self.parts.append(f'<figure><img src="{html.escape(name)}.png" alt="{html.escape(caption)}">'
+                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    def table(self, rows: list[dict], columns: dict[str, str]) -> None:
+        self.parts.append(_table(rows, columns))
+
+    def render(self) -> bytes:
+        style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
+                 "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}"
+                 "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
+                 "figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#555}")
+        return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>{html.escape(self.title)}</title><style>{style}</style></head>\n<body>\n"
+                + "\n".join(self.parts) + "\n</body></html>\n").encode()
+
+
+def _rows(store: StudyStore, name: str, study: str) -> list[dict]:
+    return [r for r in store.rows(name) if r["study_id"] == study]
+
+
+def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
+    """The report's files: {"index.html": ..., "<figure>.png": ...}."""
+    page = _Page(f"gahb-scale study {spec.name}")
+    page.heading(f"Study {spec.name}", 1)
+    if spec.description:
+        page.text(spec.description)
+    trials = {r["trial_id"]: r for r in _rows(store, "model_metrics", spec.name)}
+    page.text(f"{len(trials)} analysed models; images {spec.image_size}×{spec.image_size}; "
+              f"{spec.training.steps} training steps of batch {spec.training.batch_size}; "
+              f"{spec.sampling.num_samples} samples per model. Report built {time.strftime('%Y-%m-%d %H:%M')}.")
+    if not trials:
+        page.text("Nothing has been analysed yet: run the study first.")
+        return {"index.html": page.render()}
+
+    transition = _rows(store, "transition", spec.name)
+    page.heading("Memorization → generalization")
+    page.figure("transition", figures.transition_figure(transition),
+                "Against N: train − test PSNR (±1 sd over models); similarity of samples to their nearest training "
+                "image and f_mem (95% bootstrap CI); model A vs model B for the same seed; tr J.")
+    page.table(transition, {"dataset": "dataset", "architecture": "architecture", "n": "N", "models": "models",
+                            "train_psnr": "PSNR train", "test_psnr": "PSNR test", "psnr_gap": "gap dB",
+                            "nn_cosine_centered": "NN cos centred", "f_mem": "f_mem", "f_mem_low": "f_mem low",
+                            "f_mem_high": "f_mem high", "ab_cosine_centered": "A/B cos centred",
+                            "ab_basis_overlap": "A/B basis overlap", "effective_dim": "tr J",
+                            "capped_samples": "capped", "diverged_samples": "diverged"})
+    _per_group_sections(page, spec, store, trials)
+    _basis_section(page, spec, store)
+    _slope_section(page, spec, store)
+    _tangent_section(page, spec, store, trials)
+    _shuffle_section(page, spec, store)
+    _time_section(page, spec, store)
+    return {"index.html": page.render(), **page.files}
+
+
+def _slug(*parts) -> str:
+    return "-".join(str(p) for p in parts).replace("/", "_").replace(" ", "_")
+
+
+def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials: dict[str, dict]) -> None:
+    groups = defaultdict(list)
+    for t in trials.values():
+        groups[(t["dataset"], t["architecture"])].append(t)
+    psnr, eigen = _rows(store, "psnr", spec.name), _rows(store, "eigen", spec.name)
+    curves = _rows(store, "train_curves", spec.name)
+    tangent_dims = 5 if any(d.kind == "discs" and d.pixel_shuffle_seed is None for d in spec.datasets) else None
+    for (dataset, arch), ts in sorted(groups.items()):
+        ids = {t["trial_id"] for t in ts}
+        slug, title = _slug(dataset, arch), f"{dataset} / {arch}"
+        page.heading(title)
+        page.figure(f"psnr-{slug}", figures.psnr_by_n_figure([r for r in psnr if r["trial_id"] in ids], trials, title),
+                    "Denoising performance per N on held-out images (solid) and on the model's own training images "
+                    "(dashed).")
+        page.figure(f"loss-{slug}", figures.loss_curves_figure([r for r in curves if r["trial_id"] in ids], trials,
+                                                               title), "Training loss per model.")
+        # the first pair and seed of every N: samples and eigenvectors of A and B side by side
+        shown_pair = min((t["pair"], t["seed"]) for t in ts)
+        first = defaultdict(dict)
+        for t in ts:
+            if (t["pair"], t["seed"]) == shown_pair:
+                first[t["n"]][t["split"]] = t["trial_id"]
+        complete = sorted(n for n, split in first.items() if set(split) == {"A", "B"})
+        if complete:
+            arrays = {n: {s: load_arrays(store, arrays_path(first[n][s])) for s in "AB"} for n in complete}
+            shown = min(4, len(arrays[complete[0]]["A"]["sample_seeds"]))
+            rows = [(n, {"A": arrays[n]["A"]["samples"][:shown], "B": arrays[n]["B"]["samples"][:shown],
+                         "nearest training image of A": arrays[n]["A"]["nearest"][:shown]}) for n in complete]
+            page.figure(f"samples-{slug}", figures.samples_by_n_figure(rows, arrays[complete[0]]["A"]["sample_seeds"]
+                                                                       [:shown], title),
+                        "Samples of models A and B drawn with the same seeds, and the training image of A nearest "
+                        "to A's sample. Memorization: A equals its nearest training image; generalization: A ≈ B.")
+            sigmas = arrays[complete[0]]["A"]["jacobian_sigmas"]
+            if arrays[complete[0]]["A"]["eigenvectors"].shape[2]:
+                for s, sigma in enumerate(sigmas):
+                    ab = [(n, arrays[n]["A"]["eigenvectors"][s, 0], arrays[n]["B"]["eigenvectors"][s, 0])
+                          for n in complete]
+                    page.figure(f"eigenvectors-{slug}-{s}",
+                                figures.eigenvectors_ab_figure(ab, arrays[complete[0]]["A"]["jacobian_inputs"][0],
+                                                               float(sigma), title),
+                                f"Geometry-adaptive harmonic basis: leading Jacobian eigenvectors of A and B at the "
+                                f"same noisy held-out image (σ = {float(sigma):g}/255).")
+        page.figure(f"spectra-{slug}", figures.spectra_by_n_figure([r for r in eigen if r["trial_id"] in ids], trials,
+                                                                   title, tangent_dims if dataset in {
+                                                                       d.name for d in spec.datasets
+                                                                       if d.kind == "discs"} else None),
+                    "Jacobian eigenvalues against rank (mean over images and models).")
+
+
+def _basis_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
+    pairs = {p["pair_id"]: p for p in _rows(store, "pairs", spec.name)}
+    rows = [{**r, "n": pairs[r["pair_id"]]["n"], "dataset": pairs[r["pair_id"]]["dataset"],
+             "architecture": pairs[r["pair_id"]]["architecture"]}
+            for r in _rows(store, "pair_bases", spec.name) if r["pair_id"] in pairs]
+    if not rows:
+        return
+    page.heading("Generalization in the basis: model A vs model B")
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["architecture"])].append(r)
+    for (dataset, arch), rs in sorted(groups.items()):
+        page.figure(f"basis-overlap-{_slug(dataset, arch)}", figures.basis_overlap_figure(rs, f"{dataset} / {arch}"),
+                    f"Mean cos² of the principal angles between the {rs[0]['k']} leading Jacobian eigenvectors of A "
+                    f"and of B at the same noisy held-out images (±1 sd over images and pairs); dotted: chance.")
+
+
+def _slope_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
+    slopes = _rows(store, "slopes", spec.name)
+    if not any(r["alpha"] is not None for r in slopes):
+        return
+    lo, hi = spec.analysis.slope_sigma_range
+    page.heading("C^α images: PSNR slope against the optimal α/(α+1)")
+    page.figure("calpha-slopes", figures.slope_figure(slopes, spec.name),
+                f"Slope of output vs input PSNR on held-out images, fitted over σ in [{lo:g}, {hi:g}] grey levels "
+                "(±1 sd over models), and the optimal slope α/(α+1).")
+    page.table([{**r, "diff": r["psnr_slope"] - r["optimal_slope"]} for r in slopes],
+               {"dataset": "dataset", "architecture": "architecture", "n": "N", "alpha": "α", "models": "models",
+                "psnr_slope": "fitted slope", "psnr_slope_std": "sd", "optimal_slope": "α/(α+1)",
+                "diff": "fitted − optimal"})
+
+
+def _tangent_section(page: _Page, spec: StudySpec, store: StudyStore, trials: dict[str, dict]) -> None:
+    rows = _rows(store, "disc_tangent", spec.name)
+    if not rows:
+        return
+    page.heading("Discs: the Jacobian and the 5-D tangent space of the family")
+    summary = defaultdict(list)
+    for r in rows:
+        t = trials.get(r["trial_id"])
+        if t is not None:
+            summary[(t["dataset"], t["architecture"], t["n"], r["sigma"])].append(r)
+    table = [{"dataset": d, "architecture": a, "n": n, "sigma": s,
+              **{k: float(np.mean([r[k] for r in rs])) for k in ("energy_inside", "trace_inside", "trace_total",
+                                                                  "leading_alignment", "eigenvalues_above")}}
+             for (d, a, n, s), rs in sorted(summary.items())]
+    by_group = defaultdict(list)
+    for r in rows:
+        if r["trial_id"] in trials:
+            by_group[(trials[r["trial_id"]]["dataset"], trials[r["trial_id"]]["architecture"])].append(r)
+    for (dataset, arch), rs in sorted(by_group.items()):
+        page.figure(f"tangent-{_slug(dataset, arch)}", figures.disc_tangent_figure(rs, trials, f"{dataset} / {arch}"),
+                    "The optimal denoiser at low noise projects onto the 5-D tangent space (energy inside 1, trace "
+                    "5, five eigenvalues near 1). What the network keeps beyond it are its GAHB components.")
+    page.table(table, {"dataset": "dataset", "architecture": "architecture", "n": "N", "sigma": "σ",
+                       "energy_inside": "energy inside tangent", "trace_inside": "tr inside", "trace_total": "tr J",
+                       "leading_alignment": "top-5 eigvecs vs tangent (mean cos²)",
+                       "eigenvalues_above": f"eigenvalues > {spec.analysis.eigenvalue_threshold:g}"})
+
+
+def _shuffle_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
+    rows = _rows(store, "shuffle_psnr", spec.name)
+    if not rows:
+        return
+    page.heading("Shuffled pixels")
+    page.figure("shuffle", figures.shuffle_figure(rows, spec.name),
+                "The same images with and without one fixed pixel permutation (train and test shuffled alike). "
+                "A permutation changes no pixel statistics, only the geometry the network can exploit.")
+    page.table(rows, {"dataset": "dataset", "shuffled_dataset": "shuffled twin", "architecture": "architecture",
+                      "n": "N", "sigma": "σ", "psnr_in": "PSNR in", "psnr_out": "PSNR out",
+                      "psnr_out_shuffled": "PSNR out shuffled", "drop": "drop dB"})
+
+
+def _time_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
+    rows, onset = _rows(store, "memorization_time", spec.name), _rows(store, "memorization_onset", spec.name)
+    if not rows:
+        return
+    page.heading("Memorization over training time")
+    page.figure("memorization-time", figures.memorization_time_figure(rows, onset, spec.name),
+                f"f_mem of samples drawn from snapshots of the weights during training (same seeds at every step); "
+                f"onset = first step with f_mem ≥ {spec.analysis.onset_f_mem:g}.")
+    page.table(onset, {"dataset": "dataset", "architecture": "architecture", "n": "N", "onset_step": "onset step",
+                       "max_f_mem": "max f_mem", "final_f_mem": "final f_mem", "steps_observed": "snapshots"})
+
+
+def write_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
+    """Build the report and write it under `reports/<study>/` of the results; returns its files."""
+    files = build_report(spec, store)
+    for name, data in files.items():
+        store.write_bytes(f"{report_dir(spec)}/{name}", data)
+    return files
+
+
+def build_and_log_report(spec: StudySpec) -> str:
+    """Write the report of a study (run or part-run) and log it to the study's MLflow run;
+    returns where index.html is."""
+    from ..errors import UserInputError
+    from .tracking import StudyTracker
+
+    store = StudyStore(spec.storage.results_location())
+    if not store.exists(store.table_path("model_metrics")):
+        raise UserInputError(f"study {spec.name}: no analysed model under {store.location} yet; "
+                             f"run `gahb-scale run` on this spec first")
+    files = write_report(spec, store)
+    StudyTracker(spec, store).log_report(files)
+    return store.uri(f"{report_dir(spec)}/index.html")
