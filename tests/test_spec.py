@@ -72,6 +72,36 @@ def test_shipped_studies_load(name, trials):
         assert arch.num_parameters > 0
 
 
+PAPER_STUDIES = sorted(p.stem for p in STUDIES.glob("*_[cg]pu.yaml"))
+
+
+@pytest.mark.parametrize("name", PAPER_STUDIES)
+def test_paper_studies_validate(name, tmp_path):
+    """Every shipped paper study is valid once its image folders exist (users supply the data)."""
+    data = yaml.safe_load((STUDIES / f"{name}.yaml").read_text())
+    for dataset in data["datasets"]:
+        if dataset["kind"] == "folder":
+            dataset["params"]["path"] = str(tmp_path)
+    spec = parse_spec(data, name)
+    assert spec.name == name
+    assert name.endswith("_cpu") == (spec.resources.gpus_per_trial == 0)
+    assert expand_trials(spec)
+
+
+def test_paper_studies_sharing_a_folder_share_their_models():
+    """gahb_pairs_cpu, shuffle_cpu and discs_cpu reuse models of memorization_cpu (same folder)."""
+    ids = {name: {t.trial_id for t in expand_trials(load_spec(STUDIES / f"{name}.yaml"))}
+           for name in ("memorization_cpu", "gahb_pairs_cpu", "shuffle_cpu", "discs_cpu")}
+    assert ids["gahb_pairs_cpu"] <= ids["memorization_cpu"]
+    assert ids["discs_cpu"] <= ids["memorization_cpu"]
+    assert len(ids["shuffle_cpu"] & ids["memorization_cpu"]) == 2  # the unshuffled pair at N = 1000
+
+
+def test_paper_study_with_missing_data_names_the_folder():
+    with pytest.raises(SpecError, match=r"datasets\[0\]\.params\.path: folder 'data/celeba"):
+        load_spec(STUDIES / "memorization_celeba80_gpu.yaml")
+
+
 def test_smoke_is_small_enough_for_a_cpu_demo():
     spec = load_spec(STUDIES / "smoke.yaml")
     assert spec.resources.gpus_per_trial == 0
@@ -305,6 +335,11 @@ MALFORMED = {
     "analysis sigma above 255": (lambda tp: variant(analysis={"sigmas": [10, 300]}), "analysis.sigmas[1]",
                                  "(0, 255]"),
     "nan lr": (lambda tp: variant(training={"lr": float("nan")}), "training.lr", "finite"),
+    "snapshot after training": (lambda tp: variant(training={"steps": 100, "snapshot_steps": [50, 150]}),
+                                "training.snapshot_steps", "after the end of training"),
+    "slope range without two sigmas": (lambda tp: variant(analysis={"sigmas": [5, 25, 100],
+                                                                    "slope_sigma_range": [20, 50]}),
+                                       "analysis.slope_sigma_range", "fewer than two"),
 }
 
 

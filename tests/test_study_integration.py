@@ -7,6 +7,8 @@ The tests share one results folder and run in order.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +38,7 @@ def micro(tmp_path_factory):
 
 
 TABLES = ("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "pairs", "pair_bases",
-          "transition")
+          "transition", "disc_tangent", "snapshot_samples", "slopes", "memorization_time", "memorization_onset")
 
 
 def table_rows(results: Path) -> dict[str, list[dict]]:
@@ -73,10 +75,23 @@ def test_micro_study_end_to_end(micro, capsys):
     for r in rows["pair_bases"]:
         assert 0 <= r["basis_overlap"] <= 1 + 1e-9 and r["chance"] == a.eigenvector_images / spec.image_size**2
     assert sorted(r["n"] for r in rows["transition"]) == spec.train_sizes
+    jacobians = n_models * a.jacobian_images * len(a.jacobian_sigmas)
+    assert len(rows["disc_tangent"]) == jacobians  # micro trains on discs
+    for r in rows["disc_tangent"]:
+        assert r["tangent_dims"] == 5 and 0 <= r["energy_inside"] <= 1 + 1e-6
+        assert 0 <= r["leading_alignment"] <= 1 + 1e-6 and r["eigenvalues_above"] >= 0
+    snapshots = len(spec.training.snapshot_steps) + 1  # and the final model
+    assert len(rows["snapshot_samples"]) == n_models * snapshots * spec.sampling.num_samples
+    assert sorted({r["step"] for r in rows["snapshot_samples"]}) == [*spec.training.snapshot_steps, spec.training.steps]
+    assert len(rows["memorization_time"]) == len(spec.train_sizes) * snapshots
+    assert sorted(r["n"] for r in rows["memorization_onset"]) == spec.train_sizes
+    assert sorted(r["n"] for r in rows["slopes"]) == spec.train_sizes
+    assert all(r["alpha"] is None and r["psnr_slope"] > 0 for r in rows["slopes"])
+    study_level = ("transition", "slopes", "memorization_time", "memorization_onset")
     for name, table in rows.items():
         for row in table:
             assert row["study_id"] == "micro", name
-            assert row.get("trial_id") or row.get("pair_id") or name == "transition", name
+            assert row.get("trial_id") or row.get("pair_id") or name in study_level, name
 
     # the science of the tables, as far as a 20-step model allows
     by_n = {r["n"]: r for r in rows["transition"]}
@@ -104,16 +119,43 @@ def test_micro_study_end_to_end(micro, capsys):
     f_mem_history = client.get_metric_history(parents[0].info.run_id, "discs/unet_micro/psnr_gap")
     assert sorted(m.step for m in f_mem_history) == spec.train_sizes
 
+    # the report: a static page whose every figure exists, also logged to the study's MLflow run
+    page = results / "reports" / "micro" / "index.html"
+    text = page.read_text()
+    figures = re.findall(r'<img src="([^"]+)"', text)
+    assert "transition.png" in figures and any(f.startswith("tangent-") for f in figures)
+    assert "memorization-time.png" in figures
+    for name in figures:
+        assert (page.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    report_files = {f.path for f in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert {"report/index.html", "report/transition.png"} <= report_files
+    _open_headless(page)
+
     # SQL over the tables
     assert main(["query", "SELECT count(*) AS n FROM samples WHERE study_id = 'micro'", "--results",
                  str(results.parent)]) == 0
     assert str(n_models * spec.sampling.num_samples) in capsys.readouterr().out
 
 
+def _open_headless(page: Path) -> None:
+    """Load the report in headless Chromium, where one is installed, and fail on any console error
+    (a missing image or a script error); the files themselves are checked above in any case."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        return
+    result = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                             "--v=0", "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Study micro" in result.stdout
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line or "Failed to load" in line]
+    assert not console, console
+
+
 def test_rerun_trains_nothing_and_adds_no_row(micro, capsys):
     spec_path, results = micro
     before = table_text(results)
-    stamps = {p: p.stat().st_mtime_ns for p in (results / "tables").glob("*.parquet") if p.name != "transition.parquet"}
+    stamps = {p: p.stat().st_mtime_ns for p in (results / "tables").glob("*.parquet")}
+    stamps[results / "reports" / "micro" / "index.html"] = (results / "reports" / "micro" / "index.html").stat().st_mtime_ns
     models = {p: p.stat().st_mtime_ns for p in (results / "models").glob("*/model.pt")}
     assert main(["run", str(spec_path)]) == 0
     out = capsys.readouterr().out

@@ -81,6 +81,46 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert torch.equal(reloaded(y), straight.net(y))
 
 
+def test_snapshots_hold_the_weights_of_a_run_stopped_there(tmp_path):
+    """A snapshot at step s equals the final weights of a run of s steps (same schedule), and a
+    run resumed from a checkpoint still delivers every snapshot after it."""
+    images = tiny_images()
+    config = TrainConfig(steps=12, batch_size=5, checkpoint_every=5, log_every=4, lr_halve_every=6,
+                         snapshot_steps=(3, 8))
+    snapshots = {}
+
+    def keep(step, net):
+        snapshots[step] = {k: v.clone() for k, v in net.state_dict().items()}
+
+    train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, config, device="cpu", on_snapshot=keep)
+    assert sorted(snapshots) == [3, 8]
+    short = TrainConfig(steps=8, batch_size=5, checkpoint_every=5, log_every=4, lr_halve_every=6)
+    stopped = train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, short, device="cpu")
+    for name, value in stopped.net.state_dict().items():
+        assert torch.equal(snapshots[8][name], value), name
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(step, path):
+        raise Interrupt
+
+    checkpoint, resumed = tmp_path / "ckpt.pt", {}
+    with pytest.raises(Interrupt):
+        train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, config, device="cpu",
+                       checkpoint_path=checkpoint, on_checkpoint=stop, on_snapshot=lambda s, n: None)
+    train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, config, device="cpu",
+                   checkpoint_path=checkpoint, on_snapshot=lambda s, n: resumed.update({s: {k: v.clone() for k, v in n.state_dict().items()}}))
+    assert sorted(resumed) == [8]
+    for name, value in resumed[8].items():
+        assert torch.equal(snapshots[8][name], value), name
+
+
+def test_snapshot_steps_outside_training_are_refused():
+    with pytest.raises(UserInputError, match="snapshot_steps"):
+        TrainConfig(steps=10, snapshot_steps=(5, 11))
+
+
 def test_checkpoint_of_another_config_is_refused(tmp_path):
     checkpoint = tmp_path / "ckpt.pt"
     train_denoiser(build_model("bfcnn", width=4, layers=3), tiny_images(), TrainConfig(steps=2, batch_size=2),

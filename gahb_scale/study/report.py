@@ -65,9 +65,15 @@ class _Page:
                  "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}"
                  "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
                  "figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#555}")
+        # The PNGs sit beside the page: if the page was copied without them, say so on the page
+        # (and in the browser console, where a headless check looks).
+        check = ('<script>window.addEventListener("load", () => { for (const img of document.images) {'
+                 ' if (!img.naturalWidth) { const src = img.getAttribute("src");'
+                 ' console.error("figure missing: " + src);'
+                 ' img.insertAdjacentHTML("afterend", "<p><b>figure missing: " + src + "</b></p>"); } } });</script>')
         return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                 f"<title>{html.escape(self.title)}</title><style>{style}</style></head>\n<body>\n"
-                + "\n".join(self.parts) + "\n</body></html>\n").encode()
+                + "\n".join(self.parts) + f"\n{check}\n</body></html>\n").encode()
 
 
 def _rows(store: StudyStore, name: str, study: str) -> list[dict]:

@@ -113,6 +113,17 @@ class _Buffered:
         self.rows.clear()
 
 
+def _replace_study_rows(store: StudyStore, spec: StudySpec, name: str, rows: list[dict]) -> bool:
+    """Write a study-level table only if its rows changed (a finished study's re-run rewrites
+    nothing); returns whether it wrote."""
+    old = [r for r in store.rows(name) if r["study_id"] == spec.name]
+    canonical = lambda rs: repr([sorted(r.items()) for r in rs])  # noqa: E731 - repr: NaN != NaN
+    if not rows or canonical(old) == canonical(rows):
+        return False
+    store.upsert(name, rows)
+    return True
+
+
 def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -> None:
     registered = store.keys_present("trials", "trial_id", {"study_id": spec.name})
     rows, curves = [], []
@@ -220,8 +231,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
         # 4. per study: transition, slopes, shuffle drop, memorization over time
         complete = all(t.trial_id in analysed for t in trials)
         tables = ray.get(ray.remote(stages.study_tables).options(num_cpus=0).remote(spec, store.location))
-        for name, rows in tables.items():
-            store.upsert(name, rows)
+        changed = [name for name, rows in tables.items() if _replace_study_rows(store, spec, name, rows)]
         transition = tables["transition"]
     finally:
         ray.shutdown()
@@ -230,8 +240,10 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
     mlflow_uri = _log_to_mlflow(spec, spec_text, loggable, store, aid, transition) if loggable else None
     report = None
     if loggable:
-        from .report import build_and_log_report
-        report = build_and_log_report(spec)
+        from .report import build_and_log_report, report_dir
+        if changed or not store.exists(f"{report_dir(spec)}/index.html"):
+            build_and_log_report(spec)
+        report = store.uri(f"{report_dir(spec)}/index.html")
         say(f"[report] {report}")
     say(f"study {spec.name}: finished stages in {time.monotonic() - started:.0f} s")
     if failed or not complete:

@@ -1,10 +1,13 @@
 """What each stage of a study computes, as plain functions (the runner runs them as Ray tasks).
 
-- `analyze_model`: one trained denoiser — PSNR curves on its own training images and on held-out
-  images, samples with the study's shared seeds, nearest training image of every sample, f_mem,
-  Jacobian spectra at noisy held-out images.
-- `analyze_pair`: the A and B models of one split pair — similarity of their samples seed by seed.
-- `transition_rows`: one row per (dataset, architecture, N) from the tables of the whole study.
+- `analyze_model`: one trained denoiser — PSNR curves (and their slope) on its own training images
+  and on held-out images, samples with the study's shared seeds, nearest training image of every
+  sample, f_mem, Jacobian spectra at noisy held-out images, on discs the Jacobian against the
+  family's tangent space, and with weight snapshots the samples of every snapshot.
+- `analyze_pair`: the A and B models of one split pair — similarity of their samples seed by seed
+  and of their leading Jacobian eigenvectors.
+- `study_tables`: the study-level tables (transition, slopes, shuffled-pixel drop, memorization
+  over training time and its onset) from the tables of the whole study.
 
 Each returns table rows (dicts) and leaves arrays for figures in the store; the driver alone
 writes the tables.
@@ -106,7 +109,7 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
     clean = test[:a.jacobian_images]
     tangent = _disc_tangent_basis(spec, trial, len(clean))
     generator = torch.Generator().manual_seed(0)
-    jac_rows, eigen_rows, tangent_rows, eigenvectors = [], [], [], []
+    jac_rows, eigen_rows, tangent_table, eigenvectors = [], [], [], []
     for sigma in a.jacobian_sigmas:
         noisy = clean + sigma / 255.0 * torch.randn(clean.shape, generator=generator).to(device)
         jac = denoiser_jacobian(f, noisy, chunk_size=256 if device.type == "cuda" else 64)  # bounds memory
@@ -120,7 +123,7 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
             eigen_rows += [{**base, "image": image, "sigma": float(sigma), "k": k, "eigenvalue": float(value)}
                            for k, value in enumerate(spectrum.eigenvalues[image, :a.eigenvalues_kept].tolist())]
         if tangent is not None:
-            tangent_rows += _tangent_rows(jac, spectrum, tangent.to(device), a.eigenvalue_threshold,
+            tangent_table += tangent_rows(jac, spectrum, tangent.to(device), a.eigenvalue_threshold,
                                           {**base, "sigma": float(sigma)})
 
     save_arrays(store, arrays_path(trial.trial_id), samples=sampled.samples.cpu().numpy(),
@@ -144,7 +147,7 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
                "effective_dim": float(np.mean([r["effective_dim"] for r in jac_rows])),
                "symmetry_error": float(np.mean([r["symmetry_error"] for r in jac_rows]))}
     return {"model_metrics": [metrics], "psnr": psnr_rows, "samples": sample_rows, "jacobian": jac_rows,
-            "eigen": eigen_rows, "disc_tangent": tangent_rows, "snapshot_samples": over_time}
+            "eigen": eigen_rows, "disc_tangent": tangent_table, "snapshot_samples": over_time}
 
 
 def _disc_tangent_basis(spec: StudySpec, trial: Trial, count: int) -> torch.Tensor | None:
@@ -156,7 +159,7 @@ def _disc_tangent_basis(spec: StudySpec, trial: Trial, count: int) -> torch.Tens
     return disc_tangent_space(params, spec.image_size, trial.dataset.params["supersample"]).float()
 
 
-def _tangent_rows(jac: torch.Tensor, spectrum, tangent: torch.Tensor, threshold: float, base: dict) -> list[dict]:
+def tangent_rows(jac: torch.Tensor, spectrum, tangent: torch.Tensor, threshold: float, base: dict) -> list[dict]:
     """How the Jacobian at a noisy disc image relates to the 5-D tangent space of the family there.
 
     The optimal denoiser at small noise is the projection onto the tangent space: energy inside 1,

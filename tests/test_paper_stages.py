@@ -1,0 +1,132 @@
+"""The per-finding measurements of the study layer, on small inputs with known answers: the
+Jacobian against the disc family's tangent space, C^α optimal slopes, the shuffled-pixel drop,
+memorization over training time and its onset."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gahb_scale.analysis import disc_tangent_space, eigen_spectrum
+from gahb_scale.study.spec import parse_spec
+from gahb_scale.study.stages import (memorization_time_rows, onset_rows, optimal_slope, shuffle_rows, slope_rows,
+                                     tangent_rows)
+
+SIZE = 12
+PARAMS = torch.tensor([[5.7, 6.2, 3.1, 0.8, 0.2], [6.4, 5.1, 2.6, 0.1, 0.7]], dtype=torch.float64)
+
+
+def spec(**changes):
+    data = {"name": "t", "image_size": 8, "datasets": [{"name": "discs", "kind": "discs"}],
+            "architectures": [{"name": "u", "kind": "unet", "params": {"width": 4, "blocks": 1}}],
+            "train_sizes": [1, 4]}
+    data.update(changes)
+    return parse_spec(data)
+
+
+def rows_for(jacobian, threshold=0.5):
+    tangent = disc_tangent_space(PARAMS, SIZE)
+    return tangent_rows(jacobian, eigen_spectrum(jacobian), tangent, threshold, {"sigma": 5.0})
+
+
+def test_projection_onto_the_tangent_space_is_the_optimal_low_noise_denoiser():
+    tangent = disc_tangent_space(PARAMS, SIZE)
+    rows = rows_for(tangent @ tangent.mT)
+    for r in rows:
+        assert r["tangent_dims"] == 5
+        assert r["energy_inside"] == pytest.approx(1.0, abs=1e-9)
+        assert r["trace_inside"] == pytest.approx(5.0, abs=1e-9)
+        assert r["trace_total"] == pytest.approx(5.0, abs=1e-9)
+        assert r["leading_alignment"] == pytest.approx(1.0, abs=1e-9)
+        assert r["eigenvalues_above"] == 5
+
+
+def test_identity_keeps_everything_beyond_the_tangent_space():
+    n = SIZE * SIZE
+    rows = rows_for(torch.eye(n, dtype=torch.float64).expand(2, n, n))
+    for r in rows:
+        assert r["energy_inside"] == pytest.approx(5 / n)
+        assert r["trace_inside"] == pytest.approx(5.0)
+        assert r["trace_total"] == pytest.approx(n)
+        assert r["eigenvalues_above"] == n
+
+
+def test_shrinkage_outside_the_tangent_space_is_counted_by_the_threshold():
+    """0.9 on the tangent space and 0.2 elsewhere: 5 eigenvalues above 0.5, and the energy inside is
+    5·0.81 / (5·0.81 + (n−5)·0.04)."""
+    n = SIZE * SIZE
+    tangent = disc_tangent_space(PARAMS, SIZE)
+    projection = tangent @ tangent.mT
+    jacobian = 0.9 * projection + 0.2 * (torch.eye(n, dtype=torch.float64) - projection)
+    for r in rows_for(jacobian):
+        assert r["eigenvalues_above"] == 5
+        assert r["leading_alignment"] == pytest.approx(1.0, abs=1e-9)
+        assert r["energy_inside"] == pytest.approx(5 * 0.81 / (5 * 0.81 + (n - 5) * 0.04))
+        assert r["trace_total"] == pytest.approx(5 * 0.9 + (n - 5) * 0.2)
+
+
+def test_optimal_slope_is_known_only_for_calpha_with_matching_regularity():
+    s = spec(datasets=[{"name": "c1", "kind": "calpha", "params": {"alpha": 1.0}},
+                       {"name": "c3", "kind": "calpha", "params": {"alpha": 3.0, "beta": 3.0}},
+                       {"name": "mixed", "kind": "calpha", "params": {"alpha": 1.0, "beta": 2.0}},
+                       {"name": "discs", "kind": "discs"}])
+    values = [optimal_slope(d) for d in s.datasets]
+    assert values[0] == pytest.approx(0.5)
+    assert values[1] == pytest.approx(0.75)
+    assert math.isnan(values[2]) and math.isnan(values[3])
+
+
+def test_slope_rows_average_models_and_carry_alpha():
+    s = spec(datasets=[{"name": "c2", "kind": "calpha", "params": {"alpha": 2.0}}])
+    metrics = [{"dataset": "c2", "architecture": "u", "n": 4, "psnr_slope": v, "optimal_slope": 2 / 3}
+               for v in (0.6, 0.7)]
+    (row,) = slope_rows(s, metrics)
+    assert row["alpha"] == 2.0 and row["models"] == 2
+    assert row["psnr_slope"] == pytest.approx(0.65) and row["psnr_slope_std"] == pytest.approx(0.05)
+    assert row["optimal_slope"] == pytest.approx(2 / 3)
+
+
+def test_shuffle_rows_pair_each_shuffled_dataset_with_its_twin():
+    s = spec(datasets=[{"name": "plain", "kind": "discs"}, {"name": "shuffled", "kind": "discs",
+                                                            "pixel_shuffle_seed": 3},
+                       {"name": "other", "kind": "discs", "params": {"supersample": 2}, "pixel_shuffle_seed": 1}])
+    metrics = [{"trial_id": t, "dataset": d, "architecture": "u", "n": 4}
+               for t, d in (("p", "plain"), ("s", "shuffled"), ("o", "other"))]
+    psnr = [{"study_id": "t", "trial_id": t, "images": "test", "sigma": 25.0, "psnr_in": 20.0, "psnr_out": out}
+            for t, out in (("p", 30.0), ("s", 24.5), ("o", 22.0))]
+    psnr.append({"study_id": "t", "trial_id": "p", "images": "train", "sigma": 25.0, "psnr_in": 20.0,
+                 "psnr_out": 99.0})
+    (row,) = shuffle_rows(s, metrics, psnr)  # "other" has no unshuffled twin (other supersample)
+    assert (row["dataset"], row["shuffled_dataset"]) == ("plain", "shuffled")
+    assert row["psnr_out"] == 30.0 and row["psnr_out_shuffled"] == 24.5 and row["drop"] == pytest.approx(5.5)
+
+
+def test_memorization_over_time_and_its_onset():
+    """f_mem pools both models' samples per step, skips diverged samples; onset = first step at or
+    above the level; a curve that never reaches it has no onset; N = 1 (NaN ratios) is undefined."""
+    s = spec(analysis={"onset_f_mem": 0.5, "bootstrap": 20})
+    metrics = [{"trial_id": t, "dataset": "discs", "architecture": "u", "n": n}
+               for t, n in (("a4", 4), ("b4", 4), ("a16", 16), ("a1", 1))]
+    ratios = {  # per (trial, step): d1/d2 of two samples; < 1/3 is memorized
+        ("a4", 10): [0.9, 0.9], ("b4", 10): [0.1, 0.9],
+        ("a4", 20): [0.1, 0.2], ("b4", 20): [0.1, 0.9],
+        ("a16", 10): [0.9, 0.9], ("a16", 20): [0.2, 0.9],
+        ("a1", 10): [math.nan, math.nan], ("a1", 20): [math.nan, math.nan],
+    }
+    samples = [{"study_id": "t", "trial_id": t, "step": step, "sample_seed": i, "d1_d2": r,
+                "nn_cosine_centered": 0.5, "diverged": False}
+               for (t, step), rs in ratios.items() for i, r in enumerate(rs)]
+    samples.append({"study_id": "t", "trial_id": "a16", "step": 20, "sample_seed": 9, "d1_d2": 0.0,
+                    "nn_cosine_centered": 1.0, "diverged": True})
+    over_time = memorization_time_rows(s, metrics, samples)
+    f = {(r["n"], r["step"]): r["f_mem"] for r in over_time}
+    assert f[(4, 10)] == 0.25 and f[(4, 20)] == 0.75
+    assert f[(16, 10)] == 0.0 and f[(16, 20)] == 0.5  # the diverged sample is left out
+    assert math.isnan(f[(1, 10)])
+    onset = {r["n"]: r for r in onset_rows(s, over_time)}
+    assert onset[4]["onset_step"] == 20 and onset[16]["onset_step"] == 20
+    assert onset[1]["onset_step"] is None and math.isnan(onset[1]["max_f_mem"])
+    s_high = spec(analysis={"onset_f_mem": 0.8, "bootstrap": 20})
+    assert all(r["onset_step"] is None for r in onset_rows(s_high, over_time))
