@@ -153,8 +153,8 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials:
             sigmas = arrays[complete[0]]["A"]["jacobian_sigmas"]
             if arrays[complete[0]]["A"]["eigenvectors"].shape[2]:
                 for s, sigma in enumerate(sigmas):
-                    ab = [(n, arrays[n]["A"]["eigenvectors"][s, 0], arrays[n]["B"]["eigenvectors"][s, 0])
-                          for n in complete]
+                    ab = [(n, arrays[n]["A"]["eigenvectors"][s, 0, :8], arrays[n]["B"]["eigenvectors"][s, 0, :8])
+                          for n in complete]  # the 8 leading ones stay legible at any image size
                     page.figure(f"eigenvectors-{slug}-{s}",
                                 figures.eigenvectors_ab_figure(ab, arrays[complete[0]]["A"]["jacobian_inputs"][0],
                                                                float(sigma), title),

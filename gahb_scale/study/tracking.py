@@ -20,6 +20,7 @@ from .spec import StudySpec, Trial
 from .store import StudyStore
 
 STUDY_TAG, TRIAL_TAG, ANALYSIS_TAG = "gahb.study_id", "gahb.trial_id", "gahb.analysis_id"
+ROLE_TAG = "gahb.role"  # "study" or "trial": trial runs carry the study tag too
 
 
 def tracking_uri(spec: StudySpec, store: StudyStore) -> str:
@@ -43,7 +44,7 @@ class StudyTracker:
         experiment = self.client.get_experiment_by_name(name)
         self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
             name, artifact_location=store.uri("mlflow-artifacts"))
-        self.parent_id = self._run({STUDY_TAG: spec.name}, spec.name, parent=None)
+        self.parent_id = self._run({STUDY_TAG: spec.name, ROLE_TAG: "study"}, spec.name, parent=None)
 
     def _find(self, tags: dict[str, str]) -> str | None:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -69,13 +70,14 @@ class StudyTracker:
             self.client.log_batch(run_id, metrics=finite[start:start + 1000])
 
     def trial_logged(self, trial: Trial, analysis_id: str) -> bool:
-        run_id = self._find({STUDY_TAG: self.spec.name, TRIAL_TAG: trial.trial_id})
+        run_id = self._find({STUDY_TAG: self.spec.name, TRIAL_TAG: trial.trial_id, ROLE_TAG: "trial"})
         return run_id is not None and self.client.get_run(run_id).data.tags.get(ANALYSIS_TAG) == analysis_id
 
     def log_trial(self, trial: Trial, analysis_id: str, metrics: dict, losses: list[tuple[int, float]],
                   figures: dict[str, bytes]) -> None:
         name = f"{trial.dataset.name}-{trial.architecture.name}-N{trial.n}-p{trial.pair}-{trial.split}-s{trial.seed}"
-        run_id = self._run({STUDY_TAG: self.spec.name, TRIAL_TAG: trial.trial_id}, name, parent=self.parent_id)
+        run_id = self._run({STUDY_TAG: self.spec.name, TRIAL_TAG: trial.trial_id, ROLE_TAG: "trial"}, name,
+                           parent=self.parent_id)
         params = {**{k: v for k, v in trial.as_row().items() if k != "study_id"},
                   **{f"arch.{k}": v for k, v in trial.architecture.params.items()},
                   **{f"data.{k}": v for k, v in trial.dataset.params.items()},
