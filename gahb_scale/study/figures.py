@@ -269,6 +269,7 @@ def disc_tangent_figure(rows: list[dict], trials: dict[str, dict], title: str) -
         axes[1].plot(s, mean("trace_total"), marker="o", color=colour, label=f"N={n}: tr J")
         axes[1].plot(s, mean("trace_inside"), marker="s", ls="--", color=colour, label=f"N={n}: tr inside tangent")
         axes[2].plot(s, mean("eigenvalues_above"), marker="o", color=colour, label=f"N={n}")
+    axes[0].set_ylim(0, 1.02)
     dims, threshold = rows[0]["tangent_dims"], rows[0]["eigenvalue_threshold"]
     axes[1].axhline(dims, color="red", ls=":", label=f"{dims} (projection onto the tangent space)")
     axes[2].axhline(dims, color="red", ls=":", label=f"{dims} tangent dimensions")
@@ -312,13 +313,17 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
                          capsize=2, color=colour, label=f"{dataset}/{arch} N={n}")
     if onset:
         axes[0].axhline(onset[0]["onset_f_mem"], color="grey", ls=":", label="onset level")
+    reached_any = False
     for (dataset, arch), rs in _by(onset, "dataset", "architecture").items():
         reached = [r for r in sorted(rs, key=lambda r: r["n"]) if r["onset_step"] is not None]
+        reached_any |= bool(reached)
         axes[1].plot([r["n"] for r in reached], [r["onset_step"] for r in reached], marker="o",
                      label=f"{dataset}/{arch}")
-        for r in rs:
-            if r["onset_step"] is None:
-                axes[1].annotate("never", (r["n"], 0), fontsize=7, ha="center")
+        never = [r["n"] for r in rs if r["onset_step"] is None]
+        if never:  # drawn at the last step observed, marked as not reached
+            last = max(r["step"] for r in rows)
+            axes[1].scatter(never, [last] * len(never), marker="^", facecolors="none", edgecolors="red",
+                            label=f"{dataset}/{arch}: not reached by step {last}")
     axes[0].set_xscale("log")
     axes[0].set_ylim(-0.02, 1.02)
     for ax, (xl, yl, name) in zip(axes, [("training step", "f_mem", "memorized share of samples"),
@@ -329,6 +334,8 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[1].set_xscale("log")
+    if reached_any:
+        axes[1].set_yscale("log")
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 

@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from . import figures
 from .spec import StudySpec
@@ -151,15 +152,16 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials:
                         "Samples of models A and B drawn with the same seeds, and the training image of A nearest "
                         "to A's sample. Memorization: A equals its nearest training image; generalization: A ≈ B.")
             sigmas = arrays[complete[0]]["A"]["jacobian_sigmas"]
-            if arrays[complete[0]]["A"]["eigenvectors"].shape[2]:
+            vectors = {n: (arrays[n]["A"]["eigenvectors"], arrays[n]["B"]["eigenvectors"]) for n in complete}
+            inputs = arrays[complete[0]]["A"]["jacobian_inputs"]
+            if vectors[complete[0]][0].shape[2]:
                 for s, sigma in enumerate(sigmas):
-                    ab = [(n, arrays[n]["A"]["eigenvectors"][s, 0, :8], arrays[n]["B"]["eigenvectors"][s, 0, :8])
-                          for n in complete]  # the 8 leading ones stay legible at any image size
-                    page.figure(f"eigenvectors-{slug}-{s}",
-                                figures.eigenvectors_ab_figure(ab, arrays[complete[0]]["A"]["jacobian_inputs"][0],
-                                                               float(sigma), title),
-                                f"Geometry-adaptive harmonic basis: leading Jacobian eigenvectors of A and B at the "
-                                f"same noisy held-out image (σ = {float(sigma):g}/255).")
+                    for i in range(min(2, len(inputs))):  # a few images; the 8 leading vectors stay legible
+                        ab = [(n, a[s, i, :8], b[s, i, :8]) for n, (a, b) in vectors.items()]
+                        page.figure(f"eigenvectors-{slug}-s{s}-i{i}",
+                                    figures.eigenvectors_ab_figure(ab, inputs[i], float(sigma), f"{title}, image {i}"),
+                                    f"Geometry-adaptive harmonic basis: leading Jacobian eigenvectors of A and B at "
+                                    f"the same noisy held-out image {i} (σ = {float(sigma):g}/255).")
         page.figure(f"spectra-{slug}", figures.spectra_by_n_figure([r for r in eigen if r["trial_id"] in ids], trials,
                                                                    title, tangent_dims if dataset in {
                                                                        d.name for d in spec.datasets
@@ -257,6 +259,11 @@ def write_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
     files = build_report(spec, store)
     for name, data in files.items():
         store.write_bytes(f"{report_dir(spec)}/{name}", data)
+    # figures of an earlier build that this one no longer has (e.g. a section that moved)
+    listing = pafs.FileSelector(store.path(report_dir(spec)), allow_not_found=True)
+    for info in store.fs.get_file_info(listing):
+        if info.type == pafs.FileType.File and info.base_name not in files:
+            store.fs.delete_file(info.path)
     return files
 
 
