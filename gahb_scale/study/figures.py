@@ -56,7 +56,7 @@ def transition_figure(rows: list[dict]) -> bytes:
         ax.set_xlabel("training-set size N")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: curves stay visible
     return _png(fig)
 
 
@@ -136,10 +136,15 @@ def _colours(count: int):
     return plt.cm.viridis(np.linspace(0, 0.9, max(count, 1)))
 
 
-def _image(ax, image: np.ndarray, signed: bool = False) -> None:
+def _image(ax, image: np.ndarray, signed: bool = False, stretch: bool = False) -> None:
+    """signed: a diverging map centred on 0 (eigenvectors); stretch: grey from the image's own min
+    to max — a bias-free model's samples are images up to gain, so contrast is not comparable."""
     if signed:
         m = float(np.abs(image).max()) or 1.0
         ax.imshow(image, cmap="RdBu_r", vmin=-m, vmax=m)
+    elif stretch:
+        lo, hi = float(image.min()), float(image.max())
+        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
     else:
         ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
     ax.set_xticks([])
@@ -166,16 +171,17 @@ def psnr_by_n_figure(psnr_rows: list[dict], trials: dict[str, dict], title: str)
 
 
 def samples_by_n_figure(rows: list[tuple[int, dict[str, np.ndarray]]], seeds: np.ndarray, title: str) -> bytes:
-    """One row per N; for each shown seed three images: model A, model B, A's nearest training image."""
+    """One row per N; for each shown seed three images: model A, model B, A's nearest training image
+    (keys "A", "B", "nearest"), each stretched to its own grey range."""
     columns = len(seeds) * 3
     fig, axes = plt.subplots(len(rows), columns, figsize=(0.9 * columns, 1.0 * len(rows) + 0.6), squeeze=False)
     for i, (n, images) in enumerate(rows):
         for j in range(len(seeds)):
-            for c, name in enumerate(("A", "B", "nearest training image of A")):
+            for c, (key, name) in enumerate((("A", "A"), ("B", "B"), ("nearest", "NN of A"))):
                 ax = axes[i, 3 * j + c]
-                _image(ax, images[name][j, 0])
+                _image(ax, images[key][j, 0], stretch=True)
                 if i == 0:
-                    ax.set_title(f"seed {int(seeds[j])}\n{name}" if c == 0 else name, fontsize=6)
+                    ax.set_title(f"seed {int(seeds[j])}: {name}" if c == 0 else name, fontsize=7)
         axes[i, 0].set_ylabel(f"N={n}", fontsize=8)
     fig.suptitle(title, fontsize=9)
     return _png(fig)

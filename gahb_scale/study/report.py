@@ -143,14 +143,16 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials:
                 first[t["n"]][t["split"]] = t["trial_id"]
         complete = sorted(n for n, split in first.items() if set(split) == {"A", "B"})
         if complete:
-            arrays = {n: {s: load_arrays(store, arrays_path(first[n][s])) for s in "AB"} for n in complete}
+            arrays = {n: {s: load_arrays(store, arrays_path(spec.name, first[n][s])) for s in "AB"} for n in complete}
             shown = min(4, len(arrays[complete[0]]["A"]["sample_seeds"]))
             rows = [(n, {"A": arrays[n]["A"]["samples"][:shown], "B": arrays[n]["B"]["samples"][:shown],
-                         "nearest training image of A": arrays[n]["A"]["nearest"][:shown]}) for n in complete]
+                         "nearest": arrays[n]["A"]["nearest"][:shown]}) for n in complete]
             page.figure(f"samples-{slug}", figures.samples_by_n_figure(rows, arrays[complete[0]]["A"]["sample_seeds"]
                                                                        [:shown], title),
                         "Samples of models A and B drawn with the same seeds, and the training image of A nearest "
-                        "to A's sample. Memorization: A equals its nearest training image; generalization: A ≈ B.")
+                        "to A's sample (NN of A), each shown stretched to its own grey range (a bias-free model's "
+                        "samples are images up to gain). Memorization: A equals its nearest training image; "
+                        "generalization: A ≈ B and both differ from it.")
             sigmas = arrays[complete[0]]["A"]["jacobian_sigmas"]
             vectors = {n: (arrays[n]["A"]["eigenvectors"], arrays[n]["B"]["eigenvectors"]) for n in complete}
             inputs = arrays[complete[0]]["A"]["jacobian_inputs"]

@@ -155,9 +155,9 @@ def _log_to_mlflow(spec: StudySpec, spec_text: str, trials: list[Trial], store: 
                     by_trial[row["trial_id"]].append(row)
         partner = {(t.pair_id, t.split): t for t in trials}
         for i, t in enumerate(todo, 1):
-            arrays = load_arrays(store, arrays_path(t.trial_id))
+            arrays = load_arrays(store, arrays_path(spec.name, t.trial_id))
             other = partner[(t.pair_id, "B" if t.split == "A" else "A")]
-            other_samples = load_arrays(store, arrays_path(other.trial_id))["samples"]
+            other_samples = load_arrays(store, arrays_path(spec.name, other.trial_id))["samples"]
             title = f"{t.dataset.name} / {t.architecture.name}, N={t.n}, pair {t.pair}, seed {t.seed}"
             grid = {f"model {t.split} (this)": arrays["samples"], f"model {other.split}": other_samples,
                     f"nearest training image of {t.split}": arrays["nearest"]}

@@ -126,7 +126,7 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
             tangent_table += tangent_rows(jac, spectrum, tangent.to(device), a.eigenvalue_threshold,
                                           {**base, "sigma": float(sigma)})
 
-    save_arrays(store, arrays_path(trial.trial_id), samples=sampled.samples.cpu().numpy(),
+    save_arrays(store, arrays_path(spec.name, trial.trial_id), samples=sampled.samples.cpu().numpy(),
                 nearest=train[nn.index_l2.to(device)].cpu().numpy(), sample_seeds=np.array(seeds),
                 sigma_trajectories=sampled.sigmas.numpy(), jacobian_inputs=clean.cpu().numpy(),
                 jacobian_sigmas=np.array(a.jacobian_sigmas), eigenvectors=np.stack(eigenvectors))
@@ -199,7 +199,7 @@ def analyze_pair(spec: StudySpec, trial_a: Trial, trial_b: Trial, location: str,
                  analysis_id: str) -> dict[str, list[dict]]:
     """Sample-by-sample similarity of models A and B, which were given identical noise seeds."""
     store = StudyStore(location)
-    a, b = (load_arrays(store, arrays_path(t.trial_id)) for t in (trial_a, trial_b))
+    a, b = (load_arrays(store, arrays_path(spec.name, t.trial_id)) for t in (trial_a, trial_b))
     if not np.array_equal(a["sample_seeds"], b["sample_seeds"]):
         raise RuntimeError(f"pair {trial_a.pair_id}: models were sampled with different seeds")
     sim = split_pair_similarity(torch.from_numpy(a["samples"]), torch.from_numpy(b["samples"]))

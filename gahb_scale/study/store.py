@@ -52,9 +52,10 @@ def snapshot_path(trial_id: str, step: int) -> str:
     return f"models/{trial_id}/step_{step:09d}.pt"
 
 
-def arrays_path(trial_id: str) -> str:
-    """A model's analysis arrays (samples, nearest training images, eigenvectors) for figures."""
-    return f"arrays/{trial_id}.npz"
+def arrays_path(study: str, trial_id: str) -> str:
+    """A model's analysis arrays (samples, nearest training images, eigenvectors) for figures. Per
+    study: studies sharing a results folder share models but analyse them with their own settings."""
+    return f"arrays/{study}/{trial_id}.npz"
 
 
 class StudyStore:
