@@ -72,15 +72,14 @@ def psnr_figure(psnr_rows: list[dict], title: str) -> bytes:
 
 
 def sample_grid_figure(columns: dict[str, np.ndarray], seeds: np.ndarray, title: str) -> bytes:
-    """Images side by side per seed, e.g. {"model A": ..., "model B": ..., "nearest training image": ...}."""
+    """Images side by side per seed, e.g. {"model A": ..., "model B": ..., "nearest training image": ...},
+    each stretched to its own grey range."""
     rows = len(seeds)
     fig, axes = plt.subplots(rows, len(columns), figsize=(1.6 * len(columns), 1.6 * rows), squeeze=False)
     for j, (name, images) in enumerate(columns.items()):
         for i in range(rows):
             ax = axes[i, j]
-            ax.imshow(np.clip(images[i, 0], 0, 1), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _image(ax, images[i, 0], stretch=True)
             if i == 0:
                 ax.set_title(name, fontsize=8)
             if j == 0:
@@ -109,15 +108,10 @@ def eigenvector_figure(eigenvectors: np.ndarray, sigmas: np.ndarray, inputs: np.
     for s in range(n_sigma):
         for i in range(n_images):
             row = axes[s * n_images + i]
-            row[0].imshow(inputs[i, 0], cmap="gray", vmin=0, vmax=1)
+            _image(row[0], inputs[i, 0])
             row[0].set_ylabel(f"σ={sigmas[s]:g}", fontsize=7)
             for j in range(k):
-                v = eigenvectors[s, i, j, 0]
-                m = np.abs(v).max() or 1.0
-                row[j + 1].imshow(v, cmap="RdBu_r", vmin=-m, vmax=m)
-            for ax in row:
-                ax.set_xticks([])
-                ax.set_yticks([])
+                _image(row[j + 1], eigenvectors[s, i, j, 0], signed=True)
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 
