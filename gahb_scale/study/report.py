@@ -17,10 +17,14 @@ from collections import defaultdict
 import numpy as np
 import pyarrow.fs as pafs
 
+from ..data.discs import PARAMETER_NAMES
 from . import figures
 from .spec import StudySpec
 from .store import StudyStore, arrays_path, load_arrays
 
+
+
+DISC_DIMS = len(PARAMETER_NAMES)  # the disc family's tangent space is 5-dimensional
 
 
 def report_dir(spec: StudySpec) -> str:
@@ -125,7 +129,7 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials:
         groups[(t["dataset"], t["architecture"])].append(t)
     psnr, eigen = _rows(store, "psnr", spec.name), _rows(store, "eigen", spec.name)
     curves = _rows(store, "train_curves", spec.name)
-    tangent_dims = 5 if any(d.kind == "discs" and d.pixel_shuffle_seed is None for d in spec.datasets) else None
+    discs = {d.name for d in spec.datasets if d.kind == "discs" and d.pixel_shuffle_seed is None}
     for (dataset, arch), ts in sorted(groups.items()):
         ids = {t["trial_id"] for t in ts}
         slug, title = _slug(dataset, arch), f"{dataset} / {arch}"
@@ -165,9 +169,7 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials:
                                     f"Geometry-adaptive harmonic basis: leading Jacobian eigenvectors of A and B at "
                                     f"the same noisy held-out image {i} (σ = {float(sigma):g}/255).")
         page.figure(f"spectra-{slug}", figures.spectra_by_n_figure([r for r in eigen if r["trial_id"] in ids], trials,
-                                                                   title, tangent_dims if dataset in {
-                                                                       d.name for d in spec.datasets
-                                                                       if d.kind == "discs"} else None),
+                                                                   title, DISC_DIMS if dataset in discs else None),
                     "Jacobian eigenvalues against rank (mean over images and models).")
 
 
