@@ -83,3 +83,12 @@ def test_transition_table_says_undefined_for_n_below_2():
                nn_cosine_centered=0.99, f_mem=float("nan"), f_mem_low=float("nan"), f_mem_high=float("nan"), ab_cosine=0.5,
                ab_cosine_centered=0.1, ab_l2=0.2, ab_basis_overlap=0.5, effective_dim=3.0, capped_samples=0, diverged_samples=0)
     assert "undefined (N<2)" in format_transition([row])
+
+
+def test_report_before_any_analysis_says_what_to_run(tmp_path, capsys):
+    spec = tmp_path / "micro.yaml"
+    spec.write_text(yaml.safe_dump(micro(tmp_path)))
+    assert main(["report", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "study micro" in err and "gahb-scale run" in err
+    assert not (tmp_path / "out").exists()

@@ -19,7 +19,8 @@ import pyarrow.fs as pafs
 
 from ..data.discs import PARAMETER_NAMES
 from . import figures
-from .spec import StudySpec
+from .. import __version__
+from .spec import StudySpec, analysis_id
 from .store import StudyStore, arrays_path, load_arrays
 
 
@@ -91,7 +92,9 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
     page.heading(f"Study {spec.name}", 1)
     if spec.description:
         page.text(spec.description)
-    trials = {r["trial_id"]: r for r in _rows(store, "model_metrics", spec.name)}
+    # Only models analysed with this spec's settings and this version: their arrays are the ones on disk.
+    aid = analysis_id(spec)
+    trials = {r["trial_id"]: r for r in _rows(store, "model_metrics", spec.name) if r["analysis_id"] == aid}
     page.text(f"{len(trials)} analysed models; images {spec.image_size}×{spec.image_size}; "
               f"{spec.training.steps} training steps of batch {spec.training.batch_size}; "
               f"{spec.sampling.num_samples} samples per model. Report built {time.strftime('%Y-%m-%d %H:%M')}.")
@@ -278,9 +281,11 @@ def build_and_log_report(spec: StudySpec) -> str:
     from .tracking import StudyTracker
 
     store = StudyStore(spec.storage.results_location())
-    if not store.exists(store.table_path("model_metrics")):
-        raise UserInputError(f"study {spec.name}: no analysed model under {store.location} yet; "
-                             f"run `gahb-scale run` on this spec first")
+    aid = analysis_id(spec)
+    if not store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": aid}):
+        raise UserInputError(f"study {spec.name}: no model under {store.location} is analysed with this spec's "
+                             f"sampling/analysis settings and gahb-scale {__version__} yet; run `gahb-scale run` on "
+                             f"this spec first (it analyses again without retraining)")
     files = write_report(spec, store)
     StudyTracker(spec, store).log_report(files)
     return store.uri(f"{report_dir(spec)}/index.html")

@@ -8,8 +8,6 @@ The driver is the only writer of the Parquet tables and of MLflow.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Callable
 import gahb_scale
 
 from ..errors import UserInputError
-from .spec import StudySpec, Trial, expand_trials
+from .spec import StudySpec, Trial, analysis_id, expand_trials
 from .store import StudyStore, arrays_path, load_arrays, model_path
 
 from .train import RAY_ENV, TRIAL_DRIVER_CPUS, say, train_trials  # first: sets Ray Train V2 before ray.train loads
@@ -30,14 +28,6 @@ from . import stages  # noqa: E402
 
 class StudyFailed(Exception):
     """Some trials or tasks failed; what finished is saved and a re-run continues from there."""
-
-
-def analysis_id(spec: StudySpec) -> str:
-    """Hash of the sampling and analysis settings and of the package version (a release may
-    change what is measured): analysed rows are valid for these only."""
-    settings = {"sampling": spec.sampling.model_dump(mode="json"), "analysis": spec.analysis.model_dump(mode="json"),
-                "test_images": spec.test_images, "version": gahb_scale.__version__}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def check_resources(spec: StudySpec, cluster: dict, strict: bool) -> None:

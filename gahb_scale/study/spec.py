@@ -45,6 +45,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from .. import __version__
 from ..errors import UserInputError
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "StudySpec",
     "Trial",
     "TrainingSpec",
+    "analysis_id",
     "describe_trials",
     "expand_trials",
     "load_spec",
@@ -790,6 +792,14 @@ def expand_trials(spec: StudySpec) -> list[Trial]:
     if len(set(ids)) != len(ids):  # only reachable through a hash collision
         raise SpecError(spec.name, problem="two trials share a trial id (hash collision); rename a dataset")
     return trials
+
+
+def analysis_id(spec: StudySpec) -> str:
+    """Hash of the sampling and analysis settings and of the package version (a release may
+    change what is measured): analysed rows are valid for these only."""
+    settings = {"sampling": spec.sampling.model_dump(mode="json"), "analysis": spec.analysis.model_dump(mode="json"),
+                "test_images": spec.test_images, "version": __version__}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _plural(k: int, word: str) -> str:

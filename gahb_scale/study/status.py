@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 
-from .runner import analysis_id
-from .spec import expand_trials, load_spec
+from .spec import analysis_id, expand_trials, load_spec
 from .store import StudyStore, model_path
 
 
