@@ -275,8 +275,11 @@ def disc_tangent_figure(rows: list[dict], trials: dict[str, dict], title: str) -
     axes[2].axhline(dims, color="red", ls=":", label=f"{dims} tangent dimensions")
     labels = [("share of ‖J‖²_F inside the tangent space", "energy inside"), ("trace", "trace"),
               (f"eigenvalues above {threshold:g}", "count")]
+    sigmas = sorted({r["sigma"] for r in rows})
     for ax, (name, ylabel) in zip(axes, labels):
         ax.set_xscale("log")
+        ax.set_xticks(sigmas, [f"{s:g}" for s in sigmas])  # the measured levels, not log-minor clutter
+        ax.minorticks_off()
         ax.set_xlabel("noise level σ (grey levels)")
         ax.set_ylabel(ylabel)
         ax.set_title(name, fontsize=9)
