@@ -215,13 +215,14 @@ def eigenvectors_ab_figure(rows: list[tuple[int, np.ndarray, np.ndarray]], clean
     for i, (n, vectors_a, vectors_b) in enumerate(rows):
         for r, (name, vectors) in enumerate((("A", vectors_a), ("B", vectors_b))):
             row = axes[2 * i + r]
-            _image(row[0], clean[0])
+            _image(row[0], clean[0], stretch=True)
             row[0].set_ylabel(f"N={n} {name}", fontsize=7)
             for j in range(k):
                 _image(row[j + 1], vectors[j, 0], signed=True)
                 if i == 0 and r == 0:
                     row[j + 1].set_title(f"e{j + 1}", fontsize=7)
-    fig.suptitle(f"{title}: leading eigenvectors at σ = {sigma:g}/255 (first column: clean image)", fontsize=9)
+    fig.suptitle(f"{title}: leading eigenvectors at σ = {sigma:g}/255 (first column: the clean image, stretched)",
+                 fontsize=9)
     return _png(fig)
 
 
@@ -229,13 +230,14 @@ def basis_overlap_figure(rows: list[dict], title: str) -> bytes:
     """Mean cos² of the principal angles between A's and B's leading eigen-subspaces against N."""
     fig, ax = plt.subplots(figsize=(5, 3.8))
     by_sigma = _by(rows, "sigma")
-    for colour, ((sigma,), rs) in zip(_colours(len(by_sigma)), by_sigma.items()):
+    for i, (colour, ((sigma,), rs)) in enumerate(zip(_colours(len(by_sigma)), by_sigma.items())):
         per_n = _by(rs, "n")
         n = [key[0] for key in per_n]
         values = [[r["basis_overlap"] for r in v] for v in per_n.values()]
         ax.errorbar(n, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], marker="o", capsize=3,
                     color=colour, label=f"σ = {sigma:g}/255")
-        ax.plot(n, [v[0]["chance"] for v in per_n.values()], color=colour, ls=":", label="chance (k/n)")
+        chance = [v[0]["chance"] for v in per_n.values()]  # the same for every σ: labelled once
+        ax.plot(n, chance, color="grey", ls=":", label="chance (k/n)" if i == 0 else None)
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
     return _finish(fig, ax, "training-set size N", "overlap of A and B eigen-subspaces", title)
