@@ -95,9 +95,13 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
     # Only models analysed with this spec's settings and this version: their arrays are the ones on disk.
     aid = analysis_id(spec)
     trials = {r["trial_id"]: r for r in _rows(store, "model_metrics", spec.name) if r["analysis_id"] == aid}
+    trained = [r for r in _rows(store, "trials", spec.name) if r["trial_id"] in trials]
+    devices = ", ".join(sorted({r["device"] for r in trained})) or "–"
     page.text(f"{len(trials)} analysed models; images {spec.image_size}×{spec.image_size}; "
               f"{spec.training.steps} training steps of batch {spec.training.batch_size}; "
-              f"{spec.sampling.num_samples} samples per model. Report built {time.strftime('%Y-%m-%d %H:%M')}.")
+              f"{spec.sampling.num_samples} samples per model; training took "
+              f"{sum(r['train_seconds'] for r in trained) / 60:.1f} model-minutes on {devices}. "
+              f"Report built {time.strftime('%Y-%m-%d %H:%M')}.")
     if not trials:
         page.text("Nothing has been analysed yet: run the study first.")
         return {"index.html": page.render()}
