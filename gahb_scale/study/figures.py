@@ -339,6 +339,9 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[1].set_xscale("log")
+    ns = sorted({r["n"] for r in onset})
+    axes[1].set_xticks(ns, [str(n) for n in ns])  # the measured N, not log-minor clutter
+    axes[1].minorticks_off()
     if reached_any:
         axes[1].set_yscale("log")
     fig.suptitle(title, fontsize=9)
