@@ -35,14 +35,18 @@ from .spec import DatasetSpec, StudySpec, Trial
 from .store import StudyStore, arrays_path, load_arrays, model_path, save_arrays, snapshot_path
 
 
-def read_model_file(store: StudyStore, trial_id: str, device: str | torch.device = "cpu") -> dict:
-    """The saved model of a trial: state_dict, losses, steps, timing and device of its training."""
-    return torch.load(io.BytesIO(store.read_bytes(model_path(trial_id))), map_location=device, weights_only=False)
+def read_model_file(store: StudyStore, trial_id: str, device: str | torch.device = "cpu",
+                    step: int | None = None) -> dict:
+    """The saved model of a trial: state_dict, losses, steps, timing and device of its training;
+    with `step`, the weight snapshot taken at that step (state_dict and step only)."""
+    path = model_path(trial_id) if step is None else snapshot_path(trial_id, step)
+    return torch.load(io.BytesIO(store.read_bytes(path)), map_location=device, weights_only=False)
 
 
-def load_model(store: StudyStore, trial: Trial, device: torch.device) -> torch.nn.Module:
+def load_model(store: StudyStore, trial: Trial, device: torch.device, step: int | None = None) -> torch.nn.Module:
+    """The trained network in eval mode (with `step`: its snapshot at that step of training)."""
     net = build_model(trial.architecture.kind, **trial.architecture.params)
-    net.load_state_dict(read_model_file(store, trial.trial_id, device)["state_dict"])
+    net.load_state_dict(read_model_file(store, trial.trial_id, device, step)["state_dict"])
     return net.to(device).eval()
 
 
@@ -184,11 +188,7 @@ def _memorization_over_time(spec: StudySpec, trial: Trial, store: StudyStore, tr
     its nearest training image, with the same seeds as the final model's samples."""
     rows = []
     for step in spec.training.snapshot_steps:
-        net = build_model(trial.architecture.kind, **trial.architecture.params)
-        saved = torch.load(io.BytesIO(store.read_bytes(snapshot_path(trial.trial_id, step))), map_location=device,
-                           weights_only=False)
-        net.load_state_dict(saved["state_dict"])
-        seeds, sampled, nn, _ = _sample_and_match(net.to(device).eval(), train, spec, device)
+        seeds, sampled, nn, _ = _sample_and_match(load_model(store, trial, device, step), train, spec, device)
         rows += [{**base, "step": step, "sample_seed": seed, "d1_d2": float(nn.ratio[i]),
                   "nn_cosine_centered": float(nn.cosine[i]), "diverged": bool(sampled.diverged[i])}
                  for i, seed in enumerate(seeds)]
@@ -235,12 +235,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def study_tables(spec: StudySpec, location: str) -> dict[str, list[dict]]:
-    """Every study-level table, from the per-model and per-pair tables of the whole study."""
+    """Every study-level table, from the per-model and per-pair tables of the whole study (each
+    read once; the functions below get only this study's rows)."""
     store = StudyStore(location)
-    metrics = [m for m in store.rows("model_metrics") if m["study_id"] == spec.name]
-    over_time = memorization_time_rows(spec, metrics, store.rows("snapshot_samples"))
-    return {"transition": transition_rows(spec, location), "slopes": slope_rows(spec, metrics),
-            "shuffle_psnr": shuffle_rows(spec, metrics, store.rows("psnr")),
+    rows = {name: [r for r in store.rows(name) if r["study_id"] == spec.name]
+            for name in ("model_metrics", "samples", "pairs", "pair_bases", "psnr", "snapshot_samples")}
+    metrics = rows["model_metrics"]
+    over_time = memorization_time_rows(spec, metrics, rows["snapshot_samples"])
+    return {"transition": transition_rows(spec, metrics, rows["samples"], rows["pairs"], rows["pair_bases"]),
+            "slopes": slope_rows(spec, metrics), "shuffle_psnr": shuffle_rows(spec, metrics, rows["psnr"]),
             "memorization_time": over_time, "memorization_onset": onset_rows(spec, over_time)}
 
 
@@ -271,7 +274,7 @@ def shuffle_rows(spec: StudySpec, metrics: list[dict], psnr_rows: list[dict]) ->
     group = {m["trial_id"]: (m["dataset"], m["architecture"], m["n"]) for m in metrics}
     outputs = defaultdict(list)
     for r in psnr_rows:
-        if r["study_id"] == spec.name and r["images"] == "test" and r["trial_id"] in group:
+        if r["images"] == "test" and r["trial_id"] in group:
             outputs[(*group[r["trial_id"]], r["sigma"])].append((r["psnr_in"], r["psnr_out"]))
     rows = []
     for (dataset, architecture, n, sigma), values in sorted(outputs.items()):
@@ -292,7 +295,7 @@ def memorization_time_rows(spec: StudySpec, metrics: list[dict], sample_rows: li
     group = {m["trial_id"]: (m["dataset"], m["architecture"], m["n"]) for m in metrics}
     ratios, cosines = defaultdict(list), defaultdict(list)
     for r in sample_rows:
-        if r["study_id"] == spec.name and r["trial_id"] in group and not r["diverged"]:
+        if r["trial_id"] in group and not r["diverged"]:
             ratios[(*group[r["trial_id"]], r["step"])].append(r["d1_d2"])
             cosines[(*group[r["trial_id"]], r["step"])].append(r["nn_cosine_centered"])
     rows = []
@@ -324,35 +327,31 @@ def onset_rows(spec: StudySpec, over_time: list[dict]) -> list[dict]:
     return rows
 
 
-def transition_rows(spec: StudySpec, location: str) -> list[dict]:
+def transition_rows(spec: StudySpec, metrics: list[dict], samples: list[dict], pairs: list[dict],
+                    bases: list[dict]) -> list[dict]:
     """One row per (dataset, architecture, N): the memorization → generalization transition.
 
     f_mem and its bootstrap interval pool the samples of every model of the group (A and B, all
     pairs and seeds); the other columns average over models (psnr, nn) or over sample pairs (A/B).
     """
-    store = StudyStore(location)
-    metrics, samples, pairs = store.rows("model_metrics"), store.rows("samples"), store.rows("pairs")
     pair_group = {p["pair_id"]: (p["dataset"], p["architecture"], p["n"]) for p in pairs}
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     trial_group = {}
     for m in metrics:
-        if m["study_id"] != spec.name:
-            continue
         key = (m["dataset"], m["architecture"], m["n"])
         trial_group[m["trial_id"]] = key
         for col in ("train_psnr", "test_psnr", "psnr_gap", "nn_cosine_centered", "effective_dim", "capped_samples",
                     "diverged_samples"):
             groups[key][col].append(m[col])
     for s in samples:
-        if s["study_id"] == spec.name and s["trial_id"] in trial_group and not s["diverged"]:
+        if s["trial_id"] in trial_group and not s["diverged"]:
             groups[trial_group[s["trial_id"]]]["ratio"].append(s["d1_d2"])
     for p in pairs:
-        if p["study_id"] == spec.name:
-            key = (p["dataset"], p["architecture"], p["n"])
-            for col in ("cosine", "cosine_centered", "l2_normalized"):
-                groups[key]["ab_" + col].append(p[col])
-    for row in store.rows("pair_bases"):
-        if row["study_id"] == spec.name and row["pair_id"] in pair_group:
+        key = (p["dataset"], p["architecture"], p["n"])
+        for col in ("cosine", "cosine_centered", "l2_normalized"):
+            groups[key]["ab_" + col].append(p[col])
+    for row in bases:
+        if row["pair_id"] in pair_group:
             groups[pair_group[row["pair_id"]]]["ab_basis_overlap"].append(row["basis_overlap"])
 
     rows = []
