@@ -130,3 +130,15 @@ def test_memorization_over_time_and_its_onset():
     assert onset[1]["onset_step"] is None and math.isnan(onset[1]["max_f_mem"])
     s_high = spec(analysis={"onset_f_mem": 0.8, "bootstrap": 20})
     assert all(r["onset_step"] is None for r in onset_rows(s_high, over_time))
+
+
+def test_disc_parameters_render_the_held_out_images():
+    """The tangent space is taken at the parameters of exactly the images the analysis denoises."""
+    from gahb_scale.data import render_discs
+    from gahb_scale.study.datasets import split_images, test_disc_parameters
+
+    dataset = spec().datasets[0]
+    for pair in (0, 1):
+        held_out = split_images(dataset, 8, 4, 6, pair, parts=("test",))["test"]
+        params = test_disc_parameters(dataset, 8, 6, pair)
+        assert torch.equal(render_discs(params, 8, dataset.params["supersample"]), held_out)

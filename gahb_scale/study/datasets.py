@@ -19,6 +19,11 @@ from .spec import DatasetSpec
 _STREAMS = {"A": 0, "B": 1, "test": 2}
 
 
+def _stream_seed(pair: int, part: str) -> int:
+    """Seed of one synthetic stream: split pair p draws A, B and test from 3p, 3p+1, 3p+2."""
+    return 3 * pair + _STREAMS[part]
+
+
 def _finite_pool(dataset: DatasetSpec, size: int) -> Tensor:
     if dataset.kind == "photos":
         return build_pool("photos", photo_pool_size(size), size, seed=0)
@@ -32,7 +37,7 @@ def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int
     restricted to `parts` (synthetic images cost time to make: a trial needs only its own split)."""
     if dataset.kind in ("calpha", "discs"):
         counts = {"A": n, "B": n, "test": n_test}
-        images = {name: build_pool(dataset.kind, counts[name], size, seed=3 * pair + _STREAMS[name], **dataset.params)
+        images = {name: build_pool(dataset.kind, counts[name], size, seed=_stream_seed(pair, name), **dataset.params)
                   for name in parts}
     else:
         pool = _finite_pool(dataset, size)
@@ -49,4 +54,4 @@ def test_disc_parameters(dataset: DatasetSpec, size: int, n_test: int, pair: int
     `split_images` draws them from), for the family's tangent space at each of them."""
     if dataset.kind != "discs":
         raise ValueError(f"dataset {dataset.name!r} is {dataset.kind!r}, not discs: it has no disc parameters")
-    return disc_images(n_test, size, seed=3 * pair + _STREAMS["test"], **dataset.params)[1]
+    return disc_images(n_test, size, seed=_stream_seed(pair, "test"), **dataset.params)[1]
