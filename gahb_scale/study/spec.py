@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -74,12 +75,15 @@ __all__ = [
 ]
 
 # Bump when the meaning of a hashed field changes, so old trained models are not reused by mistake.
-TRIAL_ID_VERSION = 1
+# 2: the A and B models of a pair are independent (own weights and streams); discs by the authors' recipe.
+TRIAL_ID_VERSION = 2
 # Fields that are part of the spec but do not change the trained network: left out of trial ids.
 _TRAINING_NOT_IN_ID = frozenset({"log_every", "checkpoint_every"})
 _DATASET_PARAMS_NOT_IN_ID = frozenset({"cache_dir"})
 # Constructor arguments of the architectures that the study fixes (images are greyscale).
 _FIXED_ARCH_PARAMS = {"channels": "images are greyscale, so the channel count is fixed to 1"}
+
+MIN_DISC_IMAGE_SIZE = 10  # the disc radius range [3, (size - 3) / 2) must not be empty
 
 _STUDY_NAME = r"^[A-Za-z0-9_-]+$"
 _LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # dataset / architecture names (used in tables and paths)
@@ -179,8 +183,9 @@ class CalphaParams(_Model):
 
 
 class DiscsParams(_Model):
-    """Random anti-aliased discs (5 parameters: centre x, y, radius, foreground and background grey)."""
-    supersample: int = Field(default=4, ge=1, description="draw at this many times the size, then down-sample")
+    """Random discs by the authors' recipe (5 parameters: centre x, y, radius, foreground and background grey)."""
+    antialiasing: int = Field(default=2, ge=0, le=4, description="draw on a 2**antialiasing times finer grid, then "
+                                                                 "low-pass and halve that many times (db2 wavelet)")
 
 
 class FolderParams(_Model):
@@ -347,6 +352,8 @@ class TrainingSpec(_Model):
     workers: int = Field(default=1, ge=1, validate_default=True, description="Ray Train workers per trial (> 1: DDP)")
     snapshot_steps: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=list, description="steps whose weights are kept, for memorization over training time")
+    shared_init: bool = Field(default=False, description="ablation: models A and B of a pair start from the same "
+                                                         "weights and share sigma draws, noise and batch order")
 
     @field_validator("noise_range")
     @classmethod
@@ -554,6 +561,10 @@ class StudySpec(_Model):
             lo, hi = (v // lcm) * lcm, (v // lcm + 1) * lcm
             near = f"{lo} or {hi}" if lo >= 4 else f"{hi}"
             raise ValueError(f"{v} does not fit: {need} (e.g. {near})")
+        discs = [d.name for d in info.data.get("datasets") or [] if d.kind == "discs"]
+        if discs and v < MIN_DISC_IMAGE_SIZE:
+            raise ValueError(f"discs (dataset {discs[0]!r}) need image_size >= {MIN_DISC_IMAGE_SIZE}: their radius is "
+                             f"drawn from [3, (size - 3) / 2) pixels (got {v})")
         return v
 
     @field_validator("train_sizes")
@@ -736,6 +747,17 @@ class Trial:
     def data_seed(self) -> int:
         """Seed of the data split: split pair p draws its disjoint subsets with seed p."""
         return self.pair
+
+    def training_seed(self, shared_init: bool = False) -> int:
+        """Seed of this model's initial weights and of its training streams (σ draws, noise, batch order).
+
+        The paper trains the two models of a pair as independent networks, so the seed is drawn
+        from (seed, split): a study with seeds [0, 1] has four unrelated models per N. With
+        `shared_init` (an ablation) both splits use `seed` itself and differ only in their data.
+        """
+        if shared_init:
+            return self.seed
+        return int(np.random.SeedSequence([self.seed, "AB".index(self.split)]).generate_state(1)[0])
 
     def as_row(self) -> dict[str, Any]:
         """Flat description for tables (no nested specs)."""

@@ -54,6 +54,13 @@ def train_config(spec: StudySpec, seed: int) -> TrainConfig:
                        snapshot_steps=tuple(t.snapshot_steps))
 
 
+def initial_model(spec: StudySpec, trial: Trial) -> tuple[torch.nn.Module, TrainConfig]:
+    """A trial's network at step 0 and its training settings, both seeded by its training seed:
+    independent for the two models of a pair unless `training.shared_init` asks for the ablation."""
+    seed = trial.training_seed(spec.training.shared_init)
+    return build_model(trial.architecture.kind, seed=seed, **trial.architecture.params), train_config(spec, seed)
+
+
 def use_cpu_threads(cpus: float) -> None:
     """Match torch's thread pool to the CPUs Ray granted (Ray's own default rounds fractions down)."""
     torch.set_num_threads(max(1, round(cpus)))
@@ -74,7 +81,7 @@ def train_worker(payload: dict) -> None:
     use_cpu_threads(spec.resources.cpus_per_trial)
     images = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair,
                           parts=(trial.split,))[trial.split]
-    net = build_model(trial.architecture.kind, seed=trial.seed, **trial.architecture.params)
+    net, config = initial_model(spec, trial)
     parallel_net = ray.train.torch.prepare_model(net) if world > 1 else net.to(device)
 
     workdir = Path(tempfile.mkdtemp(prefix=f"gahb-{trial.trial_id}-"))
@@ -99,7 +106,7 @@ def train_worker(payload: dict) -> None:
                                                                                 "step": step}))
 
     started = time.perf_counter()
-    result = train_denoiser(parallel_net, images, train_config(spec, trial.seed), device=device,
+    result = train_denoiser(parallel_net, images, config, device=device,
                             checkpoint_path=state_path, on_log=on_log, on_checkpoint=on_checkpoint,
                             on_snapshot=on_snapshot, shard=(rank, world))
     if rank == 0:
