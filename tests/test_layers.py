@@ -19,7 +19,7 @@ def test_science_core_imports_neither_ray_nor_mlflow():
 
 
 def spec_with(**resources):
-    return parse_spec({"name": "r", "image_size": 8, "datasets": [{"name": "d", "kind": "discs"}],
+    return parse_spec({"name": "r", "image_size": 12, "datasets": [{"name": "d", "kind": "discs"}],
                        "architectures": [{"name": "u", "kind": "unet", "params": {"width": 4, "blocks": 1}}],
                        "train_sizes": [1], "resources": {"max_concurrent_trials": 8, **resources}})
 

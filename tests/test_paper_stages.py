@@ -19,7 +19,7 @@ PARAMS = torch.tensor([[5.7, 6.2, 3.1, 0.8, 0.2], [6.4, 5.1, 2.6, 0.1, 0.7]], dt
 
 
 def spec(**changes):
-    data = {"name": "t", "image_size": 8, "datasets": [{"name": "discs", "kind": "discs"}],
+    data = {"name": "t", "image_size": 12, "datasets": [{"name": "discs", "kind": "discs"}],
             "architectures": [{"name": "u", "kind": "unet", "params": {"width": 4, "blocks": 1}}],
             "train_sizes": [1, 4]}
     data.update(changes)
@@ -91,14 +91,14 @@ def test_slope_rows_average_models_and_carry_alpha():
 def test_shuffle_rows_pair_each_shuffled_dataset_with_its_twin():
     s = spec(datasets=[{"name": "plain", "kind": "discs"}, {"name": "shuffled", "kind": "discs",
                                                             "pixel_shuffle_seed": 3},
-                       {"name": "other", "kind": "discs", "params": {"supersample": 2}, "pixel_shuffle_seed": 1}])
+                       {"name": "other", "kind": "discs", "params": {"antialiasing": 1}, "pixel_shuffle_seed": 1}])
     metrics = [{"trial_id": t, "dataset": d, "architecture": "u", "n": 4}
                for t, d in (("p", "plain"), ("s", "shuffled"), ("o", "other"))]
     psnr = [{"study_id": "t", "trial_id": t, "images": "test", "sigma": 25.0, "psnr_in": 20.0, "psnr_out": out}
             for t, out in (("p", 30.0), ("s", 24.5), ("o", 22.0))]
     psnr.append({"study_id": "t", "trial_id": "p", "images": "train", "sigma": 25.0, "psnr_in": 20.0,
                  "psnr_out": 99.0})
-    (row,) = shuffle_rows(s, metrics, psnr)  # "other" has no unshuffled twin (other supersample)
+    (row,) = shuffle_rows(s, metrics, psnr)  # "other" has no unshuffled twin (other antialiasing)
     assert (row["dataset"], row["shuffled_dataset"]) == ("plain", "shuffled")
     assert row["psnr_out"] == 30.0 and row["psnr_out_shuffled"] == 24.5 and row["drop"] == pytest.approx(5.5)
 
@@ -139,6 +139,6 @@ def test_disc_parameters_render_the_held_out_images():
 
     dataset = spec().datasets[0]
     for pair in (0, 1):
-        held_out = split_images(dataset, 8, 4, 6, pair, parts=("test",))["test"]
-        params = test_disc_parameters(dataset, 8, 6, pair)
-        assert torch.equal(render_discs(params, 8, dataset.params["supersample"]), held_out)
+        held_out = split_images(dataset, 16, 4, 6, pair, parts=("test",))["test"]
+        params = test_disc_parameters(dataset, 16, 6, pair)
+        assert torch.equal(render_discs(params, 16, dataset.params["antialiasing"]), held_out)

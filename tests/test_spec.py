@@ -28,7 +28,7 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 # A small valid spec the malformed cases start from (architecture built on the CPU in milliseconds).
 BASE = {
     "name": "t",
-    "image_size": 8,
+    "image_size": 12,
     "datasets": [{"name": "discs", "kind": "discs"}],
     "architectures": [{"name": "u", "kind": "unet", "params": {"width": 4, "blocks": 1}}],
     "train_sizes": [1, 4],
@@ -126,7 +126,7 @@ def test_defaults_are_the_papers():
     assert spec.split_pairs == 1 and spec.seeds == [0]
     assert spec.storage.results_dir == "results/t" and spec.storage.mlflow_tracking_uri is None
     # kind defaults filled in: ids do not depend on spelling a default out
-    assert spec.datasets[0].params == {"supersample": 4}
+    assert spec.datasets[0].params == {"antialiasing": 2}
     assert spec.architectures[0].params["convs_per_block"] == 2
 
 
@@ -226,7 +226,7 @@ def test_ids_change_with_n_and_dataset_and_architecture_params():
     base = ids_by_key(parse_spec(BASE))
     assert base[("discs", "u", 1, 0, 0, "A")] != base[("discs", "u", 4, 0, 0, "A")]
     alt = copy.deepcopy(BASE)
-    alt["datasets"][0]["params"] = {"supersample": 2}
+    alt["datasets"][0]["params"] = {"antialiasing": 1}
     assert not set(base.values()) & set(ids_by_key(parse_spec(alt)).values())
     alt = copy.deepcopy(BASE)
     alt["architectures"][0]["params"]["width"] = 5
@@ -234,7 +234,7 @@ def test_ids_change_with_n_and_dataset_and_architecture_params():
     # spelling out a default keeps the id
     alt = copy.deepcopy(BASE)
     alt["architectures"][0]["params"]["kernel_size"] = 3
-    alt["datasets"][0]["params"] = {"supersample": 4}
+    alt["datasets"][0]["params"] = {"antialiasing": 2}
     assert ids_by_key(parse_spec(alt)) == base
 
 
@@ -287,7 +287,7 @@ MALFORMED = {
     "alpha negative": (lambda tp: variant(datasets=[{"name": "c", "kind": "calpha", "params": {"alpha": -1}}]),
                        "datasets[0].params.alpha", "greater than 0"),
     "unknown dataset param": (lambda tp: variant(datasets=[{"name": "d", "kind": "discs", "params": {"radius": 2}}]),
-                              "datasets[0].params.radius", "supersample"),
+                              "datasets[0].params.radius", "antialiasing"),
     "folder path missing": (_folder_missing, "datasets[0].params.path", "does not exist"),
     "folder path is a file": (_folder_is_file, "datasets[0].params.path", "not a directory"),
     "duplicate dataset names": (lambda tp: variant(datasets=[{"name": "d", "kind": "discs"},

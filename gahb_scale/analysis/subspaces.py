@@ -20,7 +20,7 @@ def orthonormal_basis(vectors: torch.Tensor) -> torch.Tensor:
     return q
 
 
-def disc_tangent_space(params: torch.Tensor, size: int, supersample: int = 4, step: float = 1e-3) -> torch.Tensor:
+def disc_tangent_space(params: torch.Tensor, size: int, antialiasing: int = 2, step: float = 1e-3) -> torch.Tensor:
     """Orthonormal basis (B, n, 5) of the tangent space of the disc family at each row of `params` (B, 5).
 
     Central finite differences of `render_discs` in each parameter, in float64 so the small step
@@ -31,8 +31,8 @@ def disc_tangent_space(params: torch.Tensor, size: int, supersample: int = 4, st
     for k in range(params.shape[1]):
         shift = torch.zeros_like(params)
         shift[:, k] = step
-        plus = render_discs(params + shift, size, supersample).flatten(1)
-        minus = render_discs(params - shift, size, supersample).flatten(1)
+        plus = render_discs(params + shift, size, antialiasing).flatten(1)
+        minus = render_discs(params - shift, size, antialiasing).flatten(1)
         columns.append((plus - minus) / (2 * step))
     return orthonormal_basis(torch.stack(columns, dim=2))
 

@@ -1,84 +1,93 @@
-"""Anti-aliased grey discs on a grey background: a 5-parameter image family.
+"""Grey discs on a grey background, by the authors' recipe: a 5-parameter image family.
 
 Parameters, one row per image: (centre x, centre y, radius, foreground grey, background grey),
 positions in output-pixel units with pixel (row i, column j) covering [j, j+1) × [i, i+1), so its
-centre is at (j + 0.5, i + 0.5). Because the family is 5-dimensional, a good denoiser's Jacobian
-should act on it as a projection onto the 5-D tangent space, computed through `render_discs`.
+centre is at (j + 0.5, i + 0.5). As in the authors' `circle_dataset`, the radius is U[3, (size − 3)/2)
+pixels, the centre keeps the whole disc inside the image, both greys are U(0, 1), and the disc is drawn
+hard on a grid `2**antialiasing` times finer, then low-passed and down-sampled with the db2 wavelet
+`antialiasing` times. Because the family is 5-dimensional, a good denoiser's Jacobian should act on it
+as a projection onto the 5-D tangent space, computed through `render_discs`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pywt
 import torch
 from torch import Tensor
 
 from ..errors import UserInputError
 from ._validate import int_at_least, seeded_rng
 
-RADIUS_RANGE = (0.10, 0.35)  # radius as a fraction of the image side
+MIN_RADIUS = 3.0  # pixels; the largest radius is (size - 3) / 2
 PARAMETER_NAMES = ("centre_x", "centre_y", "radius", "foreground", "background")
 
-# Output pixels rendered per chunk; bounds the temporaries at a few tens of MB.
-_MAX_PIXELS_PER_CHUNK = 2 ** 22
+# Fine-grid pixels rendered per chunk; bounds the temporaries at a few tens of MB.
+_MAX_FINE_PIXELS_PER_CHUNK = 2 ** 22
 
 
-def disc_images(n: int, size: int, seed: int = 0, supersample: int = 4) -> tuple[Tensor, Tensor]:
-    """`n` disc images, float32 (n, 1, size, size) in [0, 1], and their float32 (n, 5) parameters.
+def disc_images(n: int, size: int, seed: int = 0, antialiasing: int = 2) -> tuple[Tensor, Tensor]:
+    """`n` disc images, float32 (n, 1, size, size), and their float32 (n, 5) parameters.
 
-    The radius is U(0.10·size, 0.35·size) and the centre is uniform among the positions that keep
-    the whole disc inside the image; both greys are U(0, 1). Deterministic in `seed`, and image i
-    does not depend on `n`. `render_discs(params, size, supersample)` reproduces the images exactly.
+    Greys are in [0, 1] away from the edge; db2's negative taps make the edge overshoot by up to
+    about 10% of the disc's contrast, as in the authors' data (not clipped: clipping would bend the
+    family and its tangent space).
+
+    Deterministic in `seed`, and image i does not depend on `n`. `render_discs(params, size,
+    antialiasing)` reproduces the images exactly.
     """
     n = int_at_least("n", n, 1)
-    size = int_at_least("size", size, 1)
+    size = int_at_least("size", size, 10)  # (size - 3) / 2 must exceed the smallest radius, 3
     # Row i of the uniforms belongs to image i, so a larger n extends a smaller one.
     u = seeded_rng(seed).random((n, 5))
-    low, high = RADIUS_RANGE
-    radius = size * (low + (high - low) * u[:, 2])
+    radius = MIN_RADIUS + ((size - MIN_RADIUS) / 2 - MIN_RADIUS) * u[:, 2]
     centre_x = radius + (size - 2 * radius) * u[:, 0]
     centre_y = radius + (size - 2 * radius) * u[:, 1]
     params = torch.from_numpy(np.stack([centre_x, centre_y, radius, u[:, 3], u[:, 4]], axis=1)).float()
-    return render_discs(params, size, supersample), params
+    return render_discs(params, size, antialiasing), params
 
 
-def render_discs(params: Tensor, size: int, supersample: int = 4) -> Tensor:
+def render_discs(params: Tensor, size: int, antialiasing: int = 2) -> Tensor:
     """Render (n, 5) disc parameters as (n, 1, size, size) images in the parameters' float dtype.
 
-    Each output pixel averages `supersample`² sub-pixels; each sub-pixel's disc coverage ramps
-    linearly across one sub-pixel width at the edge instead of jumping, so the image is a
-    continuous, piecewise-smooth function of all five parameters and finite differences along
-    the family are meaningful. Pass float64 parameters for float64 images.
+    The authors threshold the disc on the fine grid; here a fine pixel's value ramps linearly over
+    one fine-pixel width across the edge instead of jumping. After the low-pass the two differ
+    only below the output resolution, but the ramp makes every image a continuous function of all
+    five parameters, so finite differences along the family (its tangent space) are meaningful.
+    Pass float64 parameters for float64 images.
     """
     size = int_at_least("size", size, 1)
-    supersample = int_at_least("supersample", supersample, 1)
+    antialiasing = int_at_least("antialiasing", antialiasing, 0)
     if params.ndim != 2 or params.shape[1] != len(PARAMETER_NAMES) or not params.is_floating_point():
         raise UserInputError(f"disc params must be a float tensor of shape (n, 5), got {params.dtype} {tuple(params.shape)}")
-    chunk = max(1, _MAX_PIXELS_PER_CHUNK // (size * size))
-    return torch.cat([_render_chunk(p, size, supersample) for p in params.split(chunk)])
+    fine = size * 2 ** antialiasing
+    chunk = max(1, _MAX_FINE_PIXELS_PER_CHUNK // (fine * fine))
+    return torch.cat([_render_chunk(p, size, antialiasing) for p in params.split(chunk)])
 
 
-def _render_chunk(params: Tensor, size: int, supersample: int) -> Tensor:
+def _render_chunk(params: Tensor, size: int, antialiasing: int) -> Tensor:
+    scale = 2 ** antialiasing
     centre_x, centre_y, radius, foreground, background = params.unbind(1)
-    coverage = _coverage(centre_x, centre_y, radius, size, supersample)
-    shade = foreground - background
-    return (background[:, None, None] + shade[:, None, None] * coverage).unsqueeze(1)
+    centres = torch.arange(size * scale, dtype=params.dtype) + 0.5  # fine-pixel centres, fine units
+    distance = torch.hypot(centres[None, None, :] - scale * centre_x[:, None, None],
+                           centres[None, :, None] - scale * centre_y[:, None, None])
+    coverage = (scale * radius[:, None, None] - distance + 0.5).clamp(0.0, 1.0)
+    image = background[:, None, None] + (foreground - background)[:, None, None] * coverage
+    return torch.from_numpy(wavelet_downsample(image.numpy(), antialiasing)).unsqueeze(1)
 
 
-def _coverage(centre_x: Tensor, centre_y: Tensor, radius: Tensor, size: int, supersample: int) -> Tensor:
-    """Fraction of each pixel inside its disc, (n, size, size), averaged over supersample² sub-pixels.
+def wavelet_downsample(images: np.ndarray, times: int) -> np.ndarray:
+    """Low-pass and halve (..., H, W) images `times` times with the db2 wavelet (the authors' anti-aliasing).
 
-    A pixel whose centre is a pixel or more from the edge has every sub-pixel (at most 0.71 px
-    from its centre) fully inside or outside, so only the thin band around the edge is
-    supersampled; that gives the full supersampled result at a few percent of the cost.
+    Each step keeps the approximation coefficients of one 2-D db2 decomposition, divided by 2 so
+    a flat image keeps its grey (the low-pass filter sums to √2 per axis). Borders are extended
+    symmetrically, which yields H/2 + 1 coefficients per axis; dropping the first leaves output
+    pixel k centred at fine position 2k + 0.63, a box filter's 2k + 0.5 up to 0.13 fine pixel.
     """
-    centres = torch.arange(size, dtype=radius.dtype, device=radius.device) + 0.5
-    distance = torch.hypot(centres[None, None, :] - centre_x[:, None, None],
-                           centres[None, :, None] - centre_y[:, None, None])
-    coverage = (distance <= radius[:, None, None]).to(radius.dtype)
-    image, row, col = ((distance - radius[:, None, None]).abs() < 1).nonzero(as_tuple=True)
-    offsets = (torch.arange(supersample, dtype=radius.dtype, device=radius.device) + 0.5) / supersample - 0.5
-    sub_distance = torch.hypot(centres[col, None, None] + offsets[None, None, :] - centre_x[image, None, None],
-                               centres[row, None, None] + offsets[None, :, None] - centre_y[image, None, None])
-    ramp = ((radius[image, None, None] - sub_distance) * supersample + 0.5).clamp(0.0, 1.0)
-    coverage[image, row, col] = ramp.mean(dim=(1, 2))
-    return coverage
+    for _ in range(times):
+        height, width = images.shape[-2:]
+        if height % 2 or width % 2:
+            raise UserInputError(f"wavelet down-sampling needs even image sides, got {height}x{width}")
+        low, _ = pywt.dwt2(images, "db2", mode="symmetric", axes=(-2, -1))
+        images = low[..., 1:1 + height // 2, 1:1 + width // 2] / 2.0
+    return np.ascontiguousarray(images)

@@ -24,8 +24,8 @@ def _calpha(n: int, size: int, seed: int, *, alpha: float, beta: float | None = 
     return calpha_images(n, alpha, size=size, seed=seed, beta=beta)
 
 
-def _discs(n: int, size: int, seed: int, *, supersample: int = 4) -> Tensor:
-    return disc_images(n, size, seed=seed, supersample=supersample)[0]
+def _discs(n: int, size: int, seed: int, *, antialiasing: int = 2) -> Tensor:
+    return disc_images(n, size, seed=seed, antialiasing=antialiasing)[0]
 
 
 def _folder(n: int, size: int, seed: int, *, path: str | Path, cache_dir: str | Path | None = None) -> Tensor:
@@ -53,7 +53,7 @@ DATASET_KINDS = tuple(_BUILDERS)
 def build_pool(kind: str, n: int, size: int, seed: int, **params: object) -> Tensor:
     """`n` float32 images (n, 1, size, size) in [0, 1] of dataset `kind` (one of DATASET_KINDS).
 
-    Parameters by kind: calpha(alpha, beta=None), discs(supersample=4), folder(path,
+    Parameters by kind: calpha(alpha, beta=None), discs(antialiasing=2), folder(path,
     cache_dir=None), photos(). Unknown kinds, unknown parameters and missing required ones raise
     UserInputError naming them.
     """

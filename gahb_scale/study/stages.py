@@ -160,7 +160,7 @@ def _disc_tangent_basis(spec: StudySpec, trial: Trial, count: int) -> torch.Tens
     if trial.dataset.kind != "discs" or trial.dataset.pixel_shuffle_seed is not None:
         return None
     params = test_disc_parameters(trial.dataset, spec.image_size, count, trial.pair)
-    return disc_tangent_space(params, spec.image_size, trial.dataset.params["supersample"]).float()
+    return disc_tangent_space(params, spec.image_size, trial.dataset.params["antialiasing"]).float()
 
 
 def tangent_rows(jac: torch.Tensor, spectrum, tangent: torch.Tensor, threshold: float, base: dict) -> list[dict]:
