@@ -23,7 +23,7 @@ Residual = Callable[[torch.Tensor], torch.Tensor]  # y -> y − f(y): a network 
 
 @dataclass
 class SamplerResult:
-    samples: torch.Tensor  # (B, C, H, W): f(y) at the last step of each sample
+    samples: torch.Tensor  # (B, C, H, W): f(y) after the last step of each sample
     sigmas: torch.Tensor  # (B, T): σ_t per step, NaN after the sample stopped
     steps: torch.Tensor  # (B,): steps taken
     hit_cap: torch.Tensor  # (B,) bool: stopped by max_steps, not by reaching sigma_L
@@ -49,8 +49,9 @@ def sample_kadkhodaie_simoncelli(residual: Residual, image_shape: Sequence[int],
                                  max_steps: int = 5_000, device: str | torch.device | None = None) -> SamplerResult:
     """Draw len(seeds) samples from the prior embedded in a blind denoiser, all in one batch.
 
-    `image_shape` is (C, H, W). Every sample runs until its own σ_t ≤ sigma_L; finished samples
-    leave the batch so the network only sees the ones still running. A sample still running after
+    `image_shape` is (C, H, W). Every sample runs until its own σ_t ≤ sigma_L, takes that step
+    too, and returns f(y) = y − net(y) at the point it reached (the authors' last step); finished
+    samples leave the batch so the network only sees the ones still running. A sample still running after
     `max_steps` is stopped and flagged in `hit_cap`; one whose σ_t overflows (a denoiser too
     inaccurate at low noise makes the ascent unstable) is stopped and flagged in `diverged`.
     Callers must report both.
@@ -76,6 +77,14 @@ def sample_kadkhodaie_simoncelli(residual: Residual, image_shape: Sequence[int],
     diverged = torch.zeros(batch, dtype=torch.bool)
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows still running, their σ_t) per step
 
+    def ascend(y: torch.Tensor, d: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor, t: int) -> torch.Tensor:
+        h = step_size(t, h0)
+        y = y - h * d
+        if beta < 1:
+            gamma = sigma * math.sqrt((1 - beta * h) ** 2 - (1 - h) ** 2)
+            y = y + gamma.view(-1, *([1] * len(image_shape))) * draw(rows)
+        return y
+
     active = all_rows  # indices into the batch of the samples still running; y holds only those
     t = 1
     while active.numel():
@@ -86,7 +95,15 @@ def sample_kadkhodaie_simoncelli(residual: Residual, image_shape: Sequence[int],
         done = converged | blown_up | (t >= max_steps)
         if done.any():
             finished = active[done]
-            samples[finished.to(device)] = (y - d)[done.to(device)]
+            # As the authors' loop does, a finished sample takes the step of its last σ_t too, and
+            # is returned denoised from there; a diverged one is returned as it stands (non-finite).
+            last = done & ~blown_up
+            if last.any():
+                k = last.to(device)
+                y_last = ascend(y[k], d[k], sigma[k], active[last], t)
+                samples[active[last].to(device)] = y_last - residual(y_last)
+            if blown_up.any():
+                samples[active[blown_up].to(device)] = (y - d)[blown_up.to(device)]
             steps[finished] = t
             hit_cap[finished] = ~converged[done] & ~blown_up[done]
             diverged[finished] = blown_up[done]
@@ -94,11 +111,7 @@ def sample_kadkhodaie_simoncelli(residual: Residual, image_shape: Sequence[int],
             active, y, d, sigma = active[keep], y[keep.to(device)], d[keep.to(device)], sigma[keep.to(device)]
             if not active.numel():
                 break
-        h = step_size(t, h0)
-        y = y - h * d
-        if beta < 1:
-            gamma = sigma * math.sqrt((1 - beta * h) ** 2 - (1 - h) ** 2)
-            y = y + gamma.view(-1, *([1] * len(image_shape))) * draw(active)
+        y = ascend(y, d, sigma, active, t)
         t += 1
 
     sigmas = torch.full((batch, len(history)), float("nan"))
