@@ -115,11 +115,12 @@ def test_memorization_over_time_and_its_onset():
         ("a16", 10): [0.9, 0.9], ("a16", 20): [0.2, 0.9],
         ("a1", 10): [math.nan, math.nan], ("a1", 20): [math.nan, math.nan],
     }
+    # the scale-free ratio calls every sample memorized from the first snapshot on
     samples = [{"study_id": "t", "trial_id": t, "step": step, "sample_seed": i, "d1_d2": r,
-                "nn_cosine_centered": 0.5, "diverged": False}
+                "d1_d2_scale_free": r if math.isnan(r) else 0.1, "nn_cosine_centered": 0.5, "diverged": False}
                for (t, step), rs in ratios.items() for i, r in enumerate(rs)]
     samples.append({"study_id": "t", "trial_id": "a16", "step": 20, "sample_seed": 9, "d1_d2": 0.0,
-                    "nn_cosine_centered": 1.0, "diverged": True})
+                    "d1_d2_scale_free": 0.0, "nn_cosine_centered": 1.0, "diverged": True})
     over_time = memorization_time_rows(s, metrics, samples)
     f = {(r["n"], r["step"]): r["f_mem"] for r in over_time}
     assert f[(4, 10)] == 0.25 and f[(4, 20)] == 0.75
@@ -127,6 +128,8 @@ def test_memorization_over_time_and_its_onset():
     assert math.isnan(f[(1, 10)])
     onset = {r["n"]: r for r in onset_rows(s, over_time)}
     assert onset[4]["onset_step"] == 20 and onset[16]["onset_step"] == 20
+    assert all(r["f_mem_scale_free"] == 1.0 for r in over_time if r["n"] > 1)
+    assert onset[4]["onset_step_scale_free"] == 10 and onset[16]["onset_step_scale_free"] == 10
     assert onset[1]["onset_step"] is None and math.isnan(onset[1]["max_f_mem"])
     s_high = spec(analysis={"onset_f_mem": 0.8, "bootstrap": 20})
     assert all(r["onset_step"] is None for r in onset_rows(s_high, over_time))

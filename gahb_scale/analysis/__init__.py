@@ -8,7 +8,8 @@ residual network pass `functools.partial(gahb_scale.models.denoise, net)` with `
 from .calpha_slope import fit_psnr_slope, optimal_calpha_slope
 from .jacobian import (EigenSpectrum, denoiser_jacobian, effective_dimensionality, eigen_spectrum,
                        jacobian_by_rows, symmetry_error)
-from .memorization import MemorizationFraction, NearestNeighbours, memorization_fraction, nearest_neighbours
+from .memorization import (MemorizationFraction, NearestNeighbours, distance_to_memorizer, memorization_fraction,
+                           nearest_neighbours)
 from .psnr import default_sigma_grid, psnr, psnr_curve
 from .reference import EmpiricalOptimalDenoiser, GaussianDenoiser
 from .similarity import cosine_similarity, split_pair_similarity, unit_vectors
@@ -16,7 +17,7 @@ from .subspaces import disc_tangent_space, energy_in_subspace, orthonormal_basis
 
 __all__ = [
     "EigenSpectrum", "EmpiricalOptimalDenoiser", "GaussianDenoiser", "MemorizationFraction", "NearestNeighbours", "cosine_similarity", "default_sigma_grid",
-    "denoiser_jacobian", "effective_dimensionality", "eigen_spectrum", "fit_psnr_slope", "jacobian_by_rows",
+    "denoiser_jacobian", "distance_to_memorizer", "effective_dimensionality", "eigen_spectrum", "fit_psnr_slope", "jacobian_by_rows",
     "memorization_fraction", "nearest_neighbours", "optimal_calpha_slope", "psnr", "psnr_curve",
     "split_pair_similarity", "symmetry_error", "unit_vectors", "disc_tangent_space", "energy_in_subspace",
     "orthonormal_basis", "principal_angles",

@@ -1,4 +1,5 @@
-"""Nearest training images of generated samples, and the memorization fraction f_mem.
+"""Nearest training images of generated samples, the memorization fraction f_mem, and how far a
+denoiser is from the memorizing solution.
 
 A sample is called memorized when its nearest training image is much nearer than the second
 nearest: d1/d2 < 1/3 (Gu et al. 2023; Bonnaire et al. 2025).
@@ -7,9 +8,13 @@ nearest: d1/d2 < 1/3 (Gu et al. 2023; Bonnaire et al. 2025).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
+import scipy.stats
 import torch
 
+from .reference import EmpiricalOptimalDenoiser
 from .similarity import unit_vectors
 
 
@@ -100,19 +105,47 @@ def memorization_fraction(ratio: torch.Tensor, threshold: float = 1.0 / 3.0, n_b
                           confidence: float = 0.95) -> MemorizationFraction:
     """Share of samples with d1/d2 < `threshold` and its percentile-bootstrap `confidence` interval.
 
-    Any NaN ratio (no second-nearest image when N < 2, or 0/0 from a duplicated training image)
-    leaves the share undefined: it is reported as such (defined=False, NaN numbers) instead of
-    dropping samples or guessing how they count. The bootstrap resamples the samples with
-    replacement `n_boot` times from a generator seeded by `seed`.
+    With raw pixel distances this is Bonnaire et al.'s f_mem (their `compute_fmem.py`: two nearest
+    training images, d1/d2 < 1/3, 1000 percentile-bootstrap resamples). Any NaN ratio (no
+    second-nearest image when N < 2, or 0/0 from a duplicated training image) leaves the share
+    undefined: it is reported as such (defined=False, NaN numbers) instead of dropping samples or
+    guessing how they count. `scipy.stats.bootstrap` resamples the samples `n_boot` times from a
+    generator seeded by `seed`; a single sample has no spread, so its interval is the value itself.
     """
-    ratio = torch.as_tensor(ratio).detach().flatten().cpu()
-    if len(ratio) == 0 or bool(torch.isnan(ratio).any()):
+    ratio = torch.as_tensor(ratio).detach().flatten().cpu().double().numpy()
+    if len(ratio) == 0 or np.isnan(ratio).any():
         nan = float("nan")
         return MemorizationFraction(value=nan, low=nan, high=nan, defined=False)
-    memorized = (ratio < threshold).double()
-    generator = torch.Generator().manual_seed(seed)
-    resampled = torch.randint(len(memorized), (n_boot, len(memorized)), generator=generator)
-    boot_shares = memorized[resampled].mean(dim=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = torch.quantile(boot_shares, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
-    return MemorizationFraction(value=memorized.mean().item(), low=low, high=high, defined=True)
+    memorized = (ratio < threshold).astype(float)
+    value = float(memorized.mean())
+    if len(memorized) < 2:
+        return MemorizationFraction(value=value, low=value, high=value, defined=True)
+    interval = scipy.stats.bootstrap((memorized,), np.mean, n_resamples=n_boot, confidence_level=confidence,
+                                     method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    return MemorizationFraction(value=value, low=float(interval.low), high=float(interval.high), defined=True)
+
+
+@torch.no_grad()
+def distance_to_memorizer(denoiser: Callable[[torch.Tensor], torch.Tensor], train_images: torch.Tensor,
+                          clean: torch.Tensor, sigmas: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """How far a denoiser is from the memorizing solution, at each noise level of `sigmas`.
+
+    The memorizing solution is the MMSE denoiser of the training set itself (the posterior mean over
+    its images, `EmpiricalOptimalDenoiser` at the known σ): what a network trained to optimality on
+    N images becomes. On held-out images y = x + σz (one seeded draw z per image, scaled by every
+    σ, as in `psnr_curve`) the distance is ‖f(y) − f_mem(y)‖² / ‖σz‖², the squared gap between the
+    two outputs in units of the noise energy: ≈ 0 for a memorizer, of order 1 or more when the
+    denoiser generalizes. It needs no sampling, so it is a cheap, low-variance transition curve.
+    Returns CPU tensors (len(sigmas),): `sigma`, `distance` (mean over images), `distance_std`.
+    """
+    generator = torch.Generator(device=clean.device).manual_seed(seed)
+    noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    per_image = torch.empty(len(sigmas), len(clean), dtype=torch.float64)
+    for k, sigma in enumerate(sigmas.tolist()):
+        noisy = clean + sigma * noise
+        memorizer = EmpiricalOptimalDenoiser(train_images, sigma=sigma).to(clean.device)
+        gap = (denoiser(noisy).double() - (noisy.double() - memorizer(noisy).double())).flatten(1)
+        per_image[k] = (gap.square().sum(dim=1) / (sigma * noise.double().flatten(1)).square().sum(dim=1)).cpu()
+    std = per_image.std(dim=1) if len(clean) > 1 else torch.full((len(sigmas),), float("nan"), dtype=torch.float64)
+    return {"sigma": sigmas, "distance": per_image.mean(dim=1), "distance_std": std}

@@ -50,23 +50,41 @@ class GaussianDenoiser(nn.Module):
 
 
 class EmpiricalOptimalDenoiser(nn.Module):
-    """MMSE denoiser of the empirical distribution of `train_images` (N, C, H, W)."""
+    """MMSE denoiser of the empirical distribution of `train_images` (N, C, H, W).
 
-    def __init__(self, train_images: torch.Tensor, sigma: float | None = None, sigma_grid: torch.Tensor | None = None):
+    The training set is visited `chunk_size` images at a time with a running log-sum-exp, so the
+    posterior over 10^5 training images never exists at once; the images are kept in their own
+    dtype and each chunk is promoted to float64 for the distances.
+    """
+
+    def __init__(self, train_images: torch.Tensor, sigma: float | None = None, sigma_grid: torch.Tensor | None = None,
+                 chunk_size: int = 2048):
         super().__init__()
-        self.register_buffer("train_images", train_images.double().flatten(1))
+        self.register_buffer("train_images", train_images.flatten(1))
         grid = torch.tensor([float(sigma)], dtype=torch.float64) if sigma is not None else (
             sigma_grid if sigma_grid is not None else log_sigma_grid())
         self.register_buffer("sigma_grid", grid.double())
+        self.chunk_size = chunk_size
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         flat = y.double().flatten(1)
-        n = flat.shape[1]
-        sq_dist = torch.cdist(flat, self.train_images) ** 2  # (B, N)
-        var = self.sigma_grid ** 2  # (K,)
-        logits = -sq_dist[:, None, :] / (2 * var[None, :, None])  # (B, K, N)
-        # p(y | σ_k) = mean_i N(y; x_i, σ_k² I): the evidence for each σ, then the posterior over i.
-        log_evidence = torch.logsumexp(logits, dim=2) - n * torch.log(self.sigma_grid)  # (B, K)
-        weights = torch.softmax(log_evidence, dim=1)[:, :, None] * torch.softmax(logits, dim=2)  # (B, K, N)
-        denoised = weights.sum(1) @ self.train_images
+        n, var = flat.shape[1], self.sigma_grid ** 2  # var: (K,)
+        # Per (image b, noise level k), over training images i with logits -‖y − x_i‖²/2σ_k²: the
+        # running max m, the sum of exp(logit − m) and the same sum weighted by x_i.
+        m = torch.full((len(flat), len(var)), -math.inf, dtype=torch.float64, device=flat.device)
+        total = torch.zeros_like(m)
+        weighted = torch.zeros((*m.shape, n), dtype=torch.float64, device=flat.device)
+        for chunk in self.train_images.split(self.chunk_size):
+            chunk = chunk.double()
+            logits = -torch.cdist(flat, chunk).square()[:, None, :] / (2 * var[None, :, None])  # (B, K, M)
+            new_m = torch.maximum(m, logits.amax(dim=2))
+            rescale = torch.exp(m - new_m)
+            w = torch.exp(logits - new_m[..., None])
+            total = total * rescale + w.sum(dim=2)
+            weighted = weighted * rescale[..., None] + w @ chunk
+            m = new_m
+        posterior_mean = weighted / total[..., None]  # (B, K, n): E[x | y, σ_k]
+        # p(y | σ_k) = mean_i N(y; x_i, σ_k² I): the evidence for each σ (log-uniform grid prior).
+        log_evidence = m + torch.log(total) - n * torch.log(self.sigma_grid)  # (B, K), up to a constant
+        denoised = (torch.softmax(log_evidence, dim=1)[..., None] * posterior_mean).sum(dim=1)
         return (flat - denoised).reshape(y.shape).to(y.dtype)

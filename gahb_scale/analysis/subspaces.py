@@ -9,6 +9,8 @@ of the two models of a split pair show generalization in the learned basis itsel
 
 from __future__ import annotations
 
+import numpy as np
+import scipy.linalg
 import torch
 
 from ..data import render_discs
@@ -38,12 +40,16 @@ def disc_tangent_space(params: torch.Tensor, size: int, antialiasing: int = 2, s
 
 
 def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Principal angles (radians, ascending) between the column spans of `a` (..., n, p) and `b` (..., n, q).
+    """Principal angles (radians, ascending, float64) between the column spans of `a` (..., n, p) and `b` (..., n, q).
 
-    The cosines are the singular values of QaᵀQb for orthonormal bases Qa, Qb (Björck & Golub 1973).
+    `scipy.linalg.subspace_angles` per matrix pair: it switches to sines for small angles, where
+    the arccos of singular values (Björck & Golub 1973) loses all precision.
     """
-    cosines = torch.linalg.svdvals(orthonormal_basis(a).transpose(-1, -2) @ orthonormal_basis(b))
-    return torch.arccos(cosines.clamp(-1.0, 1.0))
+    batch = a.shape[:-2]
+    a_rows = a.detach().double().cpu().reshape(-1, *a.shape[-2:]).numpy()
+    b_rows = b.detach().double().cpu().reshape(-1, *b.shape[-2:]).numpy()
+    angles = np.stack([scipy.linalg.subspace_angles(x, y)[::-1] for x, y in zip(a_rows, b_rows)])
+    return torch.from_numpy(angles.copy()).reshape(*batch, angles.shape[-1])
 
 
 def energy_in_subspace(jacobian: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:

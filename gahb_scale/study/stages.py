@@ -20,14 +20,15 @@ import io
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..analysis import (denoiser_jacobian, disc_tangent_space, effective_dimensionality, eigen_spectrum,
-                        energy_in_subspace, fit_psnr_slope, memorization_fraction, nearest_neighbours,
-                        optimal_calpha_slope, principal_angles, psnr_curve, split_pair_similarity, symmetry_error,
-                        unit_vectors)
+from ..analysis import (MemorizationFraction, NearestNeighbours, denoiser_jacobian, disc_tangent_space,
+                        distance_to_memorizer, effective_dimensionality, eigen_spectrum, energy_in_subspace,
+                        fit_psnr_slope, memorization_fraction, nearest_neighbours, optimal_calpha_slope,
+                        principal_angles, psnr_curve, split_pair_similarity, symmetry_error, unit_vectors)
 from ..models import build_model, denoise
 from ..sampling import sample_kadkhodaie_simoncelli
 from .datasets import split_images, test_disc_parameters
@@ -54,21 +55,37 @@ def _normalized(images: torch.Tensor) -> torch.Tensor:
     return unit_vectors(images, centered=True).reshape(images.shape)
 
 
+@dataclass
+class _Matches:
+    """Each sample's nearest training images, by two measures (see the README's measure table).
+
+    `pixels`: raw pixel L2, Bonnaire et al.'s f_mem. `scale_free`: L2 between mean-removed,
+    unit-norm images. A bias-free denoiser maps a·x to a·f(x), so every rescaled training image is
+    a fixed point of the sampler and a memorizing model may return a training image up to gain and
+    offset, which raw distances call new; the scale-free variant calls it memorized.
+    """
+    pixels: NearestNeighbours
+    scale_free: NearestNeighbours
+    f_mem: MemorizationFraction
+    f_mem_scale_free: MemorizationFraction
+
+
 def _sample_and_match(net: torch.nn.Module, train: torch.Tensor, spec: StudySpec, device: torch.device):
-    """Samples with the study's shared seeds, each one's nearest training image, and f_mem."""
+    """Samples with the study's shared seeds, each one's nearest training images, and both f_mem."""
     s, a = spec.sampling, spec.analysis
     seeds = [s.seed + i for i in range(s.num_samples)]
     sampled = sample_kadkhodaie_simoncelli(net, train.shape[1:], seeds, h0=s.h0, beta=s.beta, sigma_0=s.sigma_0,
                                            sigma_L=s.sigma_L, mean=s.mean, max_steps=s.max_steps, device=device)
-    # A bias-free denoiser maps a·x to a·f(x): every rescaled training image is a fixed point, so
-    # a memorizing model's samples are training images up to gain and offset. Neighbours and d1/d2
-    # are therefore taken between mean-removed, unit-norm images (scale-free, and not fooled by
-    # flat regions as the raw cosine is).
-    nn = nearest_neighbours(_normalized(sampled.samples), _normalized(train))
+    pixels = nearest_neighbours(sampled.samples, train)
+    scale_free = nearest_neighbours(_normalized(sampled.samples), _normalized(train))
     usable = ~sampled.diverged  # a diverged sample is reported, not counted as (non-)memorized
-    f_mem = memorization_fraction(nn.ratio.cpu()[usable], threshold=a.memorization_threshold, n_boot=a.bootstrap,
-                                  seed=0)
-    return seeds, sampled, nn, f_mem
+    fractions = [memorization_fraction(nn.ratio.cpu()[usable], threshold=a.memorization_threshold,
+                                       n_boot=a.bootstrap, seed=0) for nn in (pixels, scale_free)]
+    return seeds, sampled, _Matches(pixels, scale_free, *fractions)
+
+
+def _fraction_columns(name: str, f: MemorizationFraction) -> dict:
+    return {name: f.value, f"{name}_low": f.low, f"{name}_high": f.high}
 
 
 def optimal_slope(dataset: DatasetSpec) -> float:
@@ -99,15 +116,20 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
     in_range = [i for i, s in enumerate(a.sigmas) if a.slope_sigma_range[0] <= s <= a.slope_sigma_range[1]]
     slope, _ = fit_psnr_slope(curves["test"]["psnr_in"][in_range], curves["test"]["psnr_out"][in_range])
 
-    seeds, sampled, nn, f_mem = _sample_and_match(net, train, spec, device)
-    raw_l2 = (sampled.samples - train[nn.index_l2]).flatten(1).norm(dim=1)  # pixel distance, scale included
+    seeds, sampled, nn = _sample_and_match(net, train, spec, device)
     final_sigma = [float(row[~row.isnan()][-1]) for row in sampled.sigmas]
     sample_rows = [{**base, "sample_seed": seed, "steps": int(sampled.steps[i]), "hit_cap": bool(sampled.hit_cap[i]),
-                    "diverged": bool(sampled.diverged[i]),
-                    "final_sigma": final_sigma[i], "nn_index": int(nn.index_l2[i]), "d1": float(nn.d1[i]),
-                    "d2": float(nn.d2[i]), "d1_d2": float(nn.ratio[i]),
-                    "nn_cosine_centered": float(nn.cosine[i]), "nn_l2_pixels": float(raw_l2[i])}
+                    "diverged": bool(sampled.diverged[i]), "final_sigma": final_sigma[i],
+                    "nn_index": int(nn.pixels.index_l2[i]), "d1": float(nn.pixels.d1[i]), "d2": float(nn.pixels.d2[i]),
+                    "d1_d2": float(nn.pixels.ratio[i]), "nn_index_scale_free": int(nn.scale_free.index_l2[i]),
+                    "d1_d2_scale_free": float(nn.scale_free.ratio[i]),
+                    "nn_cosine_centered": float(nn.scale_free.cosine[i])}
                    for i, seed in enumerate(seeds)]
+
+    # Distance to the memorizing solution: no sampling, the same noisy held-out images as the PSNR curve.
+    memorizer = distance_to_memorizer(f, train, test[:a.psnr_images], sigmas, seed=0)
+    memorizer_rows = [{**base, "sigma": float(s * 255), "distance": float(memorizer["distance"][i]),
+                       "distance_std": float(memorizer["distance_std"][i])} for i, s in enumerate(sigmas)]
 
     # Jacobians at noisy held-out images; the noise is seeded so A and B see the same inputs.
     clean = test[:a.jacobian_images]
@@ -131,27 +153,32 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
                                           {**base, "sigma": float(sigma)})
 
     save_arrays(store, arrays_path(spec.name, trial.trial_id), samples=sampled.samples.cpu().numpy(),
-                nearest=train[nn.index_l2.to(device)].cpu().numpy(), sample_seeds=np.array(seeds),
+                nearest=train[nn.pixels.index_l2.to(device)].cpu().numpy(), sample_seeds=np.array(seeds),
                 sigma_trajectories=sampled.sigmas.numpy(), jacobian_inputs=clean.cpu().numpy(),
                 jacobian_sigmas=np.array(a.jacobian_sigmas), eigenvectors=np.stack(eigenvectors))
 
     over_time = _memorization_over_time(spec, trial, store, train, device, base)
     if over_time:  # the final model closes the curve
-        over_time += [{**base, "step": spec.training.steps, "sample_seed": r["sample_seed"], "d1_d2": r["d1_d2"],
-                       "nn_cosine_centered": r["nn_cosine_centered"], "diverged": r["diverged"]} for r in sample_rows]
+        over_time += [{**base, "step": spec.training.steps,
+                       **{k: r[k] for k in ("sample_seed", "d1_d2", "d1_d2_scale_free", "nn_cosine_centered", "diverged")}}
+                      for r in sample_rows]
 
     gap = float(np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "train"])
                 - np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "test"]))
     metrics = {**base, **trial.as_row(), "analysis_id": analysis_id,
                "train_psnr": float(curves["train"]["psnr_out"].mean()), "test_psnr": float(curves["test"]["psnr_out"].mean()),
                "psnr_gap": gap, "psnr_slope": slope, "optimal_slope": optimal_slope(trial.dataset),
-               "nn_cosine_centered": float(nn.cosine.mean()), "nn_l2_pixels": float(raw_l2.mean()),
-               "f_mem": f_mem.value, "f_mem_low": f_mem.low, "f_mem_high": f_mem.high, "f_mem_defined": f_mem.defined,
-               "capped_samples": sampled.num_capped, "diverged_samples": sampled.num_diverged, "mean_sampler_steps": float(sampled.steps.float().mean()),
+               "nn_cosine_centered": float(nn.scale_free.cosine.mean()), "nn_l2_pixels": float(nn.pixels.d1.mean()),
+               **_fraction_columns("f_mem", nn.f_mem), "f_mem_defined": nn.f_mem.defined,
+               **_fraction_columns("f_mem_scale_free", nn.f_mem_scale_free),
+               "memorizer_distance": float(memorizer["distance"].median()),
+               "capped_samples": sampled.num_capped, "diverged_samples": sampled.num_diverged,
+               "mean_sampler_steps": float(sampled.steps.float().mean()),
                "effective_dim": float(np.mean([r["effective_dim"] for r in jac_rows])),
                "symmetry_error": float(np.mean([r["symmetry_error"] for r in jac_rows]))}
     return {"model_metrics": [metrics], "psnr": psnr_rows, "samples": sample_rows, "jacobian": jac_rows,
-            "eigen": eigen_rows, "disc_tangent": tangent_table, "snapshot_samples": over_time}
+            "eigen": eigen_rows, "disc_tangent": tangent_table, "snapshot_samples": over_time,
+            "memorizer_distance": memorizer_rows}
 
 
 def _disc_tangent_basis(spec: StudySpec, trial: Trial, count: int) -> torch.Tensor | None:
@@ -188,9 +215,10 @@ def _memorization_over_time(spec: StudySpec, trial: Trial, store: StudyStore, tr
     its nearest training image, with the same seeds as the final model's samples."""
     rows = []
     for step in spec.training.snapshot_steps:
-        seeds, sampled, nn, _ = _sample_and_match(load_model(store, trial, device, step), train, spec, device)
-        rows += [{**base, "step": step, "sample_seed": seed, "d1_d2": float(nn.ratio[i]),
-                  "nn_cosine_centered": float(nn.cosine[i]), "diverged": bool(sampled.diverged[i])}
+        seeds, sampled, nn = _sample_and_match(load_model(store, trial, device, step), train, spec, device)
+        rows += [{**base, "step": step, "sample_seed": seed, "d1_d2": float(nn.pixels.ratio[i]),
+                  "d1_d2_scale_free": float(nn.scale_free.ratio[i]), "nn_cosine_centered": float(nn.scale_free.cosine[i]),
+                  "diverged": bool(sampled.diverged[i])}
                  for i, seed in enumerate(seeds)]
     return rows
 
@@ -290,40 +318,49 @@ def shuffle_rows(spec: StudySpec, metrics: list[dict], psnr_rows: list[dict]) ->
     return rows
 
 
+def _pooled_fraction(spec: StudySpec, ratios: list[float]) -> MemorizationFraction:
+    return memorization_fraction(torch.tensor(ratios, dtype=torch.float64), threshold=spec.analysis.memorization_threshold,
+                                 n_boot=spec.analysis.bootstrap, seed=0)
+
+
 def memorization_time_rows(spec: StudySpec, metrics: list[dict], sample_rows: list[dict]) -> list[dict]:
-    """f_mem per (dataset, architecture, N, training step), pooling the samples of every model."""
+    """f_mem (both measures) per (dataset, architecture, N, training step), pooling the samples of every model."""
     group = {m["trial_id"]: (m["dataset"], m["architecture"], m["n"]) for m in metrics}
-    ratios, cosines = defaultdict(list), defaultdict(list)
+    pooled = defaultdict(lambda: defaultdict(list))
     for r in sample_rows:
         if r["trial_id"] in group and not r["diverged"]:
-            ratios[(*group[r["trial_id"]], r["step"])].append(r["d1_d2"])
-            cosines[(*group[r["trial_id"]], r["step"])].append(r["nn_cosine_centered"])
+            for column in ("d1_d2", "d1_d2_scale_free", "nn_cosine_centered"):
+                pooled[(*group[r["trial_id"]], r["step"])][column].append(r[column])
     rows = []
-    for (dataset, architecture, n, step), values in sorted(ratios.items()):
-        f_mem = memorization_fraction(torch.tensor(values, dtype=torch.float64),
-                                      threshold=spec.analysis.memorization_threshold,
-                                      n_boot=spec.analysis.bootstrap, seed=0)
+    for (dataset, architecture, n, step), values in sorted(pooled.items()):
         rows.append({"study_id": spec.name, "dataset": dataset, "architecture": architecture, "n": n, "step": step,
-                     "samples": len(values), "f_mem": f_mem.value, "f_mem_low": f_mem.low, "f_mem_high": f_mem.high,
-                     "nn_cosine_centered": float(np.mean(cosines[(dataset, architecture, n, step)]))})
+                     "samples": len(values["d1_d2"]),
+                     **_fraction_columns("f_mem", _pooled_fraction(spec, values["d1_d2"])),
+                     **_fraction_columns("f_mem_scale_free", _pooled_fraction(spec, values["d1_d2_scale_free"])),
+                     "nn_cosine_centered": float(np.mean(values["nn_cosine_centered"]))})
     return rows
 
 
 def onset_rows(spec: StudySpec, over_time: list[dict]) -> list[dict]:
     """The first training step at which f_mem reaches `analysis.onset_f_mem`, per (dataset,
-    architecture, N); None when it never does within training (or f_mem is undefined, N = 1)."""
+    architecture, N), by Bonnaire et al.'s f_mem and by the scale-free one; None when it never
+    does within training (or f_mem is undefined, N = 1)."""
     curves = defaultdict(list)
     for r in over_time:
         curves[(r["dataset"], r["architecture"], r["n"])].append(r)
+    threshold = spec.analysis.onset_f_mem
     rows = []
     for (dataset, architecture, n), rs in sorted(curves.items()):
         rs.sort(key=lambda r: r["step"])
-        reached = [r["step"] for r in rs if r["f_mem"] >= spec.analysis.onset_f_mem]  # NaN compares False
+        onset = {}
+        for column in ("f_mem", "f_mem_scale_free"):
+            reached = [r["step"] for r in rs if r[column] >= threshold]  # NaN compares False
+            onset[column] = reached[0] if reached else None
         defined = [r["f_mem"] for r in rs if not math.isnan(r["f_mem"])]
         rows.append({"study_id": spec.name, "dataset": dataset, "architecture": architecture, "n": n,
-                     "onset_step": reached[0] if reached else None, "onset_f_mem": spec.analysis.onset_f_mem,
-                     "final_f_mem": rs[-1]["f_mem"], "max_f_mem": max(defined) if defined else math.nan,
-                     "steps_observed": len(rs)})
+                     "onset_step": onset["f_mem"], "onset_step_scale_free": onset["f_mem_scale_free"],
+                     "onset_f_mem": threshold, "final_f_mem": rs[-1]["f_mem"],
+                     "max_f_mem": max(defined) if defined else math.nan, "steps_observed": len(rs)})
     return rows
 
 
@@ -331,8 +368,9 @@ def transition_rows(spec: StudySpec, metrics: list[dict], samples: list[dict], p
                     bases: list[dict]) -> list[dict]:
     """One row per (dataset, architecture, N): the memorization → generalization transition.
 
-    f_mem and its bootstrap interval pool the samples of every model of the group (A and B, all
-    pairs and seeds); the other columns average over models (psnr, nn) or over sample pairs (A/B).
+    Both f_mem and their bootstrap intervals pool the samples of every model of the group (A and
+    B, all pairs and seeds), diverged samples left out; the other columns average over models
+    (PSNR, nearest neighbours, distance to the memorizer, Jacobian) or over sample pairs (A/B).
     """
     pair_group = {p["pair_id"]: (p["dataset"], p["architecture"], p["n"]) for p in pairs}
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -340,12 +378,13 @@ def transition_rows(spec: StudySpec, metrics: list[dict], samples: list[dict], p
     for m in metrics:
         key = (m["dataset"], m["architecture"], m["n"])
         trial_group[m["trial_id"]] = key
-        for col in ("train_psnr", "test_psnr", "psnr_gap", "nn_cosine_centered", "effective_dim", "capped_samples",
-                    "diverged_samples"):
+        for col in ("train_psnr", "test_psnr", "psnr_gap", "nn_cosine_centered", "memorizer_distance", "effective_dim",
+                    "symmetry_error", "capped_samples", "diverged_samples"):
             groups[key][col].append(m[col])
     for s in samples:
         if s["trial_id"] in trial_group and not s["diverged"]:
             groups[trial_group[s["trial_id"]]]["ratio"].append(s["d1_d2"])
+            groups[trial_group[s["trial_id"]]]["ratio_scale_free"].append(s["d1_d2_scale_free"])
     for p in pairs:
         key = (p["dataset"], p["architecture"], p["n"])
         for col in ("cosine", "cosine_centered", "l2_normalized"):
@@ -356,9 +395,6 @@ def transition_rows(spec: StudySpec, metrics: list[dict], samples: list[dict], p
 
     rows = []
     for (dataset, architecture, n), g in sorted(groups.items()):
-        f_mem = memorization_fraction(torch.tensor(g["ratio"], dtype=torch.float64),
-                                      threshold=spec.analysis.memorization_threshold,
-                                      n_boot=spec.analysis.bootstrap, seed=0)
         gap, gap_std = _mean_std(g["psnr_gap"])
         nn_cos, nn_cos_std = _mean_std(g["nn_cosine_centered"])
         ab_c, ab_c_std = _mean_std(g["ab_cosine_centered"])
@@ -367,11 +403,13 @@ def transition_rows(spec: StudySpec, metrics: list[dict], samples: list[dict], p
             "models": len(g["psnr_gap"]), "train_psnr": _mean_std(g["train_psnr"])[0],
             "test_psnr": _mean_std(g["test_psnr"])[0], "psnr_gap": gap, "psnr_gap_std": gap_std,
             "nn_cosine_centered": nn_cos, "nn_cosine_centered_std": nn_cos_std,
-            "f_mem": f_mem.value, "f_mem_low": f_mem.low, "f_mem_high": f_mem.high,
+            **_fraction_columns("f_mem", _pooled_fraction(spec, g["ratio"])),
+            **_fraction_columns("f_mem_scale_free", _pooled_fraction(spec, g["ratio_scale_free"])),
+            "memorizer_distance": _mean_std(g["memorizer_distance"])[0],
             "ab_cosine": _mean_std(g["ab_cosine"])[0], "ab_cosine_centered": ab_c,
             "ab_cosine_centered_std": ab_c_std, "ab_l2": _mean_std(g["ab_l2_normalized"])[0],
             "ab_basis_overlap": _mean_std(g["ab_basis_overlap"])[0],
-            "effective_dim": _mean_std(g["effective_dim"])[0], "capped_samples": int(sum(g["capped_samples"])),
-            "diverged_samples": int(sum(g["diverged_samples"])),
+            "effective_dim": _mean_std(g["effective_dim"])[0], "symmetry_error": _mean_std(g["symmetry_error"])[0],
+            "capped_samples": int(sum(g["capped_samples"])), "diverged_samples": int(sum(g["diverged_samples"])),
         })
     return rows

@@ -32,6 +32,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "eigen": ("study_id", "trial_id"),
     "disc_tangent": ("study_id", "trial_id"),
     "snapshot_samples": ("study_id", "trial_id"),
+    "memorizer_distance": ("study_id", "trial_id"),
     "pairs": ("study_id", "pair_id"),
     "pair_bases": ("study_id", "pair_id"),
     "transition": ("study_id",),
