@@ -32,17 +32,23 @@ def _cell(value) -> str:
     return _num(value, 4) if isinstance(value, float) else str(value)
 
 
+def _fraction(row: dict, name: str) -> str:
+    if math.isnan(row[name]):
+        return "undefined (N<2)"
+    return f"{row[name]:.2f} [{row[name + '_low']:.2f}, {row[name + '_high']:.2f}]"
+
+
 def format_transition(rows: list[dict]) -> str:
-    header = ["dataset", "arch", "N", "PSNR train", "PSNR test", "gap dB", "NN cos centred", "f_mem [95% CI]",
-              "A/B cos", "A/B cos centred", "A/B L2", "A/B basis", "tr J", "capped", "diverged"]
+    header = ["dataset", "arch", "N", "PSNR train", "PSNR test", "gap dB", "f_mem [95% CI]", "f_mem scale-free",
+              "NN cos centred", "to memorizer", "A/B cos", "A/B cos centred", "A/B L2", "A/B basis", "tr J", "J asym",
+              "capped", "diverged"]
     body = []
     for r in sorted(rows, key=lambda r: (r["dataset"], r["architecture"], r["n"])):
-        f_mem = (f"{r['f_mem']:.2f} [{r['f_mem_low']:.2f}, {r['f_mem_high']:.2f}]"
-                 if not math.isnan(r["f_mem"]) else "undefined (N<2)")
         body.append([r["dataset"], r["architecture"], str(r["n"]), _num(r["train_psnr"], 2), _num(r["test_psnr"], 2),
-                     _num(r["psnr_gap"], 2), _num(r["nn_cosine_centered"]), f_mem, _num(r["ab_cosine"]),
+                     _num(r["psnr_gap"], 2), _fraction(r, "f_mem"), _fraction(r, "f_mem_scale_free"),
+                     _num(r["nn_cosine_centered"]), _num(r["memorizer_distance"]), _num(r["ab_cosine"]),
                      _num(r["ab_cosine_centered"]), _num(r["ab_l2"]), _num(r["ab_basis_overlap"]),
-                     _num(r["effective_dim"], 1),
+                     _num(r["effective_dim"], 1), _num(r["symmetry_error"], 2),
                      str(r["capped_samples"]), str(r["diverged_samples"])])
     return _format_table(header, body)
 
@@ -68,7 +74,8 @@ def cmd_run(args) -> int:
         return EXIT_FAILED
     print()
     print(f"transition table of study {spec.name} (means over models; A/B = same-seed samples of the two "
-          "models of a split pair):")
+          "models of a split pair; to memorizer = distance to the memorizing solution, median over sigma; "
+          "J asym = ||J - J^T|| / ||J||; every measure is defined in the README):")
     print(format_transition(result["transition"]))
     print()
     # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)

@@ -79,13 +79,17 @@ def test_optimal_slope_is_known_only_for_calpha_with_matching_regularity():
 
 
 def test_slope_rows_average_models_and_carry_alpha():
-    s = spec(datasets=[{"name": "c2", "kind": "calpha", "params": {"alpha": 2.0}}])
-    metrics = [{"dataset": "c2", "architecture": "u", "n": 4, "psnr_slope": v, "optimal_slope": 2 / 3}
-               for v in (0.6, 0.7)]
-    (row,) = slope_rows(s, metrics)
+    s = spec(datasets=[{"name": "c2", "kind": "calpha", "params": {"alpha": 2.0}},
+                       {"name": "c1", "kind": "calpha", "params": {"alpha": 1.0}}])
+    metrics = [{"dataset": d, "architecture": "u", "n": 4, "psnr_slope": v, "optimal_slope": a / (a + 1)}
+               for d, a in (("c2", 2.0), ("c1", 1.0)) for v in (0.6, 0.7)]
+    rows = {r["dataset"]: r for r in slope_rows(s, metrics)}
+    row = rows["c2"]
     assert row["alpha"] == 2.0 and row["models"] == 2
     assert row["psnr_slope"] == pytest.approx(0.65) and row["psnr_slope_std"] == pytest.approx(0.05)
-    assert row["optimal_slope"] == pytest.approx(2 / 3)
+    assert row["optimal_slope"] == pytest.approx(2 / 3) and row["theory_applies"]
+    # alpha <= 1: the backgrounds are not continuous, alpha/(alpha+1) is shown but flagged
+    assert rows["c1"]["optimal_slope"] == pytest.approx(0.5) and not rows["c1"]["theory_applies"]
 
 
 def test_shuffle_rows_pair_each_shuffled_dataset_with_its_twin():

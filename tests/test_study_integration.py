@@ -38,7 +38,8 @@ def micro(tmp_path_factory):
 
 
 TABLES = ("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "pairs", "pair_bases",
-          "transition", "disc_tangent", "snapshot_samples", "slopes", "memorization_time", "memorization_onset")
+          "transition", "disc_tangent", "snapshot_samples", "slopes", "memorization_time", "memorization_onset",
+          "memorizer_distance")
 
 
 def table_rows(results: Path) -> dict[str, list[dict]]:
@@ -67,6 +68,8 @@ def test_micro_study_end_to_end(micro, capsys):
     assert len(rows["train_curves"]) == n_models * spec.training.steps // spec.training.log_every
     assert len(rows["model_metrics"]) == n_models
     assert len(rows["psnr"]) == n_models * 2 * len(a.sigmas)
+    assert len(rows["memorizer_distance"]) == n_models * len(a.sigmas)
+    assert all(r["distance"] >= 0 for r in rows["memorizer_distance"])
     assert len(rows["samples"]) == n_models * spec.sampling.num_samples
     assert len(rows["jacobian"]) == n_models * a.jacobian_images * len(a.jacobian_sigmas)
     assert len(rows["eigen"]) == n_models * a.jacobian_images * len(a.jacobian_sigmas) * a.eigenvalues_kept
@@ -95,8 +98,10 @@ def test_micro_study_end_to_end(micro, capsys):
 
     # the science of the tables, as far as a 20-step model allows
     by_n = {r["n"]: r for r in rows["transition"]}
-    assert by_n[1]["f_mem"] != by_n[1]["f_mem"]  # NaN: undefined for N = 1, not invented
-    assert 0 <= by_n[4]["f_mem"] <= 1
+    for name in ("f_mem", "f_mem_scale_free"):
+        assert by_n[1][name] != by_n[1][name]  # NaN: undefined for N = 1, not invented
+        assert 0 <= by_n[4][name] <= 1
+    assert all(r["memorizer_distance"] >= 0 and 0 <= r["symmetry_error"] for r in rows["transition"])
     for r in rows["samples"]:
         assert r["steps"] >= 1 and -1 - 1e-6 <= r["nn_cosine_centered"] <= 1 + 1e-6
     for r in rows["pairs"]:
@@ -124,7 +129,7 @@ def test_micro_study_end_to_end(micro, capsys):
     text = page.read_text()
     figures = re.findall(r'<img src="([^"]+)"', text)
     assert "transition.png" in figures and any(f.startswith("tangent-") for f in figures)
-    assert "memorization-time.png" in figures
+    assert "memorization-time.png" in figures and any(f.startswith("memorizer-") for f in figures)
     for name in figures:
         assert (page.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     report_files = {f.path for f in client.list_artifacts(parents[0].info.run_id, "report")}

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from .reference import EmpiricalOptimalDenoiser
+from .reference import EmpiricalOptimalDenoiser, training_noise_prior
 from .similarity import unit_vectors
 
 
@@ -127,24 +127,30 @@ def memorization_fraction(ratio: torch.Tensor, threshold: float = 1.0 / 3.0, n_b
 
 @torch.no_grad()
 def distance_to_memorizer(denoiser: Callable[[torch.Tensor], torch.Tensor], train_images: torch.Tensor,
-                          clean: torch.Tensor, sigmas: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
-    """How far a denoiser is from the memorizing solution, at each noise level of `sigmas`.
+                          clean: torch.Tensor, sigmas: torch.Tensor, seed: int = 0,
+                          noise_range: tuple[float, float] = (0.0, 255.0),
+                          noise_schedule: str = "quadratic") -> dict[str, torch.Tensor]:
+    """How far a blind denoiser is from the memorizing solution, at each noise level of `sigmas`.
 
-    The memorizing solution is the MMSE denoiser of the training set itself (the posterior mean over
-    its images, `EmpiricalOptimalDenoiser` at the known σ): what a network trained to optimality on
-    N images becomes. On held-out images y = x + σz (one seeded draw z per image, scaled by every
-    σ, as in `psnr_curve`) the distance is ‖f(y) − f_mem(y)‖² / ‖σz‖², the squared gap between the
-    two outputs in units of the noise energy: ≈ 0 for a memorizer, of order 1 or more when the
-    denoiser generalizes. It needs no sampling, so it is a cheap, low-variance transition curve.
+    The memorizing solution is what blind training on these N images converges to when it
+    optimizes its loss exactly: the MMSE denoiser of the training set itself, σ integrated out
+    under the training noise distribution (`EmpiricalOptimalDenoiser` with `training_noise_prior`).
+    On a held-out image far from every training image at small σ it infers a large σ and blends
+    training images; it is not the posterior mean at the true σ, which no blind denoiser can know.
+    On held-out images y = x + σz (one seeded draw z per image, scaled by every σ, as in
+    `psnr_curve`) the distance is ‖f(y) − f_mem(y)‖² / ‖σz‖², the squared gap between the two
+    outputs in units of the noise energy: ≈ 0 for a memorizer, of order 1 or more when the denoiser
+    generalizes. It needs no sampling, so it is a cheap, low-variance transition curve.
     Returns CPU tensors (len(sigmas),): `sigma`, `distance` (mean over images), `distance_std`.
     """
     generator = torch.Generator(device=clean.device).manual_seed(seed)
     noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+    grid, log_prior = training_noise_prior(noise_range, noise_schedule)
+    memorizer = EmpiricalOptimalDenoiser(train_images, sigma_grid=grid, log_prior=log_prior).to(clean.device)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
     per_image = torch.empty(len(sigmas), len(clean), dtype=torch.float64)
     for k, sigma in enumerate(sigmas.tolist()):
         noisy = clean + sigma * noise
-        memorizer = EmpiricalOptimalDenoiser(train_images, sigma=sigma).to(clean.device)
         gap = (denoiser(noisy).double() - (noisy.double() - memorizer(noisy).double())).flatten(1)
         per_image[k] = (gap.square().sum(dim=1) / (sigma * noise.double().flatten(1)).square().sum(dim=1)).cpu()
     std = per_image.std(dim=1) if len(clean) > 1 else torch.full((len(sigmas),), float("nan"), dtype=torch.float64)

@@ -49,42 +49,61 @@ class GaussianDenoiser(nn.Module):
         return (y.double().flatten(1) - denoised).reshape(y.shape).to(y.dtype)
 
 
+def training_noise_prior(noise_range: tuple[float, float] = (0.0, 255.0), schedule: str = "quadratic",
+                         count: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """The σ distribution of blind training (`gahb_scale.training.draw_noise_levels`) on a log grid.
+
+    Returns (grid, log_prior): `count` levels log-spaced over the range (in [0, 1] image units; a
+    lower end of 0 starts at 0.1/255) and the log prior mass of each. The quadratic schedule has
+    density ∝ σ^(-1/2), the linear one a flat density; on a log grid a level's mass is its density
+    times σ.
+    """
+    low, high = max(noise_range[0], 0.1) / 255.0, noise_range[1] / 255.0
+    grid = torch.logspace(math.log10(low), math.log10(high), count, dtype=torch.float64)
+    log_density = -0.5 * torch.log(grid) if schedule == "quadratic" else torch.zeros_like(grid)
+    return grid, log_density + torch.log(grid)
+
+
 class EmpiricalOptimalDenoiser(nn.Module):
     """MMSE denoiser of the empirical distribution of `train_images` (N, C, H, W).
 
-    The training set is visited `chunk_size` images at a time with a running log-sum-exp, so the
-    posterior over 10^5 training images never exists at once; the images are kept in their own
-    dtype and each chunk is promoted to float64 for the distances.
+    Blind unless `sigma` is given: the noise level is integrated out under a prior on
+    `sigma_grid` (`log_prior`, default uniform on the grid). The training set is visited
+    `chunk_size` images at a time, twice: once for the evidence of each σ, once for the posterior
+    mean, so neither a (batch × N) posterior nor a float64 copy of 10^5 training images ever
+    exists; the images stay in their own dtype and each chunk is promoted to float64.
     """
 
     def __init__(self, train_images: torch.Tensor, sigma: float | None = None, sigma_grid: torch.Tensor | None = None,
-                 chunk_size: int = 2048):
+                 log_prior: torch.Tensor | None = None, chunk_size: int = 4096):
         super().__init__()
         self.register_buffer("train_images", train_images.flatten(1))
         grid = torch.tensor([float(sigma)], dtype=torch.float64) if sigma is not None else (
             sigma_grid if sigma_grid is not None else log_sigma_grid())
         self.register_buffer("sigma_grid", grid.double())
+        self.register_buffer("log_prior", torch.zeros_like(self.sigma_grid) if log_prior is None or sigma is not None
+                             else log_prior.double())
         self.chunk_size = chunk_size
+
+    def _logits(self, flat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        """log N(y; x_i, σ_k² I) up to a constant shared by all i and k, (B, K, M)."""
+        var = self.sigma_grid ** 2
+        return (-torch.cdist(flat, chunk).square()[:, None, :] / (2 * var[None, :, None])
+                - flat.shape[1] * torch.log(self.sigma_grid)[None, :, None])
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         flat = y.double().flatten(1)
-        n, var = flat.shape[1], self.sigma_grid ** 2  # var: (K,)
-        # Per (image b, noise level k), over training images i with logits -‖y − x_i‖²/2σ_k²: the
-        # running max m, the sum of exp(logit − m) and the same sum weighted by x_i.
-        m = torch.full((len(flat), len(var)), -math.inf, dtype=torch.float64, device=flat.device)
-        total = torch.zeros_like(m)
-        weighted = torch.zeros((*m.shape, n), dtype=torch.float64, device=flat.device)
-        for chunk in self.train_images.split(self.chunk_size):
+        chunks = self.train_images.split(self.chunk_size)
+        # pass 1: log Σ_i N(y; x_i, σ_k² I) per image and σ, a running log-sum-exp over chunks
+        log_sum = torch.full((len(flat), len(self.sigma_grid)), -math.inf, dtype=torch.float64, device=flat.device)
+        for chunk in chunks:
+            log_sum = torch.logaddexp(log_sum, torch.logsumexp(self._logits(flat, chunk.double()), dim=2))
+        sigma_posterior = torch.softmax(log_sum + self.log_prior, dim=1)  # (B, K): p(σ_k | y)
+        # pass 2: E[x | y] = Σ_k p(σ_k | y) Σ_i p(i | y, σ_k) x_i, with the σ mixture folded into one
+        # weight per training image before the product with the images
+        denoised = torch.zeros_like(flat)
+        for chunk in chunks:
             chunk = chunk.double()
-            logits = -torch.cdist(flat, chunk).square()[:, None, :] / (2 * var[None, :, None])  # (B, K, M)
-            new_m = torch.maximum(m, logits.amax(dim=2))
-            rescale = torch.exp(m - new_m)
-            w = torch.exp(logits - new_m[..., None])
-            total = total * rescale + w.sum(dim=2)
-            weighted = weighted * rescale[..., None] + w @ chunk
-            m = new_m
-        posterior_mean = weighted / total[..., None]  # (B, K, n): E[x | y, σ_k]
-        # p(y | σ_k) = mean_i N(y; x_i, σ_k² I): the evidence for each σ (log-uniform grid prior).
-        log_evidence = m + torch.log(total) - n * torch.log(self.sigma_grid)  # (B, K), up to a constant
-        denoised = (torch.softmax(log_evidence, dim=1)[..., None] * posterior_mean).sum(dim=1)
+            weights = (sigma_posterior[..., None] * torch.exp(self._logits(flat, chunk) - log_sum[..., None])).sum(1)
+            denoised += weights @ chunk
         return (flat - denoised).reshape(y.shape).to(y.dtype)

@@ -28,36 +28,74 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str) -> bytes:
     return _png(fig)
 
 
+def _errorbar_ci(ax, n, rows: list[dict], name: str, **style) -> None:
+    """A bootstrap-interval column (name, name_low, name_high) as error bars (NaN: nothing drawn)."""
+    col = lambda k: np.array([r[k] for r in rows], dtype=float)  # noqa: E731
+    f, lo, hi = col(name), col(f"{name}_low"), col(f"{name}_high")
+    ax.errorbar(n, f, yerr=[np.nan_to_num(f - lo), np.nan_to_num(hi - f)], capsize=3, **style)
+
+
 def transition_figure(rows: list[dict]) -> bytes:
-    """The phase transition against N: PSNR gap, memorization, A/B similarity, effective dimension."""
+    """The phase transition against N: PSNR gap, memorization, distance to the memorizing solution,
+    A/B similarity, and the Jacobian's effective dimension beside its asymmetry."""
     lines = defaultdict(list)
     for r in rows:
         lines[(r["dataset"], r["architecture"])].append(r)
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig, axes = plt.subplots(1, 5, figsize=(21, 3.8))
+    asymmetry_axis = axes[4].twinx()
     for (dataset, arch), rs in sorted(lines.items()):
         rs = sorted(rs, key=lambda r: r["n"])
         n = [r["n"] for r in rs]
         label = f"{dataset} / {arch}"
         col = lambda k: np.array([r[k] for r in rs], dtype=float)  # noqa: E731
         axes[0].errorbar(n, col("psnr_gap"), yerr=col("psnr_gap_std"), marker="o", capsize=3, label=label)
-        axes[1].plot(n, col("nn_cosine_centered"), marker="o", label=f"{label}: centred cosine to nearest training image")
-        f, lo, hi = col("f_mem"), col("f_mem_low"), col("f_mem_high")
-        axes[1].errorbar(n, f, yerr=[np.nan_to_num(f - lo), np.nan_to_num(hi - f)], marker="s", ls="--", capsize=3,
-                         label=f"{label}: f_mem (95% CI)")
-        axes[2].errorbar(n, col("ab_cosine_centered"), yerr=col("ab_cosine_centered_std"), marker="o", capsize=3,
+        line = axes[1].plot(n, col("nn_cosine_centered"), marker="o", label=f"{label}: centred cosine to nearest "
+                                                                               "training image")[0]
+        _errorbar_ci(axes[1], n, rs, "f_mem", marker="s", ls="--", color=line.get_color(),
+                     label=f"{label}: f_mem, raw pixels (95% CI)")
+        _errorbar_ci(axes[1], n, rs, "f_mem_scale_free", marker="D", ls=":", color=line.get_color(),
+                     label=f"{label}: f_mem, scale-free (95% CI)")
+        axes[2].plot(n, col("memorizer_distance"), marker="o", label=label)
+        axes[3].errorbar(n, col("ab_cosine_centered"), yerr=col("ab_cosine_centered_std"), marker="o", capsize=3,
                          label=f"{label}: centred cosine")
-        axes[2].plot(n, col("ab_cosine"), marker="^", ls=":", label=f"{label}: raw cosine")
-        axes[2].plot(n, col("ab_basis_overlap"), marker="s", ls="--", label=f"{label}: Jacobian eigenbasis overlap")
-        axes[3].plot(n, col("effective_dim"), marker="o", label=label)
-    titles = ["train − test PSNR (dB)", "memorization", "model A vs model B",
-              "effective dimension tr J"]
+        axes[3].plot(n, col("ab_cosine"), marker="^", ls=":", label=f"{label}: raw cosine")
+        axes[3].plot(n, col("ab_basis_overlap"), marker="s", ls="--", label=f"{label}: Jacobian eigenbasis overlap")
+        line = axes[4].plot(n, col("effective_dim"), marker="o", label=f"{label}: tr J")[0]
+        asymmetry_axis.plot(n, col("symmetry_error"), marker="x", ls="--", color=line.get_color(),
+                            label=f"{label}: ‖J − Jᵀ‖/‖J‖ (right axis)")
+    axes[2].set_yscale("log")
+    asymmetry_axis.set_ylim(bottom=0)
+    asymmetry_axis.set_ylabel("‖J − Jᵀ‖/‖J‖ (0 for an MMSE denoiser)", fontsize=8)
+    titles = ["train − test PSNR (dB)", "memorization", "distance to the memorizing solution\n"
+              "‖f − f_mem‖² / noise energy, median over σ", "model A vs model B", "effective dimension tr J"]
     for ax, title in zip(axes, titles):
         ax.set_xscale("log")
         ax.set_xlabel("training-set size N")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
+    for ax in axes[:4]:
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: curves stay visible
+    handles = [h for ax in (axes[4], asymmetry_axis) for h in ax.get_legend_handles_labels()[0]]
+    axes[4].legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center",
+                   bbox_to_anchor=(0.5, -0.16))
     return _png(fig)
+
+
+def memorizer_distance_figure(rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
+    """Distance to the memorizing solution against σ, one colour per N (mean ±1 sd over models)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    by_n = _by([{**r, "n": trials[r["trial_id"]]["n"]} for r in rows], "n")
+    for colour, ((n,), rs) in zip(_colours(len(by_n)), by_n.items()):
+        per_sigma = _by(rs, "sigma")
+        values = [[r["distance"] for r in v] for v in per_sigma.values()]
+        ax.errorbar([key[0] for key in per_sigma], [np.mean(v) for v in values], yerr=[np.std(v) for v in values],
+                    marker="o", capsize=2, color=colour, label=f"N={n}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    sigmas = sorted({r["sigma"] for r in rows})
+    ax.set_xticks(sigmas, [f"{s:g}" for s in sigmas])
+    ax.minorticks_off()
+    return _finish(fig, ax, "noise level σ (grey levels)", "‖f(y) − f_mem(y)‖² / ‖y − x‖²", title)
 
 
 def psnr_figure(psnr_rows: list[dict], title: str) -> bytes:
@@ -88,28 +126,40 @@ def sample_grid_figure(columns: dict[str, np.ndarray], seeds: np.ndarray, title:
     return _png(fig)
 
 
-def spectrum_figure(eigen_rows: list[dict], title: str) -> bytes:
+def _asymmetry(jacobian_rows: list[dict]) -> dict[tuple[float, int], float]:
+    """(σ, image) -> ‖J − Jᵀ‖/‖J‖ of one model, from its `jacobian` table rows."""
+    return {(r["sigma"], r["image"]): r["symmetry_error"] for r in jacobian_rows}
+
+
+def spectrum_figure(eigen_rows: list[dict], jacobian_rows: list[dict], title: str) -> bytes:
+    """Eigenvalues of one model's Jacobians, each curve labelled with the Jacobian's asymmetry (the
+    eigen-decomposition is of its symmetric part, which describes it only when that is small)."""
     fig, ax = plt.subplots(figsize=(4.5, 3.8))
     curves = defaultdict(list)
     for r in eigen_rows:
         curves[(r["sigma"], r["image"])].append((r["k"], r["eigenvalue"]))
+    asymmetry = _asymmetry(jacobian_rows)
     for (sigma, image), points in sorted(curves.items()):
         points.sort()
-        ax.plot([k + 1 for k, _ in points], [v for _, v in points], label=f"σ={sigma:g}/255, image {image}")
+        ax.plot([k + 1 for k, _ in points], [v for _, v in points],
+                label=f"σ={sigma:g}/255, image {image}: ‖J−Jᵀ‖/‖J‖ = {asymmetry[(sigma, image)]:.2f}")
     ax.set_xscale("log")
     return _finish(fig, ax, "k", "eigenvalue λ_k of the Jacobian", title)
 
 
-def eigenvector_figure(eigenvectors: np.ndarray, sigmas: np.ndarray, inputs: np.ndarray, title: str) -> bytes:
-    """Rows: (σ, image); columns: the noisy-image's clean version, then the leading eigenvectors."""
+def eigenvector_figure(eigenvectors: np.ndarray, sigmas: np.ndarray, inputs: np.ndarray, jacobian_rows: list[dict],
+                       title: str) -> bytes:
+    """Rows: (σ, image); columns: the noisy-image's clean version, then the leading eigenvectors of
+    the Jacobian's symmetric part; each row says how asymmetric the Jacobian itself was."""
     n_sigma, n_images, k = eigenvectors.shape[:3]
+    asymmetry = _asymmetry(jacobian_rows)
     fig, axes = plt.subplots(n_sigma * n_images, k + 1, figsize=(1.3 * (k + 1), 1.3 * n_sigma * n_images),
                              squeeze=False)
     for s in range(n_sigma):
         for i in range(n_images):
             row = axes[s * n_images + i]
             _image(row[0], inputs[i, 0])
-            row[0].set_ylabel(f"σ={sigmas[s]:g}", fontsize=7)
+            row[0].set_ylabel(f"σ={sigmas[s]:g}\nasym {asymmetry[(float(sigmas[s]), i)]:.2f}", fontsize=7)
             for j in range(k):
                 _image(row[j + 1], eigenvectors[s, i, j, 0], signed=True)
     fig.suptitle(title, fontsize=9)
@@ -181,11 +231,14 @@ def samples_by_n_figure(rows: list[tuple[int, dict[str, np.ndarray]]], seeds: np
     return _png(fig)
 
 
-def spectra_by_n_figure(eigen_rows: list[dict], trials: dict[str, dict], title: str,
+def spectra_by_n_figure(eigen_rows: list[dict], jacobian_rows: list[dict], trials: dict[str, dict], title: str,
                         tangent_dims: int | None = None) -> bytes:
     """Jacobian eigenvalues against rank, one panel per σ, one colour per N (mean over images and
-    models). Optionally marks the dimension of a known tangent space."""
+    models), each N labelled with the mean asymmetry ‖J − Jᵀ‖/‖J‖ of those Jacobians. Optionally
+    marks the dimension of a known tangent space."""
     rows = [{**r, "n": trials[r["trial_id"]]["n"]} for r in eigen_rows]
+    asymmetry = {key: np.mean([r["symmetry_error"] for r in rs]) for key, rs in
+                 _by([{**r, "n": trials[r["trial_id"]]["n"]} for r in jacobian_rows], "sigma", "n").items()}
     by_sigma = _by(rows, "sigma")
     fig, axes = plt.subplots(1, len(by_sigma), figsize=(4.2 * len(by_sigma), 3.6), squeeze=False)
     for ax, ((sigma,), rs) in zip(axes[0], by_sigma.items()):
@@ -193,12 +246,12 @@ def spectra_by_n_figure(eigen_rows: list[dict], trials: dict[str, dict], title: 
         for colour, ((n,), vs) in zip(_colours(len(by_n)), by_n.items()):
             per_k = _by(vs, "k")
             ax.plot([k + 1 for (k,) in per_k], [np.mean([v["eigenvalue"] for v in p]) for p in per_k.values()],
-                    color=colour, label=f"N={n}")
+                    color=colour, label=f"N={n} (‖J−Jᵀ‖/‖J‖ {asymmetry[(sigma, n)]:.2f})")
         if tangent_dims:
             ax.axvline(tangent_dims, color="red", ls=":", label=f"{tangent_dims} tangent dimensions")
         ax.set_xscale("log")
         ax.set_xlabel("rank k")
-        ax.set_ylabel("eigenvalue λ_k")
+        ax.set_ylabel("eigenvalue λ_k of (J + Jᵀ)/2")
         ax.set_title(f"σ = {sigma:g}/255", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -206,17 +259,18 @@ def spectra_by_n_figure(eigen_rows: list[dict], trials: dict[str, dict], title: 
     return _png(fig)
 
 
-def eigenvectors_ab_figure(rows: list[tuple[int, np.ndarray, np.ndarray]], clean: np.ndarray, sigma: float,
-                           title: str) -> bytes:
-    """Leading Jacobian eigenvectors of model A and model B at the same noisy image, one row pair per N.
-    Generalization in the basis: the two rows agree once N is large."""
+def eigenvectors_ab_figure(rows: list[tuple[int, np.ndarray, np.ndarray, float, float]], clean: np.ndarray,
+                           sigma: float, title: str) -> bytes:
+    """Leading Jacobian eigenvectors of model A and model B at the same noisy image, one row pair per N,
+    each labelled with its Jacobian's asymmetry ‖J − Jᵀ‖/‖J‖. Generalization in the basis: the two
+    rows agree once N is large."""
     k = rows[0][1].shape[0]
     fig, axes = plt.subplots(2 * len(rows), k + 1, figsize=(1.0 * (k + 1), 1.0 * 2 * len(rows) + 0.5), squeeze=False)
-    for i, (n, vectors_a, vectors_b) in enumerate(rows):
-        for r, (name, vectors) in enumerate((("A", vectors_a), ("B", vectors_b))):
+    for i, (n, vectors_a, vectors_b, asymmetry_a, asymmetry_b) in enumerate(rows):
+        for r, (name, vectors, asymmetry) in enumerate((("A", vectors_a, asymmetry_a), ("B", vectors_b, asymmetry_b))):
             row = axes[2 * i + r]
             _image(row[0], clean[0], stretch=True)
-            row[0].set_ylabel(f"N={n} {name}", fontsize=7)
+            row[0].set_ylabel(f"N={n} {name}\nasym {asymmetry:.2f}", fontsize=7)
             for j in range(k):
                 _image(row[j + 1], vectors[j, 0], signed=True)
                 if i == 0 and r == 0:
@@ -226,21 +280,37 @@ def eigenvectors_ab_figure(rows: list[tuple[int, np.ndarray, np.ndarray]], clean
     return _png(fig)
 
 
-def basis_overlap_figure(rows: list[dict], title: str) -> bytes:
-    """Mean cos² of the principal angles between A's and B's leading eigen-subspaces against N."""
-    fig, ax = plt.subplots(figsize=(5, 3.8))
+def basis_overlap_figure(rows: list[dict], asymmetry: list[dict], title: str) -> bytes:
+    """Mean cos² of the principal angles between A's and B's leading eigen-subspaces against N, and
+    beside it the asymmetry of the Jacobians those eigenvectors come from (rows of `asymmetry`:
+    n, sigma, symmetry_error per model and image)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     by_sigma = _by(rows, "sigma")
-    for i, (colour, ((sigma,), rs)) in enumerate(zip(_colours(len(by_sigma)), by_sigma.items())):
+    colours = dict(zip([key[0] for key in by_sigma], _colours(len(by_sigma))))
+    for i, ((sigma,), rs) in enumerate(by_sigma.items()):
         per_n = _by(rs, "n")
         n = [key[0] for key in per_n]
         values = [[r["basis_overlap"] for r in v] for v in per_n.values()]
-        ax.errorbar(n, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], marker="o", capsize=3,
-                    color=colour, label=f"σ = {sigma:g}/255")
+        axes[0].errorbar(n, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], marker="o", capsize=3,
+                         color=colours[sigma], label=f"σ = {sigma:g}/255")
         chance = [v[0]["chance"] for v in per_n.values()]  # the same for every σ: labelled once
-        ax.plot(n, chance, color="grey", ls=":", label="chance (k/n)" if i == 0 else None)
-    ax.set_xscale("log")
-    ax.set_ylim(0, 1.02)
-    return _finish(fig, ax, "training-set size N", "overlap of A and B eigen-subspaces", title)
+        axes[0].plot(n, chance, color="grey", ls=":", label="chance (k/n)" if i == 0 else None)
+    for (sigma,), rs in _by(asymmetry, "sigma").items():
+        per_n = _by(rs, "n")
+        values = [[r["symmetry_error"] for r in v] for v in per_n.values()]
+        axes[1].errorbar([key[0] for key in per_n], [np.mean(v) for v in values], yerr=[np.std(v) for v in values],
+                         marker="x", capsize=3, color=colours.get(sigma), label=f"σ = {sigma:g}/255")
+    axes[0].set_ylim(0, 1.02)
+    axes[1].set_ylim(bottom=0)
+    for ax, (ylabel, name) in zip(axes, [("overlap of A and B eigen-subspaces", title),
+                                         ("‖J − Jᵀ‖ / ‖J‖", "asymmetry of those Jacobians (0 for an MMSE denoiser)")]):
+        ax.set_xscale("log")
+        ax.set_xlabel("training-set size N")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _png(fig)
 
 
 def slope_figure(rows: list[dict], title: str) -> bytes:
@@ -312,10 +382,10 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
     groups = _by(rows, "dataset", "architecture", "n")
     for colour, ((dataset, arch, n), rs) in zip(_colours(len(groups)), groups.items()):
         rs = sorted(rs, key=lambda r: r["step"])
-        f = np.array([r["f_mem"] for r in rs], dtype=float)
-        lo, hi = np.array([r["f_mem_low"] for r in rs]), np.array([r["f_mem_high"] for r in rs])
-        axes[0].errorbar([r["step"] for r in rs], f, yerr=[np.nan_to_num(f - lo), np.nan_to_num(hi - f)], marker="o",
-                         capsize=2, color=colour, label=f"{dataset}/{arch} N={n}")
+        steps = [r["step"] for r in rs]
+        _errorbar_ci(axes[0], steps, rs, "f_mem", marker="o", color=colour, label=f"{dataset}/{arch} N={n}")
+        _errorbar_ci(axes[0], steps, rs, "f_mem_scale_free", marker="D", ls="--", color=colour, alpha=0.6,
+                     label=f"{dataset}/{arch} N={n}, scale-free")
     if onset:
         axes[0].axhline(onset[0]["onset_f_mem"], color="grey", ls=":", label="onset level")
     reached_any = False

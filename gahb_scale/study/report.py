@@ -110,15 +110,21 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
     page.heading("Memorization → generalization")
     page.figure("transition", figures.transition_figure(transition),
                 "Against N: train − test PSNR (±1 sd over models); similarity of samples to their nearest training "
-                "image and f_mem (95% bootstrap CI); model A vs model B for the same seed; tr J.")
+                "image and f_mem by raw pixel distance (Bonnaire et al.) and scale-free (95% bootstrap CIs); "
+                "distance of the denoiser to the memorizing solution (no sampling involved); model A vs model B "
+                "for the same seed; tr J beside the Jacobian's asymmetry ‖J − Jᵀ‖/‖J‖, which is 0 for an MMSE "
+                "denoiser. Every measure is defined in the README's measure table.")
     page.table(transition, {"dataset": "dataset", "architecture": "architecture", "n": "N", "models": "models",
                             "train_psnr": "PSNR train", "test_psnr": "PSNR test", "psnr_gap": "gap dB",
-                            "nn_cosine_centered": "NN cos centred", "f_mem": "f_mem", "f_mem_low": "f_mem low",
-                            "f_mem_high": "f_mem high", "ab_cosine_centered": "A/B cos centred",
-                            "ab_basis_overlap": "A/B basis overlap", "effective_dim": "tr J",
-                            "capped_samples": "capped", "diverged_samples": "diverged"})
+                            "f_mem": "f_mem", "f_mem_low": "f_mem low", "f_mem_high": "f_mem high",
+                            "f_mem_scale_free": "f_mem scale-free", "f_mem_scale_free_low": "low",
+                            "f_mem_scale_free_high": "high", "nn_cosine_centered": "NN cos centred",
+                            "memorizer_distance": "distance to memorizer", "ab_cosine_centered": "A/B cos centred",
+                            "ab_l2": "A/B L2", "ab_basis_overlap": "A/B basis overlap", "effective_dim": "tr J",
+                            "symmetry_error": "‖J−Jᵀ‖/‖J‖", "capped_samples": "capped",
+                            "diverged_samples": "diverged"})
     _per_group_sections(page, spec, store, trials)
-    _basis_section(page, spec, store)
+    _basis_section(page, spec, store, trials)
     _slope_section(page, spec, store)
     _tangent_section(page, spec, store, trials)
     _shuffle_section(page, spec, store)
@@ -135,7 +141,9 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials:
     for t in trials.values():
         groups[(t["dataset"], t["architecture"])].append(t)
     psnr, eigen = _rows(store, "psnr", spec.name), _rows(store, "eigen", spec.name)
-    curves = _rows(store, "train_curves", spec.name)
+    curves, jacobians = _rows(store, "train_curves", spec.name), _rows(store, "jacobian", spec.name)
+    memorizer = _rows(store, "memorizer_distance", spec.name)
+    asymmetry = {(r["trial_id"], r["sigma"], r["image"]): r["symmetry_error"] for r in jacobians}
     discs = {d.name for d in spec.datasets if d.kind == "discs" and d.pixel_shuffle_seed is None}
     for (dataset, arch), ts in sorted(groups.items()):
         ids = {t["trial_id"] for t in ts}
@@ -146,6 +154,11 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials:
                     "(dashed).")
         page.figure(f"loss-{slug}", figures.loss_curves_figure([r for r in curves if r["trial_id"] in ids], trials,
                                                                title), "Training loss per model.")
+        page.figure(f"memorizer-{slug}", figures.memorizer_distance_figure(
+                        [r for r in memorizer if r["trial_id"] in ids], trials, title),
+                    "Distance to the memorizing solution against noise level: ‖f(y) − f_mem(y)‖² / ‖y − x‖² on noisy "
+                    "held-out images, where f_mem is the exact MMSE denoiser of the model's own training set "
+                    "(±1 sd over models). Near 0: the network is the memorizer; of order 1 or more: it generalizes.")
         # the first pair and seed of every N: samples and eigenvectors of A and B side by side
         shown_pair = min((t["pair"], t["seed"]) for t in ts)
         first = defaultdict(dict)
@@ -170,18 +183,27 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials:
             if vectors[complete[0]][0].shape[2]:
                 for s, sigma in enumerate(sigmas):
                     for i in range(min(2, len(inputs))):  # a few images; the 8 leading vectors stay legible
-                        ab = [(n, a[s, i, :8], b[s, i, :8]) for n, (a, b) in vectors.items()]
+                        ab = [(n, a[s, i, :8], b[s, i, :8], *(asymmetry[(first[n][split], float(sigma), i)]
+                                                              for split in "AB"))
+                              for n, (a, b) in vectors.items()]
                         page.figure(f"eigenvectors-{slug}-s{s}-i{i}",
                                     figures.eigenvectors_ab_figure(ab, inputs[i], float(sigma), f"{title}, image {i}"),
-                                    f"Geometry-adaptive harmonic basis: leading Jacobian eigenvectors of A and B at "
-                                    f"the same noisy held-out image {i} (σ = {float(sigma):g}/255).")
-        page.figure(f"spectra-{slug}", figures.spectra_by_n_figure([r for r in eigen if r["trial_id"] in ids], trials,
-                                                                   title, DISC_DIMS if dataset in discs else None),
-                    "Jacobian eigenvalues against rank (mean over images and models).")
+                                    f"Geometry-adaptive harmonic basis: leading eigenvectors of the symmetric part "
+                                    f"of the Jacobian of A and of B at the same noisy held-out image {i} "
+                                    f"(σ = {float(sigma):g}/255); 'asym' is ‖J − Jᵀ‖/‖J‖ of that Jacobian.")
+        page.figure(f"spectra-{slug}", figures.spectra_by_n_figure([r for r in eigen if r["trial_id"] in ids],
+                                                                   [r for r in jacobians if r["trial_id"] in ids],
+                                                                   trials, title, DISC_DIMS if dataset in discs else None),
+                    "Eigenvalues of the symmetric part of the Jacobian against rank (mean over images and models), "
+                    "with the Jacobians' mean asymmetry ‖J − Jᵀ‖/‖J‖: an MMSE denoiser's Jacobian is symmetric, so "
+                    "the spectrum describes the network only where that number is small.")
 
 
-def _basis_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
+def _basis_section(page: _Page, spec: StudySpec, store: StudyStore, trials: dict[str, dict]) -> None:
     pairs = {p["pair_id"]: p for p in _rows(store, "pairs", spec.name)}
+    asymmetry = [{**r, "n": trials[r["trial_id"]]["n"], "dataset": trials[r["trial_id"]]["dataset"],
+                  "architecture": trials[r["trial_id"]]["architecture"]}
+                 for r in _rows(store, "jacobian", spec.name) if r["trial_id"] in trials]
     rows = [{**r, "n": pairs[r["pair_id"]]["n"], "dataset": pairs[r["pair_id"]]["dataset"],
              "architecture": pairs[r["pair_id"]]["architecture"]}
             for r in _rows(store, "pair_bases", spec.name) if r["pair_id"] in pairs]
@@ -192,9 +214,11 @@ def _basis_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
     for r in rows:
         groups[(r["dataset"], r["architecture"])].append(r)
     for (dataset, arch), rs in sorted(groups.items()):
-        page.figure(f"basis-overlap-{_slug(dataset, arch)}", figures.basis_overlap_figure(rs, f"{dataset} / {arch}"),
-                    f"Mean cos² of the principal angles between the {rs[0]['k']} leading Jacobian eigenvectors of A "
-                    f"and of B at the same noisy held-out images (±1 sd over images and pairs); dotted: chance.")
+        mine = [r for r in asymmetry if (r["dataset"], r["architecture"]) == (dataset, arch)]
+        page.figure(f"basis-overlap-{_slug(dataset, arch)}", figures.basis_overlap_figure(rs, mine, f"{dataset} / {arch}"),
+                    f"Left: mean cos² of the principal angles between the {rs[0]['k']} leading Jacobian eigenvectors "
+                    f"of A and of B at the same noisy held-out images (±1 sd over images and pairs); dotted: chance. "
+                    f"Right: the asymmetry ‖J − Jᵀ‖/‖J‖ of those Jacobians (±1 sd over models and images).")
 
 
 def _slope_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
@@ -206,10 +230,14 @@ def _slope_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
     page.figure("calpha-slopes", figures.slope_figure(slopes, spec.name),
                 f"Slope of output vs input PSNR on held-out images, fitted over σ in [{lo:g}, {hi:g}] grey levels "
                 "(±1 sd over models), and the optimal slope α/(α+1).")
-    page.table([{**r, "diff": r["psnr_slope"] - r["optimal_slope"]} for r in slopes],
+    page.table([{**r, "diff": r["psnr_slope"] - r["optimal_slope"],
+                 "theory": "yes" if r["theory_applies"] else "no: α ≤ 1"} for r in slopes],
                {"dataset": "dataset", "architecture": "architecture", "n": "N", "alpha": "α", "models": "models",
                 "psnr_slope": "fitted slope", "psnr_slope_std": "sd", "optimal_slope": "α/(α+1)",
-                "diff": "fitted − optimal"})
+                "diff": "fitted − optimal", "theory": "α/(α+1) optimal?"})
+    if not all(r["theory_applies"] for r in slopes if r["alpha"] is not None):
+        page.text("α ≤ 1 lies outside the theory: the backgrounds of this recipe (2-D white noise integrated to "
+                  "order β = α) are not continuous for β ≤ 1, so α/(α+1) is not the optimal slope there.")
 
 
 def _tangent_section(page: _Page, spec: StudySpec, store: StudyStore, trials: dict[str, dict]) -> None:
@@ -259,10 +287,12 @@ def _time_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
         return
     page.heading("Memorization over training time")
     page.figure("memorization-time", figures.memorization_time_figure(rows, onset, spec.name),
-                f"f_mem of samples drawn from snapshots of the weights during training (same seeds at every step); "
-                f"onset = first step with f_mem ≥ {spec.analysis.onset_f_mem:g}.")
+                f"f_mem of samples drawn from snapshots of the weights during training (same seeds at every step): "
+                f"raw pixels (Bonnaire et al., solid) and scale-free (dashed); onset = first step with "
+                f"f_mem ≥ {spec.analysis.onset_f_mem:g}.")
     page.table(onset, {"dataset": "dataset", "architecture": "architecture", "n": "N", "onset_step": "onset step",
-                       "max_f_mem": "max f_mem", "final_f_mem": "final f_mem", "steps_observed": "snapshots"})
+                       "onset_step_scale_free": "onset step (scale-free f_mem)", "max_f_mem": "max f_mem",
+                       "final_f_mem": "final f_mem", "steps_observed": "snapshots"})
 
 
 def write_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:

@@ -138,7 +138,7 @@ def _log_to_mlflow(spec: StudySpec, spec_text: str, trials: list[Trial], store: 
     tracker = StudyTracker(spec, store)
     todo = [t for t in trials if not tracker.trial_logged(t, aid)]
     if todo:
-        tables = {name: defaultdict(list) for name in ("model_metrics", "psnr", "eigen", "train_curves")}
+        tables = {name: defaultdict(list) for name in ("model_metrics", "psnr", "eigen", "jacobian", "train_curves")}
         for name, by_trial in tables.items():
             for row in store.rows(name):
                 if row["study_id"] == spec.name:
@@ -156,9 +156,11 @@ def _log_to_mlflow(spec: StudySpec, spec_text: str, trials: list[Trial], store: 
                 "samples.png": figures.sample_grid_figure({k: v[:shown] for k, v in grid.items()},
                                                           arrays["sample_seeds"][:shown], title),
                 "psnr_curves.png": figures.psnr_figure(tables["psnr"][t.trial_id], title),
-                "eigen_spectrum.png": figures.spectrum_figure(tables["eigen"][t.trial_id], title),
+                "eigen_spectrum.png": figures.spectrum_figure(tables["eigen"][t.trial_id], tables["jacobian"][t.trial_id],
+                                                              title),
                 "eigenvectors.png": figures.eigenvector_figure(arrays["eigenvectors"], arrays["jacobian_sigmas"],
-                                                               arrays["jacobian_inputs"], title),
+                                                               arrays["jacobian_inputs"], tables["jacobian"][t.trial_id],
+                                                               title),
             }
             metrics = tables["model_metrics"][t.trial_id][0]
             losses = [(r["step"], r["loss"]) for r in tables["train_curves"][t.trial_id]]

@@ -127,7 +127,9 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
                    for i, seed in enumerate(seeds)]
 
     # Distance to the memorizing solution: no sampling, the same noisy held-out images as the PSNR curve.
-    memorizer = distance_to_memorizer(f, train, test[:a.psnr_images], sigmas, seed=0)
+    memorizer = distance_to_memorizer(f, train, test[:a.psnr_images], sigmas, seed=0,
+                                      noise_range=spec.training.noise_range,
+                                      noise_schedule=spec.training.noise_schedule)
     memorizer_rows = [{**base, "sigma": float(s * 255), "distance": float(memorizer["distance"][i]),
                        "distance_std": float(memorizer["distance_std"][i])} for i, s in enumerate(sigmas)]
 
@@ -275,6 +277,12 @@ def study_tables(spec: StudySpec, location: str) -> dict[str, list[dict]]:
             "memorization_time": over_time, "memorization_onset": onset_rows(spec, over_time)}
 
 
+def _slope_theory_applies(dataset: DatasetSpec | None) -> bool:
+    """α/(α+1) is the optimal slope only for C^α images with α > 1: this recipe integrates 2-D white
+    noise to order β = α for the backgrounds, which are not even continuous for β ≤ 1."""
+    return dataset is not None and not math.isnan(optimal_slope(dataset)) and dataset.params["alpha"] > 1
+
+
 def slope_rows(spec: StudySpec, metrics: list[dict]) -> list[dict]:
     """Fitted PSNR slope per (dataset, architecture, N), next to α/(α+1) where it is known."""
     groups = defaultdict(list)
@@ -287,7 +295,8 @@ def slope_rows(spec: StudySpec, metrics: list[dict]) -> list[dict]:
         rows.append({"study_id": spec.name, "dataset": dataset, "architecture": architecture, "n": n,
                      "alpha": datasets[dataset].params.get("alpha") if dataset in datasets else None,
                      "models": len(ms), "psnr_slope": slope, "psnr_slope_std": slope_std,
-                     "optimal_slope": ms[0]["optimal_slope"], "sigma_low": spec.analysis.slope_sigma_range[0],
+                     "optimal_slope": ms[0]["optimal_slope"], "theory_applies": _slope_theory_applies(datasets.get(dataset)),
+                     "sigma_low": spec.analysis.slope_sigma_range[0],
                      "sigma_high": spec.analysis.slope_sigma_range[1]})
     return rows
 

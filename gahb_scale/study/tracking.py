@@ -99,8 +99,9 @@ class StudyTracker:
         metrics = []
         for row in transition:
             prefix = f"{row['dataset']}/{row['architecture']}"
-            for key in ("psnr_gap", "nn_cosine_centered", "f_mem", "ab_cosine", "ab_cosine_centered", "ab_l2", "ab_basis_overlap",
-                        "effective_dim", "train_psnr", "test_psnr"):
+            for key in ("psnr_gap", "nn_cosine_centered", "f_mem", "f_mem_scale_free", "memorizer_distance", "ab_cosine",
+                        "ab_cosine_centered", "ab_l2", "ab_basis_overlap", "effective_dim", "symmetry_error",
+                        "train_psnr", "test_psnr"):
                 if row[key] is not None:
                     metrics.append(Metric(f"{prefix}/{key}", float(row[key]), now, int(row["n"])))
         self._metrics(self.parent_id, metrics)

@@ -1,0 +1,160 @@
+"""Known answers for the memorization measures of the README's measure table, and for the table that
+gathers every measure into one row per (dataset, architecture, N): `transition_rows`.
+
+Bonnaire et al.'s f_mem is checked against their own formula (`Evaluation/compute_fmem.py`: raw
+pixel L2 to the two nearest training images, d1/d2 < 1/3, a 1000-resample percentile bootstrap),
+written out here as they wrote it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gahb_scale.analysis import (EmpiricalOptimalDenoiser, distance_to_memorizer, memorization_fraction,
+                                 nearest_neighbours, training_noise_prior, unit_vectors)
+from gahb_scale.study.spec import parse_spec
+from gahb_scale.study.stages import transition_rows
+from gahb_scale.training import draw_noise_levels
+
+
+def images(count: int, seed: int, size: int = 8) -> torch.Tensor:
+    return torch.rand(count, 1, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def bonnaire_fmem(samples: torch.Tensor, train: torch.Tensor, threshold: float = 1 / 3, n_bootstrap: int = 1000,
+                  seed: int = 0) -> tuple[float, float, float]:
+    """Their compute_fraction_mem + bootstrap_mean_se, on one batch: (fraction, lower, upper)."""
+    n_pixels = samples[0].numel()
+    dist = torch.norm(samples.reshape(-1, 1, n_pixels) - train.reshape(-1, n_pixels), dim=2, p=2)
+    knn = dist.topk(2, dim=1, largest=False)[0]
+    gap_ratio = (knn[:, 0] / knn[:, 1]).numpy()
+    rng = np.random.default_rng(seed)
+    means = np.array([np.mean(rng.choice(gap_ratio, size=len(gap_ratio), replace=True) < threshold)
+                      for _ in range(n_bootstrap)])
+    lower, upper = np.percentile(means, [2.5, 97.5])
+    return float(np.mean(gap_ratio < threshold)), float(lower), float(upper)
+
+
+def test_f_mem_is_bonnaires_raw_pixel_measure():
+    train = images(20, seed=1)
+    noise = 0.02 * torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    # 12 near-copies of training images (memorized) and 28 fresh images (not)
+    samples = torch.cat([train[:12] + noise[:12], images(28, seed=3)])
+    found = nearest_neighbours(samples, train)
+    ours = memorization_fraction(found.ratio)
+    theirs = bonnaire_fmem(samples, train)
+    assert ours.value == pytest.approx(theirs[0]) == pytest.approx(12 / 40)
+    # the same percentile bootstrap, other random draws: intervals agree to the bootstrap's own noise
+    assert ours.low == pytest.approx(theirs[1], abs=0.05) and ours.high == pytest.approx(theirs[2], abs=0.05)
+    assert torch.equal(found.index_l2[:12], torch.arange(12))
+
+
+def test_f_mem_interval_of_a_sample_that_is_all_or_nothing_is_a_point():
+    for ratio, value in ((torch.full((16,), 0.1), 1.0), (torch.full((16,), 0.9), 0.0), (torch.tensor([0.1]), 1.0)):
+        f = memorization_fraction(ratio)
+        assert (f.value, f.low, f.high, f.defined) == (value, value, value, True)
+
+
+def test_rescaled_training_image_is_memorized_only_scale_free():
+    """A bias-free model may return a training image up to gain and offset: raw pixel distance calls
+    that new, the scale-free measure (mean-removed, unit-norm images) calls it memorized."""
+    train = images(10, seed=4)
+    sample = 0.4 * train[3:4] + 0.3
+    raw = nearest_neighbours(sample, train)
+    normalized = lambda x: unit_vectors(x, centered=True).reshape(x.shape)  # noqa: E731
+    scale_free = nearest_neighbours(normalized(sample), normalized(train))
+    assert memorization_fraction(raw.ratio).value == 0.0
+    assert memorization_fraction(scale_free.ratio).value == 1.0 and int(scale_free.index_l2) == 3
+    assert float(scale_free.d1) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_empirical_optimal_denoiser_streams_chunks_exactly():
+    train = images(7, seed=5)
+    y = images(3, seed=6)
+    for sigma in (0.05, 0.3):
+        # the posterior mean written out: softmax of -|y - x_i|^2 / 2 sigma^2 over training images
+        weights = torch.softmax(-torch.cdist(y.flatten(1), train.flatten(1)).square() / (2 * sigma ** 2), dim=1)
+        expected = (weights @ train.flatten(1)).reshape(y.shape)
+        for chunk in (1, 3, 100):
+            denoised = y - EmpiricalOptimalDenoiser(train, sigma=sigma, chunk_size=chunk)(y)
+            assert torch.allclose(denoised, expected, atol=1e-12)
+    blind = [y - EmpiricalOptimalDenoiser(train, chunk_size=chunk)(y) for chunk in (2, 100)]
+    assert torch.allclose(blind[0], blind[1], atol=1e-12)
+
+
+def test_training_noise_prior_matches_the_training_draws():
+    grid, log_prior = training_noise_prior((0.0, 255.0), "quadratic", count=64)
+    drawn = draw_noise_levels(200_000, (0.0, 255.0), "quadratic", torch.Generator().manual_seed(0), "cpu").flatten()
+    edges = torch.sqrt(grid[1:] * grid[:-1])  # cell boundaries of the log grid
+    share = torch.tensor([((drawn >= lo) & (drawn < hi)).double().mean() for lo, hi in zip(edges[:-1], edges[1:])])
+    prior = torch.softmax(log_prior, 0)[1:-1]
+    assert torch.allclose(share / share.sum(), prior / prior.sum(), atol=2e-3)
+
+
+def test_distance_to_memorizer_of_known_denoisers():
+    train = images(6, seed=7)
+    sigmas = torch.tensor([0.004, 0.5])
+    grid, log_prior = training_noise_prior()
+    memorizer = EmpiricalOptimalDenoiser(train, sigma_grid=grid, log_prior=log_prior)
+    held_out = images(4, seed=8)
+    itself = distance_to_memorizer(lambda y: y - memorizer(y), train, held_out, sigmas)
+    assert torch.allclose(itself["distance"], torch.zeros(2, dtype=torch.float64), atol=1e-20)
+    # on noisy training images at small σ the memorizer returns the training image: an oracle that
+    # returns the clean image is at distance ~0, the identity (which keeps the noise) at ~1
+    oracle = iter([train])
+    assert float(distance_to_memorizer(lambda y: next(oracle), train, train, sigmas[:1])["distance"][0]) < 1e-6
+    identity = distance_to_memorizer(lambda y: y, train, train, sigmas[:1])
+    assert float(identity["distance"][0]) == pytest.approx(1.0, abs=1e-6)
+    # a held-out image is no fixed point of the memorizer: the oracle is far from it
+    oracle = iter([held_out])
+    assert float(distance_to_memorizer(lambda y: next(oracle), train, held_out, sigmas[:1])["distance"][0]) > 10
+
+
+# --- the transition table -----------------------------------------------------------------------
+
+def _spec():
+    return parse_spec({"name": "t", "image_size": 12, "datasets": [{"name": "d", "kind": "discs"}],
+                       "architectures": [{"name": "u", "kind": "unet", "params": {"width": 4, "blocks": 1}}],
+                       "train_sizes": [1, 10], "analysis": {"bootstrap": 200}})
+
+
+def _metrics(trial: str, n: int, **values) -> dict:
+    base = dict(train_psnr=30.0, test_psnr=20.0, psnr_gap=10.0, nn_cosine_centered=0.9, memorizer_distance=0.1,
+                effective_dim=2.0, symmetry_error=0.5, capped_samples=0, diverged_samples=0)
+    return {"study_id": "t", "trial_id": trial, "dataset": "d", "architecture": "u", "n": n, **base, **values}
+
+
+def test_transition_rows_gather_every_measure_per_n():
+    metrics = [_metrics("a1", 1, train_psnr=40.0, psnr_gap=20.0), _metrics("b1", 1, train_psnr=30.0, psnr_gap=10.0),
+               _metrics("a10", 10, memorizer_distance=2.0, symmetry_error=0.2, effective_dim=8.0, diverged_samples=1),
+               _metrics("b10", 10, memorizer_distance=4.0, symmetry_error=0.4, effective_dim=12.0, capped_samples=2)]
+    nan = math.nan
+    samples = [  # (trial, raw d1/d2, scale-free d1/d2, diverged)
+        *[("a1", nan, nan, False)] * 2, *[("b1", nan, nan, False)] * 2,
+        ("a10", 0.1, 0.1, False), ("a10", 0.9, 0.1, False), ("a10", 0.0, 0.0, True),  # diverged: left out
+        ("b10", 0.2, 0.2, False), ("b10", 0.8, 0.8, False)]
+    samples = [{"study_id": "t", "trial_id": t, "d1_d2": r, "d1_d2_scale_free": rs, "diverged": d}
+               for t, r, rs, d in samples]
+    pairs = [{"pair_id": "p1", "dataset": "d", "architecture": "u", "n": 1, "cosine": 0.9, "cosine_centered": c,
+              "l2_normalized": 0.3} for c in (0.0, 0.2)]
+    pairs += [{"pair_id": "p10", "dataset": "d", "architecture": "u", "n": 10, "cosine": 1.0, "cosine_centered": c,
+               "l2_normalized": 0.1} for c in (0.8, 0.6)]
+    bases = [{"pair_id": "p1", "basis_overlap": 0.1}, {"pair_id": "p10", "basis_overlap": 0.7},
+             {"pair_id": "p10", "basis_overlap": 0.5}, {"pair_id": "elsewhere", "basis_overlap": 0.0}]
+    rows = {r["n"]: r for r in transition_rows(_spec(), metrics, samples, pairs, bases)}
+    one, ten = rows[1], rows[10]
+    assert one["models"] == 2 and one["train_psnr"] == 35.0 and one["psnr_gap"] == 15.0 and one["psnr_gap_std"] == 5.0
+    assert math.isnan(one["f_mem"]) and math.isnan(one["f_mem_scale_free"])  # N = 1: undefined, not 0
+    assert one["ab_cosine_centered"] == pytest.approx(0.1) and one["ab_cosine_centered_std"] == pytest.approx(0.1)
+    assert one["ab_basis_overlap"] == pytest.approx(0.1)
+    # pooled over A and B: 2 of 4 usable samples below 1/3 (raw), 3 of 4 scale-free
+    assert ten["f_mem"] == 0.5 and ten["f_mem_scale_free"] == 0.75
+    assert ten["f_mem_low"] <= 0.5 <= ten["f_mem_high"]
+    assert ten["memorizer_distance"] == 3.0 and ten["symmetry_error"] == pytest.approx(0.3)
+    assert ten["effective_dim"] == 10.0 and ten["ab_cosine"] == 1.0 and ten["ab_l2"] == pytest.approx(0.1)
+    assert ten["ab_cosine_centered"] == pytest.approx(0.7) and ten["ab_basis_overlap"] == pytest.approx(0.6)
+    assert (ten["capped_samples"], ten["diverged_samples"]) == (2, 1)
