@@ -98,3 +98,38 @@ def test_report_before_any_analysis_says_what_to_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "study micro" in err and "gahb-scale run" in err
     assert not (tmp_path / "out").exists()
+
+
+def _folder_of(tmp_path, count: int, copies: int) -> Path:
+    """`count` distinct grey images and `copies` exact copies of the first one, saved after it."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "faces"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (24, 24), dtype=np.uint8) for _ in range(count)]
+    for i, image in enumerate(images + [images[0]] * copies):
+        Image.fromarray(image).save(root / f"{i:03d}.png")
+    return root
+
+
+def test_a_pool_too_small_after_removing_duplicates_is_refused_before_anything_runs(tmp_path, capsys):
+    folder = _folder_of(tmp_path, count=9, copies=3)  # 12 files, 9 distinct: N = 4 needs 2 x 4 + 2 = 10
+    spec = tmp_path / "faces.yaml"
+    spec.write_text(yaml.safe_dump(micro(tmp_path, datasets=[{"name": "faces", "kind": "folder",
+                                                              "params": {"path": str(folder)}}],
+                                         test_images=2)))
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "'faces'" in err and "9 images after removing 3 near-duplicates" in err and "10" in err
+    assert not any(p.name != "datasets" for p in (tmp_path / "out").iterdir())  # only the prepared cache
+    # keeping duplicates (the spec option) makes the pool large enough
+    from gahb_scale.study.datasets import prepare_datasets
+    from gahb_scale.study.spec import load_spec
+
+    spec.write_text(yaml.safe_dump(micro(tmp_path, datasets=[
+        {"name": "faces", "kind": "folder", "params": {"path": str(folder), "near_duplicate_threshold": None}}],
+        test_images=2)))
+    (row,) = prepare_datasets(load_spec(spec))
+    assert (row["pool_images"], row["duplicates_removed"]) == (12, 0)

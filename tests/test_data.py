@@ -18,6 +18,7 @@ from gahb_scale.data import (
     calpha_images,
     disc_images,
     load_image_folder,
+    near_duplicates,
     photo_patches,
     photo_pool_size,
     pixel_permutation,
@@ -286,34 +287,113 @@ def folder(tmp_path):
     return root
 
 
+def authors_grey(path, size, crop_box=None):
+    """The authors' recipe written out: crop, PIL bicubic resize of the RGB image, channel mean / 255."""
+    with PIL.Image.open(path) as image:
+        image = image.convert("RGB")
+        if crop_box is None:
+            side = min(image.size)
+            left, top = (image.size[0] - side) // 2, (image.size[1] - side) // 2
+            crop_box = (left, top, left + side, top + side)
+        rgb = np.asarray(image.crop(crop_box).resize((size, size), PIL.Image.Resampling.BICUBIC), dtype=np.float64)
+    return torch.from_numpy(rgb / 255.0).mean(dim=2).float()
+
+
 def test_load_image_folder_shapes_order_and_preprocessing(folder):
-    images = load_image_folder(str(folder), 8)
-    assert images.shape == (4, 1, 8, 8) and images.dtype == torch.uint8
+    prepared = load_image_folder(str(folder), 8)
+    images = prepared.float_images()
+    assert prepared.grey_sums.shape == (4, 1, 8, 8) and prepared.grey_sums.dtype == torch.uint16
+    assert prepared.files == ("a_wide.png", "b_red.jpeg", "sub/c_tall.PNG", "sub/d_noise.JPG")
+    assert_grey_images(images, 4, 8)
     # Sorted by relative path; the centre square of both framed images is white.
-    assert (images[0] == 255).all() and (images[2] == 255).all()
-    red_as_grey = PIL.Image.new("RGB", (1, 1), (255, 0, 0)).convert("L").getpixel((0, 0))
-    assert ((images[1].int() - red_as_grey).abs() <= 2).all()  # JPEG may be off by a level
-    assert 0 < images[3].float().std() < 128
-    assert torch.equal(load_image_folder(folder, 8, limit=2), images[:2])
+    assert (images[0] == 1).all() and (images[2] == 1).all()
+    assert ((images[1] - 1 / 3).abs() <= 3 / 765).all()  # grey = channel mean: red is 1/3 (JPEG: a level off)
+    for i, name in enumerate(prepared.files):
+        assert torch.allclose(images[i, 0], authors_grey(folder / name, 8), atol=1e-6)
+    assert torch.equal(load_image_folder(folder, 8, limit=2).grey_sums, prepared.grey_sums[:2])
+    assert torch.equal(prepared.float_images(torch.tensor([3, 1])), images[[3, 1]])
+
+
+def test_celeba_and_top_left_crops_are_the_authors(tmp_path):
+    face = np.zeros((218, 178, 3), np.uint8)  # an aligned CelebA image: 178 wide, 218 high
+    face[29:-29, 9:-9] = np.random.default_rng(1).integers(0, 256, (160, 160, 3))
+    save_image(tmp_path / "celeba" / "000001.png", face)
+    celeba = load_image_folder(tmp_path / "celeba", 80, crop="celeba").float_images()[0, 0]
+    assert torch.allclose(celeba, authors_grey(tmp_path / "celeba" / "000001.png", 80, (9, 29, 169, 189)), atol=1e-6)
+    centred = load_image_folder(tmp_path / "celeba", 80, crop="center").float_images()[0, 0]
+    assert not torch.allclose(centred, celeba, atol=0.05)
+    bedroom = np.random.default_rng(2).integers(0, 256, (256, 341, 3)).astype(np.uint8)  # LSUN: short side 256
+    save_image(tmp_path / "lsun" / "b.png", bedroom)
+    top_left = load_image_folder(tmp_path / "lsun", 32, crop="top_left").float_images()[0, 0]
+    assert torch.allclose(top_left, authors_grey(tmp_path / "lsun" / "b.png", 32, (0, 0, 256, 256)), atol=1e-6)
+    save_image(tmp_path / "tiny" / "t.png", np.zeros((50, 40)))
+    with pytest.raises(UserInputError, match=r"t\.png.*CelebA crop"):
+        load_image_folder(tmp_path / "tiny", 8, crop="celeba")
+
+
+@pytest.fixture
+def folder_with_duplicates(tmp_path):
+    """Six distinct photographs-to-be (smooth random fields) and four planted near-duplicates, each
+    saved after its original: an exact copy, a contrast/brightness change, a copy with mild noise and
+    a negative (correlation -1, which the authors' |corr| > 0.95 also removes)."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "faces"
+    originals = []
+    for i in range(6):
+        field = rng.normal(size=(8, 8))
+        image = np.asarray(PIL.Image.fromarray(((field - field.min()) / np.ptp(field) * 200 + 20).astype(np.uint8))
+                           .resize((64, 64), PIL.Image.Resampling.BICUBIC), dtype=float)
+        originals.append(image)
+        save_image(root / f"{i:02d}.png", image)
+    save_image(root / "10_copy_of_00.png", originals[0])
+    save_image(root / "11_contrast_of_01.png", 0.5 * originals[1] + 60)
+    save_image(root / "12_noisy_02.png", np.clip(originals[2] + rng.normal(0, 4, (64, 64)), 0, 255))
+    save_image(root / "13_negative_of_03.png", 255 - originals[3])
+    return root
+
+
+def test_near_duplicates_are_removed_before_any_split(folder_with_duplicates):
+    prepared = load_image_folder(folder_with_duplicates, 32)
+    assert prepared.duplicates_removed == 4
+    assert prepared.files == tuple(f"{i:02d}.png" for i in range(6))  # the earlier image of each pair stays
+    kept_all = load_image_folder(folder_with_duplicates, 32, near_duplicate_threshold=None)
+    assert len(kept_all) == 10 and kept_all.duplicates_removed == 0
+    assert torch.equal(kept_all.grey_sums[:6], prepared.grey_sums)
+    flags = near_duplicates(kept_all.float_images())
+    assert flags.tolist() == [False] * 6 + [True] * 4
+    # a stricter threshold keeps the noisy copy; a flat image correlates with nothing
+    assert near_duplicates(kept_all.float_images(), threshold=0.9999).tolist() == [False] * 6 + [True, True, False, True]
+    assert not near_duplicates(torch.ones(3, 1, 8, 8)).any()
+
+
+def test_near_duplicates_compare_chunks_against_every_earlier_image():
+    images = torch.rand(50, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    images[37] = 2 * images[4] + 1  # the same image up to gain and offset, far apart in the order
+    images[49] = images[37]
+    for chunk in (7, 1000):
+        assert near_duplicates(images, chunk_size=chunk).nonzero().flatten().tolist() == [37, 49]
 
 
 def test_load_image_folder_cache_is_reused_without_decoding(folder, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = load_image_folder(folder, 8, cache_dir=cache)
-    assert [p.suffix for p in cache.iterdir()] == [".npy"]
+    assert [p.suffix for p in cache.iterdir()] == [".npz"]
 
     def refuse(*args, **kwargs):
         raise AssertionError("decoded an image despite the cache")
 
     monkeypatch.setattr(PIL.Image, "open", refuse)
-    assert torch.equal(load_image_folder(folder, 8, cache_dir=str(cache)), first)
+    again = load_image_folder(folder, 8, cache_dir=str(cache))
+    assert torch.equal(again.grey_sums, first.grey_sums) and again.files == first.files
     monkeypatch.undo()
-    # A changed file, another size or another limit is a different dataset: a new cache entry.
+    # A changed file, another size, limit, crop or threshold is a different dataset: a new cache entry.
     save_image(folder / "a_wide.png", np.zeros((12, 30)))
-    assert not torch.equal(load_image_folder(folder, 8, cache_dir=cache), first)
+    assert not torch.equal(load_image_folder(folder, 8, cache_dir=cache).grey_sums, first.grey_sums)
     load_image_folder(folder, 4, cache_dir=cache)
     load_image_folder(folder, 8, cache_dir=cache, limit=3)
-    assert len(list(cache.glob("*.npy"))) == 4
+    load_image_folder(folder, 8, cache_dir=cache, crop="top_left")
+    load_image_folder(folder, 8, cache_dir=cache, near_duplicate_threshold=None)
+    assert len(list(cache.glob("*.npz"))) == 6
     assert list(cache.glob("*.tmp")) == []
 
 
@@ -386,7 +466,7 @@ def test_build_pool_every_kind(folder):
     assert torch.equal(build_pool("calpha", 3, 16, seed=1, alpha=2.0), calpha_images(3, 2.0, 16, seed=1))
     assert torch.equal(build_pool("discs", 3, 16, seed=1), disc_images(3, 16, seed=1)[0])
     assert torch.equal(build_pool("folder", 3, 8, seed=0, path=folder),
-                       to_float_images(load_image_folder(folder, 8))[:3])
+                       load_image_folder(folder, 8).float_images()[:3])
 
 
 def test_build_pool_errors(folder):

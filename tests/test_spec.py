@@ -148,7 +148,11 @@ def test_folder_dataset_path_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = parse_spec(variant(datasets=[{"name": "f", "kind": "folder", "params": {"path": "imgs"}}]))
     assert Path(spec.datasets[0].params["path"]) == (tmp_path / "imgs").resolve()
-    assert spec.datasets[0].params["cache_dir"] is None
+    # prepared once per study and cached with the results unless the spec says where
+    assert spec.datasets[0].params["cache_dir"] == str((tmp_path / "results" / "t" / "datasets").resolve())
+    assert spec.datasets[0].params["crop"] == "center" and spec.datasets[0].params["near_duplicate_threshold"] == 0.95
+    elsewhere = variant(datasets=[{"name": "f", "kind": "folder", "params": {"path": "imgs", "cache_dir": "c"}}])
+    assert parse_spec(elsewhere).datasets[0].params["cache_dir"] == str((tmp_path / "c").resolve())
 
 
 def test_spec_module_imports_neither_ray_nor_mlflow():

@@ -1,26 +1,28 @@
 """Datasets for the denoiser studies: synthetic (C^α, discs), real folders, embedded photos; splits.
 
 Every builder returns grey images as float32 (n, 1, size, size) tensors in [0, 1] (the folder loader
-returns uint8; `to_float_images` converts), deterministic in a `seed` argument. Plain
+keeps channel sums, `FolderImages.float_images` converts), deterministic in a `seed` argument. Plain
 PyTorch/numpy: nothing here imports Ray or MLflow.
 """
 
 from .calpha import calpha_images
 from .discs import disc_images, render_discs
 from .embedded import PHOTO_NAMES, photo_patches, photo_pool_size
-from .image_folder import load_image_folder
+from .image_folder import FolderImages, load_image_folder, near_duplicates
 from .registry import DATASET_KINDS, build_pool
 from .splits import SplitPair, pool_size_needed, split_pair
 from .transforms import pixel_permutation, shuffle_pixels, to_float_images, unshuffle_pixels
 
 __all__ = [
     "DATASET_KINDS",
+    "FolderImages",
     "PHOTO_NAMES",
     "SplitPair",
     "build_pool",
     "calpha_images",
     "disc_images",
     "load_image_folder",
+    "near_duplicates",
     "photo_patches",
     "photo_pool_size",
     "pixel_permutation",

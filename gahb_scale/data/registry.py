@@ -17,7 +17,6 @@ from .calpha import calpha_images
 from .discs import disc_images
 from .embedded import photo_patches
 from .image_folder import load_image_folder
-from .transforms import to_float_images
 
 
 def _calpha(n: int, size: int, seed: int, *, alpha: float, beta: float | None = None) -> Tensor:
@@ -28,13 +27,17 @@ def _discs(n: int, size: int, seed: int, *, antialiasing: int = 2) -> Tensor:
     return disc_images(n, size, seed=seed, antialiasing=antialiasing)[0]
 
 
-def _folder(n: int, size: int, seed: int, *, path: str | Path, cache_dir: str | Path | None = None) -> Tensor:
-    # The pool is the folder's first n images in path order; `seed` plays no part (the split's seed
-    # decides who trains on what). limit=None keeps one cache file per folder for every n.
-    images = load_image_folder(path, size, cache_dir=cache_dir, limit=None)
+def _folder(n: int, size: int, seed: int, *, path: str | Path, cache_dir: str | Path | None = None,
+            crop: str = "center", near_duplicate_threshold: float | None = 0.95) -> Tensor:
+    # The pool is the folder's first n images in path order, near-duplicates removed; `seed` plays
+    # no part (the split's seed decides who trains on what). limit=None keeps one cache file per
+    # folder for every n.
+    images = load_image_folder(path, size, cache_dir=cache_dir, crop=crop,
+                               near_duplicate_threshold=near_duplicate_threshold)
     if len(images) < n:
-        raise UserInputError(f"image folder {path} holds {len(images)} images, fewer than the n={n} needed")
-    return to_float_images(images[:n])
+        raise UserInputError(f"image folder {path} holds {len(images)} images (after removing "
+                             f"{images.duplicates_removed} near-duplicates), fewer than the n={n} needed")
+    return images.float_images(slice(0, n))
 
 
 def _photos(n: int, size: int, seed: int) -> Tensor:
@@ -53,9 +56,9 @@ DATASET_KINDS = tuple(_BUILDERS)
 def build_pool(kind: str, n: int, size: int, seed: int, **params: object) -> Tensor:
     """`n` float32 images (n, 1, size, size) in [0, 1] of dataset `kind` (one of DATASET_KINDS).
 
-    Parameters by kind: calpha(alpha, beta=None), discs(antialiasing=2), folder(path,
-    cache_dir=None), photos(). Unknown kinds, unknown parameters and missing required ones raise
-    UserInputError naming them.
+    Parameters by kind: calpha(alpha, beta=None), discs(antialiasing=2), folder(path, cache_dir=None,
+    crop="center", near_duplicate_threshold=0.95), photos(). Unknown kinds, unknown parameters and
+    missing required ones raise UserInputError naming them.
     """
     if kind not in _BUILDERS:
         raise UserInputError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")

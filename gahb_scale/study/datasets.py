@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..data import build_pool, disc_images, photo_pool_size, shuffle_pixels, split_pair
-from .spec import DatasetSpec
+from ..data import (FolderImages, build_pool, disc_images, load_image_folder, photo_pool_size, pool_size_needed,
+                    shuffle_pixels, split_pair)
+from ..errors import UserInputError
+from .spec import DatasetSpec, StudySpec
 
 _STREAMS = {"A": 0, "B": 1, "test": 2}
 
@@ -24,11 +26,35 @@ def _stream_seed(pair: int, part: str) -> int:
     return 3 * pair + _STREAMS[part]
 
 
-def _finite_pool(dataset: DatasetSpec, size: int) -> Tensor:
-    if dataset.kind == "photos":
-        return build_pool("photos", photo_pool_size(size), size, seed=0)
-    from ..data import load_image_folder, to_float_images
-    return to_float_images(load_image_folder(dataset.params["path"], size, cache_dir=dataset.params.get("cache_dir")))
+def load_folder(dataset: DatasetSpec, size: int) -> FolderImages:
+    """A folder dataset prepared by the authors' recipe (cached under `params.cache_dir`)."""
+    p = dataset.params
+    return load_image_folder(p["path"], size, cache_dir=p.get("cache_dir"), crop=p["crop"],
+                             near_duplicate_threshold=p["near_duplicate_threshold"])
+
+
+def prepare_datasets(spec: StudySpec) -> list[dict]:
+    """Before anything trains: prepare every folder dataset once (decode, authors' recipe, remove
+    near-duplicates, cache) and check that every finite pool holds the largest split pair. Returns
+    one `datasets` table row per dataset; a pool too small is a UserInputError naming it."""
+    rows = []
+    for d in spec.datasets:
+        row = {"study_id": spec.name, "dataset": d.name, "kind": d.kind, "pool_images": None,
+               "duplicates_removed": None, "near_duplicate_threshold": None}
+        if d.kind == "folder":
+            folder = load_folder(d, spec.image_size)
+            row.update(pool_images=len(folder), duplicates_removed=folder.duplicates_removed,
+                       near_duplicate_threshold=d.params["near_duplicate_threshold"])
+        elif d.kind == "photos":
+            row["pool_images"] = photo_pool_size(spec.image_size)
+        needed = pool_size_needed(max(spec.train_sizes), spec.test_images)
+        if row["pool_images"] is not None and row["pool_images"] < needed:
+            removed = f" after removing {row['duplicates_removed']} near-duplicates" if row["duplicates_removed"] else ""
+            raise UserInputError(f"datasets[{spec.datasets.index(d)}] ({d.name!r}): the pool holds "
+                                 f"{row['pool_images']} images{removed}, but N = {max(spec.train_sizes)} needs "
+                                 f"2 x N + test_images = {needed} (two disjoint splits and the held-out set)")
+        rows.append(row)
+    return rows
 
 
 def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int,
@@ -39,10 +65,15 @@ def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int
         counts = {"A": n, "B": n, "test": n_test}
         images = {name: build_pool(dataset.kind, counts[name], size, seed=_stream_seed(pair, name), **dataset.params)
                   for name in parts}
-    else:
-        pool = _finite_pool(dataset, size)
-        split = split_pair(len(pool), n, n_test, seed=pair)
-        images = {name: pool[index] for name, index in (("A", split.a), ("B", split.b), ("test", split.test))
+    else:  # only the images of the requested parts become float
+        if dataset.kind == "photos":
+            pool = build_pool("photos", photo_pool_size(size), size, seed=0)
+            as_float, count = (lambda index: pool[index]), len(pool)
+        else:
+            folder = load_folder(dataset, size)
+            as_float, count = folder.float_images, len(folder)
+        split = split_pair(count, n, n_test, seed=pair)
+        images = {name: as_float(index) for name, index in (("A", split.a), ("B", split.b), ("test", split.test))
                   if name in parts}
     if dataset.pixel_shuffle_seed is not None:
         images = {name: shuffle_pixels(x, dataset.pixel_shuffle_seed) for name, x in images.items()}

@@ -106,6 +106,11 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
         page.text("Nothing has been analysed yet: run the study first.")
         return {"index.html": page.render()}
 
+    datasets = _rows(store, "datasets", spec.name)
+    if any(r["pool_images"] is not None for r in datasets):
+        page.table(datasets, {"dataset": "dataset", "kind": "kind", "pool_images": "images in the pool",
+                              "duplicates_removed": "near-duplicates removed before the split",
+                              "near_duplicate_threshold": "|correlation| above"})
     transition = _rows(store, "transition", spec.name)
     page.heading("Memorization → generalization")
     page.figure("transition", figures.transition_figure(transition),

@@ -16,6 +16,7 @@ from typing import Callable
 import gahb_scale
 
 from ..errors import UserInputError
+from .datasets import prepare_datasets
 from .spec import StudySpec, Trial, analysis_id, expand_trials
 from .store import StudyStore, arrays_path, load_arrays, model_path
 
@@ -177,10 +178,16 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
     aid = analysis_id(spec)
     started = time.monotonic()
     say(f"study {spec.name}: {len(trials)} models; results in {store.location}")
+    datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here, before Ray or any output
+    for row in datasets:
+        if row["duplicates_removed"] is not None:
+            say(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing {row['duplicates_removed']} "
+                f"near-duplicates (|correlation| > {row['near_duplicate_threshold']:g} on 20x20 copies)")
     _connect(address)
     try:
         check_resources(spec, ray.cluster_resources(), strict=address is None)
         store.write_bytes(f"specs/{spec.name}.yaml", spec_text.encode())  # several studies may share a folder
+        _replace_study_rows(store, spec, "datasets", datasets)
         r = spec.resources
 
         # 1. training (Tune grid of TorchTrainers)

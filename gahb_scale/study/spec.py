@@ -189,9 +189,16 @@ class DiscsParams(_Model):
 
 
 class FolderParams(_Model):
-    """Real images from a folder the user already has (CelebA, LSUN, ...)."""
+    """Real images from a folder the user already has (CelebA, LSUN, ...), prepared by the authors'
+    recipe: crop, bicubic RGB resize, grey = channel mean, near-duplicates removed before the split."""
     path: str = Field(description="image folder; relative paths resolve against the current directory")
-    cache_dir: str | None = Field(default=None, description="where the pre-processed array is cached")
+    crop: Literal["celeba", "center", "top_left"] = Field(
+        default="center", description="celeba: the authors' im[29:-29, 9:-9]; top_left: their LSUN square")
+    near_duplicate_threshold: float | None = Field(
+        default=0.95, gt=0, lt=1, description="drop the later of two images whose mean-removed correlation on 20x20 "
+                                              "copies exceeds this (the authors' 0.95); null keeps duplicates")
+    cache_dir: str | None = Field(default=None, description="where the prepared images are cached; "
+                                                            "default <results_dir>/datasets")
 
     @field_validator("path")
     @classmethod
@@ -593,6 +600,18 @@ class StudySpec(_Model):
         if v.results_dir is None and name is not None:
             v = v.model_copy(update={"results_dir": f"results/{name}"})
         return v
+
+    @model_validator(mode="after")
+    def _default_folder_cache(self) -> StudySpec:
+        """A folder is prepared once per study, before training, and every task reads that copy: by
+        default it is cached with the results (a local results folder only; elsewhere set cache_dir)."""
+        if "://" in (self.storage.results_dir or ""):
+            return self
+        cache = str(Path(self.storage.results_location()) / "datasets")
+        datasets = [d.model_copy(update={"params": {**d.params, "cache_dir": cache}})
+                    if d.kind == "folder" and d.params.get("cache_dir") is None else d for d in self.datasets]
+        object.__setattr__(self, "datasets", datasets)  # frozen model: filled in once, at validation
+        return self
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "memorizer_distance": ("study_id", "trial_id"),
     "pairs": ("study_id", "pair_id"),
     "pair_bases": ("study_id", "pair_id"),
+    "datasets": ("study_id",),
     "transition": ("study_id",),
     "slopes": ("study_id",),
     "shuffle_psnr": ("study_id",),
