@@ -72,7 +72,7 @@ def test_shipped_studies_load(name, trials):
         assert arch.num_parameters > 0
 
 
-PAPER_STUDIES = sorted(p.stem for p in STUDIES.glob("*_[cg]pu.yaml"))
+PAPER_STUDIES = sorted(p.stem for p in STUDIES.glob("*_[cg]pu*.yaml"))
 
 
 @pytest.mark.parametrize("name", PAPER_STUDIES)
@@ -86,6 +86,42 @@ def test_paper_studies_validate(name, tmp_path):
     assert spec.name == name
     assert name.endswith("_cpu") == (spec.resources.gpus_per_trial == 0)
     assert expand_trials(spec)
+
+
+def _without_data(name: str, folder: Path):
+    data = yaml.safe_load((STUDIES / f"{name}.yaml").read_text())
+    for dataset in data["datasets"]:
+        if dataset["kind"] == "folder":
+            dataset["params"]["path"] = str(folder)
+    return parse_spec(data, name)
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER_STUDIES if "_gpu" in n])
+def test_gpu_studies_state_their_budget_and_cite_a_measured_throughput(name, tmp_path):
+    """A `*_gpu` spec trains with its source's budget; a cheaper one says so in its name and text."""
+    spec = _without_data(name, tmp_path)
+    text = (STUDIES / f"{name}.yaml").read_text().replace("\n# ", " ")  # comment lines joined
+    t = spec.training
+    if name.endswith("_short"):
+        assert spec.description.startswith("SHORT BUDGET") and text.startswith("# SHORT BUDGET")
+        assert "What it changes" in text
+    elif name.startswith("memorization_time"):  # Bonnaire et al.'s longest runs
+        assert (t.steps, t.batch_size) == (2_000_000, 512)
+    else:  # the authors': 1000 epochs of 250k images at batch 512, lr halved every 100 epochs
+        assert (t.steps, t.batch_size, t.lr, t.lr_halve_every) == (488_282, 512, 1e-3, 48_829)
+        assert "1000 epochs of 250" in spec.training.budget()
+    assert "measured 4,018 img/s" in text and "benchmarks/gpu_cost.py" in text
+    for dataset in spec.datasets:
+        if dataset.kind == "folder":  # the authors' recipe: their crop, duplicates removed
+            assert dataset.params["crop"] == ("top_left" if "lsun" in dataset.name else "celeba")
+            assert dataset.params["near_duplicate_threshold"] == 0.95
+
+
+def test_gpu_studies_that_reuse_models_train_them_identically(tmp_path):
+    ids = {name: {t.trial_id for t in expand_trials(_without_data(name, tmp_path))}
+           for name in ("memorization_celeba80_gpu", "gahb_pairs_gpu", "memorization_celeba40_gpu", "shuffle_gpu")}
+    assert ids["gahb_pairs_gpu"] <= ids["memorization_celeba80_gpu"]
+    assert len(ids["shuffle_gpu"] & ids["memorization_celeba40_gpu"]) == 2  # the unshuffled pair
 
 
 def test_paper_studies_sharing_a_folder_share_their_models():

@@ -97,9 +97,8 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
     trials = {r["trial_id"]: r for r in _rows(store, "model_metrics", spec.name) if r["analysis_id"] == aid}
     trained = [r for r in _rows(store, "trials", spec.name) if r["trial_id"] in trials]
     devices = ", ".join(sorted({r["device"] for r in trained})) or "–"
-    page.text(f"{len(trials)} analysed models; images {spec.image_size}×{spec.image_size}; "
-              f"{spec.training.steps} training steps of batch {spec.training.batch_size}; "
-              f"{spec.sampling.num_samples} samples per model; training took "
+    page.text(f"{len(trials)} analysed models; images {spec.image_size}×{spec.image_size}; training budget: "
+              f"{spec.training.budget()}; {spec.sampling.num_samples} samples per model; training took "
               f"{sum(r['train_seconds'] for r in trained) / 60:.1f} model-minutes on {devices}. "
               f"Report built {time.strftime('%Y-%m-%d %H:%M')}.")
     if not trials:

@@ -83,6 +83,7 @@ _DATASET_PARAMS_NOT_IN_ID = frozenset({"cache_dir"})
 # Constructor arguments of the architectures that the study fixes (images are greyscale).
 _FIXED_ARCH_PARAMS = {"channels": "images are greyscale, so the channel count is fixed to 1"}
 
+AUTHORS_EPOCHS, AUTHORS_EPOCH_IMAGES = 1000, 250_000  # the authors' training budget (see TrainingSpec.budget)
 MIN_DISC_IMAGE_SIZE = 10  # the disc radius range [3, (size - 3) / 2) must not be empty
 
 _STUDY_NAME = r"^[A-Za-z0-9_-]+$"
@@ -361,6 +362,16 @@ class TrainingSpec(_Model):
         default_factory=list, description="steps whose weights are kept, for memorization over training time")
     shared_init: bool = Field(default=False, description="ablation: models A and B of a pair start from the same "
                                                          "weights and share sigma draws, noise and batch order")
+
+    def budget(self) -> str:
+        """The training budget in the authors' units: their default is 1000 epochs of 250,000 tiled
+        images at batch 512 (488,282 steps), the learning rate halved every 100 epochs."""
+        images = self.steps * self.batch_size
+        return (f"{self.steps:,} steps of batch {self.batch_size} = {images / 1e6:.3g}M images per model = "
+                f"{images / AUTHORS_EPOCH_IMAGES:.4g} epochs of {AUTHORS_EPOCH_IMAGES:,} "
+                f"({100 * images / (AUTHORS_EPOCHS * AUTHORS_EPOCH_IMAGES):.3g}% of the authors' {AUTHORS_EPOCHS} epochs); "
+                f"lr halved every {self.lr_halve_every * self.batch_size / AUTHORS_EPOCH_IMAGES:.3g} epochs "
+                f"(the authors: every 100)")
 
     @field_validator("noise_range")
     @classmethod
@@ -860,8 +871,9 @@ def describe_trials(spec: StudySpec) -> str:
         f"study {spec.name}: {_plural(len(trials), 'trial')} = {_plural(len(spec.datasets), 'dataset')} x "
         f"{_plural(len(spec.architectures), 'architecture')} x {_plural(len(spec.train_sizes), 'train size')} x "
         f"{_plural(spec.split_pairs, 'split pair')} x {_plural(len(spec.seeds), 'seed')} x 2 splits (A, B)",
-        f"images {spec.image_size}x{spec.image_size}; {spec.training.steps} steps of batch {spec.training.batch_size} "
-        f"per trial; {spec.test_images} held-out images; results in {spec.storage.results_dir}",
+        f"images {spec.image_size}x{spec.image_size}; {spec.test_images} held-out images; results in "
+        f"{spec.storage.results_dir}",
+        f"training budget: {spec.training.budget()}",
     ]
     for a in spec.architectures:
         params = ", ".join(f"{k}={v}" for k, v in a.params.items())

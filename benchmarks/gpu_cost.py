@@ -1,0 +1,95 @@
+"""GPU cost of study specs, from a measured training throughput.
+
+The one GPU measurement so far (benchmarks/training_throughput.py on one H100): the paper's UNet at
+80x80, batch 512, bf16 autocast, trains at 4,018 images/s. Other (architecture, image size) pairs are
+estimated from it by their model FLOPs per image (forward + backward, counted by
+`torch.utils.flop_counter`), i.e. at the same FLOP/s: a first-order estimate that small images (more
+overhead per FLOP) and the BF-CNN (no down-sampling, a different memory/compute balance) may miss.
+With `--measure` on a GPU, every pair is timed instead and the table cites those numbers.
+
+    python benchmarks/gpu_cost.py studies/*_gpu*.yaml [--measure]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from gahb_scale.models import build_model
+from gahb_scale.study.spec import expand_trials, parse_spec
+from gahb_scale.training import TrainConfig, residual_loss, train_denoiser
+
+MEASURED = {"images_per_second": 4018.0, "arch": "unet", "params": {}, "size": 80,
+            "what": "paper UNet, 80x80, batch 512, bf16, one H100 (measured)"}
+AUTHORS_IMAGES = 1000 * 250_000  # the authors' budget: 1000 epochs of 250k images
+
+
+def flops_per_image(kind: str, params: dict, size: int) -> float:
+    """FLOPs of one training step per image: forward and backward of the residual loss."""
+    net = build_model(kind, seed=0, **params)
+    images = torch.rand(2, 1, size, size)
+    with FlopCounterMode(display=False) as counter:
+        residual_loss(net, images, torch.full((2, 1, 1, 1), 0.1), torch.randn_like(images)).backward()
+    return counter.get_total_flops() / len(images)
+
+
+def measured_images_per_second(kind: str, params: dict, size: int, batch: int, precision: str) -> float:
+    images = torch.rand(1024, 1, size, size)
+    for steps, timed in ((3, False), (20, True)):  # the first run pays cuDNN autotuning
+        net = build_model(kind, seed=0, **params)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        train_denoiser(net, images, TrainConfig(steps=steps, batch_size=batch, log_every=steps, precision=precision),
+                       device="cuda")
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def spec_without_data(path: str):
+    """The spec with every image folder pointed at an empty stand-in: the cost needs no data."""
+    data = yaml.safe_load(Path(path).read_text())
+    with tempfile.TemporaryDirectory() as empty:
+        for dataset in data["datasets"]:
+            if dataset["kind"] == "folder":
+                dataset["params"]["path"] = empty
+        return parse_spec(data, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("specs", nargs="+")
+    parser.add_argument("--measure", action="store_true", help="time every model on this machine's GPU")
+    args = parser.parse_args()
+    reference = flops_per_image(MEASURED["arch"], MEASURED["params"], MEASURED["size"])
+    print(f"reference: {MEASURED['what']}: {MEASURED['images_per_second']:,.0f} img/s, "
+          f"{reference / 1e9:.1f} GFLOP per image per step")
+    print(f"{'spec':34} {'arch':6} {'size':>4} {'GFLOP/img':>9} {'img/s':>8} {'models':>6} {'steps':>8} "
+          f"{'x authors':>9} {'GPU-h/model':>11} {'GPU-h':>7}")
+    for path in args.specs:
+        spec = spec_without_data(path)
+        images_per_model = spec.training.steps * spec.training.batch_size
+        total = 0.0
+        for arch in spec.architectures:
+            flops = flops_per_image(arch.kind, arch.params, spec.image_size)
+            if args.measure:
+                speed = measured_images_per_second(arch.kind, arch.params, spec.image_size, spec.training.batch_size,
+                                                   spec.training.precision)
+            else:
+                speed = MEASURED["images_per_second"] * reference / flops
+            models = sum(t.architecture.name == arch.name for t in expand_trials(spec))
+            hours = images_per_model / speed / 3600
+            total += hours * models
+            print(f"{spec.name:34} {arch.name:6} {spec.image_size:4d} {flops / 1e9:9.2f} {speed:8,.0f} {models:6d} "
+                  f"{spec.training.steps:8,d} {images_per_model / AUTHORS_IMAGES:9.3f} {hours:11.1f} "
+                  f"{hours * models:7.0f}")
+        print(f"{spec.name:34} total {total:,.0f} GPU-hours")
+
+
+if __name__ == "__main__":
+    main()
