@@ -40,13 +40,14 @@ def _fraction(row: dict, name: str) -> str:
 
 def format_transition(rows: list[dict]) -> str:
     header = ["dataset", "arch", "N", "PSNR train", "PSNR test", "gap dB", "f_mem [95% CI]", "f_mem scale-free",
-              "NN cos centred", "to memorizer", "A/B cos", "A/B cos centred", "A/B L2", "A/B basis", "tr J", "J asym",
-              "capped", "diverged"]
+              "NN cos centred", "to memorizer", "to bias-free mem.", "A/B cos", "A/B cos centred", "A/B L2",
+              "A/B basis", "tr J", "J asym", "capped", "diverged"]
     body = []
     for r in sorted(rows, key=lambda r: (r["dataset"], r["architecture"], r["n"])):
         body.append([r["dataset"], r["architecture"], str(r["n"]), _num(r["train_psnr"], 2), _num(r["test_psnr"], 2),
                      _num(r["psnr_gap"], 2), _fraction(r, "f_mem"), _fraction(r, "f_mem_scale_free"),
-                     _num(r["nn_cosine_centered"]), _num(r["memorizer_distance"]), _num(r["ab_cosine"]),
+                     _num(r["nn_cosine_centered"]), _num(r["memorizer_distance"]),
+                     _num(r["memorizer_distance_bias_free"]), _num(r["ab_cosine"]),
                      _num(r["ab_cosine_centered"]), _num(r["ab_l2"]), _num(r["ab_basis_overlap"]),
                      _num(r["effective_dim"], 1), _num(r["symmetry_error"], 2),
                      str(r["capped_samples"]), str(r["diverged_samples"])])
@@ -74,7 +75,8 @@ def cmd_run(args) -> int:
         return EXIT_FAILED
     print()
     print(f"transition table of study {spec.name} (means over models; A/B = same-seed samples of the two "
-          "models of a split pair; to memorizer = distance to the memorizing solution, median over sigma; "
+          "models of a split pair; to memorizer = distance to the memorizing solution (the training set's MMSE "
+          "denoiser, and its bias-free version), median over sigma; "
           "J asym = ||J - J^T|| / ||J||; every measure is defined in the README):")
     print(format_transition(result["transition"]))
     print()

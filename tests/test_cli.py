@@ -82,7 +82,8 @@ def test_transition_table_says_undefined_for_n_below_2():
     nan = float("nan")
     row = dict(dataset="d", architecture="a", n=1, train_psnr=30.0, test_psnr=20.0, psnr_gap=10.0,
                nn_cosine_centered=0.99, f_mem=nan, f_mem_low=nan, f_mem_high=nan, f_mem_scale_free=nan,
-               f_mem_scale_free_low=nan, f_mem_scale_free_high=nan, memorizer_distance=0.01, ab_cosine=0.5,
+               f_mem_scale_free_low=nan, f_mem_scale_free_high=nan, memorizer_distance=0.01,
+               memorizer_distance_bias_free=0.005, ab_cosine=0.5,
                ab_cosine_centered=0.1, ab_l2=0.2, ab_basis_overlap=0.5, effective_dim=3.0, symmetry_error=0.4,
                capped_samples=0, diverged_samples=0)
     text = format_transition([row, {**row, "n": 10, "f_mem": 0.25, "f_mem_low": 0.1, "f_mem_high": 0.4,

@@ -114,6 +114,29 @@ def test_distance_to_memorizer_of_known_denoisers():
     assert float(distance_to_memorizer(lambda y: next(oracle), train, held_out, sigmas[:1])["distance"][0]) > 10
 
 
+def test_bias_free_memorizer_projects_onto_the_nearest_training_ray():
+    """Training images at every scale: the memorizer a bias-free network can be. At small σ it returns
+    the projection of y onto the ray of the nearest training image, and it is homogeneous."""
+    train = images(5, seed=9)
+    sigma = 0.002
+    y = 0.6 * train[2:3] + sigma * torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1),
+                                               dtype=torch.float64)
+    denoised = y - EmpiricalOptimalDenoiser(train, sigma=sigma, rescaled=True)(y)
+    x = train[2].flatten()
+    projection = (y.flatten() @ x) / (x @ x) * x
+    assert torch.allclose(denoised.flatten(), projection, atol=1e-9)
+    grid, log_prior = training_noise_prior()
+    blind = EmpiricalOptimalDenoiser(train, sigma_grid=grid, log_prior=log_prior, rescaled=True)
+    assert torch.allclose(y - blind(y), denoised, atol=1e-3)
+    # a denoiser that returns the training images at another scale is far from the plain memorizer;
+    # from this one it differs only by the noise along the ray, 1 of the 64 dimensions: ~1/64
+    copy = 0.6 * train[:4]
+    gap = {rescaled: distance_to_memorizer(lambda v: 0.6 * train[:4].expand_as(v) + 0 * v, train, copy,
+                                           torch.tensor([0.002]), rescaled=rescaled)["distance"][0]
+           for rescaled in (False, True)}
+    assert float(gap[True]) == pytest.approx(1 / 64, rel=0.5) and float(gap[False]) > 1
+
+
 # --- the transition table -----------------------------------------------------------------------
 
 def _spec():
@@ -124,7 +147,8 @@ def _spec():
 
 def _metrics(trial: str, n: int, **values) -> dict:
     base = dict(train_psnr=30.0, test_psnr=20.0, psnr_gap=10.0, nn_cosine_centered=0.9, memorizer_distance=0.1,
-                effective_dim=2.0, symmetry_error=0.5, capped_samples=0, diverged_samples=0)
+                memorizer_distance_bias_free=0.05, effective_dim=2.0, symmetry_error=0.5, capped_samples=0,
+                diverged_samples=0)
     return {"study_id": "t", "trial_id": trial, "dataset": "d", "architecture": "u", "n": n, **base, **values}
 
 
@@ -155,6 +179,7 @@ def test_transition_rows_gather_every_measure_per_n():
     assert ten["f_mem"] == 0.5 and ten["f_mem_scale_free"] == 0.75
     assert ten["f_mem_low"] <= 0.5 <= ten["f_mem_high"]
     assert ten["memorizer_distance"] == 3.0 and ten["symmetry_error"] == pytest.approx(0.3)
+    assert ten["memorizer_distance_bias_free"] == pytest.approx(0.05)
     assert ten["effective_dim"] == 10.0 and ten["ab_cosine"] == 1.0 and ten["ab_l2"] == pytest.approx(0.1)
     assert ten["ab_cosine_centered"] == pytest.approx(0.7) and ten["ab_basis_overlap"] == pytest.approx(0.6)
     assert (ten["capped_samples"], ten["diverged_samples"]) == (2, 1)

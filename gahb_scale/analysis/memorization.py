@@ -128,8 +128,8 @@ def memorization_fraction(ratio: torch.Tensor, threshold: float = 1.0 / 3.0, n_b
 @torch.no_grad()
 def distance_to_memorizer(denoiser: Callable[[torch.Tensor], torch.Tensor], train_images: torch.Tensor,
                           clean: torch.Tensor, sigmas: torch.Tensor, seed: int = 0,
-                          noise_range: tuple[float, float] = (0.0, 255.0),
-                          noise_schedule: str = "quadratic") -> dict[str, torch.Tensor]:
+                          noise_range: tuple[float, float] = (0.0, 255.0), noise_schedule: str = "quadratic",
+                          rescaled: bool = False) -> dict[str, torch.Tensor]:
     """How far a blind denoiser is from the memorizing solution, at each noise level of `sigmas`.
 
     The memorizing solution is what blind training on these N images converges to when it
@@ -146,7 +146,8 @@ def distance_to_memorizer(denoiser: Callable[[torch.Tensor], torch.Tensor], trai
     generator = torch.Generator(device=clean.device).manual_seed(seed)
     noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
     grid, log_prior = training_noise_prior(noise_range, noise_schedule)
-    memorizer = EmpiricalOptimalDenoiser(train_images, sigma_grid=grid, log_prior=log_prior).to(clean.device)
+    memorizer = EmpiricalOptimalDenoiser(train_images, sigma_grid=grid, log_prior=log_prior,
+                                         rescaled=rescaled).to(clean.device)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
     per_image = torch.empty(len(sigmas), len(clean), dtype=torch.float64)
     for k, sigma in enumerate(sigmas.tolist()):

@@ -68,14 +68,21 @@ class EmpiricalOptimalDenoiser(nn.Module):
     """MMSE denoiser of the empirical distribution of `train_images` (N, C, H, W).
 
     Blind unless `sigma` is given: the noise level is integrated out under a prior on
-    `sigma_grid` (`log_prior`, default uniform on the grid). The training set is visited
-    `chunk_size` images at a time, twice: once for the evidence of each σ, once for the posterior
-    mean, so neither a (batch × N) posterior nor a float64 copy of 10^5 training images ever
-    exists; the images stay in their own dtype and each chunk is promoted to float64.
+    `sigma_grid` (`log_prior`, default uniform on the grid). With `rescaled`, the distribution is
+    the training images at every scale a > 0 (a flat prior on a): the memorizer a bias-free network
+    can be, since f(a·y) = a·f(y) forbids it to return x_i itself whatever the input's scale. Given
+    image i and σ, a is Gaussian around ⟨y, x_i⟩/‖x_i‖², so the posterior mean is a sum of
+    projections of y onto the rays through the training images, weighted by
+    exp(−dist(y, ray_i)²/2σ²) / (‖x_i‖ σ^(n−1)).
+
+    The training set is visited `chunk_size` images at a time, twice: once for the evidence of each
+    σ, once for the posterior mean, so neither a (batch × N) posterior nor a float64 copy of 10^5
+    training images ever exists; the images stay in their own dtype and each chunk is promoted to
+    float64.
     """
 
     def __init__(self, train_images: torch.Tensor, sigma: float | None = None, sigma_grid: torch.Tensor | None = None,
-                 log_prior: torch.Tensor | None = None, chunk_size: int = 4096):
+                 log_prior: torch.Tensor | None = None, rescaled: bool = False, chunk_size: int = 4096):
         super().__init__()
         self.register_buffer("train_images", train_images.flatten(1))
         grid = torch.tensor([float(sigma)], dtype=torch.float64) if sigma is not None else (
@@ -83,27 +90,37 @@ class EmpiricalOptimalDenoiser(nn.Module):
         self.register_buffer("sigma_grid", grid.double())
         self.register_buffer("log_prior", torch.zeros_like(self.sigma_grid) if log_prior is None or sigma is not None
                              else log_prior.double())
-        self.chunk_size = chunk_size
+        self.rescaled, self.chunk_size = rescaled, chunk_size
 
-    def _logits(self, flat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        """log N(y; x_i, σ_k² I) up to a constant shared by all i and k, (B, K, M)."""
-        var = self.sigma_grid ** 2
-        return (-torch.cdist(flat, chunk).square()[:, None, :] / (2 * var[None, :, None])
-                - flat.shape[1] * torch.log(self.sigma_grid)[None, :, None])
+    def _terms(self, flat: torch.Tensor, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-likelihood of (i, σ_k) up to a constant shared by all i and k, (B, K, M); the scale
+        of x_i in the posterior mean given i, (B, M): 1, or ⟨y, x_i⟩/‖x_i‖² when rescaled)."""
+        var, n = self.sigma_grid ** 2, flat.shape[1]
+        if self.rescaled:
+            norms = torch.linalg.vector_norm(chunk, dim=1).clamp_min(1e-12)
+            inner = flat @ chunk.T
+            sq_dist = (flat.square().sum(1, keepdim=True) - (inner / norms).square()).clamp_min(0.0)  # to ray i
+            log_weight, dims, scale = -torch.log(norms)[None, None, :], n - 1, inner / norms.square()
+        else:
+            sq_dist, log_weight, dims, scale = torch.cdist(flat, chunk).square(), 0.0, n, torch.ones(())
+        log_lik = (-sq_dist[:, None, :] / (2 * var[None, :, None]) - dims * torch.log(self.sigma_grid)[None, :, None]
+                   + log_weight)
+        return log_lik, scale
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         flat = y.double().flatten(1)
         chunks = self.train_images.split(self.chunk_size)
-        # pass 1: log Σ_i N(y; x_i, σ_k² I) per image and σ, a running log-sum-exp over chunks
+        # pass 1: the log evidence of each σ per image, a running log-sum-exp over chunks
         log_sum = torch.full((len(flat), len(self.sigma_grid)), -math.inf, dtype=torch.float64, device=flat.device)
         for chunk in chunks:
-            log_sum = torch.logaddexp(log_sum, torch.logsumexp(self._logits(flat, chunk.double()), dim=2))
+            log_sum = torch.logaddexp(log_sum, torch.logsumexp(self._terms(flat, chunk.double())[0], dim=2))
         sigma_posterior = torch.softmax(log_sum + self.log_prior, dim=1)  # (B, K): p(σ_k | y)
-        # pass 2: E[x | y] = Σ_k p(σ_k | y) Σ_i p(i | y, σ_k) x_i, with the σ mixture folded into one
-        # weight per training image before the product with the images
+        # pass 2: E[x | y] = Σ_k p(σ_k | y) Σ_i p(i | y, σ_k) E[x | y, σ_k, i], with the σ mixture folded
+        # into one weight per training image before the product with the images
         denoised = torch.zeros_like(flat)
         for chunk in chunks:
             chunk = chunk.double()
-            weights = (sigma_posterior[..., None] * torch.exp(self._logits(flat, chunk) - log_sum[..., None])).sum(1)
-            denoised += weights @ chunk
+            log_lik, scale = self._terms(flat, chunk)
+            weights = (sigma_posterior[..., None] * torch.exp(log_lik - log_sum[..., None])).sum(1)
+            denoised += (weights * scale) @ chunk
         return (flat - denoised).reshape(y.shape).to(y.dtype)

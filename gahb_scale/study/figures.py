@@ -55,7 +55,10 @@ def transition_figure(rows: list[dict]) -> bytes:
                      label=f"{label}: f_mem, raw pixels (95% CI)")
         _errorbar_ci(axes[1], n, rs, "f_mem_scale_free", marker="D", ls=":", color=line.get_color(),
                      label=f"{label}: f_mem, scale-free (95% CI)")
-        axes[2].plot(n, col("memorizer_distance"), marker="o", label=label)
+        line = axes[2].plot(n, col("memorizer_distance"), marker="o", label=f"{label}: to the training set's "
+                                                                             "MMSE denoiser")[0]
+        axes[2].plot(n, col("memorizer_distance_bias_free"), marker="D", ls="--", color=line.get_color(),
+                     label=f"{label}: to its bias-free version (training images at every scale)")
         axes[3].errorbar(n, col("ab_cosine_centered"), yerr=col("ab_cosine_centered_std"), marker="o", capsize=3,
                          label=f"{label}: centred cosine")
         axes[3].plot(n, col("ab_cosine"), marker="^", ls=":", label=f"{label}: raw cosine")
@@ -82,20 +85,30 @@ def transition_figure(rows: list[dict]) -> bytes:
 
 
 def memorizer_distance_figure(rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
-    """Distance to the memorizing solution against σ, one colour per N (mean ±1 sd over models)."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    """Distance to the memorizing solution against σ, one colour per N (mean ±1 sd over models):
+    to the training set's MMSE denoiser (left) and to its bias-free version (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     by_n = _by([{**r, "n": trials[r["trial_id"]]["n"]} for r in rows], "n")
-    for colour, ((n,), rs) in zip(_colours(len(by_n)), by_n.items()):
-        per_sigma = _by(rs, "sigma")
-        values = [[r["distance"] for r in v] for v in per_sigma.values()]
-        ax.errorbar([key[0] for key in per_sigma], [np.mean(v) for v in values], yerr=[np.std(v) for v in values],
-                    marker="o", capsize=2, color=colour, label=f"N={n}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     sigmas = sorted({r["sigma"] for r in rows})
-    ax.set_xticks(sigmas, [f"{s:g}" for s in sigmas])
-    ax.minorticks_off()
-    return _finish(fig, ax, "noise level σ (grey levels)", "‖f(y) − f_mem(y)‖² / ‖y − x‖²", title)
+    for ax, column, name in ((axes[0], "distance", "to the training set's MMSE denoiser"),
+                             (axes[1], "distance_bias_free", "to the MMSE denoiser of the training images at every "
+                                                             "scale (bias-free)")):
+        for colour, ((n,), rs) in zip(_colours(len(by_n)), by_n.items()):
+            per_sigma = _by(rs, "sigma")
+            values = [[r[column] for r in v] for v in per_sigma.values()]
+            ax.errorbar([key[0] for key in per_sigma], [np.mean(v) for v in values], yerr=[np.std(v) for v in values],
+                        marker="o", capsize=2, color=colour, label=f"N={n}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(sigmas, [f"{s:g}" for s in sigmas])
+        ax.minorticks_off()
+        ax.set_xlabel("noise level σ (grey levels)")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("‖f(y) − f_mem(y)‖² / ‖y − x‖²")
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
 
 
 def psnr_figure(psnr_rows: list[dict], title: str) -> bytes:

@@ -123,7 +123,9 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
                             "f_mem": "f_mem", "f_mem_low": "f_mem low", "f_mem_high": "f_mem high",
                             "f_mem_scale_free": "f_mem scale-free", "f_mem_scale_free_low": "low",
                             "f_mem_scale_free_high": "high", "nn_cosine_centered": "NN cos centred",
-                            "memorizer_distance": "distance to memorizer", "ab_cosine_centered": "A/B cos centred",
+                            "memorizer_distance": "distance to memorizer",
+                            "memorizer_distance_bias_free": "to bias-free memorizer",
+                            "ab_cosine_centered": "A/B cos centred",
                             "ab_l2": "A/B L2", "ab_basis_overlap": "A/B basis overlap", "effective_dim": "tr J",
                             "symmetry_error": "‖J−Jᵀ‖/‖J‖", "capped_samples": "capped",
                             "diverged_samples": "diverged"})
@@ -161,8 +163,11 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials:
         page.figure(f"memorizer-{slug}", figures.memorizer_distance_figure(
                         [r for r in memorizer if r["trial_id"] in ids], trials, title),
                     "Distance to the memorizing solution against noise level: ‖f(y) − f_mem(y)‖² / ‖y − x‖² on noisy "
-                    "held-out images, where f_mem is the exact MMSE denoiser of the model's own training set "
-                    "(±1 sd over models). Near 0: the network is the memorizer; of order 1 or more: it generalizes.")
+                    "held-out images (±1 sd over models), where f_mem is the exact blind MMSE denoiser of the "
+                    "model's own training set (left), or of its training images at every scale (right: the "
+                    "memorizer a bias-free network can be, since f(a·y) = a·f(y)). Near 0: the network is that "
+                    "memorizer. How large it gets when the network generalizes depends on how well the memorizer "
+                    "itself does on held-out images (see the README's measure table).")
         # the first pair and seed of every N: samples and eigenvectors of A and B side by side
         shown_pair = min((t["pair"], t["seed"]) for t in ts)
         first = defaultdict(dict)

@@ -126,12 +126,17 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
                     "nn_cosine_centered": float(nn.scale_free.cosine[i])}
                    for i, seed in enumerate(seeds)]
 
-    # Distance to the memorizing solution: no sampling, the same noisy held-out images as the PSNR curve.
-    memorizer = distance_to_memorizer(f, train, test[:a.psnr_images], sigmas, seed=0,
-                                      noise_range=spec.training.noise_range,
-                                      noise_schedule=spec.training.noise_schedule)
-    memorizer_rows = [{**base, "sigma": float(s * 255), "distance": float(memorizer["distance"][i]),
-                       "distance_std": float(memorizer["distance_std"][i])} for i, s in enumerate(sigmas)]
+    # Distance to the memorizing solution (the training set's own MMSE denoiser, and the same over
+    # the training images at every scale, which a bias-free network can be): no sampling, the same
+    # noisy held-out images as the PSNR curve.
+    memorizer = {name: distance_to_memorizer(f, train, test[:a.psnr_images], sigmas, seed=0,
+                                             noise_range=spec.training.noise_range,
+                                             noise_schedule=spec.training.noise_schedule, rescaled=rescaled)
+                 for name, rescaled in (("distance", False), ("distance_bias_free", True))}
+    memorizer_rows = [{**base, "sigma": float(s * 255)} for s in sigmas]
+    for name, m in memorizer.items():
+        for i, row in enumerate(memorizer_rows):
+            row.update({name: float(m["distance"][i]), f"{name}_std": float(m["distance_std"][i])})
 
     # Jacobians at noisy held-out images; the noise is seeded so A and B see the same inputs.
     clean = test[:a.jacobian_images]
@@ -173,7 +178,8 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
                "nn_cosine_centered": float(nn.scale_free.cosine.mean()), "nn_l2_pixels": float(nn.pixels.d1.mean()),
                **_fraction_columns("f_mem", nn.f_mem), "f_mem_defined": nn.f_mem.defined,
                **_fraction_columns("f_mem_scale_free", nn.f_mem_scale_free),
-               "memorizer_distance": float(memorizer["distance"].median()),
+               "memorizer_distance": float(memorizer["distance"]["distance"].median()),
+               "memorizer_distance_bias_free": float(memorizer["distance_bias_free"]["distance"].median()),
                "capped_samples": sampled.num_capped, "diverged_samples": sampled.num_diverged,
                "mean_sampler_steps": float(sampled.steps.float().mean()),
                "effective_dim": float(np.mean([r["effective_dim"] for r in jac_rows])),
@@ -387,8 +393,9 @@ def transition_rows(spec: StudySpec, metrics: list[dict], samples: list[dict], p
     for m in metrics:
         key = (m["dataset"], m["architecture"], m["n"])
         trial_group[m["trial_id"]] = key
-        for col in ("train_psnr", "test_psnr", "psnr_gap", "nn_cosine_centered", "memorizer_distance", "effective_dim",
-                    "symmetry_error", "capped_samples", "diverged_samples"):
+        for col in ("train_psnr", "test_psnr", "psnr_gap", "nn_cosine_centered", "memorizer_distance",
+                    "memorizer_distance_bias_free", "effective_dim", "symmetry_error", "capped_samples",
+                    "diverged_samples"):
             groups[key][col].append(m[col])
     for s in samples:
         if s["trial_id"] in trial_group and not s["diverged"]:
@@ -415,6 +422,7 @@ def transition_rows(spec: StudySpec, metrics: list[dict], samples: list[dict], p
             **_fraction_columns("f_mem", _pooled_fraction(spec, g["ratio"])),
             **_fraction_columns("f_mem_scale_free", _pooled_fraction(spec, g["ratio_scale_free"])),
             "memorizer_distance": _mean_std(g["memorizer_distance"])[0],
+            "memorizer_distance_bias_free": _mean_std(g["memorizer_distance_bias_free"])[0],
             "ab_cosine": _mean_std(g["ab_cosine"])[0], "ab_cosine_centered": ab_c,
             "ab_cosine_centered_std": ab_c_std, "ab_l2": _mean_std(g["ab_l2_normalized"])[0],
             "ab_basis_overlap": _mean_std(g["ab_basis_overlap"])[0],

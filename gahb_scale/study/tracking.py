@@ -99,7 +99,8 @@ class StudyTracker:
         metrics = []
         for row in transition:
             prefix = f"{row['dataset']}/{row['architecture']}"
-            for key in ("psnr_gap", "nn_cosine_centered", "f_mem", "f_mem_scale_free", "memorizer_distance", "ab_cosine",
+            for key in ("psnr_gap", "nn_cosine_centered", "f_mem", "f_mem_scale_free", "memorizer_distance",
+                        "memorizer_distance_bias_free", "ab_cosine",
                         "ab_cosine_centered", "ab_l2", "ab_basis_overlap", "effective_dim", "symmetry_error",
                         "train_psnr", "test_psnr"):
                 if row[key] is not None:
