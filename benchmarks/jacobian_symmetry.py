@@ -60,6 +60,9 @@ def measure(name: str, changes: dict, train: torch.Tensor, test: torch.Tensor) -
         noisy = clean + sigma / 255.0 * torch.randn(clean.shape, generator=generator)
         jacobian = denoiser_jacobian(f, noisy, chunk_size=64)
         row[f"asym@{sigma:g}"] = round(float(symmetry_error(jacobian).mean()), 3)
+        # the absolute size of the antisymmetric part and of J: which of the two moves
+        row[f"|J-J'|@{sigma:g}"] = round(float(torch.linalg.matrix_norm(jacobian - jacobian.mT).mean()), 2)
+        row[f"|J|@{sigma:g}"] = round(float(torch.linalg.matrix_norm(jacobian).mean()), 2)
         row[f"trJ@{sigma:g}"] = round(float(effective_dimensionality(jacobian).mean()), 1)
         row[f"psnr@{sigma:g}"] = round(out, 2)
     return row

@@ -183,3 +183,21 @@ def test_transition_rows_gather_every_measure_per_n():
     assert ten["effective_dim"] == 10.0 and ten["ab_cosine"] == 1.0 and ten["ab_l2"] == pytest.approx(0.1)
     assert ten["ab_cosine_centered"] == pytest.approx(0.7) and ten["ab_basis_overlap"] == pytest.approx(0.6)
     assert (ten["capped_samples"], ten["diverged_samples"]) == (2, 1)
+
+
+def test_every_measure_in_the_readme_names_known_answer_tests_that_exist():
+    """The README's measure table names, for every measure, the tests that check it on known answers."""
+    from pathlib import Path
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("### Every measure"):].split("\n\n")[2]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| measure")]
+    assert len(rows) >= 15
+    for row in rows:
+        cited = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)`", row.split("|")[-2])
+        assert cited, row
+        for file, name in cited:
+            files = [root / "tests" / file] if file else list((root / "tests").glob("test_*.py"))
+            assert any(f"def {name}(" in f.read_text() for f in files), (row.split("|")[1], name)
