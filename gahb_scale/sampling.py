@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 
 import torch
 
+DIVERGED_ABOVE = 2.0  # a trajectory whose σ_t exceeds this many times σ_0 is not converging
+
 Residual = Callable[[torch.Tensor], torch.Tensor]  # y -> y − f(y): a network of models.py or a reference denoiser
 
 
@@ -27,7 +29,7 @@ class SamplerResult:
     sigmas: torch.Tensor  # (B, T): σ_t per step, NaN after the sample stopped
     steps: torch.Tensor  # (B,): steps taken
     hit_cap: torch.Tensor  # (B,) bool: stopped by max_steps, not by reaching sigma_L
-    diverged: torch.Tensor  # (B,) bool: stopped because y became non-finite (sample is not usable)
+    diverged: torch.Tensor  # (B,) bool: stopped because σ_t blew up (the sample is NaN: there is none)
 
     @property
     def num_capped(self) -> int:
@@ -53,7 +55,8 @@ def sample_kadkhodaie_simoncelli(residual: Residual, image_shape: Sequence[int],
     too, and returns f(y) = y − net(y) at the point it reached (the authors' last step); finished
     samples leave the batch so the network only sees the ones still running. A sample still running after
     `max_steps` is stopped and flagged in `hit_cap`; one whose σ_t overflows (a denoiser too
-    inaccurate at low noise makes the ascent unstable) is stopped and flagged in `diverged`.
+    inaccurate at low noise makes the ascent unstable) or grows past twice σ_0 (the authors'
+    "not converging" test) is stopped, flagged in `diverged` and returned as NaN.
     Callers must report both.
     """
     if not 0 < beta <= 1:
@@ -91,19 +94,21 @@ def sample_kadkhodaie_simoncelli(residual: Residual, image_shape: Sequence[int],
         d = residual(y)
         sigma = (d.flatten(1).norm(dim=1) / math.sqrt(n)).float()
         history.append((active, sigma.cpu()))
-        converged, blown_up = (sigma <= sigma_L).cpu(), (~torch.isfinite(sigma)).cpu()
+        # the authors' "not converging" test (σ_t > 2 for σ_0 = 1), and any overflow
+        converged, blown_up = (sigma <= sigma_L).cpu(), ~(sigma <= DIVERGED_ABOVE * sigma_0).cpu()
+        converged &= ~blown_up
         done = converged | blown_up | (t >= max_steps)
         if done.any():
             finished = active[done]
             # As the authors' loop does, a finished sample takes the step of its last σ_t too, and
-            # is returned denoised from there; a diverged one is returned as it stands (non-finite).
+            # is returned denoised from there; a diverged one has no sample: NaN.
             last = done & ~blown_up
             if last.any():
                 k = last.to(device)
                 y_last = ascend(y[k], d[k], sigma[k], active[last], t)
                 samples[active[last].to(device)] = y_last - residual(y_last)
             if blown_up.any():
-                samples[active[blown_up].to(device)] = (y - d)[blown_up.to(device)]
+                samples[active[blown_up].to(device)] = float("nan")
             steps[finished] = t
             hit_cap[finished] = ~converged[done] & ~blown_up[done]
             diverged[finished] = blown_up[done]

@@ -164,9 +164,11 @@ def test_transition_rows_gather_every_measure_per_n():
     samples = [{"study_id": "t", "trial_id": t, "d1_d2": r, "d1_d2_scale_free": rs, "diverged": d}
                for t, r, rs, d in samples]
     pairs = [{"pair_id": "p1", "dataset": "d", "architecture": "u", "n": 1, "cosine": 0.9, "cosine_centered": c,
-              "l2_normalized": 0.3} for c in (0.0, 0.2)]
+              "l2_normalized": 0.3, "diverged": False} for c in (0.0, 0.2)]
     pairs += [{"pair_id": "p10", "dataset": "d", "architecture": "u", "n": 10, "cosine": 1.0, "cosine_centered": c,
-               "l2_normalized": 0.1} for c in (0.8, 0.6)]
+               "l2_normalized": 0.1, "diverged": False} for c in (0.8, 0.6)]
+    pairs.append({"pair_id": "p10", "dataset": "d", "architecture": "u", "n": 10, "cosine": math.nan,
+                  "cosine_centered": math.nan, "l2_normalized": math.nan, "diverged": True})  # left out
     bases = [{"pair_id": "p1", "basis_overlap": 0.1}, {"pair_id": "p10", "basis_overlap": 0.7},
              {"pair_id": "p10", "basis_overlap": 0.5}, {"pair_id": "elsewhere", "basis_overlap": 0.0}]
     rows = {r["n"]: r for r in transition_rows(_spec(), metrics, samples, pairs, bases)}
@@ -182,6 +184,7 @@ def test_transition_rows_gather_every_measure_per_n():
     assert ten["memorizer_distance_bias_free"] == pytest.approx(0.05)
     assert ten["effective_dim"] == 10.0 and ten["ab_cosine"] == 1.0 and ten["ab_l2"] == pytest.approx(0.1)
     assert ten["ab_cosine_centered"] == pytest.approx(0.7) and ten["ab_basis_overlap"] == pytest.approx(0.6)
+    assert (one["ab_samples"], ten["ab_samples"]) == (2, 2)
     assert (ten["capped_samples"], ten["diverged_samples"]) == (2, 1)
 
 

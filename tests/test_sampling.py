@@ -129,3 +129,14 @@ def test_diverging_trajectory_is_stopped_and_reported():
                                           device="cpu")
     assert result.diverged.all() and result.num_diverged == 1
     assert not result.hit_cap.any() and result.steps[0] < 100
+
+
+def test_a_trajectory_past_twice_sigma_0_is_not_converging():
+    """The authors' test (σ_t > 2 for σ_0 = 1): the ascent is stopped while still finite, and the
+    sample is NaN, so nothing downstream mistakes it for an image."""
+    receding = lambda y: -(y - 0.5)  # noqa: E731  d points away from the mean grey: σ_t grows from ~1
+    result = sample_kadkhodaie_simoncelli(receding, (1, 8, 8), seeds=[0, 1], h0=0.1, max_steps=1000, device="cpu")
+    assert result.diverged.all() and not result.hit_cap.any()
+    assert torch.isnan(result.samples).all()
+    last = result.sigmas[0, int(result.steps[0]) - 1]
+    assert 2.0 < last < 3.0 and result.steps.max() < 100

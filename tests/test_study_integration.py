@@ -105,7 +105,8 @@ def test_micro_study_end_to_end(micro, capsys):
     for r in rows["samples"]:
         assert r["steps"] >= 1 and -1 - 1e-6 <= r["nn_cosine_centered"] <= 1 + 1e-6
     for r in rows["pairs"]:
-        assert -1 - 1e-6 <= r["cosine_centered"] <= 1 + 1e-6 and r["l2_normalized"] >= 0
+        assert r["diverged"] or (-1 - 1e-6 <= r["cosine_centered"] <= 1 + 1e-6 and r["l2_normalized"] >= 0)
+    assert sum(r["ab_samples"] for r in rows["transition"]) == sum(not r["diverged"] for r in rows["pairs"])
 
     # MLflow: one study run with one nested run per model, each with its figures
     from mlflow.tracking import MlflowClient

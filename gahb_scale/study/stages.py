@@ -117,6 +117,7 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
     slope, _ = fit_psnr_slope(curves["test"]["psnr_in"][in_range], curves["test"]["psnr_out"][in_range])
 
     seeds, sampled, nn = _sample_and_match(net, train, spec, device)
+    usable = (~sampled.diverged).to(device)  # NaN means over no sample when every one diverged: undefined
     final_sigma = [float(row[~row.isnan()][-1]) for row in sampled.sigmas]
     sample_rows = [{**base, "sample_seed": seed, "steps": int(sampled.steps[i]), "hit_cap": bool(sampled.hit_cap[i]),
                     "diverged": bool(sampled.diverged[i]), "final_sigma": final_sigma[i],
@@ -175,7 +176,8 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
     metrics = {**base, **trial.as_row(), "analysis_id": analysis_id,
                "train_psnr": float(curves["train"]["psnr_out"].mean()), "test_psnr": float(curves["test"]["psnr_out"].mean()),
                "psnr_gap": gap, "psnr_slope": slope, "optimal_slope": optimal_slope(trial.dataset),
-               "nn_cosine_centered": float(nn.scale_free.cosine.mean()), "nn_l2_pixels": float(nn.pixels.d1.mean()),
+               "nn_cosine_centered": float(nn.scale_free.cosine[usable].mean()),
+               "nn_l2_pixels": float(nn.pixels.d1[usable].mean()),
                **_fraction_columns("f_mem", nn.f_mem), "f_mem_defined": nn.f_mem.defined,
                **_fraction_columns("f_mem_scale_free", nn.f_mem_scale_free),
                "memorizer_distance": float(memorizer["distance"]["distance"].median()),
@@ -238,11 +240,16 @@ def analyze_pair(spec: StudySpec, trial_a: Trial, trial_b: Trial, location: str,
     a, b = (load_arrays(store, arrays_path(spec.name, t.trial_id)) for t in (trial_a, trial_b))
     if not np.array_equal(a["sample_seeds"], b["sample_seeds"]):
         raise RuntimeError(f"pair {trial_a.pair_id}: models were sampled with different seeds")
-    sim = split_pair_similarity(torch.from_numpy(a["samples"]), torch.from_numpy(b["samples"]))
+    samples_a, samples_b = torch.from_numpy(a["samples"]), torch.from_numpy(b["samples"])
+    sim = split_pair_similarity(samples_a, samples_b)
+    # a seed whose trajectory diverged in either model has no sample to compare: flagged, its
+    # similarities NaN, and left out of the transition's A/B means
+    diverged = ~(samples_a.flatten(1).isfinite().all(1) & samples_b.flatten(1).isfinite().all(1))
     base = {"study_id": spec.name, "pair_id": trial_a.pair_id, "analysis_id": analysis_id, "trial_id_a": trial_a.trial_id,
             "trial_id_b": trial_b.trial_id, "dataset": trial_a.dataset.name,
             "architecture": trial_a.architecture.name, "n": trial_a.n, "pair": trial_a.pair, "seed": trial_a.seed}
-    return {"pairs": [{**base, "sample_seed": int(seed), **{k: float(v[i]) for k, v in sim.items()}}
+    return {"pairs": [{**base, "sample_seed": int(seed), "diverged": bool(diverged[i]),
+                       **{k: math.nan if diverged[i] else float(v[i]) for k, v in sim.items()}}
                       for i, seed in enumerate(a["sample_seeds"])],
             "pair_bases": _basis_overlaps(a, b, {k: base[k] for k in ("study_id", "pair_id", "analysis_id")})}
 
@@ -266,7 +273,9 @@ def _basis_overlaps(a: dict, b: dict, base: dict) -> list[dict]:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sd of the defined values (a model whose samples all diverged has no NN similarity)."""
     arr = np.asarray(values, dtype=float)
+    arr = arr[~np.isnan(arr)]
     return (float(arr.mean()), float(arr.std())) if arr.size else (math.nan, math.nan)
 
 
@@ -403,8 +412,11 @@ def transition_rows(spec: StudySpec, metrics: list[dict], samples: list[dict], p
             groups[trial_group[s["trial_id"]]]["ratio_scale_free"].append(s["d1_d2_scale_free"])
     for p in pairs:
         key = (p["dataset"], p["architecture"], p["n"])
+        if p["diverged"]:
+            continue
         for col in ("cosine", "cosine_centered", "l2_normalized"):
             groups[key]["ab_" + col].append(p[col])
+        groups[key]["ab_pairs"].append(1)
     for row in bases:
         if row["pair_id"] in pair_group:
             groups[pair_group[row["pair_id"]]]["ab_basis_overlap"].append(row["basis_overlap"])
@@ -423,7 +435,7 @@ def transition_rows(spec: StudySpec, metrics: list[dict], samples: list[dict], p
             **_fraction_columns("f_mem_scale_free", _pooled_fraction(spec, g["ratio_scale_free"])),
             "memorizer_distance": _mean_std(g["memorizer_distance"])[0],
             "memorizer_distance_bias_free": _mean_std(g["memorizer_distance_bias_free"])[0],
-            "ab_cosine": _mean_std(g["ab_cosine"])[0], "ab_cosine_centered": ab_c,
+            "ab_samples": len(g["ab_pairs"]), "ab_cosine": _mean_std(g["ab_cosine"])[0], "ab_cosine_centered": ab_c,
             "ab_cosine_centered_std": ab_c_std, "ab_l2": _mean_std(g["ab_l2_normalized"])[0],
             "ab_basis_overlap": _mean_std(g["ab_basis_overlap"])[0],
             "effective_dim": _mean_std(g["effective_dim"])[0], "symmetry_error": _mean_std(g["symmetry_error"])[0],
