@@ -41,7 +41,8 @@ def transition_figure(rows: list[dict]) -> bytes:
     lines = defaultdict(list)
     for r in rows:
         lines[(r["dataset"], r["architecture"])].append(r)
-    fig, axes = plt.subplots(1, 5, figsize=(21, 3.8))
+    fig, axes = plt.subplots(1, 5, figsize=(23, 3.8))
+    fig.subplots_adjust(wspace=0.35)
     asymmetry_axis = axes[4].twinx()
     for (dataset, arch), rs in sorted(lines.items()):
         rs = sorted(rs, key=lambda r: r["n"])
@@ -49,28 +50,26 @@ def transition_figure(rows: list[dict]) -> bytes:
         label = f"{dataset} / {arch}"
         col = lambda k: np.array([r[k] for r in rs], dtype=float)  # noqa: E731
         axes[0].errorbar(n, col("psnr_gap"), yerr=col("psnr_gap_std"), marker="o", capsize=3, label=label)
-        line = axes[1].plot(n, col("nn_cosine_centered"), marker="o", label=f"{label}: centred cosine to nearest "
-                                                                               "training image")[0]
+        line = axes[1].plot(n, col("nn_cosine_centered"), marker="o", label=f"{label}: NN centred cosine")[0]
         _errorbar_ci(axes[1], n, rs, "f_mem", marker="s", ls="--", color=line.get_color(),
-                     label=f"{label}: f_mem, raw pixels (95% CI)")
+                     label=f"{label}: f_mem (raw pixels)")
         _errorbar_ci(axes[1], n, rs, "f_mem_scale_free", marker="D", ls=":", color=line.get_color(),
-                     label=f"{label}: f_mem, scale-free (95% CI)")
-        line = axes[2].plot(n, col("memorizer_distance"), marker="o", label=f"{label}: to the training set's "
-                                                                             "MMSE denoiser")[0]
+                     label=f"{label}: f_mem (scale-free)")
+        line = axes[2].plot(n, col("memorizer_distance"), marker="o", label=f"{label}: to the memorizer")[0]
         axes[2].plot(n, col("memorizer_distance_bias_free"), marker="D", ls="--", color=line.get_color(),
-                     label=f"{label}: to its bias-free version (training images at every scale)")
+                     label=f"{label}: to the bias-free memorizer")
         axes[3].errorbar(n, col("ab_cosine_centered"), yerr=col("ab_cosine_centered_std"), marker="o", capsize=3,
                          label=f"{label}: centred cosine")
         axes[3].plot(n, col("ab_cosine"), marker="^", ls=":", label=f"{label}: raw cosine")
         axes[3].plot(n, col("ab_basis_overlap"), marker="s", ls="--", label=f"{label}: Jacobian eigenbasis overlap")
         line = axes[4].plot(n, col("effective_dim"), marker="o", label=f"{label}: tr J")[0]
         asymmetry_axis.plot(n, col("symmetry_error"), marker="x", ls="--", color=line.get_color(),
-                            label=f"{label}: ‖J − Jᵀ‖/‖J‖ (right axis)")
+                            label=f"{label}: ‖J − Jᵀ‖/‖J‖ (right)")
     axes[2].set_yscale("log")
     asymmetry_axis.set_ylim(bottom=0)
     asymmetry_axis.set_ylabel("‖J − Jᵀ‖/‖J‖ (0 for an MMSE denoiser)", fontsize=8)
-    titles = ["train − test PSNR (dB)", "memorization", "distance to the memorizing solution\n"
-              "‖f − f_mem‖² / noise energy, median over σ", "model A vs model B", "effective dimension tr J"]
+    titles = ["train − test PSNR (dB)", "memorization (f_mem: 95% bootstrap CI)", "distance to the memorizing "
+              "solution\n‖f − f_mem‖² / noise energy, median over σ", "model A vs model B", "effective dimension tr J"]
     for ax, title in zip(axes, titles):
         ax.set_xscale("log")
         ax.set_xlabel("training-set size N")
