@@ -5,7 +5,8 @@ measures how far a network is from being one. This script trains variants of the
 model (bias-free UNet, width 16, 2 blocks, 16x16 discs, N = 1000, 400 steps of batch 64) in this
 process, one change at a time (training length, learning rate, batch, width, depth, architecture,
 training noise range), and prints for each the asymmetry of its Jacobian at noisy held-out discs
-next to its held-out PSNR and tr J, all measured side by side in one run.
+next to its held-out PSNR and tr J, all measured side by side in one run, and the same for an exact
+blind MMSE denoiser as a reference.
 
     python benchmarks/jacobian_symmetry.py [--only NAME ...] [--threads 1]
 """
@@ -19,7 +20,8 @@ import time
 
 import torch
 
-from gahb_scale.analysis import denoiser_jacobian, effective_dimensionality, psnr_curve, symmetry_error
+from gahb_scale.analysis import (GaussianDenoiser, denoiser_jacobian, effective_dimensionality, psnr_curve,
+                                 symmetry_error, training_noise_prior)
 from gahb_scale.data import disc_images
 from gahb_scale.models import build_model, count_parameters, denoise
 from gahb_scale.training import TrainConfig, train_denoiser
@@ -42,7 +44,7 @@ VARIANTS = {  # name -> changes to BASE
 SIGMAS = (5.0, 25.0, 100.0)  # grey levels
 
 
-def measure(name: str, changes: dict, train: torch.Tensor, test: torch.Tensor) -> dict:
+def trained(changes: dict, train: torch.Tensor) -> tuple[torch.nn.Module, float]:
     setup = {**BASE, **changes}
     net = build_model(setup["arch"], seed=0, **setup["params"])
     config = TrainConfig(steps=setup["steps"], batch_size=setup["batch_size"], lr=setup["lr"],
@@ -50,11 +52,24 @@ def measure(name: str, changes: dict, train: torch.Tensor, test: torch.Tensor) -
                          log_every=setup["steps"], seed=1)
     started = time.perf_counter()
     train_denoiser(net, train, config, device="cpu")
-    seconds = time.perf_counter() - started
-    f = functools.partial(denoise, net.eval())
+    return net.eval(), time.perf_counter() - started
+
+
+def reference(train: torch.Tensor) -> torch.nn.Module:
+    """An exact blind MMSE denoiser, what a blind network can reach at best: blindness alone makes J
+    asymmetric, since the posterior of σ given y moves with y (J gains Σ_k f_k(y) ∇p(σ_k|y)ᵀ). (The
+    blind memorizer is no use here: on held-out discs it snaps to a training disc, J ≈ 0.)"""
+    grid, _ = training_noise_prior()
+    flat = train.double().flatten(1)
+    return GaussianDenoiser(flat.mean(0), torch.cov(flat.T), sigma_grid=grid)
+
+
+def measure(name: str, residual: torch.nn.Module, test: torch.Tensor, seconds: float | None = None) -> dict:
+    f = functools.partial(denoise, residual)
     clean = test[:4]
     generator = torch.Generator().manual_seed(0)
-    row = {"variant": name, "parameters": count_parameters(net), "train_seconds": round(seconds, 1)}
+    row = {"variant": name, "parameters": count_parameters(residual),
+           "train_seconds": None if seconds is None else round(seconds, 1)}
     psnr = psnr_curve(f, test, torch.tensor(SIGMAS) / 255.0, seed=0)["psnr_out"]
     for sigma, out in zip(SIGMAS, psnr.tolist()):
         noisy = clean + sigma / 255.0 * torch.randn(clean.shape, generator=generator)
@@ -70,7 +85,7 @@ def measure(name: str, changes: dict, train: torch.Tensor, test: torch.Tensor) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    parser.add_argument("--only", nargs="*", help="variant names to train (default: all; none: only the references)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -78,10 +93,14 @@ def main() -> None:
     test = disc_images(64, 16, seed=2)[0]
     rows = []
     for name, changes in VARIANTS.items():
-        if args.only and name not in args.only:
+        if args.only is not None and name not in args.only:
             continue
-        rows.append(measure(name, changes, train, test))
+        net, seconds = trained(changes, train)
+        rows.append(measure(name, net, test, seconds))
         print(json.dumps(rows[-1]), flush=True)
+    rows.append(measure("reference: blind MMSE of a Gaussian fit to the training discs", reference(train),
+                        test.double()))
+    print(json.dumps(rows[-1]), flush=True)
     keys = list(rows[0])
     print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:
