@@ -4,7 +4,7 @@ An MMSE denoiser's Jacobian is σ² × a posterior covariance, hence symmetric; 
 measures how far a network is from being one. This script trains variants of the smoke study's
 model (bias-free UNet, width 16, 2 blocks, 16x16 discs, N = 1000, 400 steps of batch 64) in this
 process, one change at a time (training length, learning rate, batch, width, depth, architecture,
-training noise range), and prints for each the asymmetry of its Jacobian at noisy held-out discs
+training noise range, N, image size), and prints for each the asymmetry of its Jacobian at noisy held-out discs
 next to its held-out PSNR and tr J, all measured side by side in one run, and the same for an exact
 blind MMSE denoiser as a reference.
 
@@ -27,7 +27,7 @@ from gahb_scale.models import build_model, count_parameters, denoise
 from gahb_scale.training import TrainConfig, train_denoiser
 
 BASE = {"arch": "unet", "params": {"width": 16, "blocks": 2}, "steps": 400, "batch_size": 64, "lr": 5e-3,
-        "lr_halve_every": 150, "noise_range": (0.0, 255.0)}
+        "lr_halve_every": 150, "noise_range": (0.0, 255.0), "size": 16, "n": 1000}
 VARIANTS = {  # name -> changes to BASE
     "smoke (base)": {},
     "4x steps": {"steps": 1600, "lr_halve_every": 600},
@@ -39,13 +39,19 @@ VARIANTS = {  # name -> changes to BASE
     "3 blocks": {"params": {"width": 16, "blocks": 3}},
     "BF-CNN 21 layers, width 32": {"arch": "bfcnn", "params": {"width": 32, "layers": 21}},
     "noise range 0-100": {"noise_range": (0.0, 100.0)},
+    "N = 10,000": {"n": 10_000},
+    "32x32 discs": {"size": 32},
     "10x steps, width 32": {"steps": 4000, "lr_halve_every": 1500, "params": {"width": 32, "blocks": 2}},
 }
 SIGMAS = (5.0, 25.0, 100.0)  # grey levels
 
 
-def trained(changes: dict, train: torch.Tensor) -> tuple[torch.nn.Module, float]:
-    setup = {**BASE, **changes}
+def discs(setup: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training discs, held-out discs) of the setup's size and N."""
+    return disc_images(setup["n"], setup["size"], seed=0)[0], disc_images(64, setup["size"], seed=2)[0]
+
+
+def trained(setup: dict, train: torch.Tensor) -> tuple[torch.nn.Module, float]:
     net = build_model(setup["arch"], seed=0, **setup["params"])
     config = TrainConfig(steps=setup["steps"], batch_size=setup["batch_size"], lr=setup["lr"],
                          lr_halve_every=setup["lr_halve_every"], noise_range=setup["noise_range"],
@@ -89,15 +95,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    train = disc_images(1000, 16, seed=0)[0]
-    test = disc_images(64, 16, seed=2)[0]
     rows = []
     for name, changes in VARIANTS.items():
         if args.only is not None and name not in args.only:
             continue
-        net, seconds = trained(changes, train)
+        setup = {**BASE, **changes}
+        train, test = discs(setup)
+        net, seconds = trained(setup, train)
         rows.append(measure(name, net, test, seconds))
         print(json.dumps(rows[-1]), flush=True)
+    train, test = discs(BASE)
     rows.append(measure("reference: blind MMSE of a Gaussian fit to the training discs", reference(train),
                         test.double()))
     print(json.dumps(rows[-1]), flush=True)
