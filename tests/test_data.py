@@ -31,6 +31,7 @@ from gahb_scale.data import (
 )
 from gahb_scale.data.calpha import _box_smooth_2x2, _contour, _mask_below
 from gahb_scale.data.embedded import _grid_tiles
+from gahb_scale.data.discs import DB2_OFFSET
 from gahb_scale.errors import UserInputError
 
 
@@ -161,6 +162,18 @@ def test_render_discs_is_the_db2_low_pass_of_the_fine_disc(antialiasing):
     params = disc_images(6, 20, seed=7)[1].double()
     assert torch.allclose(render_discs(params, 20, antialiasing), reference_discs(params, 20, antialiasing),
                           atol=1e-12)
+
+
+@pytest.mark.parametrize("antialiasing", [1, 2, 3])
+def test_rendered_disc_sits_where_its_parameters_say_up_to_the_db2_offset(antialiasing):
+    params = torch.tensor([[20.0, 17.3, 6.5, 1.0, 0.0]], dtype=torch.float64)
+    image = render_discs(params, 40, antialiasing)[0, 0]
+    centres = torch.arange(40, dtype=torch.float64) + 0.5
+    mass = image.sum()
+    offset = DB2_OFFSET * (1 - 2.0 ** -antialiasing)
+    assert float((image.sum(0) * centres).sum() / mass) == pytest.approx(20.0 - offset, abs=2e-3)
+    assert float((image.sum(1) * centres).sum() / mass) == pytest.approx(17.3 - offset, abs=2e-3)
+    assert float(mass) == pytest.approx(math.pi * 6.5 ** 2, rel=2e-3)
 
 
 def test_disc_greys_inside_and_outside_and_a_smooth_edge():
@@ -361,8 +374,12 @@ def test_near_duplicates_are_removed_before_any_split(folder_with_duplicates):
     assert torch.equal(kept_all.grey_sums[:6], prepared.grey_sums)
     flags = near_duplicates(kept_all.float_images())
     assert flags.tolist() == [False] * 6 + [True] * 4
-    # a stricter threshold keeps the noisy copy; a flat image correlates with nothing
-    assert near_duplicates(kept_all.float_images(), threshold=0.9999).tolist() == [False] * 6 + [True, True, False, True]
+    # at 32 px the authors compare full images: the noisy copy correlates at 0.9988, the contrast
+    # change at 0.9998 (uint8 rounding), so a stricter threshold keeps the one or both
+    assert near_duplicates(kept_all.grey_sums, threshold=0.9995).tolist() == [False] * 6 + [True, True, False, True]
+    assert near_duplicates(kept_all.grey_sums, threshold=0.9999).tolist() == [False] * 6 + [True, False, False, True]
+    # a flat image correlates with nothing
+
     assert not near_duplicates(torch.ones(3, 1, 8, 8)).any()
 
 
@@ -481,3 +498,14 @@ def test_build_pool_errors(folder):
     with pytest.raises(UserInputError) as error:
         build_pool("folder", 9, 8, seed=0, path=folder)
     assert str(folder) in str(error.value) and "9" in str(error.value) and "4" in str(error.value)
+
+
+def test_near_duplicates_pool_by_int_side_over_20_as_the_authors():
+    """80x80 images are compared on 4x4-pooled 20x20 copies: detail that averages out within the
+    4x4 blocks does not tell two images apart, however strong."""
+    smooth = torch.rand(1, 1, 20, 20, generator=torch.Generator().manual_seed(1)).repeat_interleave(4, 2)
+    smooth = smooth.repeat_interleave(4, 3)
+    checker = (torch.arange(80)[:, None] + torch.arange(80)[None, :]) % 2 * 2.0 - 1.0
+    pair = torch.cat([smooth, smooth + 5 * checker])  # full-resolution correlation far below 0.95
+    assert near_duplicates(pair).tolist() == [False, True]
+    assert near_duplicates(pair[:, :, :32, :32]).tolist() == [False, False]  # 32 px: compared as they are

@@ -82,8 +82,16 @@ def test_empirical_optimal_denoiser_streams_chunks_exactly():
         for chunk in (1, 3, 100):
             denoised = y - EmpiricalOptimalDenoiser(train, sigma=sigma, chunk_size=chunk)(y)
             assert torch.allclose(denoised, expected, atol=1e-12)
-    blind = [y - EmpiricalOptimalDenoiser(train, chunk_size=chunk)(y) for chunk in (2, 100)]
-    assert torch.allclose(blind[0], blind[1], atol=1e-12)
+    # blind, with the training noise prior: the posterior over (σ_k, i) written out densely
+    grid, log_prior = training_noise_prior(count=12)
+    n = y[0].numel()
+    log_joint = (log_prior[None, :, None] - n * torch.log(grid)[None, :, None]
+                 - torch.cdist(y.flatten(1), train.flatten(1)).square()[:, None, :] / (2 * grid[None, :, None] ** 2))
+    weights = torch.softmax(log_joint.flatten(1), dim=1).reshape(log_joint.shape).sum(1)
+    expected = (weights @ train.flatten(1)).reshape(y.shape)
+    for chunk in (2, 100):
+        blind = y - EmpiricalOptimalDenoiser(train, sigma_grid=grid, log_prior=log_prior, chunk_size=chunk)(y)
+        assert torch.allclose(blind, expected, atol=1e-12)
 
 
 def test_training_noise_prior_matches_the_training_draws():
@@ -101,8 +109,11 @@ def test_distance_to_memorizer_of_known_denoisers():
     grid, log_prior = training_noise_prior()
     memorizer = EmpiricalOptimalDenoiser(train, sigma_grid=grid, log_prior=log_prior)
     held_out = images(4, seed=8)
-    itself = distance_to_memorizer(lambda y: y - memorizer(y), train, held_out, sigmas)
+    itself = distance_to_memorizer(lambda y: y - memorizer(y), train, held_out, sigmas, batch_size=3)
     assert torch.allclose(itself["distance"], torch.zeros(2, dtype=torch.float64), atol=1e-20)
+    # batches of images change nothing: the identity's distance is the same computed 1 or 4 at a time
+    ones, fours = (distance_to_memorizer(lambda y: y, train, held_out, sigmas, batch_size=b)["distance"] for b in (1, 4))
+    assert torch.allclose(ones, fours, rtol=1e-12)
     # on noisy training images at small σ the memorizer returns the training image: an oracle that
     # returns the clean image is at distance ~0, the identity (which keeps the noise) at ~1
     oracle = iter([train])
@@ -204,3 +215,19 @@ def test_every_measure_in_the_readme_names_known_answer_tests_that_exist():
         for file, name in cited:
             files = [root / "tests" / file] if file else list((root / "tests").glob("test_*.py"))
             assert any(f"def {name}(" in f.read_text() for f in files), (row.split("|")[1], name)
+
+
+def test_a_flat_sample_is_not_memorized_and_voids_nothing():
+    """A flat sample has no direction once its mean is removed: it counts as not memorized by the
+    scale-free measure instead of turning f_mem_scale_free into 'undefined' for the whole model."""
+    from gahb_scale.study.stages import _sample_and_match
+
+    spec = parse_spec({"name": "t", "image_size": 12, "datasets": [{"name": "d", "kind": "discs"}],
+                       "architectures": [{"name": "u", "kind": "unet", "params": {"width": 4, "blocks": 1}}],
+                       "train_sizes": [4], "sampling": {"num_samples": 3}, "analysis": {"bootstrap": 50}})
+    train = images(4, seed=10, size=12).float()
+    to_grey = lambda y: y - 0.4  # noqa: E731  a residual whose denoiser returns the flat image 0.4
+    _, sampled, matches = _sample_and_match(to_grey, train, spec, torch.device("cpu"))
+    assert not sampled.diverged.any() and torch.allclose(sampled.samples, torch.full_like(sampled.samples, 0.4))
+    assert matches.f_mem_scale_free.defined and matches.f_mem_scale_free.value == 0.0
+    assert matches.f_mem.defined

@@ -129,7 +129,7 @@ def memorization_fraction(ratio: torch.Tensor, threshold: float = 1.0 / 3.0, n_b
 def distance_to_memorizer(denoiser: Callable[[torch.Tensor], torch.Tensor], train_images: torch.Tensor,
                           clean: torch.Tensor, sigmas: torch.Tensor, seed: int = 0,
                           noise_range: tuple[float, float] = (0.0, 255.0), noise_schedule: str = "quadratic",
-                          rescaled: bool = False) -> dict[str, torch.Tensor]:
+                          rescaled: bool = False, batch_size: int = 16) -> dict[str, torch.Tensor]:
     """How far a blind denoiser is from the memorizing solution, at each noise level of `sigmas`.
 
     The memorizing solution is what blind training on these N images converges to when it
@@ -141,7 +141,9 @@ def distance_to_memorizer(denoiser: Callable[[torch.Tensor], torch.Tensor], trai
     `psnr_curve`) the distance is ‖f(y) − f_mem(y)‖² / ‖σz‖², the squared gap between the two
     outputs in units of the noise energy: ≈ 0 for a memorizer, of order 1 or more when the denoiser
     generalizes. It needs no sampling, so it is a cheap, low-variance transition curve.
-    Returns CPU tensors (len(sigmas),): `sigma`, `distance` (mean over images), `distance_std`.
+    Images go through both denoisers `batch_size` at a time: the memorizer's temporaries grow with
+    the batch × its σ grid × its training-image chunk. Returns CPU tensors (len(sigmas),): `sigma`,
+    `distance` (mean over images), `distance_std`.
     """
     generator = torch.Generator(device=clean.device).manual_seed(seed)
     noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
@@ -151,8 +153,11 @@ def distance_to_memorizer(denoiser: Callable[[torch.Tensor], torch.Tensor], trai
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
     per_image = torch.empty(len(sigmas), len(clean), dtype=torch.float64)
     for k, sigma in enumerate(sigmas.tolist()):
-        noisy = clean + sigma * noise
-        gap = (denoiser(noisy).double() - (noisy.double() - memorizer(noisy).double())).flatten(1)
-        per_image[k] = (gap.square().sum(dim=1) / (sigma * noise.double().flatten(1)).square().sum(dim=1)).cpu()
+        for start in range(0, len(clean), batch_size):
+            z = noise[start:start + batch_size]
+            noisy = clean[start:start + batch_size] + sigma * z
+            gap = (denoiser(noisy).double() - (noisy.double() - memorizer(noisy).double())).flatten(1)
+            per_image[k, start:start + len(z)] = (gap.square().sum(dim=1)
+                                                  / (sigma * z.double().flatten(1)).square().sum(dim=1)).cpu()
     std = per_image.std(dim=1) if len(clean) > 1 else torch.full((len(sigmas),), float("nan"), dtype=torch.float64)
     return {"sigma": sigmas, "distance": per_image.mean(dim=1), "distance_std": std}

@@ -69,9 +69,10 @@ class EmpiricalOptimalDenoiser(nn.Module):
 
     Blind unless `sigma` is given: the noise level is integrated out under a prior on
     `sigma_grid` (`log_prior`, default uniform on the grid). With `rescaled`, the distribution is
-    the training images at every scale a > 0 (a flat prior on a): the memorizer a bias-free network
-    can be, since f(a·y) = a·f(y) forbids it to return x_i itself whatever the input's scale. Given
-    image i and σ, a is Gaussian around ⟨y, x_i⟩/‖x_i‖², so the posterior mean is a sum of
+    the training images at every scale a (a flat prior on a): the memorizer a bias-free network can
+    be, since f(a·y) = a·f(y) forbids it to return x_i itself whatever the input's scale. Given
+    image i and σ, a is Gaussian around ⟨y, x_i⟩/‖x_i‖² (integrated over all real a; for images of
+    positive mean the a < 0 tail is negligible), so the posterior mean is a sum of
     projections of y onto the rays through the training images, weighted by
     exp(−dist(y, ray_i)²/2σ²) / (‖x_i‖ σ^(n−1)).
 

@@ -2,7 +2,10 @@
 
 Parameters, one row per image: (centre x, centre y, radius, foreground grey, background grey),
 positions in output-pixel units with pixel (row i, column j) covering [j, j+1) × [i, i+1), so its
-centre is at (j + 0.5, i + 0.5). As in the authors' `circle_dataset`, the radius is U[3, (size − 3)/2)
+centre is at (j + 0.5, i + 0.5), as drawn on the fine grid. The db2 low-pass is not centred on the
+pixels it averages, so the rendered disc sits (2 − √3)/2 · (1 − 2^−antialiasing) ≈ 0.1 pixel up and
+left of its parameters (`DB2_OFFSET`); `render_discs` is the definition, so the family and its
+tangent space are unaffected. As in the authors' `circle_dataset`, the radius is U[3, (size − 3)/2)
 pixels, the centre keeps the whole disc inside the image, both greys are U(0, 1), and the disc is drawn
 hard on a grid `2**antialiasing` times finer, then low-passed and down-sampled with the db2 wavelet
 `antialiasing` times. Because the family is 5-dimensional, a good denoiser's Jacobian should act on it
@@ -20,6 +23,8 @@ from ..errors import UserInputError
 from ._validate import int_at_least, seeded_rng
 
 MIN_RADIUS = 3.0  # pixels; the largest radius is (size - 3) / 2
+# Each db2 halving puts output pixel k at input position 2k + 1 + (2 - √3)/2 instead of 2k + 1.
+DB2_OFFSET = (2 - 3 ** 0.5) / 2
 PARAMETER_NAMES = ("centre_x", "centre_y", "radius", "foreground", "background")
 
 # Fine-grid pixels rendered per chunk; bounds the temporaries at a few tens of MB.
@@ -82,7 +87,8 @@ def wavelet_downsample(images: np.ndarray, times: int) -> np.ndarray:
     Each step keeps the approximation coefficients of one 2-D db2 decomposition, divided by 2 so
     a flat image keeps its grey (the low-pass filter sums to √2 per axis). Borders are extended
     symmetrically, which yields H/2 + 1 coefficients per axis; dropping the first leaves output
-    pixel k centred at fine position 2k + 0.63, a box filter's 2k + 0.5 up to 0.13 fine pixel.
+    pixel k centred at fine position 2k + 0.63, a box filter's 2k + 0.5 up to `DB2_OFFSET` = 0.13
+    fine pixel.
     """
     for _ in range(times):
         height, width = images.shape[-2:]

@@ -4,8 +4,8 @@ Nothing is downloaded. As in the authors' `load_CelebA_dataset` / `prep_celeba` 
 each image is cropped (CelebA: `im[29:-29, 9:-9]`, the 160×160 face region of the 178×218 aligned
 images; LSUN: the top-left square), resized as an RGB image with PIL's bicubic filter, and made grey
 as the mean of its three channels in [0, 1]. Near-duplicates are then removed before any split: of
-two images whose mean-removed correlation on 20×20 copies exceeds 0.95 in absolute value, the later
-one goes, so one face cannot sit in split A, split B and the test set at once.
+two images whose mean-removed correlation on copies pooled to about 20×20 exceeds 0.95 in absolute
+value, the later one goes, so one face cannot sit in split A, split B and the test set at once.
 
 The grey images are kept as the uint16 channel sums R + G + B (grey = sum / 765): exact, at a quarter
 of float32's memory. Decoding and de-duplicating a large folder is slow, so the result is cached as
@@ -35,7 +35,7 @@ from ._validate import int_at_least
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CROPS = ("celeba", "center", "top_left")
-DUPLICATE_SIDE = 20  # near-duplicates are compared on 20×20 copies, as the authors do
+DUPLICATE_SIDE = 20  # near-duplicates are compared on copies pooled by int(side / 20), as the authors do
 GREY_SCALE = 3 * 255  # grey = (R + G + B) / 765
 # Bump whenever the preprocessing changes, so caches written by the old code are not reused.
 PREPROCESSING_VERSION = "authors-crop/bicubic-rgb/channel-mean/dedup/v2"
@@ -91,7 +91,7 @@ def load_image_folder(path: str | Path, size: int, cache_dir: str | Path | None 
     grey_sums = _decode_all(root, files, size, crop)
     keep = np.ones(len(files), dtype=bool)
     if near_duplicate_threshold is not None:
-        keep = ~near_duplicates(grey_sums.float() / GREY_SCALE, near_duplicate_threshold).numpy()
+        keep = ~near_duplicates(grey_sums, near_duplicate_threshold).numpy()
     prepared = FolderImages(grey_sums[torch.from_numpy(keep)],
                             tuple(f.as_posix() for f, k in zip(files, keep) if k), int((~keep).sum()))
     if cache_file is not None:
@@ -104,16 +104,17 @@ def near_duplicates(images: Tensor, threshold: float = 0.95, chunk_size: int = 2
     """Bool (n,): True for every image whose mean-removed correlation with an EARLIER image exceeds
     `threshold` in absolute value (the authors' `remove_repeats`: drop the later of each pair).
 
-    Correlations are taken on copies area-averaged to 20×20 (smaller images are compared as they
-    are); a flat image has no direction and correlates with nothing. Rows are compared `chunk_size`
-    at a time against every earlier image, so 2·10^5 images need no n × n matrix.
+    As the authors do, images are first average-pooled by int(side / 20) (80 -> 20x20, 40 -> 20x20,
+    32 and less: compared as they are); the correlation does not depend on the images' scale or
+    dtype. A flat image has no direction and correlates with nothing. Images are pooled and compared
+    `chunk_size` at a time, each chunk against every earlier image, so 2·10^5 images of 80×80 need
+    neither a float copy of the pool nor an n × n matrix.
     """
-    if images.shape[-1] > DUPLICATE_SIDE:
-        images = F.adaptive_avg_pool2d(images, DUPLICATE_SIDE)
-    rows = images.flatten(1).double()
+    pool = max(1, images.shape[-1] // DUPLICATE_SIDE)
+    rows = torch.cat([F.avg_pool2d(chunk.double(), pool).flatten(1) for chunk in images.split(chunk_size)])
     rows = rows - rows.mean(dim=1, keepdim=True)
     norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-    rows = torch.where(norms > 1e-12, rows / norms, 0.0).float()
+    rows = torch.where(norms > 1e-12 * norms.max().clamp_min(1e-300), rows / norms, 0.0).float()
     duplicate = torch.zeros(len(rows), dtype=torch.bool)
     for start in range(0, len(rows), chunk_size):
         stop = min(start + chunk_size, len(rows))

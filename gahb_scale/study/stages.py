@@ -78,6 +78,10 @@ def _sample_and_match(net: torch.nn.Module, train: torch.Tensor, spec: StudySpec
                                            sigma_L=s.sigma_L, mean=s.mean, max_steps=s.max_steps, device=device)
     pixels = nearest_neighbours(sampled.samples, train)
     scale_free = nearest_neighbours(_normalized(sampled.samples), _normalized(train))
+    # A flat sample has no shape once its mean is removed: it copies no (non-flat) training image, so
+    # it counts as not memorized (ratio inf) instead of voiding f_mem_scale_free for every model.
+    flat = torch.isnan(scale_free.d1) & ~sampled.diverged.to(scale_free.d1.device)
+    scale_free.ratio = scale_free.ratio.masked_fill(flat, float("inf"))
     usable = ~sampled.diverged  # a diverged sample is reported, not counted as (non-)memorized
     fractions = [memorization_fraction(nn.ratio.cpu()[usable], threshold=a.memorization_threshold,
                                        n_boot=a.bootstrap, seed=0) for nn in (pixels, scale_free)]
@@ -118,7 +122,7 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
 
     seeds, sampled, nn = _sample_and_match(net, train, spec, device)
     usable = (~sampled.diverged).to(device)  # NaN means over no sample when every one diverged: undefined
-    final_sigma = [float(row[~row.isnan()][-1]) for row in sampled.sigmas]
+    final_sigma = [float(row[~row.isnan()][-1]) if (~row.isnan()).any() else math.nan for row in sampled.sigmas]
     sample_rows = [{**base, "sample_seed": seed, "steps": int(sampled.steps[i]), "hit_cap": bool(sampled.hit_cap[i]),
                     "diverged": bool(sampled.diverged[i]), "final_sigma": final_sigma[i],
                     "nn_index": int(nn.pixels.index_l2[i]), "d1": float(nn.pixels.d1[i]), "d2": float(nn.pixels.d2[i]),
@@ -160,8 +164,9 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
             tangent_table += tangent_rows(jac, spectrum, tangent.to(device), a.eigenvalue_threshold,
                                           {**base, "sigma": float(sigma)})
 
+    nearest = train[nn.pixels.index_l2.to(device)].masked_fill(~usable[:, None, None, None], float("nan"))
     save_arrays(store, arrays_path(spec.name, trial.trial_id), samples=sampled.samples.cpu().numpy(),
-                nearest=train[nn.pixels.index_l2.to(device)].cpu().numpy(), sample_seeds=np.array(seeds),
+                nearest=nearest.cpu().numpy(), sample_seeds=np.array(seeds),
                 sigma_trajectories=sampled.sigmas.numpy(), jacobian_inputs=clean.cpu().numpy(),
                 jacobian_sigmas=np.array(a.jacobian_sigmas), eigenvectors=np.stack(eigenvectors))
 
@@ -176,7 +181,7 @@ def analyze_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
     metrics = {**base, **trial.as_row(), "analysis_id": analysis_id,
                "train_psnr": float(curves["train"]["psnr_out"].mean()), "test_psnr": float(curves["test"]["psnr_out"].mean()),
                "psnr_gap": gap, "psnr_slope": slope, "optimal_slope": optimal_slope(trial.dataset),
-               "nn_cosine_centered": float(nn.scale_free.cosine[usable].mean()),
+               "nn_cosine_centered": float(nn.scale_free.cosine[usable].nanmean()),
                "nn_l2_pixels": float(nn.pixels.d1[usable].mean()),
                **_fraction_columns("f_mem", nn.f_mem), "f_mem_defined": nn.f_mem.defined,
                **_fraction_columns("f_mem_scale_free", nn.f_mem_scale_free),
@@ -361,7 +366,7 @@ def memorization_time_rows(spec: StudySpec, metrics: list[dict], sample_rows: li
                      "samples": len(values["d1_d2"]),
                      **_fraction_columns("f_mem", _pooled_fraction(spec, values["d1_d2"])),
                      **_fraction_columns("f_mem_scale_free", _pooled_fraction(spec, values["d1_d2_scale_free"])),
-                     "nn_cosine_centered": float(np.mean(values["nn_cosine_centered"]))})
+                     "nn_cosine_centered": _mean_std(values["nn_cosine_centered"])[0]})
     return rows
 
 
