@@ -182,7 +182,8 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
     for row in datasets:
         if row["duplicates_removed"] is not None:
             say(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing {row['duplicates_removed']} "
-                f"near-duplicates (|correlation| > {row['near_duplicate_threshold']:g} on 20x20 copies)")
+                f"near-duplicates (|correlation| > {row['near_duplicate_threshold']:g} on copies pooled by "
+                f"int(side/20))")
     _connect(address)
     try:
         check_resources(spec, ray.cluster_resources(), strict=address is None)

@@ -196,8 +196,9 @@ class FolderParams(_Model):
     crop: Literal["celeba", "center", "top_left"] = Field(
         default="center", description="celeba: the authors' im[29:-29, 9:-9]; top_left: their LSUN square")
     near_duplicate_threshold: float | None = Field(
-        default=0.95, gt=0, lt=1, description="drop the later of two images whose mean-removed correlation on 20x20 "
-                                              "copies exceeds this (the authors' 0.95); null keeps duplicates")
+        default=0.95, gt=0, lt=1, description="drop the later of two images whose mean-removed correlation on "
+                                              "copies pooled by int(side/20) exceeds this (the authors' 0.95); "
+                                              "null keeps duplicates")
     cache_dir: str | None = Field(default=None, description="where the prepared images are cached; "
                                                             "default <results_dir>/datasets")
 
