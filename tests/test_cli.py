@@ -134,3 +134,32 @@ def test_a_pool_too_small_after_removing_duplicates_is_refused_before_anything_r
         test_images=2)))
     (row,) = prepare_datasets(load_spec(spec))
     assert (row["pool_images"], row["duplicates_removed"]) == (12, 0)
+
+
+def test_a_corrupt_image_is_named_before_anything_runs_or_is_written(tmp_path, capsys):
+    folder = _folder_of(tmp_path, count=12, copies=0)
+    (folder / "005.png").write_bytes(b"not a png at all")
+    spec = tmp_path / "faces.yaml"
+    spec.write_text(yaml.safe_dump(micro(tmp_path, datasets=[{"name": "faces", "kind": "folder",
+                                                              "params": {"path": str(folder)}}])))
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert str(folder / "005.png") in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_trial_is_told_in_one_line_from_rays_nested_trace():
+    from gahb_scale.study.train import _innermost_error
+
+    trace = """Failure # 1 (occurred at 2026-11-26_18-33-32)
+ray::ImplicitFunc.train() (pid=23668, ip=192.0.2.2, actor_id=71f0, repr=tune_trial)
+  File "trainer.py", line 12, in fit
+ray.train.WorkerGroupError: Training failed due to worker errors:
+[Rank 0 Error Snippet]:
+Traceback (most recent call last):
+  File "image_folder.py", line 120, in _image_files
+    raise UserInputError(f"image folder not found: {root}")
+gahb_scale.errors.UserInputError: image folder not found: /data/faces
+"""
+    assert _innermost_error(trace) == "gahb_scale.errors.UserInputError: image folder not found: /data/faces"
+    assert _innermost_error("") == "no error trace was saved"

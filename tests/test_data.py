@@ -433,12 +433,15 @@ def test_load_image_folder_errors_name_the_path(tmp_path):
     assert str(empty) in str(error.value)
 
 
-def test_load_image_folder_names_a_corrupt_file(folder):
-    corrupt = folder / "sub" / "broken.jpg"
-    corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+def test_load_image_folder_names_every_corrupt_file(folder, tmp_path):
+    corrupt = [folder / "sub" / "broken.jpg", folder / "zz_truncated.png"]
+    corrupt[0].write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    corrupt[1].write_bytes((folder / "a_wide.png").read_bytes()[:40])
     with pytest.raises(UserInputError) as error:
-        load_image_folder(folder, 8)
-    assert str(corrupt) in str(error.value)
+        load_image_folder(folder, 8, cache_dir=tmp_path / "cache")
+    message = str(error.value)
+    assert message.startswith("2 of 6 image files") and all(str(path) in message for path in corrupt)
+    assert not (tmp_path / "cache").exists()  # nothing written
 
 
 # ---------------------------------------------------------------- embedded photographs

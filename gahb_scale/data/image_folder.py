@@ -150,8 +150,20 @@ def _cache_key(root: Path, files: list[Path], settings: str) -> str:
 
 
 def _decode_all(root: Path, files: list[Path], size: int, crop: str) -> Tensor:
+    """Every file decoded; UserInputError naming every file that cannot be (up to 20 of them)."""
+    def decode(relative: Path) -> np.ndarray | UserInputError:
+        try:
+            return _load_grey_sum(root / relative, size, crop)
+        except UserInputError as error:
+            return error
+
     with ThreadPoolExecutor(_DECODE_THREADS) as pool:
-        images = list(pool.map(lambda relative: _load_grey_sum(root / relative, size, crop), files))
+        images = list(pool.map(decode, files))
+    bad = [str(image) for image in images if isinstance(image, UserInputError)]
+    if bad:
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise UserInputError(f"{len(bad)} of {len(files)} image files under {root} cannot be used:\n  "
+                             + "\n  ".join(bad[:20]) + more)
     return torch.from_numpy(np.stack(images)).unsqueeze(1)
 
 

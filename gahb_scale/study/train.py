@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -163,7 +164,9 @@ def say(line: str) -> None:
 
 
 def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, fixed_cluster: bool) -> list[str]:
-    """Train `trials` with a Tune grid; returns the ids of the trials that failed."""
+    """Train `trials` with a Tune grid; returns the ids of the trials that left no model file (the
+    store is the ground truth: a trial that failed before its first report has no config in Tune's
+    results)."""
     ray_storage = store.uri("ray")
     payloads = {t.trial_id: {"spec": spec, "trial": t, "store": store.location, "ray_storage": ray_storage}
                 for t in trials}
@@ -176,8 +179,16 @@ def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, fixed_
         run_config=ray.tune.RunConfig(name=f"train-{int(time.time())}", storage_path=ray_storage, verbose=0,
                                       callbacks=[TrainProgress(spec, {t.trial_id: t for t in trials})]),
     )
-    results = tuner.fit()
-    return [r.config["trial_id"] for r in results if r.error is not None]
+    tuner.fit()
+    return [t.trial_id for t in trials if not store.exists(model_path(t.trial_id))]
+
+
+def _innermost_error(text: str) -> str:
+    """The last "SomeError: message" line of an error trace (Ray wraps the worker's own error in
+    several layers), on one line; the trace's last line if there is none."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return (errors or lines or ["no error trace was saved"])[-1][:300]
 
 
 class TrainProgress(ray.tune.Callback):
@@ -206,4 +217,5 @@ class TrainProgress(ray.tune.Callback):
         say(f"[train] done {self.finished}/{len(self.trials)}: {self._name(trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        say(f"[train] FAILED: {self._name(trial)}")
+        text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
+        say(f"[train] FAILED: {self._name(trial)}: {_innermost_error(text)}")
