@@ -1,7 +1,8 @@
 """SQL over the Parquet tables of every study under a results folder (DuckDB).
 
 Each table name (trials, psnr, samples, pairs, transition, ...) is a view over that table's
-files in all studies, so one query can compare studies; `study_id` tells them apart.
+files (one per study and trial, pair or study) in all studies, so one query can compare studies;
+`study_id` tells them apart.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def run_query(sql: str, results: str | Path) -> tuple[list[str], list[tuple]]:
     con = duckdb.connect()
     found = []
     for name in TABLE_KEYS:
-        files = sorted(root.glob(f"**/tables/{name}.parquet"))
+        files = sorted(root.glob(f"**/tables/{name}/*/*.parquet"))
         if files:
             listing = ", ".join(f"'{f.as_posix()}'" for f in files)
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")

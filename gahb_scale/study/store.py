@@ -5,14 +5,17 @@ study on a cluster writes where every node can read. Tables are written only by 
 (one writer per table) and always atomically: a new file is written beside the old one and moved
 over it, so a reader — or a run killed mid-write — never sees half a table.
 
-Rows are upserted by key: writing rows for a trial replaces that trial's earlier rows, which is why
-re-running a study never duplicates a row. The schema of every table is in the README.
+A table is a folder of Parquet files, one per key: `tables/<table>/<study>/<trial, pair or
+"study">.parquet`. Writing rows for a trial replaces that trial's file and touches no other, which is
+why re-running a study never duplicates a row and why a flush costs the size of its own rows. The
+schema of every table is in the README.
 """
 
 from __future__ import annotations
 
 import io
 import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-# table -> the columns that identify a row group; new rows replace old rows with the same key.
+# table -> the columns that identify a row group (one file each); new rows replace the old file.
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "trials": ("study_id", "trial_id"),
     "train_curves": ("study_id", "trial_id"),
@@ -95,33 +98,45 @@ class StudyStore:
             return f.read()
 
     # ---- tables --------------------------------------------------------------------------------
-    def table_path(self, name: str) -> str:
-        return f"tables/{name}.parquet"
+    def table_file(self, name: str, study_id: str, key: str) -> str:
+        """The file of one row group: a trial's or pair's rows, or a study-level table's rows of one study."""
+        return f"tables/{name}/{study_id}/{key}.parquet"
+
+    def _table_files(self, name: str) -> list[str]:
+        selector = pafs.FileSelector(self.path(f"tables/{name}"), recursive=True, allow_not_found=True)
+        return sorted(info.path for info in self.fs.get_file_info(selector)
+                      if info.type == pafs.FileType.File and info.path.endswith(".parquet"))
 
     def read_table(self, name: str) -> pa.Table | None:
-        if not self.exists(self.table_path(name)):
-            return None
-        return pq.read_table(io.BytesIO(self.read_bytes(self.table_path(name))))
+        """Every file of a table as one table (columns unified: a file written by an older version
+        may lack a newer column)."""
+        parts = []
+        for path in self._table_files(name):
+            with self.fs.open_input_stream(path) as f:
+                parts.append(pq.read_table(io.BytesIO(f.read())))
+        return pa.concat_tables(parts, promote_options="permissive") if parts else None
 
     def rows(self, name: str) -> list[dict]:
         table = self.read_table(name)
         return [] if table is None else table.to_pylist()
 
     def upsert(self, name: str, rows: list[dict]) -> None:
-        """Replace the rows sharing a key with `rows` and write the table atomically."""
-        if not rows:
-            return
-        new = pa.Table.from_pylist(rows)
-        old = self.read_table(name)
-        if old is not None:
-            keys = TABLE_KEYS[name]
-            new_keys = {tuple(r[k] for k in keys) for r in rows}
-            old_keys = list(zip(*(old.column(k).to_pylist() for k in keys)))
-            keep = pa.array([k not in new_keys for k in old_keys], type=pa.bool_())
-            new = pa.concat_tables([old.filter(keep), new], promote_options="permissive")
-        buffer = io.BytesIO()
-        pq.write_table(new, buffer)
-        self.write_bytes(self.table_path(name), buffer.getvalue())
+        """Write `rows`, one file per key (study and trial, pair or nothing for a study-level table),
+        each replacing that key's earlier file atomically. The cost of a write is the size of its
+        rows, not of the table: 2,000 models' bookkeeping costs the same per model at the end as
+        at the start."""
+        groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        for row in rows:
+            groups[self._key(name, row)].append(row)
+        for (study_id, key), group in groups.items():
+            buffer = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(group), buffer)
+            self.write_bytes(self.table_file(name, study_id, key), buffer.getvalue())
+
+    @staticmethod
+    def _key(name: str, row: dict) -> tuple[str, str]:
+        keys = TABLE_KEYS[name]
+        return row["study_id"], row[keys[1]] if len(keys) > 1 else "study"
 
     def keys_present(self, name: str, column: str, where: dict | None = None) -> set:
         """Values of `column` in table `name`, optionally filtered by equality on other columns."""
@@ -133,10 +148,6 @@ class StudyStore:
                 return set()
             table = table.filter(pc.equal(table.column(col), value))
         return set(table.column(column).to_pylist())
-
-    def local_table_paths(self) -> dict[str, str]:
-        """Table name -> local file path (for SQL queries); only for local stores."""
-        return {name: self.path(self.table_path(name)) for name in TABLE_KEYS if self.exists(self.table_path(name))}
 
 
 def save_arrays(store: StudyStore, relative: str, **arrays: np.ndarray) -> None:

@@ -1,0 +1,45 @@
+"""The study store's tables: one Parquet file per key, replaced atomically, read back as one table."""
+
+from __future__ import annotations
+
+import math
+
+from gahb_scale.study.store import StudyStore
+
+
+def rows(study: str, trial: str, values: list[float], **extra) -> list[dict]:
+    return [{"study_id": study, "trial_id": trial, "sigma": s, "psnr_out": v, **extra}
+            for s, v in zip((5.0, 25.0), values)]
+
+
+def test_each_key_is_one_file_and_a_rewrite_touches_no_other(tmp_path):
+    store = StudyStore(str(tmp_path))
+    store.upsert("psnr", rows("s1", "a", [30, 20]) + rows("s1", "b", [31, 21]) + rows("s2", "a", [1, 2]))
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet"))
+    assert files == ["tables/psnr/s1/a.parquet", "tables/psnr/s1/b.parquet", "tables/psnr/s2/a.parquet"]
+    untouched = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet") if p.stem == "b" or p.parent.name == "s2"}
+    store.upsert("psnr", rows("s1", "a", [40, 30]))  # re-analysis of one trial replaces its rows only
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    got = sorted((r["study_id"], r["trial_id"], r["psnr_out"]) for r in store.rows("psnr"))
+    assert got == [("s1", "a", 30), ("s1", "a", 40), ("s1", "b", 21), ("s1", "b", 31), ("s2", "a", 1), ("s2", "a", 2)]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_files_of_different_versions_read_as_one_table(tmp_path):
+    store = StudyStore(str(tmp_path))
+    store.upsert("psnr", rows("s", "old", [30, 20]))
+    store.upsert("psnr", rows("s", "new", [31, 21], psnr_out_std=0.5))  # a column added later
+    table = {(r["trial_id"], r["sigma"]): r for r in store.rows("psnr")}
+    assert table[("new", 5.0)]["psnr_out_std"] == 0.5 and table[("old", 5.0)]["psnr_out_std"] is None
+    assert store.keys_present("psnr", "trial_id", {"study_id": "s"}) == {"old", "new"}
+    assert store.keys_present("psnr", "trial_id", {"analysis_id": "x"}) == set()  # no such column
+    assert store.read_table("nothing") is None and store.rows("nothing") == []
+
+
+def test_study_level_tables_have_one_file_per_study(tmp_path):
+    store = StudyStore(str(tmp_path))
+    store.upsert("transition", [{"study_id": "s", "n": n, "f_mem": math.nan} for n in (1, 10)])
+    store.upsert("transition", [{"study_id": "t", "n": 1, "f_mem": 0.5}])
+    store.upsert("transition", [{"study_id": "s", "n": 1, "f_mem": 0.0}])
+    assert sorted(p.name for p in (tmp_path / "tables" / "transition").rglob("*.parquet")) == ["study.parquet"] * 2
+    assert sorted((r["study_id"], r["n"]) for r in store.rows("transition")) == [("s", 1), ("t", 1)]
