@@ -32,6 +32,7 @@ from gahb_scale.data import (
 from gahb_scale.data.calpha import _box_smooth_2x2, _contour, _mask_below
 from gahb_scale.data.embedded import _grid_tiles
 from gahb_scale.data.discs import DB2_OFFSET
+from gahb_scale.data.image_folder import CachedImages
 from gahb_scale.errors import UserInputError
 
 
@@ -315,15 +316,15 @@ def authors_grey(path, size, crop_box=None):
 def test_load_image_folder_shapes_order_and_preprocessing(folder):
     prepared = load_image_folder(str(folder), 8)
     images = prepared.float_images()
-    assert prepared.grey_sums.shape == (4, 1, 8, 8) and prepared.grey_sums.dtype == torch.uint16
+    assert prepared.grey.shape == (4, 1, 8, 8) and prepared.grey.dtype == np.uint8
     assert prepared.files == ("a_wide.png", "b_red.jpeg", "sub/c_tall.PNG", "sub/d_noise.JPG")
     assert_grey_images(images, 4, 8)
     # Sorted by relative path; the centre square of both framed images is white.
     assert (images[0] == 1).all() and (images[2] == 1).all()
-    assert ((images[1] - 1 / 3).abs() <= 3 / 765).all()  # grey = channel mean: red is 1/3 (JPEG: a level off)
-    for i, name in enumerate(prepared.files):
-        assert torch.allclose(images[i, 0], authors_grey(folder / name, 8), atol=1e-6)
-    assert torch.equal(load_image_folder(folder, 8, limit=2).grey_sums, prepared.grey_sums[:2])
+    assert ((images[1] - 1 / 3).abs() <= 2 / 255).all()  # grey = channel mean: red is 1/3 (JPEG: a level off)
+    for i, name in enumerate(prepared.files):  # the authors' float grey, rounded to the nearest level
+        assert torch.allclose(images[i, 0], authors_grey(folder / name, 8), atol=0.5 / 255 + 1e-6)
+    assert np.array_equal(load_image_folder(folder, 8, limit=2).grey, prepared.grey[:2])
     assert torch.equal(prepared.float_images(torch.tensor([3, 1])), images[[3, 1]])
 
 
@@ -332,13 +333,15 @@ def test_celeba_and_top_left_crops_are_the_authors(tmp_path):
     face[29:-29, 9:-9] = np.random.default_rng(1).integers(0, 256, (160, 160, 3))
     save_image(tmp_path / "celeba" / "000001.png", face)
     celeba = load_image_folder(tmp_path / "celeba", 80, crop="celeba").float_images()[0, 0]
-    assert torch.allclose(celeba, authors_grey(tmp_path / "celeba" / "000001.png", 80, (9, 29, 169, 189)), atol=1e-6)
+    assert torch.allclose(celeba, authors_grey(tmp_path / "celeba" / "000001.png", 80, (9, 29, 169, 189)),
+                          atol=0.5 / 255 + 1e-6)
     centred = load_image_folder(tmp_path / "celeba", 80, crop="center").float_images()[0, 0]
     assert not torch.allclose(centred, celeba, atol=0.05)
     bedroom = np.random.default_rng(2).integers(0, 256, (256, 341, 3)).astype(np.uint8)  # LSUN: short side 256
     save_image(tmp_path / "lsun" / "b.png", bedroom)
     top_left = load_image_folder(tmp_path / "lsun", 32, crop="top_left").float_images()[0, 0]
-    assert torch.allclose(top_left, authors_grey(tmp_path / "lsun" / "b.png", 32, (0, 0, 256, 256)), atol=1e-6)
+    assert torch.allclose(top_left, authors_grey(tmp_path / "lsun" / "b.png", 32, (0, 0, 256, 256)),
+                          atol=0.5 / 255 + 1e-6)
     save_image(tmp_path / "tiny" / "t.png", np.zeros((50, 40)))
     with pytest.raises(UserInputError, match=r"t\.png.*CelebA crop"):
         load_image_folder(tmp_path / "tiny", 8, crop="celeba")
@@ -371,13 +374,13 @@ def test_near_duplicates_are_removed_before_any_split(folder_with_duplicates):
     assert prepared.files == tuple(f"{i:02d}.png" for i in range(6))  # the earlier image of each pair stays
     kept_all = load_image_folder(folder_with_duplicates, 32, near_duplicate_threshold=None)
     assert len(kept_all) == 10 and kept_all.duplicates_removed == 0
-    assert torch.equal(kept_all.grey_sums[:6], prepared.grey_sums)
+    assert np.array_equal(kept_all.grey[:6], prepared.grey)
     flags = near_duplicates(kept_all.float_images())
     assert flags.tolist() == [False] * 6 + [True] * 4
     # at 32 px the authors compare full images: the noisy copy correlates at 0.9988, the contrast
     # change at 0.9998 (uint8 rounding), so a stricter threshold keeps the one or both
-    assert near_duplicates(kept_all.grey_sums, threshold=0.9995).tolist() == [False] * 6 + [True, True, False, True]
-    assert near_duplicates(kept_all.grey_sums, threshold=0.9999).tolist() == [False] * 6 + [True, False, False, True]
+    assert near_duplicates(kept_all.uint8_images(), threshold=0.9995).tolist() == [False] * 6 + [True, True, False, True]
+    assert near_duplicates(kept_all.uint8_images(), threshold=0.9999).tolist() == [False] * 6 + [True, False, False, True]
     # a flat image correlates with nothing
 
     assert not near_duplicates(torch.ones(3, 1, 8, 8)).any()
@@ -394,23 +397,28 @@ def test_near_duplicates_compare_chunks_against_every_earlier_image():
 def test_load_image_folder_cache_is_reused_without_decoding(folder, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = load_image_folder(folder, 8, cache_dir=cache)
-    assert [p.suffix for p in cache.iterdir()] == [".npz"]
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]
+    # read back from the file row by row, in any order, runs and repeats included
+    assert isinstance(first.source, CachedImages)
+    index = torch.tensor([3, 1, 2, 3, 0])
+    assert torch.equal(first.uint8_images(index), torch.from_numpy(first.grey[index.numpy()]))
+    assert torch.equal(first.float_images(slice(1, 3)), load_image_folder(folder, 8).float_images(slice(1, 3)))
 
     def refuse(*args, **kwargs):
         raise AssertionError("decoded an image despite the cache")
 
     monkeypatch.setattr(PIL.Image, "open", refuse)
     again = load_image_folder(folder, 8, cache_dir=str(cache))
-    assert torch.equal(again.grey_sums, first.grey_sums) and again.files == first.files
+    assert np.array_equal(again.grey, first.grey) and again.files == first.files
     monkeypatch.undo()
     # A changed file, another size, limit, crop or threshold is a different dataset: a new cache entry.
     save_image(folder / "a_wide.png", np.zeros((12, 30)))
-    assert not torch.equal(load_image_folder(folder, 8, cache_dir=cache).grey_sums, first.grey_sums)
+    assert not np.array_equal(load_image_folder(folder, 8, cache_dir=cache).grey, first.grey)
     load_image_folder(folder, 4, cache_dir=cache)
     load_image_folder(folder, 8, cache_dir=cache, limit=3)
     load_image_folder(folder, 8, cache_dir=cache, crop="top_left")
     load_image_folder(folder, 8, cache_dir=cache, near_duplicate_threshold=None)
-    assert len(list(cache.glob("*.npz"))) == 6
+    assert len(list(cache.glob("*.npy"))) == 6 and len(list(cache.glob("*.json"))) == 6
     assert list(cache.glob("*.tmp")) == []
 
 

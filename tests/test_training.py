@@ -145,3 +145,17 @@ def test_bad_config_is_rejected():
 
 def test_paper_schedule_in_steps():
     assert steps_for_epochs(1) == math.ceil(250_000 / 512)
+
+
+def test_uint8_images_train_exactly_as_their_float_conversion():
+    """A folder's images stay uint8 on the device (a quarter of the memory) and are converted batch by
+    batch: the run is the run on the float images."""
+    from gahb_scale.data import to_float_images
+
+    images = torch.randint(0, 256, (6, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    config = TrainConfig(steps=5, batch_size=4, log_every=5, seed=3)
+    runs = [train_denoiser(build_model("unet", seed=1, width=4, blocks=1), x, config, device="cpu")
+            for x in (images, to_float_images(images))]
+    for a, b in zip(*(r.net.state_dict().values() for r in runs)):
+        assert torch.equal(a, b)
+    assert runs[0].losses == runs[1].losses

@@ -1,7 +1,7 @@
 """Datasets for the denoiser studies: synthetic (C^α, discs), real folders, embedded photos; splits.
 
 Every builder returns grey images as float32 (n, 1, size, size) tensors in [0, 1] (the folder loader
-keeps channel sums, `FolderImages.float_images` converts), deterministic in a `seed` argument. Plain
+keeps uint8, `FolderImages.float_images` converts), deterministic in a `seed` argument. Plain
 PyTorch/numpy: nothing here imports Ray or MLflow.
 """
 

@@ -3,14 +3,16 @@
 Nothing is downloaded. As in the authors' `load_CelebA_dataset` / `prep_celeba` / `remove_repeats`:
 each image is cropped (CelebA: `im[29:-29, 9:-9]`, the 160×160 face region of the 178×218 aligned
 images; LSUN: the top-left square), resized as an RGB image with PIL's bicubic filter, and made grey
-as the mean of its three channels in [0, 1]. Near-duplicates are then removed before any split: of
-two images whose mean-removed correlation on copies pooled to about 20×20 exceeds 0.95 in absolute
-value, the later one goes, so one face cannot sit in split A, split B and the test set at once.
+as the mean of its three channels. Near-duplicates are then removed before any split: of two images
+whose mean-removed correlation on copies pooled to about 20×20 exceeds 0.95 in absolute value, the
+later one goes, so one face cannot sit in split A, split B and the test set at once.
 
-The grey images are kept as the uint16 channel sums R + G + B (grey = sum / 765): exact, at a quarter
-of float32's memory. Decoding and de-duplicating a large folder is slow, so the result is cached as
-`<key>.npz`, where the key hashes everything that determines it: each used file's relative path, size
-and modification time, the output size, the limit, the crop, the threshold and the preprocessing
+The grey images are kept as uint8: the channel mean rounded to the nearest of 256 levels (the authors
+keep the float mean; the difference, at most half a level, is the size of the 8-bit rounding already
+in every channel) — a quarter of float32's memory, and what a trial converts to float only for its own
+images. Decoding and de-duplicating a large folder is slow, so the result is cached as `<key>.npy`
+(read row by row: a process reads only the images it uses) beside `<key>.json` (the files kept), where the key hashes everything that determines it: each used file's relative path, size and
+modification time, the output size, the limit, the crop, the threshold and the preprocessing
 version. Editing, adding or renaming a used file, or changing the preprocessing, gives a new key
 instead of a stale cache, without reading every file's bytes on every call.
 """
@@ -18,6 +20,8 @@ instead of a stale cache, without reading every file's bytes on every call.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -32,33 +36,78 @@ from torch import Tensor
 
 from ..errors import UserInputError
 from ._validate import int_at_least
+from .transforms import to_float_images
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CROPS = ("celeba", "center", "top_left")
 DUPLICATE_SIDE = 20  # near-duplicates are compared on copies pooled by int(side / 20), as the authors do
-GREY_SCALE = 3 * 255  # grey = (R + G + B) / 765
 # Bump whenever the preprocessing changes, so caches written by the old code are not reused.
-PREPROCESSING_VERSION = "authors-crop/bicubic-rgb/channel-mean/dedup/v2"
+PREPROCESSING_VERSION = "authors-crop/bicubic-rgb/channel-mean-uint8/dedup/v3"
 
 # PIL releases the GIL while decoding, so a few threads speed up large folders.
 _DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
+class CachedImages:
+    """The uint8 images of a cached `.npy` pool, read row by row with `os.pread`: a process reads,
+    and holds, only the images it asks for (a memory map would count every page it touches in the
+    process's resident memory)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            self.shape, _, self.dtype = read_header(f)
+            self.offset = f.tell()
+        self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        order = np.argsort(index, kind="stable")
+        with open(self.path, "rb") as f:
+            start = 0
+            while start < len(order):  # one read per run of consecutive rows
+                stop = start + 1
+                while stop < len(order) and index[order[stop]] == index[order[stop - 1]] + 1:
+                    stop += 1
+                first, count = int(index[order[start]]), stop - start
+                data = os.pread(f.fileno(), count * self.row_bytes, self.offset + first * self.row_bytes)
+                out[order[start:stop]] = np.frombuffer(data, dtype=self.dtype).reshape(count, *self.shape[1:])
+                start = stop
+        return out
+
+
 @dataclass(frozen=True)
 class FolderImages:
-    """A prepared folder: `grey_sums` (n, 1, size, size) uint16 holding R + G + B of each image,
-    `files` the relative paths kept (pool order), `duplicates_removed` how many were dropped."""
+    """A prepared folder: its (n, 1, size, size) uint8 images, in memory or in the cache
+    (`CachedImages`); `files` the relative paths kept (pool order); `duplicates_removed`."""
 
-    grey_sums: Tensor
+    source: np.ndarray | CachedImages
     files: tuple[str, ...]
     duplicates_removed: int
 
     def __len__(self) -> int:
-        return len(self.grey_sums)
+        return len(self.source)
+
+    @property
+    def grey(self) -> np.ndarray:
+        """Every image, uint8 (this reads the whole pool)."""
+        return self.source if isinstance(self.source, np.ndarray) else self.source.rows(np.arange(len(self)))
+
+    def uint8_images(self, index: Tensor | slice = slice(None)) -> Tensor:
+        """The images at `index` as a uint8 tensor; from the cache only those are read."""
+        rows = np.arange(len(self))[index] if isinstance(index, slice) else index.numpy()
+        if isinstance(self.source, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(self.source[rows]))
+        return torch.from_numpy(self.source.rows(rows))
 
     def float_images(self, index: Tensor | slice = slice(None)) -> Tensor:
-        """Grey float32 images in [0, 1] (the authors' channel mean), converting only `index`."""
-        return self.grey_sums[index].float() / GREY_SCALE
+        """The images at `index` as float32 in [0, 1], converting only those."""
+        return to_float_images(self.uint8_images(index))
 
 
 def load_image_folder(path: str | Path, size: int, cache_dir: str | Path | None = None, limit: int | None = None,
@@ -81,22 +130,22 @@ def load_image_folder(path: str | Path, size: int, cache_dir: str | Path | None 
         raise UserInputError(f"near_duplicate_threshold must lie in (0, 1) or be None, got {near_duplicate_threshold}")
     files = _image_files(root)[:limit]
     settings = f"{PREPROCESSING_VERSION}|size={size}|limit={limit}|crop={crop}|duplicates={near_duplicate_threshold}"
-    cache_file = None
     if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"{_cache_key(root, files, settings)}.npz"
-        if cache_file.exists():
-            with np.load(cache_file) as cached:
-                return FolderImages(torch.from_numpy(cached["grey_sums"]), tuple(cached["files"].tolist()),
-                                    int(cached["duplicates_removed"]))
-    grey_sums = _decode_all(root, files, size, crop)
+        key = _cache_key(root, files, settings)
+        images_file, files_file = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json"
+        if images_file.exists():  # written last: its presence vouches for the list of files
+            kept = json.loads(files_file.read_text())
+            return FolderImages(CachedImages(images_file), tuple(kept["files"]), kept["duplicates_removed"])
+    grey = _decode_all(root, files, size, crop)
     keep = np.ones(len(files), dtype=bool)
     if near_duplicate_threshold is not None:
-        keep = ~near_duplicates(grey_sums, near_duplicate_threshold).numpy()
-    prepared = FolderImages(grey_sums[torch.from_numpy(keep)],
-                            tuple(f.as_posix() for f, k in zip(files, keep) if k), int((~keep).sum()))
-    if cache_file is not None:
-        _save_atomically(cache_file, grey_sums=prepared.grey_sums.numpy(), files=np.array(prepared.files, dtype=str),
-                         duplicates_removed=np.array(prepared.duplicates_removed))
+        keep = ~near_duplicates(torch.from_numpy(grey), near_duplicate_threshold).numpy()
+    prepared = FolderImages(grey[keep], tuple(f.as_posix() for f, k in zip(files, keep) if k), int((~keep).sum()))
+    if cache_dir is not None:
+        _save_atomically(files_file, json.dumps({"files": list(prepared.files),
+                                                 "duplicates_removed": prepared.duplicates_removed}).encode())
+        _save_atomically(images_file, _npy_bytes(prepared.grey))
+        prepared = FolderImages(CachedImages(images_file), prepared.files, prepared.duplicates_removed)
     return prepared
 
 
@@ -111,10 +160,7 @@ def near_duplicates(images: Tensor, threshold: float = 0.95, chunk_size: int = 2
     neither a float copy of the pool nor an n × n matrix.
     """
     pool = max(1, images.shape[-1] // DUPLICATE_SIDE)
-    rows = torch.cat([F.avg_pool2d(chunk.double(), pool).flatten(1) for chunk in images.split(chunk_size)])
-    rows = rows - rows.mean(dim=1, keepdim=True)
-    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-    rows = torch.where(norms > 1e-12 * norms.max().clamp_min(1e-300), rows / norms, 0.0).float()
+    rows = torch.cat([_unit_rows(F.avg_pool2d(chunk.double(), pool).flatten(1)) for chunk in images.split(chunk_size)])
     duplicate = torch.zeros(len(rows), dtype=torch.bool)
     for start in range(0, len(rows), chunk_size):
         stop = min(start + chunk_size, len(rows))
@@ -122,6 +168,14 @@ def near_duplicates(images: Tensor, threshold: float = 0.95, chunk_size: int = 2
         earlier = torch.arange(stop)[None, :] < torch.arange(start, stop)[:, None]
         duplicate[start:stop] = ((correlations.abs() > threshold) & earlier).any(dim=1)
     return duplicate
+
+
+def _unit_rows(rows: Tensor) -> Tensor:
+    """Mean-removed, unit-norm float32 rows; a flat row becomes zeros (it correlates with nothing)."""
+    rows = rows - rows.mean(dim=1, keepdim=True)
+    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+    scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-300)
+    return torch.where(norms > 1e-9 * scale, rows / norms, 0.0).float()
 
 
 def _image_files(root: Path) -> list[Path]:
@@ -149,11 +203,12 @@ def _cache_key(root: Path, files: list[Path], settings: str) -> str:
     return digest.hexdigest()
 
 
-def _decode_all(root: Path, files: list[Path], size: int, crop: str) -> Tensor:
-    """Every file decoded; UserInputError naming every file that cannot be (up to 20 of them)."""
+def _decode_all(root: Path, files: list[Path], size: int, crop: str) -> np.ndarray:
+    """Every file decoded, (n, 1, size, size) uint8; UserInputError naming every file that cannot
+    be (up to 20 of them)."""
     def decode(relative: Path) -> np.ndarray | UserInputError:
         try:
-            return _load_grey_sum(root / relative, size, crop)
+            return _load_grey(root / relative, size, crop)
         except UserInputError as error:
             return error
 
@@ -164,20 +219,20 @@ def _decode_all(root: Path, files: list[Path], size: int, crop: str) -> Tensor:
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
         raise UserInputError(f"{len(bad)} of {len(files)} image files under {root} cannot be used:\n  "
                              + "\n  ".join(bad[:20]) + more)
-    return torch.from_numpy(np.stack(images)).unsqueeze(1)
+    return np.stack(images)[:, None]
 
 
-def _load_grey_sum(file: Path, size: int, crop: str) -> np.ndarray:
-    """One file as a (size, size) uint16 array of R + G + B; UserInputError naming the file if it
-    cannot be decoded or is too small for its crop."""
+def _load_grey(file: Path, size: int, crop: str) -> np.ndarray:
+    """One file as a (size, size) uint8 array, the rounded mean of R, G and B; UserInputError naming
+    the file if it cannot be decoded or is too small for its crop."""
     try:
         with Image.open(file) as image:
-            rgb = np.asarray(_preprocess(image.convert("RGB"), size, crop, file), dtype=np.uint16)
+            rgb = np.asarray(_preprocess(image.convert("RGB"), size, crop, file), dtype=np.int32)
     except UserInputError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise UserInputError(f"cannot read image file {file}: {error}") from error
-    return rgb.sum(axis=2, dtype=np.uint16)
+    return ((2 * rgb.sum(axis=2) + 3) // 6).astype(np.uint8)  # round((R + G + B) / 3), halves up
 
 
 def _preprocess(image: Image.Image, size: int, crop: str, file: Path) -> Image.Image:
@@ -195,13 +250,19 @@ def _preprocess(image: Image.Image, size: int, crop: str, file: Path) -> Image.I
     return square.resize((size, size), Image.Resampling.BICUBIC)
 
 
-def _save_atomically(target: Path, **arrays: np.ndarray) -> None:
-    """Write `arrays` to `target` via a temp file in the same folder, so readers never see half a file."""
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _save_atomically(target: Path, data: bytes) -> None:
+    """Write `data` to `target` via a temp file in the same folder, so readers never see half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as temp_file:
-            np.savez(temp_file, **arrays)
+            temp_file.write(data)
         os.replace(temp_name, target)
     except BaseException:
         os.unlink(temp_name)

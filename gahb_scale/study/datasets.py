@@ -58,9 +58,13 @@ def prepare_datasets(spec: StudySpec) -> list[dict]:
 
 
 def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int,
-                 parts: tuple[str, ...] = ("A", "B", "test")) -> dict[str, Tensor]:
+                 parts: tuple[str, ...] = ("A", "B", "test"), keep_uint8: bool = False) -> dict[str, Tensor]:
     """{"A": (n,1,S,S), "B": (n,1,S,S), "test": (n_test,1,S,S)} for split pair `pair`, in [0, 1],
-    restricted to `parts` (synthetic images cost time to make: a trial needs only its own split)."""
+    restricted to `parts` (synthetic images cost time to make: a trial needs only its own split).
+
+    Only the requested images of a folder are read (its prepared pool is memory-mapped); with
+    `keep_uint8` they stay uint8 (0…255), a quarter of float32, for a trainer that converts batch
+    by batch."""
     if dataset.kind in ("calpha", "discs"):
         counts = {"A": n, "B": n, "test": n_test}
         images = {name: build_pool(dataset.kind, counts[name], size, seed=_stream_seed(pair, name), **dataset.params)
@@ -71,7 +75,7 @@ def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int
             as_float, count = (lambda index: pool[index]), len(pool)
         else:
             folder = load_folder(dataset, size)
-            as_float, count = folder.float_images, len(folder)
+            as_float, count = (folder.uint8_images if keep_uint8 else folder.float_images), len(folder)
         split = split_pair(count, n, n_test, seed=pair)
         images = {name: as_float(index) for name, index in (("A", split.a), ("B", split.b), ("test", split.test))
                   if name in parts}

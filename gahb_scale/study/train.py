@@ -81,7 +81,7 @@ def train_worker(payload: dict) -> None:
     device = ray.train.torch.get_device()
     use_cpu_threads(spec.resources.cpus_per_trial)
     images = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair,
-                          parts=(trial.split,))[trial.split]
+                          parts=(trial.split,), keep_uint8=True)[trial.split]
     net, config = initial_model(spec, trial)
     parallel_net = ray.train.torch.prepare_model(net) if world > 1 else net.to(device)
 
