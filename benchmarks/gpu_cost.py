@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -23,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gahb_scale.models import build_model
 from gahb_scale.study.spec import expand_trials, parse_spec
-from gahb_scale.training import TrainConfig, residual_loss, train_denoiser
+from gahb_scale.training import residual_loss
+from training_throughput import images_per_second  # this folder: run as benchmarks/gpu_cost.py
 
 MEASURED = {"images_per_second": 4018.0, "arch": "unet", "params": {}, "size": 80,
             "what": "paper UNet, 80x80, batch 512, bf16, one H100 (measured)"}
@@ -37,18 +37,6 @@ def flops_per_image(kind: str, params: dict, size: int) -> float:
     with FlopCounterMode(display=False) as counter:
         residual_loss(net, images, torch.full((2, 1, 1, 1), 0.1), torch.randn_like(images)).backward()
     return counter.get_total_flops() / len(images)
-
-
-def measured_images_per_second(kind: str, params: dict, size: int, batch: int, precision: str) -> float:
-    images = torch.rand(1024, 1, size, size)
-    for steps, timed in ((3, False), (20, True)):  # the first run pays cuDNN autotuning
-        net = build_model(kind, seed=0, **params)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        train_denoiser(net, images, TrainConfig(steps=steps, batch_size=batch, log_every=steps, precision=precision),
-                       device="cuda")
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
 
 
 def spec_without_data(path: str):
@@ -78,8 +66,8 @@ def main() -> None:
         for arch in spec.architectures:
             flops = flops_per_image(arch.kind, arch.params, spec.image_size)
             if args.measure:
-                speed = measured_images_per_second(arch.kind, arch.params, spec.image_size, spec.training.batch_size,
-                                                   spec.training.precision)
+                speed = images_per_second(arch.kind, arch.params, spec.image_size, spec.training.batch_size,
+                                          spec.training.precision, "cuda")
             else:
                 speed = MEASURED["images_per_second"] * reference / flops
             models = sum(t.architecture.name == arch.name for t in expand_trials(spec))

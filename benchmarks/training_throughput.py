@@ -16,19 +16,21 @@ from gahb_scale.models import build_model, count_parameters
 from gahb_scale.training import TrainConfig, train_denoiser
 
 
-def images_per_second(args, precision: str) -> float:
-    images = torch.rand(1000, 1, args.size, args.size)
-    net = build_model(args.arch, seed=0, width=args.width)
-    warm = TrainConfig(steps=3, batch_size=args.batch, log_every=3, precision=precision)
-    train_denoiser(net, images, warm, device=args.device)  # warm-up: cuDNN autotuning, allocator
-    config = TrainConfig(steps=args.steps, batch_size=args.batch, log_every=args.steps, precision=precision)
-    if args.device == "cuda":
+def images_per_second(kind: str, params: dict, size: int, batch: int, precision: str, device: str,
+                      steps: int = 20) -> float:
+    """Training images per second of a fresh `kind(**params)` network, timed after a warm-up run
+    that pays cuDNN autotuning and the allocator's first requests."""
+    images = torch.rand(1000, 1, size, size)
+    warm = TrainConfig(steps=3, batch_size=batch, log_every=3, precision=precision)
+    train_denoiser(build_model(kind, seed=0, **params), images, warm, device=device)
+    config = TrainConfig(steps=steps, batch_size=batch, log_every=steps, precision=precision)
+    if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    train_denoiser(build_model(args.arch, seed=0, width=args.width), images, config, device=args.device)
-    if args.device == "cuda":
+    train_denoiser(build_model(kind, seed=0, **params), images, config, device=device)
+    if device == "cuda":
         torch.cuda.synchronize()
-    return args.steps * args.batch / (time.perf_counter() - start)
+    return steps * batch / (time.perf_counter() - start)
 
 
 def main():
@@ -43,10 +45,11 @@ def main():
     params = count_parameters(build_model(args.arch, width=args.width))
     print(f"device={args.device} {args.arch} width={args.width} ({params:,} parameters) {args.size}x{args.size} "
           f"batch={args.batch} steps={args.steps}")
-    fp32 = images_per_second(args, "fp32")
+    model = (args.arch, {"width": args.width}, args.size, args.batch)
+    fp32 = images_per_second(*model, "fp32", args.device, args.steps)
     print(f"fp32: {fp32:,.0f} images/s")
     if args.device == "cuda":
-        bf16 = images_per_second(args, "bf16")
+        bf16 = images_per_second(*model, "bf16", args.device, args.steps)
         print(f"bf16 autocast: {bf16:,.0f} images/s ({bf16 / fp32:.2f}x fp32)")
 
 
