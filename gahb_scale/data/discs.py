@@ -23,6 +23,7 @@ from ..errors import UserInputError
 from ._validate import int_at_least, seeded_rng
 
 MIN_RADIUS = 3.0  # pixels; the largest radius is (size - 3) / 2
+MIN_IMAGE_SIZE = 10  # the smallest size whose radius range [3, (size - 3) / 2) is not empty
 # Each db2 halving puts output pixel k at input position 2k + 1 + (2 - √3)/2 instead of 2k + 1.
 DB2_OFFSET = (2 - 3 ** 0.5) / 2
 PARAMETER_NAMES = ("centre_x", "centre_y", "radius", "foreground", "background")
@@ -42,7 +43,7 @@ def disc_images(n: int, size: int, seed: int = 0, antialiasing: int = 2) -> tupl
     antialiasing)` reproduces the images exactly.
     """
     n = int_at_least("n", n, 1)
-    size = int_at_least("size", size, 10)  # (size - 3) / 2 must exceed the smallest radius, 3
+    size = int_at_least("size", size, MIN_IMAGE_SIZE)
     # Row i of the uniforms belongs to image i, so a larger n extends a smaller one.
     u = seeded_rng(seed).random((n, 5))
     radius = MIN_RADIUS + ((size - MIN_RADIUS) / 2 - MIN_RADIUS) * u[:, 2]

@@ -62,7 +62,7 @@ def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int
     """{"A": (n,1,S,S), "B": (n,1,S,S), "test": (n_test,1,S,S)} for split pair `pair`, in [0, 1],
     restricted to `parts` (synthetic images cost time to make: a trial needs only its own split).
 
-    Only the requested images of a folder are read (its prepared pool is memory-mapped); with
+    Only the requested images of a folder are read from its prepared pool; with
     `keep_uint8` they stay uint8 (0…255), a quarter of float32, for a trainer that converts batch
     by batch."""
     if dataset.kind in ("calpha", "discs"):

@@ -84,7 +84,6 @@ _DATASET_PARAMS_NOT_IN_ID = frozenset({"cache_dir"})
 _FIXED_ARCH_PARAMS = {"channels": "images are greyscale, so the channel count is fixed to 1"}
 
 AUTHORS_EPOCHS, AUTHORS_EPOCH_IMAGES = 1000, 250_000  # the authors' training budget (see TrainingSpec.budget)
-MIN_DISC_IMAGE_SIZE = 10  # the disc radius range [3, (size - 3) / 2) must not be empty
 
 _STUDY_NAME = r"^[A-Za-z0-9_-]+$"
 _LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # dataset / architecture names (used in tables and paths)
@@ -581,9 +580,11 @@ class StudySpec(_Model):
             near = f"{lo} or {hi}" if lo >= 4 else f"{hi}"
             raise ValueError(f"{v} does not fit: {need} (e.g. {near})")
         discs = [d.name for d in info.data.get("datasets") or [] if d.kind == "discs"]
-        if discs and v < MIN_DISC_IMAGE_SIZE:
-            raise ValueError(f"discs (dataset {discs[0]!r}) need image_size >= {MIN_DISC_IMAGE_SIZE}: their radius is "
-                             f"drawn from [3, (size - 3) / 2) pixels (got {v})")
+        if discs:
+            from ..data.discs import MIN_IMAGE_SIZE  # lazy: imports torch
+            if v < MIN_IMAGE_SIZE:
+                raise ValueError(f"discs (dataset {discs[0]!r}) need image_size >= {MIN_IMAGE_SIZE}: their radius is "
+                                 f"drawn from [3, (size - 3) / 2) pixels (got {v})")
         return v
 
     @field_validator("train_sizes")

@@ -421,7 +421,6 @@ def transition_rows(spec: StudySpec, metrics: list[dict], samples: list[dict], p
             continue
         for col in ("cosine", "cosine_centered", "l2_normalized"):
             groups[key]["ab_" + col].append(p[col])
-        groups[key]["ab_pairs"].append(1)
     for row in bases:
         if row["pair_id"] in pair_group:
             groups[pair_group[row["pair_id"]]]["ab_basis_overlap"].append(row["basis_overlap"])
@@ -440,7 +439,7 @@ def transition_rows(spec: StudySpec, metrics: list[dict], samples: list[dict], p
             **_fraction_columns("f_mem_scale_free", _pooled_fraction(spec, g["ratio_scale_free"])),
             "memorizer_distance": _mean_std(g["memorizer_distance"])[0],
             "memorizer_distance_bias_free": _mean_std(g["memorizer_distance_bias_free"])[0],
-            "ab_samples": len(g["ab_pairs"]), "ab_cosine": _mean_std(g["ab_cosine"])[0], "ab_cosine_centered": ab_c,
+            "ab_samples": len(g["ab_cosine"]), "ab_cosine": _mean_std(g["ab_cosine"])[0], "ab_cosine_centered": ab_c,
             "ab_cosine_centered_std": ab_c_std, "ab_l2": _mean_std(g["ab_l2_normalized"])[0],
             "ab_basis_overlap": _mean_std(g["ab_basis_overlap"])[0],
             "effective_dim": _mean_std(g["effective_dim"])[0], "symmetry_error": _mean_std(g["symmetry_error"])[0],
