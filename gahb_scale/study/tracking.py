@@ -4,11 +4,15 @@ The parent run holds the spec, the transition metrics (logged with step = N, so 
 them against N) and the phase-transition figure; each nested run holds the trial's parameters,
 loss curve, PSNR curves, sample grid (A | B | nearest training image) and eigen spectrum.
 Runs are found again by tag, so re-running a study updates its runs instead of adding new ones.
+
+Where runs go: `storage.mlflow_tracking_uri`, else MLFLOW_TRACKING_URI, else an sqlite store beside
+local results, or (results on object storage, which cannot hold an sqlite file) one on this machine.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,17 +25,46 @@ from .store import StudyStore
 
 STUDY_TAG, TRIAL_TAG, ANALYSIS_TAG = "gahb.study_id", "gahb.trial_id", "gahb.analysis_id"
 ROLE_TAG = "gahb.role"  # "study" or "trial": trial runs carry the study tag too
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces, prompts), not runs and metrics.
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def _given_uri(spec: StudySpec) -> str | None:
+    return spec.storage.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def _machine_store(spec: StudySpec, store: StudyStore) -> Path | None:
+    """The folder of this machine's store when runs go there: no tracking URI given and results
+    remote. A home folder, not the current directory, so runs from anywhere end up in one place."""
+    if _given_uri(spec) is None and "://" in store.location:
+        return Path.home() / ".gahb-scale" / "mlflow"
+    return None
 
 
 def tracking_uri(spec: StudySpec, store: StudyStore) -> str:
-    if spec.storage.mlflow_tracking_uri:
-        return spec.storage.mlflow_tracking_uri
-    if "://" in store.location:  # a remote results location cannot hold an sqlite file
-        return f"sqlite:///{Path('mlflow.db').resolve()}"
-    return f"sqlite:///{store.path('mlflow.db')}"
+    machine = _machine_store(spec, store)
+    if machine is not None:
+        return f"sqlite:///{machine / 'mlflow.db'}"
+    return _given_uri(spec) or f"sqlite:///{store.path('mlflow.db')}"
+
+
+def _is_server(uri: str) -> bool:
+    return uri.split("://", 1)[0].lower() in ("http", "https")
+
+
+def store_notice(spec: StudySpec, store: StudyStore) -> str | None:
+    """One sentence for the user when runs land where no one else sees them; None otherwise."""
+    if _machine_store(spec, store) is None:
+        return None
+    return (f"storage.mlflow_tracking_uri is not set and results are remote ({store.location}): MLflow runs go to "
+            f"the local store {tracking_uri(spec, store)} on this machine; set storage.mlflow_tracking_uri (or "
+            f"MLFLOW_TRACKING_URI) to a tracking server to share them")
 
 
 def ui_command(uri: str) -> str:
+    """How to see the runs: a tracking server has its UI at its own address; a local store needs `mlflow ui`."""
+    if _is_server(uri):
+        return f"open {uri} in a browser"
     return f"mlflow ui --backend-store-uri {uri}"
 
 
@@ -39,12 +72,27 @@ class StudyTracker:
     def __init__(self, spec: StudySpec, store: StudyStore):
         self.spec, self.store = spec, store
         self.uri = tracking_uri(spec, store)
+        machine = _machine_store(spec, store)
+        if machine is not None:
+            machine.mkdir(parents=True, exist_ok=True)  # sqlite creates the file, not its folder
         self.client = MlflowClient(self.uri)
         name = f"gahb-scale/{spec.name}"
         experiment = self.client.get_experiment_by_name(name)
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            name, artifact_location=store.uri("mlflow-artifacts"))
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(
+                name, artifact_location=self._artifact_location(machine), tags={KIND_TAG: MODEL_TRAINING})
+        else:
+            self.experiment_id = experiment.experiment_id
+            if KIND_TAG not in experiment.tags:  # made before the tag was set; a user's own choice stays
+                self.client.set_experiment_tag(self.experiment_id, KIND_TAG, MODEL_TRAINING)
         self.parent_id = self._run({STUDY_TAG: spec.name, ROLE_TAG: "study"}, spec.name, parent=None)
+
+    def _artifact_location(self, machine: Path | None) -> str | None:
+        if _is_server(self.uri):
+            return None  # the server decides, e.g. `mlflow server --artifacts-destination s3://...` proxies them
+        if machine is not None:
+            return str(machine / "artifacts")
+        return self.store.uri("mlflow-artifacts")
 
     def _find(self, tags: dict[str, str]) -> str | None:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
