@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from .study.spec import load_spec
 
-    spec = load_spec(args.spec)  # validate before Ray starts: a bad spec writes nothing
+    spec = load_spec(args.spec, args.results)  # validate before Ray starts: a bad spec writes nothing
     from .study.runner import StudyFailed, run_study
     from .study.tracking import ui_command
 
@@ -82,10 +83,14 @@ def cmd_run(args) -> int:
     print()
     # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)
     bin_dir = Path(sys.executable).parent
+    results = shlex.quote(result["results"])
     print(f"tables (Parquet):  {result['results']}/tables/")
-    print(f"SQL:               {bin_dir}/gahb-scale query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\"")
+    print(f"SQL:               {bin_dir}/gahb-scale query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\" "
+          f"--results {results}")
+    print(f"progress:          {bin_dir}/gahb-scale status {shlex.quote(args.spec)} --results {results}")
     if result["mlflow_uri"]:
-        print(f"MLflow UI:         {bin_dir}/{ui_command(result['mlflow_uri'])}")
+        ui = ui_command(result["mlflow_uri"])
+        print(f"MLflow UI:         {bin_dir}/{ui}" if ui.startswith("mlflow ") else f"MLflow UI:         {ui}")
     if result["report"]:
         print(f"report:            {result['report']}")
     return 0
@@ -95,15 +100,16 @@ def cmd_report(args) -> int:
     from .study.report import build_and_log_report
     from .study.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, args.results)
     print(f"report: {build_and_log_report(spec)}")
     return 0
 
 
 def cmd_status(args) -> int:
+    from .study.spec import load_spec
     from .study.status import study_status
 
-    print(study_status(args.spec))
+    print(study_status(load_spec(args.spec, args.results)))
     return 0
 
 
@@ -116,28 +122,38 @@ def cmd_query(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gahb-scale", description="Scaling studies of memorization and "
                                      "generalization in bias-free diffusion denoisers, on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
+    results_help = ("results location, a folder or a URI such as s3://bucket/prefix (default: the spec's "
+                    "storage.results_dir)")
     p = sub.add_parser("run", help="run (or continue) a study")
     p.add_argument("spec", help="study spec (YAML)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--results", default=None, help=results_help)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("validate", help="check a spec and print its trial grid")
     p.add_argument("spec")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("status", help="what is done, running and missing in a study")
     p.add_argument("spec")
+    p.add_argument("--results", default=None, help=results_help)
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("query", help="SQL over the Parquet tables of all studies under a results folder")
+    p = sub.add_parser("query", help="SQL over the Parquet tables of all studies under a results location")
     p.add_argument("sql")
-    p.add_argument("--results", default="results", help="folder holding the studies' results (default: results)")
+    p.add_argument("--results", default="results", help="folder or URI holding the studies' results (default: "
+                                                         "results)")
     p.set_defaults(func=cmd_query)
     p = sub.add_parser("report", help="(re)build a study's HTML report with its figures and log it to MLflow")
     p.add_argument("spec")
+    p.add_argument("--results", default=None, help=results_help)
     p.set_defaults(func=cmd_report)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except UserInputError as exc:

@@ -9,7 +9,6 @@ import PIL.Image
 import pytest
 import pywt
 import torch
-import torch.nn.functional as F
 
 from gahb_scale.data import (
     DATASET_KINDS,

@@ -38,6 +38,6 @@ def test_concurrency_never_exceeds_what_the_cluster_can_place(resources, cluster
     k = max_concurrent(spec, cluster)
     assert k == expected
     r = spec.resources
-    # k trials hold k x (worker: cpus_per_trial - sliver, driver: sliver) = k x cpus_per_trial
+    # k trials hold k x cpus_per_trial (their drivers hold no CPU)
     assert k * r.cpus_per_trial <= cluster["CPU"] + 1e-9
     assert k * r.gpus_per_trial <= cluster.get("GPU", 0) + 1e-9

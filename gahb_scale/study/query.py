@@ -1,36 +1,45 @@
-"""SQL over the Parquet tables of every study under a results folder (DuckDB).
+"""SQL over the Parquet tables of every study under a results location (DuckDB).
 
 Each table name (trials, psnr, samples, pairs, transition, ...) is a view over that table's
-files (one per study and trial, pair or study) in all studies, so one query can compare studies;
-`study_id` tells them apart.
+files (one per study and trial, pair or study) in all studies below the location, so one query can
+compare studies; `study_id` tells them apart. The files are read through the store's filesystem,
+so a results URI (s3://...) is queried exactly like a local folder.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from collections import defaultdict
 
 from ..errors import UserInputError
-from .store import TABLE_KEYS
+from .store import TABLE_KEYS, StudyStore
+
+TABLE_FILE = re.compile(r"(?:^|/)tables/(?P<name>[^/]+)/[^/]+/[^/]+\.parquet$")
 
 
-def run_query(sql: str, results: str | Path) -> tuple[list[str], list[tuple]]:
+def run_query(sql: str, results: str) -> tuple[list[str], list[tuple]]:
     import duckdb
+    import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
 
-    root = Path(results)
-    if not root.is_dir():
-        raise UserInputError(f"results folder {root} does not exist (run a study first, or pass --results)")
+    store = StudyStore(str(results))
+    if store.is_empty():
+        raise UserInputError(f"results location {results} does not exist or is empty (run a study first, or pass "
+                             f"--results)")
+    files = defaultdict(list)
+    for info in store.fs.get_file_info(pafs.FileSelector(store.root, recursive=True)):
+        match = TABLE_FILE.search(info.path[len(store.root):])
+        if info.type == pafs.FileType.File and match and match["name"] in TABLE_KEYS:
+            files[match["name"]].append(info.path)
+    if not files:
+        raise UserInputError(f"no tables under {results} (run a study first)")
     con = duckdb.connect()
-    found = []
-    for name in TABLE_KEYS:
-        files = sorted(root.glob(f"**/tables/{name}/*/*.parquet"))
-        if files:
-            listing = ", ".join(f"'{f.as_posix()}'" for f in files)
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
-            found.append(name)
-    if not found:
-        raise UserInputError(f"no tables under {root} (run a study first)")
+    for name, paths in sorted(files.items()):
+        factory = ds.FileSystemDatasetFactory(store.fs, sorted(paths), ds.ParquetFileFormat())
+        # every file's schema: a file written by an older version may lack a newer column
+        con.register(name, factory.finish(factory.inspect(promote_options="permissive", fragments=None)))
     try:
         cursor = con.execute(sql)
     except duckdb.Error as exc:
-        raise UserInputError(f"query failed: {exc}\ntables: {', '.join(found)}") from None
+        raise UserInputError(f"query failed: {exc}\ntables: {', '.join(sorted(files))}") from None
     return [d[0] for d in cursor.description], cursor.fetchall()

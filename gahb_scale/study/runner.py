@@ -8,6 +8,7 @@ The driver is the only writer of the Parquet tables and of MLflow.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -19,8 +20,9 @@ from ..errors import UserInputError
 from .datasets import prepare_datasets
 from .spec import StudySpec, Trial, analysis_id, expand_trials
 from .store import StudyStore, arrays_path, load_arrays, model_path
+from .tracking import store_notice
 
-from .train import RAY_ENV, TRIAL_DRIVER_CPUS, say, train_trials  # first: sets Ray Train V2 before ray.train loads
+from .train import RAY_ENV, say, train_trials  # first: sets Ray Train V2 before ray.train loads
 
 import ray  # noqa: E402
 
@@ -44,8 +46,6 @@ def check_resources(spec: StudySpec, cluster: dict, strict: bool) -> None:
     if need_cpus > cpus + 1e-9:
         problems.append(f"resources.cpus_per_trial: one trial needs {need_cpus:g} CPUs ({workers} worker(s) x "
                         f"{r.cpus_per_trial:g}) but the Ray cluster has {cpus:g}")
-    if r.cpus_per_trial <= TRIAL_DRIVER_CPUS:
-        problems.append(f"resources.cpus_per_trial must exceed {TRIAL_DRIVER_CPUS} (the trial driver's share)")
     if workers * r.gpus_per_trial > gpus + 1e-9:
         problems.append(f"resources.gpus_per_trial: one trial needs {workers * r.gpus_per_trial:g} GPUs "
                         f"but the Ray cluster has {gpus:g}")
@@ -56,10 +56,14 @@ def check_resources(spec: StudySpec, cluster: dict, strict: bool) -> None:
 
 
 def _connect(address: str | None) -> None:
-    runtime_env = {"env_vars": RAY_ENV}
+    # Every worker reaches the object store as the driver does: the standard AWS_* variables (endpoint,
+    # region, credentials) travel with the job, so only the driver's shell needs them.
+    aws = {key: value for key, value in os.environ.items() if key.startswith("AWS_")}
+    runtime_env = {"env_vars": {**RAY_ENV, **aws}}
     if address:  # ship this version of the package to the cluster's workers
         runtime_env["py_modules"] = [str(Path(gahb_scale.__file__).parent)]
-    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
+    # "local", not None: None would join any Ray that `ray start` left running on this machine
+    ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
 
 
@@ -178,6 +182,8 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
     aid = analysis_id(spec)
     started = time.monotonic()
     say(f"study {spec.name}: {len(trials)} models; results in {store.location}")
+    if notice := store_notice(spec, store):
+        say(notice)
     datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here, before Ray or any output
     for row in datasets:
         if row["duplicates_removed"] is not None:
@@ -206,7 +212,8 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
         pending = [t for t in trained if t.trial_id not in analysed]
         buffer = _Buffered(store)
         if pending:
-            task = ray.remote(stages.analyze_model).options(num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial)
+            task = ray.remote(stages.analyze_model).options(num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial,
+                                                            max_retries=r.max_failures)
             refs = {task.remote(spec, t, store.location, aid): t.trial_id for t in pending}
             say(f"[analysis] {len(pending)} models to analyse")
             failed += _gather(refs, "analysis", lambda key, rows: buffer.add(rows), buffer.flush)
@@ -222,7 +229,8 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
         ready = [(p["A"], p["B"]) for pid, p in by_pair.items()
                  if pid not in compared and p["A"].trial_id in analysed and p["B"].trial_id in analysed]
         if ready:
-            task = ray.remote(stages.analyze_pair).options(num_cpus=min(1.0, r.cpus_per_trial))
+            task = ray.remote(stages.analyze_pair).options(num_cpus=min(1.0, r.cpus_per_trial),
+                                                           max_retries=r.max_failures)
             refs = {task.remote(spec, a, b, store.location, aid): a.pair_id for a, b in ready}
             failed += _gather(refs, "pairs", lambda key, rows: buffer.add(rows), buffer.flush)
         else:
@@ -230,7 +238,8 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
 
         # 4. per study: transition, slopes, shuffle drop, memorization over time
         complete = all(t.trial_id in analysed for t in trials)
-        tables = ray.get(ray.remote(stages.study_tables).options(num_cpus=0).remote(spec, store.location))
+        tables = ray.get(ray.remote(stages.study_tables).options(num_cpus=0, max_retries=r.max_failures)
+                         .remote(spec, store.location))
         changed = [name for name, rows in tables.items() if _replace_study_rows(store, spec, name, rows)]
         transition = tables["transition"]
     finally:

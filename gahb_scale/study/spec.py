@@ -487,6 +487,8 @@ class ResourceSpec(_Model):
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0, description="fractional only below 1 (a share of one GPU)")
     max_concurrent_trials: int = Field(default=1, ge=1)
+    max_failures: int = Field(default=3, ge=0, description="restarts after a worker or node dies: a trial from its "
+                                                           "last checkpoint, an analysis task from the start")
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -501,7 +503,9 @@ class StorageSpec(_Model):
     """Where results go. `results_dir` is a local path (relative: against the current directory)
     or a URI such as s3://bucket/prefix; default results/<study name>."""
     results_dir: str | None = None
-    mlflow_tracking_uri: str | None = Field(default=None, description="None: a local store under results_dir")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="a tracking server (http://...) or store URI; None: MLFLOW_TRACKING_URI, else an "
+                                  "sqlite store under a local results_dir (remote results: ~/.gahb-scale/mlflow)")
 
     def results_location(self) -> str:
         """`results_dir` as an absolute path, or the URI unchanged (call on the driver)."""
@@ -616,9 +620,16 @@ class StudySpec(_Model):
 
     @model_validator(mode="after")
     def _default_folder_cache(self) -> StudySpec:
-        """A folder is prepared once per study, before training, and every task reads that copy: by
-        default it is cached with the results (a local results folder only; elsewhere set cache_dir)."""
+        """A folder is prepared once per study, before training, and every task reads that copy by
+        file offset: by default it is cached with the results. Remote results cannot hold a file read
+        that way, so there the cache must be a folder every node can read."""
         if "://" in (self.storage.results_dir or ""):
+            errors = [(("datasets", i, "params", "cache_dir"),
+                       f"results are remote ({self.storage.results_dir}), so set cache_dir to a folder every node "
+                       f"can read (e.g. beside the images on the shared volume)")
+                      for i, d in enumerate(self.datasets) if d.kind == "folder" and d.params.get("cache_dir") is None]
+            if errors:
+                _fail(errors)
             return self
         cache = str(Path(self.storage.results_location()) / "datasets")
         datasets = [d.model_copy(update={"params": {**d.params, "cache_dir": cache}})
@@ -729,8 +740,10 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, d
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study spec YAML file; raise SpecError (naming the file) on any problem."""
+def load_spec(path: str | Path, results_dir: str | None = None) -> StudySpec:
+    """Read and validate a study spec YAML file; raise SpecError (naming the file) on any problem.
+    `results_dir` replaces the spec's `storage.results_dir` (the CLI's --results) before validation,
+    so defaults that depend on it follow it."""
     path = Path(path)
     source = str(path)
     if not path.exists():
@@ -750,6 +763,9 @@ def load_spec(path: str | Path) -> StudySpec:
         raise SpecError(source, problem=f"not valid YAML at {where}: {what}") from None
     except yaml.YAMLError as exc:
         raise SpecError(source, problem=f"not valid YAML: {exc}") from None
+    if results_dir is not None and isinstance(data, dict):
+        storage = data.get("storage")
+        data["storage"] = {**(storage if isinstance(storage, dict) else {}), "results_dir": results_dir}
     return parse_spec(data, source)
 
 

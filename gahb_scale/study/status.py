@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from .spec import analysis_id, expand_trials, load_spec
+from .spec import StudySpec, analysis_id, expand_trials
 from .store import StudyStore, model_path
 
 
@@ -23,8 +23,7 @@ def _checkpoint_step(store: StudyStore, trial_id: str) -> int | None:
         return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)["step"]
 
 
-def study_status(spec_path: str) -> str:
-    spec = load_spec(spec_path)
+def study_status(spec: StudySpec) -> str:
     store = StudyStore(spec.storage.results_location())
     trials = expand_trials(spec)
     aid = analysis_id(spec)

@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ..errors import UserInputError
+
 # table -> the columns that identify a row group (one file each); new rows replace the old file.
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "trials": ("study_id", "trial_id"),
@@ -67,7 +69,13 @@ class StudyStore:
     def __init__(self, location: str):
         self.location = location
         if "://" in location:
-            self.fs, self.root = pafs.FileSystem.from_uri(location)
+            # Credentials and endpoint come from the standard variables (AWS_*, ...) or from query
+            # parameters of the URI (s3://bucket/prefix?endpoint_override=host:9000&scheme=http).
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(location)
+            except (pa.ArrowException, ValueError) as exc:
+                raise UserInputError(f"results location {location}: {exc}") from None
+            self.root = self.root.rstrip("/")
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(location).resolve())
         # Nothing is created until something is written: a rejected study leaves no trace.
@@ -80,7 +88,13 @@ class StudyStore:
         """Where Ray and users can find a file: a local path or a URI."""
         if isinstance(self.fs, pafs.LocalFileSystem):
             return self.path(relative)
-        return f"{self.location.rstrip('/')}/{relative}"
+        base, query = self.location.split("?", 1) if "?" in self.location else (self.location, "")
+        return f"{base.rstrip('/')}/{relative}" + (f"?{query}" if query else "")
+
+    def is_empty(self) -> bool:
+        """Whether nothing at all is stored here (a mistyped location, or a study never run)."""
+        selector = pafs.FileSelector(self.root, recursive=False, allow_not_found=True)
+        return not self.fs.get_file_info(selector)
 
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound

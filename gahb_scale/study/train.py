@@ -1,11 +1,17 @@
 """Training stage: a Ray Tune grid whose trials each run one Ray Train TorchTrainer.
 
-Resource model (why it cannot deadlock): a Tune trial is only a driver — it asks for a sliver of
-a CPU and starts a TorchTrainer whose controller asks for none; the Train workers hold the real
-CPUs/GPUs. The sliver is carved out of the trial's own CPUs (a worker asks for
-`cpus_per_trial − sliver/workers`), so a trial occupies exactly workers × cpus_per_trial and two
-1-CPU trials fit on 2 CPUs. Concurrency is capped at what the cluster can hold (`max_concurrent`),
-so a trial driver never waits for workers that cannot be placed.
+Resource model (why it cannot deadlock): a Tune trial is only a driver, so it holds no CPU or GPU
+at all — only a memory reservation, since Tune needs its trial to ask for something — and its
+TorchTrainer's controller asks for nothing; the Train workers hold every CPU/GPU of the trial
+(`cpus_per_trial` each). A driver can therefore never take the place a worker group needs, wherever
+Ray puts it: not on 2 CPUs, and not after a node is lost, when restarted drivers of several trials
+share the nodes that remain and their worker groups take turns. Concurrency is capped at what the
+cluster can hold (`max_concurrent`); a worker group that finds no place (a lost node, an autoscaler
+still adding one) waits for it rather than failing (`RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`).
+
+Failures: a worker that dies takes its group down and Ray Train restarts the group from the last
+checkpoint (`FailureConfig`); a trial whose driver died with its node is restarted by Tune, and its
+TorchTrainer — same name, same storage — resumes the same way. Both up to `resources.max_failures`.
 
 Resume: each TorchTrainer is named by its trial id under the study's storage, so a re-started
 study finds its last reported checkpoint through `ray.train.get_checkpoint()` and continues from
@@ -25,8 +31,10 @@ from pathlib import Path
 
 RAY_ENV = {
     "RAY_TRAIN_V2_ENABLED": "1",
-    # Worker groups on a loaded small machine can take more than Ray's default 60 s to start.
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+    # Ray's default is 60 s. A worker group may wait far longer for its place, legitimately: for
+    # another trial to finish after a node was lost, or for the autoscaler. Impossible requests are
+    # refused before the study starts (runner.check_resources), so waiting always ends.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(24 * 3600),
 }
 for _key, _value in RAY_ENV.items():  # must precede the first import of ray.train in this process
     os.environ.setdefault(_key, _value)
@@ -43,7 +51,7 @@ from .datasets import split_images
 from .spec import StudySpec, Trial
 from .store import StudyStore, model_path, snapshot_path
 
-TRIAL_DRIVER_CPUS = 0.01
+TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes: a Python process with torch imported, roughly
 STATE_FILE = "train_state.pt"
 
 
@@ -127,21 +135,23 @@ def tune_trial(config: dict, payloads: dict) -> None:
     spec = payload["spec"]
     r = spec.resources
     use_gpu = r.gpus_per_trial > 0
-    worker_cpus = r.cpus_per_trial - TRIAL_DRIVER_CPUS / spec.training.workers
-    worker_resources = {"CPU": worker_cpus, **({"GPU": r.gpus_per_trial} if use_gpu else {})}
+    worker_resources = {"CPU": r.cpus_per_trial, **({"GPU": r.gpus_per_trial} if use_gpu else {})}
+    store = StudyStore(payload["store"])
     trainer = TorchTrainer(
         train_worker, train_loop_config=payload,
         scaling_config=ray.train.ScalingConfig(num_workers=spec.training.workers, use_gpu=use_gpu,
                                                resources_per_worker=worker_resources),
-        run_config=ray.train.RunConfig(name=config["trial_id"], storage_path=payload["ray_storage"],
-                                       callbacks=[TuneReportCallback()],
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        run_config=ray.train.RunConfig(name=config["trial_id"], callbacks=[TuneReportCallback()],
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                                       # a dead worker: the group restarts from the last checkpoint
+                                       failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+                                       **ray_storage(store)),
     )
     trainer.fit()
 
 
 def max_concurrent(spec: StudySpec, cluster: dict | None) -> int:
-    """Trials that fit side by side: each needs `workers` × (cpus, gpus) plus its driver's sliver.
+    """Trials that fit side by side: each needs `workers` × (cpus, gpus); its driver needs neither.
 
     `cluster=None` (an autoscaling cluster, whose size now says nothing) trusts the spec's cap.
     """
@@ -163,21 +173,30 @@ def say(line: str) -> None:
     print(f"{time.monotonic() - _STARTED:6.0f}s {line}", flush=True)
 
 
+def ray_storage(store: StudyStore) -> dict:
+    """Ray Tune / Train storage under the results, through the store's own filesystem, so a URI's
+    query parameters (endpoint, scheme) reach Ray exactly as given."""
+    return {"storage_path": store.path("ray"), "storage_filesystem": store.fs}
+
+
 def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, fixed_cluster: bool) -> list[str]:
     """Train `trials` with a Tune grid; returns the ids of the trials that left no model file (the
     store is the ground truth: a trial that failed before its first report has no config in Tune's
     results)."""
-    ray_storage = store.uri("ray")
-    payloads = {t.trial_id: {"spec": spec, "trial": t, "store": store.location, "ray_storage": ray_storage}
-                for t in trials}
+    payloads = {t.trial_id: {"spec": spec, "trial": t, "store": store.location} for t in trials}
     concurrency = max_concurrent(spec, ray.cluster_resources() if fixed_cluster else None)
     say(f"[train] {len(trials)} models to train, {concurrency} at a time")
     tuner = ray.tune.Tuner(
-        ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads), {"cpu": TRIAL_DRIVER_CPUS}),
+        ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads),
+                                {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
         param_space={"trial_id": ray.tune.grid_search([t.trial_id for t in trials])},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
-        run_config=ray.tune.RunConfig(name=f"train-{int(time.time())}", storage_path=ray_storage, verbose=0,
-                                      callbacks=[TrainProgress(spec, {t.trial_id: t for t in trials})]),
+        run_config=ray.tune.RunConfig(name=f"train-{int(time.time())}", verbose=0,
+                                      callbacks=[TrainProgress(spec, {t.trial_id: t for t in trials})],
+                                      # a trial whose driver died with its node starts again, and its
+                                      # TorchTrainer (same name, same storage) resumes from the checkpoint
+                                      failure_config=ray.tune.FailureConfig(max_failures=spec.resources.max_failures),
+                                      **ray_storage(store)),
     )
     tuner.fit()
     return [t.trial_id for t in trials if not store.exists(model_path(t.trial_id))]

@@ -1,0 +1,45 @@
+"""What a finished micro-style study must hold, table by table: shared by the tests that run a study
+on local disk, on object storage and on a multi-node cluster."""
+
+from __future__ import annotations
+
+from gahb_scale.study.spec import StudySpec, expand_trials
+from gahb_scale.study.store import StudyStore
+
+TABLES = ("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "pairs", "pair_bases",
+          "transition", "disc_tangent", "snapshot_samples", "slopes", "memorization_time", "memorization_onset",
+          "memorizer_distance")
+
+
+def table_rows(location: str) -> dict[str, list[dict]]:
+    store = StudyStore(str(location))
+    return {name: store.rows(name) for name in TABLES}
+
+
+def expected_row_counts(spec: StudySpec) -> dict[str, int]:
+    """Rows per table of one finished study of one dataset (discs) and one architecture."""
+    a, s = spec.analysis, spec.sampling
+    models = len(expand_trials(spec))
+    pairs = models // 2
+    jacobians = a.jacobian_images * len(a.jacobian_sigmas)
+    snapshots = len(spec.training.snapshot_steps) + 1  # and the final model
+    sizes = len(spec.train_sizes)
+    return {"trials": models, "train_curves": models * (spec.training.steps // spec.training.log_every),
+            "model_metrics": models, "psnr": models * 2 * len(a.sigmas), "samples": models * s.num_samples,
+            "jacobian": models * jacobians, "eigen": models * jacobians * a.eigenvalues_kept,
+            "pairs": pairs * s.num_samples, "pair_bases": pairs * jacobians, "transition": sizes,
+            "disc_tangent": models * jacobians, "snapshot_samples": models * snapshots * s.num_samples,
+            "slopes": sizes, "memorization_time": sizes * snapshots, "memorization_onset": sizes,
+            "memorizer_distance": models * len(a.sigmas)}
+
+
+def assert_every_row_once(location: str, spec: StudySpec) -> dict[str, list[dict]]:
+    """Every table holds exactly the rows the study makes: none missing, none twice."""
+    rows = table_rows(location)
+    for name, expected in expected_row_counts(spec).items():
+        assert len(rows[name]) == expected, f"{name}: {len(rows[name])} rows, expected {expected}"
+        distinct = {repr(sorted(r.items())) for r in rows[name]}
+        assert len(distinct) == len(rows[name]), f"{name}: a row is there twice"
+        assert {r["study_id"] for r in rows[name]} == {spec.name}, name
+    assert {r["trial_id"] for r in rows["trials"]} == {t.trial_id for t in expand_trials(spec)}
+    return rows

@@ -1,0 +1,182 @@
+"""Studies on a real multi-node Ray cluster (a head and two worker nodes, each a separate `ray start`
+on this machine), submitted the way the README tells cluster users to — `ray job submit --working-dir .
+-- gahb-scale run ... --address auto` — with results on an S3-protocol server.
+
+Only the head (the driver's machine) has the object store's AWS_* variables: the workers reach it
+through what the driver forwards. Then the failures a cluster has: a training worker SIGKILLed
+mid-run, and a whole worker node lost mid-study. The same submitted command must finish with every
+table row present exactly once, and the trials table must show the restart from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import yaml
+from servers import RayCluster, s3_server
+from study_checks import assert_every_row_once
+
+from gahb_scale.study.spec import expand_trials, load_spec
+from gahb_scale.study.store import StudyStore, model_path
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        server.create_bucket("gahb")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(s3, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cluster")
+    (folder / "home").mkdir()
+    # A home of its own: no Ray token or settings of the machine's user leak into the cluster.
+    plain = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+             "HOME": str(folder / "home"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    started = time.monotonic()
+    ray_cluster = RayCluster(folder, {**plain, **s3.env})
+    try:
+        for _ in range(2):
+            ray_cluster.add_worker(cpus=1, env=plain)
+        print(f"cluster of 3 nodes up in {time.monotonic() - started:.0f} s")
+        ray_cluster.plain_env = plain
+        yield ray_cluster
+    finally:
+        ray_cluster.stop()
+
+
+@pytest.fixture
+def read_s3(s3, monkeypatch):
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+
+
+def write_spec(folder: Path, name: str, **changes) -> Path:
+    data = yaml.safe_load((ROOT / "studies" / "micro.yaml").read_text())
+    data["name"] = name
+    for section, values in changes.items():
+        data[section] = {**data[section], **values} if isinstance(values, dict) else values
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def submit(cluster: RayCluster, spec: Path, results: str) -> str:
+    """`ray job submit` as the README shows it; returns the submission id without waiting."""
+    job = f"gahb-{uuid.uuid4().hex[:8]}"
+    command = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
+               "--submission-id", job, "--no-wait", "--", "gahb-scale", "run", str(spec), "--address", "auto",
+               "--results", results]
+    deadline = time.monotonic() + 120
+    while True:
+        done = subprocess.run(command, capture_output=True, text=True, env=cluster.plain_env, timeout=300)
+        # a fresh head's job agent can start a little after its dashboard answers
+        if done.returncode == 0 or "No available agent" not in done.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return job
+
+
+def job_status(cluster: RayCluster, job: str) -> str:
+    with urllib.request.urlopen(f"{cluster.dashboard}/api/jobs/{job}", timeout=30) as response:
+        return json.load(response)["status"]
+
+
+def job_logs(cluster: RayCluster, job: str) -> str:
+    with urllib.request.urlopen(f"{cluster.dashboard}/api/jobs/{job}/logs", timeout=30) as response:
+        return json.load(response)["logs"]
+
+
+def wait_for_job(cluster: RayCluster, job: str, timeout: float = 900) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := job_status(cluster, job)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.monotonic() < deadline, \
+            f"job {job} still {status} after {timeout:.0f} s:\n{job_logs(cluster, job)[-4000:]}"
+        time.sleep(2)
+    if os.environ.get("GAHB_TEST_LOG_DIR"):  # to read a job's whole output after the cluster is gone
+        (Path(os.environ["GAHB_TEST_LOG_DIR"]) / f"{job}.log").write_text(job_logs(cluster, job))
+    return status
+
+
+def test_job_submit_runs_a_study_on_the_cluster(cluster, read_s3, tmp_path):
+    results = "s3://gahb/cluster/micro"
+    spec = write_spec(tmp_path, "micro")
+    started = time.monotonic()
+    job = submit(cluster, spec, results)
+    status = wait_for_job(cluster, job)
+    logs = job_logs(cluster, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    print(f"micro study on the 3-node cluster: {time.monotonic() - started:.0f} s from submit to finish")
+    rows = assert_every_row_once(results, load_spec(spec, results))
+    assert {r["workers"] for r in rows["trials"]} == {1}
+    assert f"--results {results}" in logs  # the follow-up commands read the same results
+
+
+def _train_long(tmp_path: Path, name: str) -> Path:
+    """Two models trained long enough (a few seconds each) to be interrupted after a checkpoint."""
+    return write_spec(tmp_path, name, train_sizes=[4], training={"steps": 1500, "checkpoint_every": 100,
+                                                                 "log_every": 100, "lr_halve_every": 500,
+                                                                 "snapshot_steps": [100]})
+
+
+def _training_worker_after_checkpoint(cluster: RayCluster, spec: Path, results: str, job: str):
+    """Wait until every model still training has checkpoints in the object store; returns (worker
+    node, pid) of a Ray Train worker training then, so whichever dies had a checkpoint to resume."""
+    store = StudyStore(results)
+    trials = expand_trials(load_spec(spec, results))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        assert job_status(cluster, job) in ("PENDING", "RUNNING"), job_logs(cluster, job)[-4000:]
+        assert not all(store.exists(model_path(t.trial_id)) for t in trials), \
+            "training finished before the failure could be injected: train longer"
+        training = [t for t in trials if not store.exists(model_path(t.trial_id))]
+        listings = [store.fs.get_file_info(pafs.FileSelector(store.path(f"ray/{t.trial_id}"), allow_not_found=True))
+                    for t in training]
+        # two: a checkpoint folder appears while it uploads, before Ray Train has registered it
+        if all(sum(i.base_name.startswith("checkpoint_") for i in listing) >= 2 for listing in listings):
+            for node in cluster.workers:
+                for pid, args in cluster.node_processes(node):
+                    if args.startswith("ray::RayTrainWorker"):
+                        return node, pid
+        time.sleep(0.3)
+    raise AssertionError(f"no checkpoint within 600 s:\n{job_logs(cluster, job)[-4000:]}")
+
+
+def test_training_worker_killed_mid_run_restarts_from_checkpoint(cluster, read_s3, tmp_path):
+    results = "s3://gahb/cluster/worker-killed"
+    spec = _train_long(tmp_path, "worker_killed")
+    job = submit(cluster, spec, results)
+    _, pid = _training_worker_after_checkpoint(cluster, spec, results, job)
+    os.kill(pid, 9)
+    status = wait_for_job(cluster, job)
+    assert status == "SUCCEEDED", job_logs(cluster, job)[-4000:]
+    rows = assert_every_row_once(results, load_spec(spec, results))
+    assert max(r["resumed_from_step"] for r in rows["trials"]) >= 100
+
+
+def test_worker_node_lost_mid_study_is_survived(cluster, read_s3, tmp_path):
+    """Last in this file: it leaves the cluster one worker node short."""
+    results = "s3://gahb/cluster/node-lost"
+    spec = _train_long(tmp_path, "node_lost")
+    job = submit(cluster, spec, results)
+    node, _ = _training_worker_after_checkpoint(cluster, spec, results, job)
+    cluster.kill(node)
+    status = wait_for_job(cluster, job)
+    assert status == "SUCCEEDED", job_logs(cluster, job)[-4000:]
+    rows = assert_every_row_once(results, load_spec(spec, results))
+    assert max(r["resumed_from_step"] for r in rows["trials"]) >= 100
