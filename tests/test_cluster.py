@@ -44,7 +44,7 @@ def s3(tmp_path_factory):
 def cluster(s3, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cluster")
     (folder / "home").mkdir()
-    # A home of its own: no Ray token or settings of the machine's user leak into the cluster.
+    # A home of its own: what the driver keeps there (the MLflow store of remote results) stays in the test.
     plain = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
              "HOME": str(folder / "home"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     started = time.monotonic()
