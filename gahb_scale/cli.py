@@ -84,7 +84,8 @@ def cmd_run(args) -> int:
     # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)
     bin_dir = Path(sys.executable).parent
     results = shlex.quote(result["results"])
-    print(f"tables (Parquet):  {result['results']}/tables/")
+    base, query = (result["results"].split("?", 1) + [""])[:2]
+    print(f"tables (Parquet):  {base.rstrip('/')}/tables/" + (f"?{query}" if query else ""))
     print(f"SQL:               {bin_dir}/gahb-scale query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\" "
           f"--results {results}")
     print(f"progress:          {bin_dir}/gahb-scale status {shlex.quote(args.spec)} --results {results}")
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # the results location: unreachable store, missing bucket, a file where a folder is
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading

@@ -2,8 +2,8 @@
 on this machine), submitted the way the README tells cluster users to — `ray job submit --working-dir .
 -- gahb-scale run ... --address auto` — with results on an S3-protocol server.
 
-Only the head (the driver's machine) has the object store's AWS_* variables: the workers reach it
-through what the driver forwards. Then the failures a cluster has: a training worker SIGKILLed
+Every node reads the object store with its own AWS_* variables, as pods given the same Secret do.
+Then the failures a cluster has: a training worker SIGKILLed
 mid-run, and a whole worker node lost mid-study. The same submitted command must finish with every
 table row present exactly once, and the trials table must show the restart from a checkpoint.
 """
@@ -45,13 +45,12 @@ def cluster(s3, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cluster")
     (folder / "home").mkdir()
     # A home of its own: what the driver keeps there (the MLflow store of remote results) stays in the test.
-    plain = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-             "HOME": str(folder / "home"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    plain = {**os.environ, "HOME": str(folder / "home"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     started = time.monotonic()
     ray_cluster = RayCluster(folder, {**plain, **s3.env})
     try:
         for _ in range(2):
-            ray_cluster.add_worker(cpus=1, env=plain)
+            ray_cluster.add_worker(cpus=1, env={**plain, **s3.env})
         print(f"cluster of 3 nodes up in {time.monotonic() - started:.0f} s")
         ray_cluster.plain_env = plain
         yield ray_cluster

@@ -290,14 +290,22 @@ def _head_containers():
 
 
 HEADS = list(_head_containers())
+WORKERS = {name: [group["template"]["spec"]["containers"][0]
+                  for doc in _docs(CLUSTER / name) if doc["kind"] in ("RayJob", "RayCluster")
+                  for group in (doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"])
+                  ["workerGroupSpecs"]]
+           for name, _ in HEADS}
 
 
 @pytest.mark.parametrize("name,head", HEADS, ids=[name for name, _ in HEADS])
 def test_kuberay_head_gets_credentials_from_a_secret_and_the_tracking_uri(name, head):
-    """The driver runs on the head: the object-store keys come from a Secret, and MLFLOW_TRACKING_URI
+    """Every pod reads the object store: its keys come from a Secret on the head and on every worker
+    group. The driver runs on the head: MLFLOW_TRACKING_URI
     from the head's env or a ConfigMap that one of the manifests defines with that key."""
     sources = head.get("envFrom") or []
     assert any("secretRef" in s for s in sources), f"{name}: no Secret for the AWS_* variables on the head"
+    assert all(any("secretRef" in s for s in worker.get("envFrom") or []) for worker in WORKERS[name]), \
+        f"{name}: a worker group without the Secret (the driver hands no credentials on)"
     if any(e["name"] == "MLFLOW_TRACKING_URI" for e in head.get("env") or []):
         return
     maps = {d["metadata"]["name"]: d.get("data") or {}

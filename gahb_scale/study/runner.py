@@ -8,7 +8,6 @@ The driver is the only writer of the Parquet tables and of MLflow.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -56,10 +55,9 @@ def check_resources(spec: StudySpec, cluster: dict, strict: bool) -> None:
 
 
 def _connect(address: str | None) -> None:
-    # Every worker reaches the object store as the driver does: the standard AWS_* variables (endpoint,
-    # region, credentials) travel with the job, so only the driver's shell needs them.
-    aws = {key: value for key, value in os.environ.items() if key.startswith("AWS_")}
-    runtime_env = {"env_vars": {**RAY_ENV, **aws}}
+    # Object-store credentials are not put in here: Ray writes a job's runtime env into its logs on
+    # every node. Each node reads the store with its own (AWS_* variables or an instance role).
+    runtime_env = {"env_vars": dict(RAY_ENV)}
     if address:  # ship this version of the package to the cluster's workers
         runtime_env["py_modules"] = [str(Path(gahb_scale.__file__).parent)]
     # "local", not None: None would join any Ray that `ray start` left running on this machine

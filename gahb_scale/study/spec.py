@@ -502,7 +502,7 @@ class ResourceSpec(_Model):
 class StorageSpec(_Model):
     """Where results go. `results_dir` is a local path (relative: against the current directory)
     or a URI such as s3://bucket/prefix; default results/<study name>."""
-    results_dir: str | None = None
+    results_dir: str | None = Field(default=None, min_length=1)
     mlflow_tracking_uri: str | None = Field(
         default=None, description="a tracking server (http://...) or store URI; None: MLFLOW_TRACKING_URI, else an "
                                   "sqlite store under a local results_dir (remote results: ~/.gahb-scale/mlflow)")
@@ -763,9 +763,8 @@ def load_spec(path: str | Path, results_dir: str | None = None) -> StudySpec:
         raise SpecError(source, problem=f"not valid YAML at {where}: {what}") from None
     except yaml.YAMLError as exc:
         raise SpecError(source, problem=f"not valid YAML: {exc}") from None
-    if results_dir is not None and isinstance(data, dict):
-        storage = data.get("storage")
-        data["storage"] = {**(storage if isinstance(storage, dict) else {}), "results_dir": results_dir}
+    if results_dir is not None and isinstance(data, dict) and isinstance(data.get("storage") or {}, dict):
+        data["storage"] = {**(data.get("storage") or {}), "results_dir": results_dir}
     return parse_spec(data, source)
 
 
