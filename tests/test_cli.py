@@ -76,6 +76,33 @@ def test_validate_prints_the_trial_grid(capsys):
 def test_query_without_results_is_a_clear_error(tmp_path, capsys):
     assert main(["query", "SELECT 1", "--results", str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("not a results folder")
+    assert main(["query", "SELECT 1", "--results", str(tmp_path / "a-file")]) == 2  # not a traceback
+    assert "a-file" in capsys.readouterr().err
+
+
+def test_results_override_is_checked_like_the_spec(tmp_path, capsys, monkeypatch):
+    """An empty --results (an unset shell variable) would write into the current directory; and
+    --results must not hide a malformed storage section."""
+    monkeypatch.chdir(tmp_path)
+    smoke = str(ROOT / "studies" / "smoke.yaml")
+    assert main(["run", smoke, "--results", ""]) == 2
+    assert "storage.results_dir" in capsys.readouterr().err
+    data = yaml.safe_load((ROOT / "studies" / "smoke.yaml").read_text())
+    data["storage"] = "somewhere"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    assert main(["status", str(tmp_path / "bad.yaml"), "--results", str(tmp_path / "r")]) == 2
+    assert "storage" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
+
+
+def test_an_unreachable_object_store_is_one_message(tmp_path, capsys, monkeypatch):
+    for key, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+                       "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["status", str(ROOT / "studies" / "smoke.yaml"), "--results", "s3://no-bucket/results"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
 
 
 def test_transition_table_says_undefined_for_n_below_2():
