@@ -84,8 +84,7 @@ def cmd_run(args) -> int:
     # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)
     bin_dir = Path(sys.executable).parent
     results = shlex.quote(result["results"])
-    base, query = (result["results"].split("?", 1) + [""])[:2]
-    print(f"tables (Parquet):  {base.rstrip('/')}/tables/" + (f"?{query}" if query else ""))
+    print(f"tables (Parquet):  {result['tables']}")
     print(f"SQL:               {bin_dir}/gahb-scale query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\" "
           f"--results {results}")
     print(f"progress:          {bin_dir}/gahb-scale status {shlex.quote(args.spec)} --results {results}")

@@ -8,34 +8,24 @@ so a results URI (s3://...) is queried exactly like a local folder.
 
 from __future__ import annotations
 
-import re
-from collections import defaultdict
-
 from ..errors import UserInputError
-from .store import TABLE_KEYS, StudyStore
-
-TABLE_FILE = re.compile(r"(?:^|/)tables/(?P<name>[^/]+)/[^/]+/[^/]+\.parquet$")
+from .store import StudyStore
 
 
 def run_query(sql: str, results: str) -> tuple[list[str], list[tuple]]:
     import duckdb
     import pyarrow.dataset as ds
-    import pyarrow.fs as pafs
 
     store = StudyStore(str(results))
     if store.is_empty():
         raise UserInputError(f"results location {results} does not exist or is empty (run a study first, or pass "
                              f"--results)")
-    files = defaultdict(list)
-    for info in store.fs.get_file_info(pafs.FileSelector(store.root, recursive=True)):
-        match = TABLE_FILE.search(info.path[len(store.root):])
-        if info.type == pafs.FileType.File and match and match["name"] in TABLE_KEYS:
-            files[match["name"]].append(info.path)
+    files = store.table_files_below()
     if not files:
         raise UserInputError(f"no tables under {results} (run a study first)")
     con = duckdb.connect()
     for name, paths in sorted(files.items()):
-        factory = ds.FileSystemDatasetFactory(store.fs, sorted(paths), ds.ParquetFileFormat())
+        factory = ds.FileSystemDatasetFactory(store.fs, paths, ds.ParquetFileFormat())
         # every file's schema: a file written by an older version may lack a newer column
         con.register(name, factory.finish(factory.inspect(promote_options="permissive", fragments=None)))
     try:

@@ -21,7 +21,7 @@ from .spec import StudySpec, Trial, analysis_id, expand_trials
 from .store import StudyStore, arrays_path, load_arrays, model_path
 from .tracking import store_notice
 
-from .train import RAY_ENV, say, train_trials  # first: sets Ray Train V2 before ray.train loads
+from .train import RAY_ENV, innermost_error, say, train_trials  # first: sets Ray Train V2 before ray.train loads
 
 import ray  # noqa: E402
 
@@ -78,7 +78,7 @@ def _gather(refs: dict, what: str, on_result: Callable[[object, dict], None],
         except Exception as exc:  # a failed task must not lose the others' results
             failed.append(key)
             cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the task's own exception
-            say(f"[{what}] FAILED {key}: {type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300]}")
+            say(f"[{what}] FAILED {key}: {innermost_error(f'{type(cause).__name__}: {cause}')}")
         done += 1
         say(f"[{what}] {done}/{len(refs)} done")
         if time.monotonic() - last_flush > flush_every:
@@ -174,7 +174,8 @@ def _log_to_mlflow(spec: StudySpec, spec_text: str, trials: list[Trial], store: 
 
 
 def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> dict:
-    """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "results": location, "report": ...}."""
+    """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "results": location,
+    "tables": ..., "report": ...}."""
     store = StudyStore(spec.storage.results_location())
     trials = expand_trials(spec)
     aid = analysis_id(spec)
@@ -256,4 +257,5 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
     if failed or not complete:
         raise StudyFailed(f"{len(failed)} trial(s)/task(s) failed ({', '.join(map(str, failed[:5]))}); finished "
                           f"work is saved — fix the cause and run the same command again to continue")
-    return {"transition": transition, "mlflow_uri": mlflow_uri, "results": store.location, "report": report}
+    return {"transition": transition, "mlflow_uri": mlflow_uri, "results": store.location,
+            "tables": store.uri("tables/"), "report": report}

@@ -14,6 +14,7 @@ schema of every table is in the README.
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -47,6 +48,10 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "memorization_time": ("study_id",),
     "memorization_onset": ("study_id",),
 }
+
+
+# the layout of `StudyStore.table_file`, found anywhere below a root
+_TABLE_FILE = re.compile(r"(?:^|/)tables/(?P<name>[^/]+)/[^/]+/[^/]+\.parquet$")
 
 
 def model_path(trial_id: str) -> str:
@@ -115,6 +120,16 @@ class StudyStore:
     def table_file(self, name: str, study_id: str, key: str) -> str:
         """The file of one row group: a trial's or pair's rows, or a study-level table's rows of one study."""
         return f"tables/{name}/{study_id}/{key}.parquet"
+
+    def table_files_below(self) -> dict[str, list[str]]:
+        """Table name -> every file of that table in every results folder at or below this one (for
+        queries across studies and results folders)."""
+        files = defaultdict(list)
+        for info in self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True)):
+            match = _TABLE_FILE.search(info.path[len(self.root):])
+            if info.type == pafs.FileType.File and match and match["name"] in TABLE_KEYS:
+                files[match["name"]].append(info.path)
+        return {name: sorted(paths) for name, paths in files.items()}
 
     def _table_files(self, name: str) -> list[str]:
         selector = pafs.FileSelector(self.path(f"tables/{name}"), recursive=True, allow_not_found=True)

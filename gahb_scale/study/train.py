@@ -32,8 +32,9 @@ from pathlib import Path
 RAY_ENV = {
     "RAY_TRAIN_V2_ENABLED": "1",
     # Ray's default is 60 s. A worker group may wait far longer for its place, legitimately: for
-    # another trial to finish after a node was lost, or for the autoscaler. Impossible requests are
-    # refused before the study starts (runner.check_resources), so waiting always ends.
+    # another trial to finish after a node was lost, or for the autoscaler. On local Ray impossible
+    # requests are refused before the study starts (runner.check_resources); on an existing cluster
+    # they are only warned about, and a group that no node can hold waits until stopped.
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(24 * 3600),
 }
 for _key, _value in RAY_ENV.items():  # must precede the first import of ray.train in this process
@@ -202,7 +203,7 @@ def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, fixed_
     return [t.trial_id for t in trials if not store.exists(model_path(t.trial_id))]
 
 
-def _innermost_error(text: str) -> str:
+def innermost_error(text: str) -> str:
     """The last "SomeError: message" line of an error trace (Ray wraps the worker's own error in
     several layers), on one line; the trace's last line if there is none."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -237,4 +238,4 @@ class TrainProgress(ray.tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
-        say(f"[train] FAILED: {self._name(trial)}: {_innermost_error(text)}")
+        say(f"[train] FAILED: {self._name(trial)}: {innermost_error(text)}")
