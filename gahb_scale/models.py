@@ -32,11 +32,11 @@ class BFBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             sd = torch.sqrt(x.var(dim=(0, 2, 3), keepdim=True, unbiased=False) + self.eps)
-            with torch.no_grad():
-                self.running_sd.lerp_(sd.to(self.running_sd.dtype), self.momentum)
+            with torch.no_grad():  # lerp_ written out: vmap (packed training) has no batching rule for it
+                self.running_sd.add_(sd.to(self.running_sd.dtype) - self.running_sd, alpha=self.momentum)
         else:
             sd = self.running_sd
-        return x / sd * self.gains
+        return x * (self.gains / sd)  # one pass over x, not two
 
 
 def _conv(c_in: int, c_out: int, kernel_size: int = 3) -> nn.Conv2d:

@@ -12,17 +12,22 @@ interrupted and resumed from a checkpoint ends with exactly the weights of an un
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .data.transforms import to_float_images
 from .errors import UserInputError
+from .flops import peak_flops
+from .packing import ModelPack, network_state
 
 
 @dataclass(frozen=True)
@@ -115,13 +120,23 @@ class TiledBatches:
 
 
 def residual_loss(net: nn.Module, clean: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Σ‖net(x + σz) − σz‖² / batch: the network predicts the noise it is given."""
+    """Σ‖net(x + σz) − σz‖² / batch: the network predicts the noise it is given.
+
+    A scalar for one network's (B, C, H, W) batch; a (K,) vector, one loss per network, for a
+    pack's (K, B, C, H, W) batches.
+    """
     target = sigma * noise
-    return ((net(clean + target) - target) ** 2).sum() / clean.shape[0]
+    return ((net(clean + target) - target) ** 2).flatten(-3).sum(-1).sum(-1) / clean.shape[-4]
 
 
-def _unwrap(net: nn.Module) -> nn.Module:
-    return getattr(net, "module", net)  # DistributedDataParallel keeps the model in .module
+def training_flops_per_image(net: nn.Module, image_shape: tuple[int, ...]) -> float:
+    """FLOPs of one training step per image: forward and backward of the residual loss, counted by
+    `torch.utils.flop_counter` on a CPU copy of `net` (its weights and statistics are not touched)."""
+    net = copy.deepcopy(net).cpu().train()
+    images = torch.rand(2, *image_shape)
+    with FlopCounterMode(display=False) as counter:
+        residual_loss(net, images, torch.full((2, 1, 1, 1), 0.1), torch.randn_like(images)).backward()
+    return counter.get_total_flops() / len(images)
 
 
 @dataclass
@@ -141,96 +156,155 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def train_denoiser(net: nn.Module, images: torch.Tensor, config: TrainConfig, device: str | torch.device | None = None,
-                   checkpoint_path: str | Path | None = None,
-                   on_log: Callable[[int, dict], None] | None = None,
-                   on_checkpoint: Callable[[int, Path], None] | None = None,
-                   on_snapshot: Callable[[int, nn.Module], None] | None = None,
-                   shard: tuple[int, int] = (0, 1)) -> TrainResult:
-    """Train `net` (a residual network) as a blind denoiser of `images` (N, C, H, W): float in [0, 1],
-    or uint8 (0…255, converted batch by batch).
+def _shared_settings(configs: list[TrainConfig]) -> TrainConfig:
+    """The pack's one schedule: its models may differ in their seed only."""
+    first = {k: v for k, v in asdict(configs[0]).items() if k != "seed"}
+    for config in configs[1:]:
+        if {k: v for k, v in asdict(config).items() if k != "seed"} != first:
+            raise UserInputError("the models of a pack must share every training setting but the seed")
+    return configs[0]
+
+
+def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainConfig],
+               device: str | torch.device | None = None, checkpoint_path: str | Path | None = None,
+               on_log: Callable[[int, dict], None] | None = None,
+               on_checkpoint: Callable[[int, Path], None] | None = None,
+               on_snapshot: Callable[[int, int, nn.Module], None] | None = None,
+               shard: tuple[int, int] = (0, 1)) -> list[TrainResult]:
+    """Train the K networks of `pack` (a `ModelPack`) as blind denoisers, network k on `images[k]`
+    (N_k, C, H, W) — float in [0, 1], or uint8 (0…255, converted batch by batch) — with `configs[k]`.
+
+    Every network is trained exactly as it would be alone: its own data, its own batch order,
+    σ draws and noise (generators seeded by its config's seed), its own Adam state. The configs
+    may differ in their seed only; one schedule runs them all.
 
     If `checkpoint_path` exists the run resumes from it; a checkpoint is written there every
-    `checkpoint_every` steps and at the end. `on_log(step, metrics)` receives the mean loss every
-    `log_every` steps; `on_checkpoint(step, path)` is called after each checkpoint is written;
-    `on_snapshot(step, net)` receives the (unwrapped, still training) network at each of
-    `snapshot_steps`, before that step's checkpoint, so a resumed run never skips a snapshot.
+    `checkpoint_every` steps and at the end. `on_log(step, metrics)` receives every `log_every`
+    steps the mean loss of each network since the last log ("losses"), the learning rate, the
+    pack's training images per second and, on a device whose peak is known, the model FLOP
+    utilisation ("mfu"); `on_checkpoint(step, path)` is called after each checkpoint is written;
+    `on_snapshot(step, k, net)` receives network k (a copy) at each of `snapshot_steps`, before
+    that step's checkpoint, so a resumed run never skips a snapshot.
 
-    Data-parallel training passes `shard=(rank, world_size)` and a DDP-wrapped net: every rank
-    draws the same global batch and noise from the same generators and keeps its slice, so the
+    Data-parallel training passes `shard=(rank, world_size)` and a DDP-wrapped pack: every rank
+    draws the same global batches and noise from the same generators and keeps its slice, so the
     averaged gradient is the single-process gradient and a checkpoint of rank 0 resumes every rank.
     """
     rank, world = shard
+    module = getattr(pack, "module", pack)  # DistributedDataParallel keeps the model in .module
+    k_models = module.k
+    if not len(images) == len(configs) == k_models:
+        raise ValueError(f"a pack of {k_models} networks needs {k_models} image sets and configs, got "
+                         f"{len(images)} and {len(configs)}")
+    config = _shared_settings(configs)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # The whole training set lives on the device: at the paper's sizes it fits, and per-step host
     # to device copies would dominate the step time of these small networks. uint8 images (0…255)
     # stay uint8 there, a quarter of the memory, and each batch is converted as it is drawn.
-    images = images.to(device) if images.dtype == torch.uint8 else images.to(device=device, dtype=torch.float32)
-    net.to(device).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    batches = TiledBatches(images.shape[0], config.seed)
-    noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
-    step, losses = 0, []
+    images = [x.to(device) if x.dtype == torch.uint8 else x.to(device=device, dtype=torch.float32) for x in images]
+    pack.to(device).train()
+    # Adam is elementwise, so one optimizer over the stacked weights is K independent Adams.
+    optimizer = torch.optim.Adam(pack.parameters(), lr=config.lr, fused=device.type == "cuda")
+    batches = [TiledBatches(x.shape[0], c.seed) for x, c in zip(images, configs)]
+    noise_rngs = [torch.Generator(device=device).manual_seed(c.seed + 1) for c in configs]
+    step, losses = 0, [[] for _ in configs]
+    saved_configs = [asdict(c) for c in configs]
 
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["config"] != asdict(config):
+        if state["configs"] != saved_configs:
             raise UserInputError(f"checkpoint {checkpoint_path} was written with another training config; "
                                  "remove it or restore the config")
-        _unwrap(net).load_state_dict(state["model"])
+        module.load_state_dict(state["pack"])
         optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["batches"])
-        noise_rng.set_state(state["noise_rng"].cpu())
+        for b, saved in zip(batches, state["batches"]):
+            b.load_state_dict(saved)
+        for rng, saved in zip(noise_rngs, state["noise_rngs"]):
+            rng.set_state(saved.cpu())
         step, losses = state["step"], state["losses"]
         running, since_log = state["running_loss"].to(device), state["since_log"]
     else:
-        running = torch.zeros((), device=device)  # summed on device: no host sync every step
+        running = torch.zeros(k_models, device=device)  # summed on device: no host sync every step
         since_log = 0
     resumed_from = step
 
     use_bf16 = config.precision == "bf16" and device.type == "cuda"
+    peak = peak_flops(device, config.precision)
+    flops = training_flops_per_image(module.network(0), images[0].shape[1:]) if peak else None
+    image_shape = images[0].shape[1:]
+    clock = time.perf_counter()
     while step < config.steps:
         for group in optimizer.param_groups:
             group["lr"] = config.lr * 0.5 ** (step // config.lr_halve_every)
-        clean = images[batches.next(config.batch_size).to(device)][rank::world]
+        clean = torch.stack([x[b.next(config.batch_size).to(device)] for x, b in zip(images, batches)])[:, rank::world]
         if clean.dtype == torch.uint8:
             clean = to_float_images(clean)
-        sigma = draw_noise_levels(config.batch_size, config.noise_range, config.noise_schedule, noise_rng,
-                                  device)[rank::world]
-        noise = torch.randn((config.batch_size, *images.shape[1:]), generator=noise_rng, device=device)[rank::world]
+        sigma = torch.stack([draw_noise_levels(config.batch_size, config.noise_range, config.noise_schedule, rng, device)
+                             for rng in noise_rngs])[:, rank::world]
+        noise = torch.stack([torch.randn((config.batch_size, *image_shape), generator=rng, device=device)
+                             for rng in noise_rngs])[:, rank::world]
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = residual_loss(net, clean, sigma, noise)
+            loss = residual_loss(pack, clean, sigma, noise)  # (K,): model k's gradient is its own loss's
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()
         optimizer.step()
         step += 1
         running += loss.detach().float()
         since_log += 1
 
         if step % config.log_every == 0 or step == config.steps:
-            mean_loss = (running / since_log).item()
-            losses.append((step, mean_loss))
+            mean_losses = (running / since_log).tolist()  # the one host sync per log interval
+            now = time.perf_counter()
+            per_second = k_models * config.batch_size * since_log / (now - clock)
+            clock = now
+            for history, value in zip(losses, mean_losses):
+                history.append((step, value))
             if on_log is not None:
-                on_log(step, {"loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]})
+                metrics = {"losses": mean_losses, "lr": optimizer.param_groups[0]["lr"], "images_per_s": per_second}
+                if peak:
+                    metrics["mfu"] = per_second * flops / (peak * world)
+                on_log(step, metrics)
             running.zero_()
             since_log = 0
         if on_snapshot is not None and step in config.snapshot_steps:
-            on_snapshot(step, _unwrap(net))
+            for k in range(k_models):
+                on_snapshot(step, k, module.network(k))
         if checkpoint_path is not None and (step % config.checkpoint_every == 0 or step == config.steps):
             save_checkpoint(checkpoint_path, {
-                "model": _unwrap(net).state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "batches": batches.state_dict(), "noise_rng": noise_rng.get_state(), "losses": losses,
-                "running_loss": running, "since_log": since_log, "config": asdict(config),
+                "pack": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "batches": [b.state_dict() for b in batches], "noise_rngs": [rng.get_state() for rng in noise_rngs],
+                "losses": losses, "running_loss": running, "since_log": since_log, "configs": saved_configs,
             })
             if on_checkpoint is not None:
                 on_checkpoint(step, Path(checkpoint_path))
 
-    net.eval()
-    return TrainResult(net=net, steps_done=step, losses=losses, resumed_from=resumed_from)
+    pack.eval()
+    return [TrainResult(net=module.network(k).eval(), steps_done=step, losses=losses[k], resumed_from=resumed_from)
+            for k in range(k_models)]
 
 
-def load_trained_weights(net: nn.Module, checkpoint_path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Load the weights of a checkpoint written by `train_denoiser` into `net`, in eval mode."""
+def train_denoiser(net: nn.Module, images: torch.Tensor, config: TrainConfig, device: str | torch.device | None = None,
+                   checkpoint_path: str | Path | None = None,
+                   on_log: Callable[[int, dict], None] | None = None,
+                   on_checkpoint: Callable[[int, Path], None] | None = None,
+                   on_snapshot: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
+    """Train one network `net` (a residual network) as a blind denoiser of `images`: `train_pack`
+    with a pack of one. `on_log(step, metrics)` gets the mean loss since the last log ("loss"),
+    the learning rate and the training images per second; `on_snapshot(step, net)` the network
+    at each of `snapshot_steps`. `net` itself ends with the trained weights, in eval mode."""
+    log = None if on_log is None else lambda step, m: on_log(step, {**m, "loss": m["losses"][0]})
+    snapshot = None if on_snapshot is None else lambda step, k, module: on_snapshot(step, module)
+    [result] = train_pack(ModelPack([net]), [images], [config], device=device, checkpoint_path=checkpoint_path,
+                          on_log=log, on_checkpoint=on_checkpoint, on_snapshot=snapshot)
+    net.load_state_dict(result.net.state_dict())
+    result.net = net.to(next(result.net.parameters()).device).eval()
+    return result
+
+
+def load_trained_weights(net: nn.Module, checkpoint_path: str | Path, device: str | torch.device = "cpu",
+                         k: int = 0) -> nn.Module:
+    """Load the weights of network k of a checkpoint written by `train_denoiser` or `train_pack`
+    into `net`, in eval mode."""
     state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-    net.load_state_dict(state["model"])
+    net.load_state_dict(network_state(state["pack"], k))
     return net.to(device).eval()
