@@ -8,7 +8,8 @@ import pytest
 
 from gahb_scale.study.spec import parse_spec
 
-CORE = ["gahb_scale.data", "gahb_scale.models", "gahb_scale.training", "gahb_scale.sampling", "gahb_scale.analysis"]
+CORE = ["gahb_scale.data", "gahb_scale.models", "gahb_scale.packing", "gahb_scale.training", "gahb_scale.sampling",
+        "gahb_scale.analysis"]
 
 
 def test_science_core_imports_neither_ray_nor_mlflow():
@@ -41,3 +42,43 @@ def test_concurrency_never_exceeds_what_the_cluster_can_place(resources, cluster
     # k trials hold k x cpus_per_trial (their drivers hold no CPU)
     assert k * r.cpus_per_trial <= cluster["CPU"] + 1e-9
     assert k * r.gpus_per_trial <= cluster.get("GPU", 0) + 1e-9
+
+
+def study(architectures, sizes=(1, 10, 100, 1000), image_size=16, batch_size=64, **resources):
+    return parse_spec({"name": "p", "image_size": image_size, "datasets": [{"name": "d", "kind": "discs"}],
+                       "architectures": architectures, "train_sizes": list(sizes),
+                       "training": {"batch_size": batch_size},
+                       "resources": {"max_concurrent_trials": 2, **resources}})
+
+
+SMALL = {"name": "small", "kind": "unet", "params": {"width": 16, "blocks": 2}}
+
+
+def test_small_models_are_packed_into_as_many_packs_as_run_side_by_side():
+    from gahb_scale.study.spec import expand_trials
+    from gahb_scale.study.train import plan_packs
+
+    spec = study([SMALL])
+    trials = expand_trials(spec)
+    packs = plan_packs(spec, trials, concurrency=2)
+    assert [len(p.trials) for p in packs] == [4, 4]
+    assert [t for p in packs for t in p.trials] == trials  # every model once, in the study's order
+    assert len({p.pack_id for p in packs}) == 2
+    # planned from the whole study, so a re-started study finds the same packs (and their checkpoints)
+    assert [p.pack_id for p in plan_packs(spec, trials, concurrency=2)] == [p.pack_id for p in packs]
+    # the spec's setting wins; 1 is one model per Ray Train run
+    assert [len(p.trials) for p in plan_packs(study([SMALL], models_per_pack=3), trials, 2)] == [3, 3, 2]
+    assert [len(p.trials) for p in plan_packs(study([SMALL], models_per_pack=1), trials, 2)] == [1] * 8
+
+
+def test_a_pack_holds_one_architecture_and_the_papers_unet_at_80_trains_alone():
+    from gahb_scale.study.spec import expand_trials
+    from gahb_scale.study.train import plan_packs
+
+    paper = {"name": "paper", "kind": "unet", "params": {}}
+    spec = study([SMALL, paper], sizes=(1, 10), image_size=80, batch_size=512)
+    packs = plan_packs(spec, expand_trials(spec), concurrency=1)
+    for pack in packs:
+        assert len({t.architecture.name for t in pack.trials}) == 1
+    assert [len(p.trials) for p in packs if p.trials[0].architecture.name == "paper"] == [1, 1, 1, 1]
+    assert [len(p.trials) for p in packs if p.trials[0].architecture.name == "small"] == [4]

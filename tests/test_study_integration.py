@@ -22,6 +22,7 @@ import yaml
 from gahb_scale.cli import main
 from gahb_scale.study.spec import expand_trials, load_spec
 from gahb_scale.study.store import StudyStore, model_path
+from gahb_scale.study.train import max_concurrent, plan_packs
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,16 +164,18 @@ def test_killed_study_resumes_from_checkpoints(micro, tmp_path):
     data["train_sizes"] = [4]
     spec_file = tmp_path / "micro_resume.yaml"
     spec_file.write_text(yaml.safe_dump(data))
-    trials = expand_trials(load_spec(spec_file))
+    spec = load_spec(spec_file)
+    trials = expand_trials(spec)
+    packs = plan_packs(spec, trials, max_concurrent(spec, {"CPU": os.cpu_count()}))
 
     process = subprocess.Popen([sys.executable, "-m", "gahb_scale.cli", "run", str(spec_file)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     # Ray Train resumes from the checkpoints it has registered (listed in its snapshot file);
-    # kill as soon as one is registered for either model.
+    # kill as soon as one is registered for any pack.
     deadline = time.monotonic() + 300
     registered = []
     while time.monotonic() < deadline and not registered and process.poll() is None:
-        registered = [t for t in trials if (results / "ray" / t.trial_id / "checkpoint_manager_snapshot.json").exists()]
+        registered = [p for p in packs if (results / "ray" / p.pack_id / "checkpoint_manager_snapshot.json").exists()]
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

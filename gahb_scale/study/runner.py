@@ -127,7 +127,9 @@ def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -
         rows.append({**t.as_row(), "steps": saved["steps"], "final_loss": saved["losses"][-1][1],
                      "num_parameters": saved["num_parameters"], "train_seconds": saved["train_seconds"],
                      "resumed_from_step": saved["resumed_from"], "device": saved["device"],
-                     "workers": saved["workers"], "model_path": store.uri(model_path(t.trial_id))})
+                     "workers": saved["workers"], "model_path": store.uri(model_path(t.trial_id)),
+                     # train_seconds is the pack's: its models trained in the same steps
+                     "pack_id": saved.get("pack_id", t.trial_id), "pack_size": saved.get("pack_size", 1)})
         curves += [{"study_id": spec.name, "trial_id": t.trial_id, "step": s, "loss": loss} for s, loss in saved["losses"]]
     store.upsert("train_curves", curves)
     store.upsert("trials", rows)

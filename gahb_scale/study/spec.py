@@ -483,10 +483,15 @@ class AnalysisSpec(_Model):
 
 
 class ResourceSpec(_Model):
-    """Ray resources. cpus/gpus are for one trial's training worker (each, when workers > 1)."""
+    """Ray resources. cpus/gpus are for one training worker (each, when workers > 1); a worker trains
+    one pack of models at a time (`models_per_pack`), and `*_trial` means one such Ray Train run."""
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0, description="fractional only below 1 (a share of one GPU)")
     max_concurrent_trials: int = Field(default=1, ge=1)
+    models_per_pack: int | None = Field(
+        default=None, ge=1, description="models of one dataset and architecture trained together in one worker "
+                                        "(1: one model per trial); None: small models packed, no more packs than "
+                                        "run side by side, a pack's step at most the paper UNet's at 80x80")
     max_failures: int = Field(default=3, ge=0, description="restarts after a worker or node dies: a trial from its "
                                                            "last checkpoint, an analysis task from the start")
 

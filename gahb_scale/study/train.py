@@ -1,4 +1,8 @@
-"""Training stage: a Ray Tune grid whose trials each run one Ray Train TorchTrainer.
+"""Training stage: a Ray Tune grid whose trials each run one Ray Train TorchTrainer for one *pack*:
+several models of one architecture trained together in one worker (`packing.ModelPack`), so a
+study of many small models pays Ray's worker-group start once per pack, not once per model, and
+small models share a device. Each model is what it would be trained alone; its model file,
+snapshots and table rows are its own.
 
 Resource model (why it cannot deadlock): a Tune trial is only a driver, so it holds no CPU or GPU
 at all — only a memory reservation, since Tune needs its trial to ask for something — and its
@@ -13,13 +17,15 @@ Failures: a worker that dies takes its group down and Ray Train restarts the gro
 checkpoint (`FailureConfig`); a trial whose driver died with its node is restarted by Tune, and its
 TorchTrainer — same name, same storage — resumes the same way. Both up to `resources.max_failures`.
 
-Resume: each TorchTrainer is named by its trial id under the study's storage, so a re-started
-study finds its last reported checkpoint through `ray.train.get_checkpoint()` and continues from
-it; a finished trial leaves `models/<trial_id>/model.pt` and is not started again.
+Resume: each TorchTrainer is named by its pack's id under the study's storage, so a re-started
+study (which plans the same packs) finds its last reported checkpoint through
+`ray.train.get_checkpoint()` and continues from it; a finished model leaves
+`models/<trial_id>/model.pt`, and a pack whose models all have one is not started again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -27,6 +33,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 RAY_ENV = {
@@ -47,7 +54,8 @@ import torch  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
 from ..models import build_model, count_parameters
-from ..training import TrainConfig, train_denoiser
+from ..packing import ModelPack
+from ..training import TrainConfig, train_pack, training_flops_per_image
 from .datasets import split_images
 from .spec import StudySpec, Trial
 from .store import StudyStore, model_path, snapshot_path
@@ -83,18 +91,20 @@ def _torch_bytes(obj: dict) -> bytes:
 
 
 def train_worker(payload: dict) -> None:
-    """Ray Train worker loop: train one denoiser, report progress, checkpoint, save the model."""
-    spec, trial, store = payload["spec"], payload["trial"], StudyStore(payload["store"])
+    """Ray Train worker loop: train one pack of denoisers, report progress, checkpoint, save each
+    model that has no model file yet."""
+    spec, pack, store = payload["spec"], payload["pack"], StudyStore(payload["store"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     use_cpu_threads(spec.resources.cpus_per_trial)
-    images = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair,
-                          parts=(trial.split,), keep_uint8=True)[trial.split]
-    net, config = initial_model(spec, trial)
-    parallel_net = ray.train.torch.prepare_model(net) if world > 1 else net.to(device)
+    images = [split_images(t.dataset, spec.image_size, t.n, spec.test_images, t.pair, parts=(t.split,),
+                           keep_uint8=True)[t.split] for t in pack.trials]
+    nets, configs = zip(*(initial_model(spec, t) for t in pack.trials))
+    models = ModelPack(list(nets))
+    parallel = ray.train.torch.prepare_model(models) if world > 1 else models.to(device)
 
-    workdir = Path(tempfile.mkdtemp(prefix=f"gahb-{trial.trial_id}-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"gahb-{pack.pack_id}-"))
     state_path = workdir / STATE_FILE
     restored = ray.train.get_checkpoint()
     if restored is not None:
@@ -104,35 +114,36 @@ def train_worker(payload: dict) -> None:
 
     def on_log(step: int, metrics: dict) -> None:
         last.update(metrics, step=step)
-        ray.train.report({**last, "n": trial.n})
+        ray.train.report(dict(last))
 
     def on_checkpoint(step: int, path: Path) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(workdir)) if rank == 0 else None
-        ray.train.report({**last, "step": step, "n": trial.n}, checkpoint=checkpoint)
+        ray.train.report({**last, "step": step}, checkpoint=checkpoint)
 
-    def on_snapshot(step: int, module: torch.nn.Module) -> None:
+    def on_snapshot(step: int, k: int, module: torch.nn.Module) -> None:
         if rank == 0:
-            store.write_bytes(snapshot_path(trial.trial_id, step), _torch_bytes({"state_dict": module.state_dict(),
-                                                                                "step": step}))
+            store.write_bytes(snapshot_path(pack.trials[k].trial_id, step),
+                              _torch_bytes({"state_dict": module.state_dict(), "step": step}))
 
     started = time.perf_counter()
-    result = train_denoiser(parallel_net, images, config, device=device,
-                            checkpoint_path=state_path, on_log=on_log, on_checkpoint=on_checkpoint,
-                            on_snapshot=on_snapshot, shard=(rank, world))
-    if rank == 0:
-        store.write_bytes(model_path(trial.trial_id), _torch_bytes({
-            "state_dict": net.state_dict(), "trial": trial.as_row(), "losses": result.losses,
-            "steps": result.steps_done, "resumed_from": result.resumed_from,
-            "train_seconds": time.perf_counter() - started, "device": str(device), "workers": world,
-            "num_parameters": count_parameters(net)}))
+    results = train_pack(parallel, images, list(configs), device=device, checkpoint_path=state_path, on_log=on_log,
+                         on_checkpoint=on_checkpoint, on_snapshot=on_snapshot, shard=(rank, world))
+    seconds = time.perf_counter() - started
+    for trial, result in zip(pack.trials, results):
+        if rank == 0 and not store.exists(model_path(trial.trial_id)):
+            store.write_bytes(model_path(trial.trial_id), _torch_bytes({
+                "state_dict": result.net.state_dict(), "trial": trial.as_row(), "losses": result.losses,
+                "steps": result.steps_done, "resumed_from": result.resumed_from, "train_seconds": seconds,
+                "pack_id": pack.pack_id, "pack_size": len(pack.trials), "device": str(device), "workers": world,
+                "num_parameters": count_parameters(result.net)}))
     shutil.rmtree(workdir, ignore_errors=True)
 
 
 def tune_trial(config: dict, payloads: dict) -> None:
-    """One Tune trial: a TorchTrainer for one model, its progress forwarded to Tune."""
+    """One Tune trial: a TorchTrainer for one pack of models, its progress forwarded to Tune."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    payload = payloads[config["trial_id"]]
+    payload = payloads[config["pack_id"]]
     spec = payload["spec"]
     r = spec.resources
     use_gpu = r.gpus_per_trial > 0
@@ -142,13 +153,55 @@ def tune_trial(config: dict, payloads: dict) -> None:
         train_worker, train_loop_config=payload,
         scaling_config=ray.train.ScalingConfig(num_workers=spec.training.workers, use_gpu=use_gpu,
                                                resources_per_worker=worker_resources),
-        run_config=ray.train.RunConfig(name=config["trial_id"], callbacks=[TuneReportCallback()],
+        run_config=ray.train.RunConfig(name=config["pack_id"], callbacks=[TuneReportCallback()],
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                                        # a dead worker: the group restarts from the last checkpoint
                                        failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
                                        **ray_storage(store)),
     )
     trainer.fit()
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Models trained together in one Ray Train run, as one `ModelPack` (a single model when
+    packing is off). Its id names the run, so a re-started study finds the pack's checkpoint."""
+    trials: tuple[Trial, ...]
+
+    @property
+    def pack_id(self) -> str:
+        return "pack-" + hashlib.sha256(",".join(t.trial_id for t in self.trials).encode()).hexdigest()[:12]
+
+
+# A pack's step costs at most about one step of the paper's UNet at 80x80, batch 512 (20.1 GFLOP
+# per image, forward and backward): a model that size fills a GPU alone; smaller ones share one.
+MAX_PACK_STEP_FLOPS = 20.1e9 * 512
+
+
+def models_per_pack(spec: StudySpec, group: list[Trial], concurrency: int) -> int:
+    """How many models of one architecture go into a pack: the spec's `models_per_pack`, else as
+    many as keep every concurrent worker busy (no more packs than run side by side would leave
+    some idle) and a pack's step within MAX_PACK_STEP_FLOPS."""
+    if spec.resources.models_per_pack is not None:
+        return spec.resources.models_per_pack
+    arch = group[0].architecture
+    net = build_model(arch.kind, **arch.params)
+    step_flops = training_flops_per_image(net, (1, spec.image_size, spec.image_size)) * spec.training.batch_size
+    return max(1, min(math.floor(MAX_PACK_STEP_FLOPS / step_flops), math.ceil(len(group) / concurrency)))
+
+
+def plan_packs(spec: StudySpec, trials: list[Trial], concurrency: int) -> list[Pack]:
+    """The study's packs: models of one architecture, in the study's order, `models_per_pack` at a
+    time. Planned from all of the study's trials (not only those left to train), so a re-started
+    study forms the same packs and resumes them from their checkpoints."""
+    groups: dict[str, list[Trial]] = {}
+    for t in trials:
+        groups.setdefault(t.architecture.name, []).append(t)
+    packs = []
+    for group in groups.values():
+        k = models_per_pack(spec, group, concurrency)
+        packs += [Pack(tuple(group[i:i + k])) for i in range(0, len(group), k)]
+    return packs
 
 
 def max_concurrent(spec: StudySpec, cluster: dict | None) -> int:
@@ -181,19 +234,23 @@ def ray_storage(store: StudyStore) -> dict:
 
 
 def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, fixed_cluster: bool) -> list[str]:
-    """Train `trials` with a Tune grid; returns the ids of the trials that left no model file (the
-    store is the ground truth: a trial that failed before its first report has no config in Tune's
-    results)."""
-    payloads = {t.trial_id: {"spec": spec, "trial": t, "store": store.location} for t in trials}
+    """Train the study's `trials` that have no model file yet, pack by pack, with a Tune grid;
+    returns the ids of the trials that still have none (the store is the ground truth: a pack that
+    failed before its first report has no config in Tune's results)."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if fixed_cluster else None)
-    say(f"[train] {len(trials)} models to train, {concurrency} at a time")
+    packs = [p for p in plan_packs(spec, trials, concurrency)
+             if not all(store.exists(model_path(t.trial_id)) for t in p.trials)]
+    payloads = {p.pack_id: {"spec": spec, "pack": p, "store": store.location} for p in packs}
+    models = sum(len(p.trials) for p in packs)
+    say(f"[train] {models} models to train in {len(packs)} pack(s) of {'/'.join(sorted({str(len(p.trials)) for p in packs}))}, "
+        f"{min(concurrency, len(packs))} at a time")
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads),
                                 {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
-        param_space={"trial_id": ray.tune.grid_search([t.trial_id for t in trials])},
+        param_space={"pack_id": ray.tune.grid_search(list(payloads))},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
         run_config=ray.tune.RunConfig(name=f"train-{int(time.time())}", verbose=0,
-                                      callbacks=[TrainProgress(spec, {t.trial_id: t for t in trials})],
+                                      callbacks=[TrainProgress(spec, {p.pack_id: p for p in packs})],
                                       # a trial whose driver died with its node starts again, and its
                                       # TorchTrainer (same name, same storage) resumes from the checkpoint
                                       failure_config=ray.tune.FailureConfig(max_failures=spec.resources.max_failures),
@@ -212,29 +269,34 @@ def innermost_error(text: str) -> str:
 
 
 class TrainProgress(ray.tune.Callback):
-    """One terminal line per trial every few reports: which model, how far, current loss."""
+    """A terminal line per pack every few reports: which models, how far, their losses, images/s
+    and (on a GPU of known peak) MFU."""
 
-    def __init__(self, spec: StudySpec, trials: dict[str, Trial]):
-        self.steps, self.trials = spec.training.steps, trials
+    def __init__(self, spec: StudySpec, packs: dict[str, Pack]):
+        self.steps, self.packs = spec.training.steps, packs
         self.finished = 0
         self.last_print: dict[str, float] = {}
 
     def _name(self, trial) -> str:
-        t = self.trials[trial.config["trial_id"]]
-        return f"{t.trial_id} {t.dataset.name}/{t.architecture.name} N={t.n} pair={t.pair} {t.split} seed={t.seed}"
+        pack = self.packs[trial.config["pack_id"]]
+        first = pack.trials[0]
+        models = ", ".join(f"N={t.n} pair={t.pair} {t.split} seed={t.seed}" for t in pack.trials)
+        return f"{pack.pack_id} {first.dataset.name}/{first.architecture.name} [{models}]"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         now = time.monotonic()
         if now - self.last_print.get(trial.trial_id, 0) < 5 and result.get("step") != self.steps:
             return
         self.last_print[trial.trial_id] = now
-        if "loss" in result:
-            say(f"[train] {self._name(trial)}: step {result.get('step')}/{self.steps} "
-                          f"loss {result['loss']:.4g}")
+        if "losses" in result:
+            losses = " ".join(f"{value:.4g}" for value in result["losses"])
+            speed = f", {result['images_per_s']:,.0f} img/s" + (f", MFU {result['mfu']:.1%}" if "mfu" in result else "")
+            say(f"[train] {self.packs[trial.config['pack_id']].pack_id}: step {result.get('step')}/{self.steps} "
+                f"loss {losses}{speed}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
-        say(f"[train] done {self.finished}/{len(self.trials)}: {self._name(trial)}")
+        say(f"[train] done {self.finished}/{len(self.packs)}: {self._name(trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""

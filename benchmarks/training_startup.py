@@ -1,0 +1,69 @@
+"""The smoke study's training stage, one model per Ray Train run vs packed, side by side.
+
+Both sides train the same models (`models_per_pack: 1` vs the default packing) on the same local
+Ray, in alternating order, each into a fresh results folder; the time is the training stage
+alone (Tune grid to the last model file), Ray's own start excluded as it is the same for both.
+Each side runs `--repeats` times; the median is reported.
+
+    python benchmarks/training_startup.py [studies/smoke.yaml] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import tempfile
+import time
+
+from gahb_scale.study.runner import _connect
+from gahb_scale.study.spec import expand_trials, load_spec
+from gahb_scale.study.store import StudyStore
+from gahb_scale.study.train import max_concurrent, plan_packs, train_trials
+
+import ray  # noqa: E402  (after gahb_scale.study.train, which sets Ray Train's environment)
+
+
+def training_seconds(spec_path: str, models_per_pack: int | None) -> tuple[float, int]:
+    """Wall seconds of the training stage and the number of packs it ran."""
+    with tempfile.TemporaryDirectory() as results:
+        spec = load_spec(spec_path, results_dir=results)
+        spec = spec.model_copy(update={"resources": spec.resources.model_copy(
+            update={"models_per_pack": models_per_pack})})
+        trials = expand_trials(spec)
+        packs = plan_packs(spec, trials, max_concurrent(spec, ray.cluster_resources()))
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            failed = train_trials(spec, trials, StudyStore(results), fixed_cluster=True)
+        seconds = time.perf_counter() - start
+        if failed:
+            raise SystemExit(f"{len(failed)} model(s) failed to train")
+        return seconds, len(packs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("spec", nargs="?", default="studies/smoke.yaml")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    _connect(None)
+    try:
+        spec = load_spec(args.spec)
+        print(f"{args.spec}: {len(expand_trials(spec))} models of {spec.training.steps} steps, batch "
+              f"{spec.training.batch_size}; Ray has {ray.cluster_resources().get('CPU', 0):g} CPUs")
+        times = {"one model per run": [], "packed": []}
+        for repeat in range(args.repeats):
+            for name, per_pack in (("one model per run", 1), ("packed", None)):
+                seconds, packs = training_seconds(args.spec, per_pack)
+                times[name].append(seconds)
+                print(f"  run {repeat + 1}: {name}: {packs} Ray Train run(s), {seconds:.1f} s", flush=True)
+        solo, packed = (statistics.median(times[k]) for k in times)
+        print(f"training stage, median of {args.repeats}: one model per run {solo:.1f} s, packed {packed:.1f} s, "
+              f"speed-up {solo / packed:.2f}x (target >= 2)")
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
