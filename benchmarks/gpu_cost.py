@@ -5,7 +5,8 @@ The one GPU measurement so far (benchmarks/training_throughput.py on one H100): 
 estimated from it by their model FLOPs per image (forward + backward, counted by
 `torch.utils.flop_counter`), i.e. at the same FLOP/s: a first-order estimate that small images (more
 overhead per FLOP) and the BF-CNN (no down-sampling, a different memory/compute balance) may miss.
-With `--measure` on a GPU, every pair is timed instead and the table cites those numbers.
+With `--measure` on a GPU, every pair is timed instead, in the packs the runner would form on one
+GPU, and the table cites those numbers (images/s per model).
 
     python benchmarks/gpu_cost.py studies/*_gpu*.yaml [--measure]
 """
@@ -16,14 +17,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
 import yaml
-from torch.utils.flop_counter import FlopCounterMode
 
 from gahb_scale.models import build_model
 from gahb_scale.study.spec import expand_trials, parse_spec
-from gahb_scale.training import residual_loss
-from training_throughput import images_per_second  # this folder: run as benchmarks/gpu_cost.py
+from gahb_scale.study.train import models_per_pack
+from gahb_scale.training import training_flops_per_image
+from training_throughput import throughput  # this folder: run as benchmarks/gpu_cost.py
 
 MEASURED = {"images_per_second": 4018.0, "arch": "unet", "params": {}, "size": 80,
             "what": "paper UNet, 80x80, batch 512, bf16, one H100 (measured)"}
@@ -31,12 +31,7 @@ AUTHORS_IMAGES = 1000 * 250_000  # the authors' budget: 1000 epochs of 250k imag
 
 
 def flops_per_image(kind: str, params: dict, size: int) -> float:
-    """FLOPs of one training step per image: forward and backward of the residual loss."""
-    net = build_model(kind, seed=0, **params)
-    images = torch.rand(2, 1, size, size)
-    with FlopCounterMode(display=False) as counter:
-        residual_loss(net, images, torch.full((2, 1, 1, 1), 0.1), torch.randn_like(images)).backward()
-    return counter.get_total_flops() / len(images)
+    return training_flops_per_image(build_model(kind, seed=0, **params), (1, size, size))
 
 
 def spec_without_data(path: str):
@@ -65,12 +60,14 @@ def main() -> None:
         total = 0.0
         for arch in spec.architectures:
             flops = flops_per_image(arch.kind, arch.params, spec.image_size)
-            if args.measure:
-                speed = images_per_second(arch.kind, arch.params, spec.image_size, spec.training.batch_size,
-                                          spec.training.precision, "cuda")
+            group = [t for t in expand_trials(spec) if t.architecture.name == arch.name]
+            models = len(group)
+            if args.measure:  # the packs the runner forms on one GPU; img/s per model of the pack
+                k = models_per_pack(spec, group, concurrency=1)
+                speed = throughput(arch.kind, arch.params, spec.image_size, spec.training.batch_size,
+                                   spec.training.precision, "cuda", sizes=(1000,) * k)["images_per_s"] / k
             else:
                 speed = MEASURED["images_per_second"] * reference / flops
-            models = sum(t.architecture.name == arch.name for t in expand_trials(spec))
             hours = images_per_model / speed / 3600
             total += hours * models
             print(f"{spec.name:34} {arch.name:6} {spec.image_size:4d} {flops / 1e9:9.2f} {speed:8,.0f} {models:6d} "

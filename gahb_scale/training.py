@@ -170,7 +170,7 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
                on_log: Callable[[int, dict], None] | None = None,
                on_checkpoint: Callable[[int, Path], None] | None = None,
                on_snapshot: Callable[[int, int, nn.Module], None] | None = None,
-               shard: tuple[int, int] = (0, 1)) -> list[TrainResult]:
+               shard: tuple[int, int] = (0, 1), compile_mode: str | None = None) -> list[TrainResult]:
     """Train the K networks of `pack` (a `ModelPack`) as blind denoisers, network k on `images[k]`
     (N_k, C, H, W) — float in [0, 1], or uint8 (0…255, converted batch by batch) — with `configs[k]`.
 
@@ -189,6 +189,9 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
     Data-parallel training passes `shard=(rank, world_size)` and a DDP-wrapped pack: every rank
     draws the same global batches and noise from the same generators and keeps its slice, so the
     averaged gradient is the single-process gradient and a checkpoint of rank 0 resumes every rank.
+
+    `compile_mode` runs the step's forward and backward through `torch.compile` with that mode
+    ("default", "max-autotune", ...); None runs eagerly.
     """
     rank, world = shard
     module = getattr(pack, "module", pack)  # DistributedDataParallel keeps the model in .module
@@ -228,6 +231,7 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
         since_log = 0
     resumed_from = step
 
+    step_model = pack if compile_mode is None else torch.compile(pack, mode=compile_mode)
     use_bf16 = config.precision == "bf16" and device.type == "cuda"
     peak = peak_flops(device, config.precision)
     flops = training_flops_per_image(module.network(0), images[0].shape[1:]) if peak else None
@@ -244,7 +248,7 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
         noise = torch.stack([torch.randn((config.batch_size, *image_shape), generator=rng, device=device)
                              for rng in noise_rngs])[:, rank::world]
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = residual_loss(pack, clean, sigma, noise)  # (K,): model k's gradient is its own loss's
+            loss = residual_loss(step_model, clean, sigma, noise)  # (K,): model k's gradient is its own loss's
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         optimizer.step()
