@@ -27,6 +27,7 @@ from study_checks import assert_every_row_once
 
 from gahb_scale.study.spec import expand_trials, load_spec
 from gahb_scale.study.store import StudyStore, model_path
+from gahb_scale.study.train import max_concurrent, plan_packs
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,26 +127,29 @@ def test_job_submit_runs_a_study_on_the_cluster(cluster, read_s3, tmp_path):
     assert f"--results {results}" in logs  # the follow-up commands read the same results
 
 
-def _train_long(tmp_path: Path, name: str) -> Path:
+def _train_long(tmp_path: Path, name: str, models_per_pack: int) -> Path:
     """Two models trained long enough (a few seconds each) to be interrupted after a checkpoint."""
     return write_spec(tmp_path, name, train_sizes=[4], training={"steps": 1500, "checkpoint_every": 100,
                                                                  "log_every": 100, "lr_halve_every": 500,
-                                                                 "snapshot_steps": [100]})
+                                                                 "snapshot_steps": [100]},
+                      resources={"models_per_pack": models_per_pack})
 
 
 def _training_worker_after_checkpoint(cluster: RayCluster, spec: Path, results: str, job: str):
     """Wait until every model still training has checkpoints in the object store; returns (worker
     node, pid) of a Ray Train worker training then, so whichever dies had a checkpoint to resume."""
     store = StudyStore(results)
-    trials = expand_trials(load_spec(spec, results))
+    study = load_spec(spec, results)
+    trials = expand_trials(study)
+    packs = plan_packs(study, trials, max_concurrent(study, None))
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         assert job_status(cluster, job) in ("PENDING", "RUNNING"), job_logs(cluster, job)[-4000:]
         assert not all(store.exists(model_path(t.trial_id)) for t in trials), \
             "training finished before the failure could be injected: train longer"
-        training = [t for t in trials if not store.exists(model_path(t.trial_id))]
-        listings = [store.fs.get_file_info(pafs.FileSelector(store.path(f"ray/{t.trial_id}"), allow_not_found=True))
-                    for t in training]
+        training = [p for p in packs if not all(store.exists(model_path(t.trial_id)) for t in p.trials)]
+        listings = [store.fs.get_file_info(pafs.FileSelector(store.path(f"ray/{p.pack_id}"), allow_not_found=True))
+                    for p in training]
         # two: a checkpoint folder appears while it uploads, before Ray Train has registered it
         if all(sum(i.base_name.startswith("checkpoint_") for i in listing) >= 2 for listing in listings):
             for node in cluster.workers:
@@ -158,20 +162,21 @@ def _training_worker_after_checkpoint(cluster: RayCluster, spec: Path, results: 
 
 def test_training_worker_killed_mid_run_restarts_from_checkpoint(cluster, read_s3, tmp_path):
     results = "s3://gahb/cluster/worker-killed"
-    spec = _train_long(tmp_path, "worker_killed")
+    spec = _train_long(tmp_path, "worker_killed", models_per_pack=2)  # the worker of a pack of both models
     job = submit(cluster, spec, results)
     _, pid = _training_worker_after_checkpoint(cluster, spec, results, job)
     os.kill(pid, 9)
     status = wait_for_job(cluster, job)
     assert status == "SUCCEEDED", job_logs(cluster, job)[-4000:]
     rows = assert_every_row_once(results, load_spec(spec, results))
-    assert max(r["resumed_from_step"] for r in rows["trials"]) >= 100
+    assert {r["pack_size"] for r in rows["trials"]} == {2}
+    assert min(r["resumed_from_step"] for r in rows["trials"]) >= 100  # both models of the pack resumed
 
 
 def test_worker_node_lost_mid_study_is_survived(cluster, read_s3, tmp_path):
     """Last in this file: it leaves the cluster one worker node short."""
     results = "s3://gahb/cluster/node-lost"
-    spec = _train_long(tmp_path, "node_lost")
+    spec = _train_long(tmp_path, "node_lost", models_per_pack=1)  # two worker groups, one per node
     job = submit(cluster, spec, results)
     node, _ = _training_worker_after_checkpoint(cluster, spec, results, job)
     cluster.kill(node)

@@ -67,7 +67,7 @@ def test_study_on_object_storage(on_s3, monkeypatch, tmp_path, capsys):
         assert trial["model_path"] == f"s3://gahb/results/micro/models/{trial['trial_id']}/model.pt?" \
                                       f"endpoint_override={host}&scheme=http"
         # Ray Train's checkpoints went to the object store too
-        assert any(k.startswith(f"results/micro/ray/{trial['trial_id']}/checkpoint_") for k in keys)
+        assert any(k.startswith(f"results/micro/ray/{trial['pack_id']}/checkpoint_") for k in keys)
     assert "results/micro/reports/micro/index.html" in keys
     assert any(k.startswith("results/micro/arrays/micro/") for k in keys)
     # nothing on the local disk but the MLflow store the run announced (results are remote)

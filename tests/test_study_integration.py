@@ -156,12 +156,13 @@ def test_rerun_trains_nothing_and_adds_no_row(micro, capsys):
     assert "4 models — 4 trained" in status and "2/2 split pairs compared" in status
 
 
-def test_killed_study_resumes_from_checkpoints(micro, tmp_path):
+def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys):
     """Kill a run mid-training (SIGKILL, no clean-up), then run again: it continues from the checkpoint."""
     spec_path, results = micro
     data = yaml.safe_load(spec_path.read_text())
     data["training"].update(steps=400, checkpoint_every=50, log_every=50)  # new trial ids: a fresh training run
     data["train_sizes"] = [4]
+    data["resources"]["models_per_pack"] = 2  # both models in one pack: the kill interrupts a pack
     spec_file = tmp_path / "micro_resume.yaml"
     spec_file.write_text(yaml.safe_dump(data))
     spec = load_spec(spec_file)
@@ -182,11 +183,14 @@ def test_killed_study_resumes_from_checkpoints(micro, tmp_path):
     assert registered, "no checkpoint was registered before the deadline"
     store = StudyStore(str(results))
     assert not all(store.exists(model_path(t.trial_id)) for t in trials)
+    assert main(["status", str(spec_file)]) == 0
+    status = capsys.readouterr().out
+    assert "2 models — 0 trained, 2 part-trained" in status and status.count("part-trained (checkpoint at step") == 2
 
     assert main(["run", str(spec_file)]) == 0
     trained = {r["trial_id"]: r for r in store.rows("trials")}
     resumed = [trained[t.trial_id]["resumed_from_step"] for t in trials]
-    assert max(resumed) >= 50  # at least one model continued from a checkpoint instead of step 0
+    assert min(resumed) >= 50  # both models of the pack continued from its checkpoint instead of step 0
     assert all(trained[t.trial_id]["steps"] == 400 for t in trials)
     assert len([r for r in store.rows("pairs") if r["pair_id"] == trials[0].pair_id]) == data["sampling"]["num_samples"]
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import io
+import json
 
 from .spec import StudySpec, analysis_id, expand_trials
 from .store import StudyStore, model_path
 
 
-def _checkpoint_step(store: StudyStore, trial_id: str) -> int | None:
-    """Step of the newest Ray Train checkpoint of a trial that has not finished, if any."""
+def _checkpoint_step(store: StudyStore, pack_id: str) -> int | None:
+    """Step of the newest Ray Train checkpoint of a pack, if any."""
     import pyarrow.fs as pafs
     import torch
 
-    folder = store.path(f"ray/{trial_id}")
+    folder = store.path(f"ray/{pack_id}")
     infos = store.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     checkpoints = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and
                          i.base_name.startswith("checkpoint_"))
@@ -21,6 +22,22 @@ def _checkpoint_step(store: StudyStore, trial_id: str) -> int | None:
         return None
     with store.fs.open_input_stream(f"{checkpoints[-1]}/train_state.pt") as f:
         return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)["step"]
+
+
+def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:
+    """trial id -> the furthest checkpoint step of any pack holding it (packs listed under packs/)."""
+    import pyarrow.fs as pafs
+
+    steps: dict[str, int] = {}
+    for info in store.fs.get_file_info(pafs.FileSelector(store.path("packs"), allow_not_found=True)):
+        if not info.base_name.endswith(".json"):
+            continue
+        with store.fs.open_input_stream(info.path) as f:
+            members = set(json.loads(f.read())) & trial_ids
+        if members and (step := _checkpoint_step(store, info.base_name.removesuffix(".json"))) is not None:
+            for trial_id in members:
+                steps[trial_id] = max(step, steps.get(trial_id, 0))
+    return steps
 
 
 def study_status(spec: StudySpec) -> str:
@@ -31,10 +48,12 @@ def study_status(spec: StudySpec) -> str:
     compared = store.keys_present("pairs", "pair_id", {"study_id": spec.name, "analysis_id": aid})
     counts = {"trained": 0, "part-trained": 0, "not started": 0}
     lines = []
+    trained = {t.trial_id for t in trials if store.exists(model_path(t.trial_id))}
+    checkpointed = _checkpoint_steps(store, {t.trial_id for t in trials} - trained)
     for t in trials:
-        if store.exists(model_path(t.trial_id)):
+        if t.trial_id in trained:
             state, detail = "trained", "trained"
-        elif (step := _checkpoint_step(store, t.trial_id)) is not None:
+        elif (step := checkpointed.get(t.trial_id)) is not None:
             state, detail = "part-trained", f"part-trained (checkpoint at step {step}/{spec.training.steps})"
         else:
             state, detail = "not started", "not started"

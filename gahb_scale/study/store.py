@@ -59,6 +59,11 @@ def model_path(trial_id: str) -> str:
     return f"models/{trial_id}/model.pt"
 
 
+def pack_path(pack_id: str) -> str:
+    """The trial ids of a pack, as JSON: which models a pack's checkpoints under `ray/<pack_id>` hold."""
+    return f"packs/{pack_id}.json"
+
+
 def snapshot_path(trial_id: str, step: int) -> str:
     """The weights of a trial at one of `training.snapshot_steps` (for memorization over time)."""
     return f"models/{trial_id}/step_{step:09d}.pt"

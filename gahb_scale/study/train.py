@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -58,7 +59,7 @@ from ..packing import ModelPack
 from ..training import TrainConfig, train_pack, training_flops_per_image
 from .datasets import split_images
 from .spec import StudySpec, Trial
-from .store import StudyStore, model_path, snapshot_path
+from .store import StudyStore, model_path, pack_path, snapshot_path
 
 TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes: a Python process with torch imported, roughly
 STATE_FILE = "train_state.pt"
@@ -240,6 +241,8 @@ def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, fixed_
     concurrency = max_concurrent(spec, ray.cluster_resources() if fixed_cluster else None)
     packs = [p for p in plan_packs(spec, trials, concurrency)
              if not all(store.exists(model_path(t.trial_id)) for t in p.trials)]
+    for p in packs:  # for `status`, which cannot know the packing (it depends on the cluster)
+        store.write_bytes(pack_path(p.pack_id), json.dumps([t.trial_id for t in p.trials]).encode())
     payloads = {p.pack_id: {"spec": spec, "pack": p, "store": store.location} for p in packs}
     models = sum(len(p.trials) for p in packs)
     say(f"[train] {models} models to train in {len(packs)} pack(s) of {'/'.join(sorted({str(len(p.trials)) for p in packs}))}, "
