@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .data.transforms import to_float_images
 from .errors import UserInputError
 from .flops import peak_flops
-from .packing import ModelPack, network_state
+from .packing import ModelPack
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class TrainConfig:
     """Hyper-parameters of one run; defaults are the paper's where it gives them.
 
     The paper counts epochs of 250k tiled images at batch 512 and halves the learning rate every
-    `lr_freq` epochs; here both are in gradient steps (`steps_for_epochs` converts).
+    `lr_freq` epochs; here both are in gradient steps.
     """
 
     steps: int = 10_000
@@ -65,11 +65,6 @@ class TrainConfig:
                 raise UserInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.snapshot_steps and not 1 <= self.snapshot_steps[0] <= self.snapshot_steps[-1] <= self.steps:
             raise UserInputError(f"snapshot_steps must lie in [1, steps = {self.steps}], got {list(self.snapshot_steps)}")
-
-
-def steps_for_epochs(epochs: int, images_per_epoch: int = 250_000, batch_size: int = 512) -> int:
-    """Gradient steps of the paper's schedule: `epochs` passes over `images_per_epoch` tiled images."""
-    return math.ceil(epochs * images_per_epoch / batch_size)
 
 
 def draw_noise_levels(batch: int, noise_range: tuple[float, float], schedule: str, generator: torch.Generator,
@@ -303,12 +298,3 @@ def train_denoiser(net: nn.Module, images: torch.Tensor, config: TrainConfig, de
     net.load_state_dict(result.net.state_dict())
     result.net = net.to(next(result.net.parameters()).device).eval()
     return result
-
-
-def load_trained_weights(net: nn.Module, checkpoint_path: str | Path, device: str | torch.device = "cpu",
-                         k: int = 0) -> nn.Module:
-    """Load the weights of network k of a checkpoint written by `train_denoiser` or `train_pack`
-    into `net`, in eval mode."""
-    state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-    net.load_state_dict(network_state(state["pack"], k))
-    return net.to(device).eval()

@@ -82,3 +82,31 @@ def test_a_pack_holds_one_architecture_and_the_papers_unet_at_80_trains_alone():
         assert len({t.architecture.name for t in pack.trials}) == 1
     assert [len(p.trials) for p in packs if p.trials[0].architecture.name == "paper"] == [1, 1, 1, 1]
     assert [len(p.trials) for p in packs if p.trials[0].architecture.name == "small"] == [4]
+
+
+# Declared for what they do inside another dependency, not imported by gahb_scale itself.
+INDIRECT_DEPENDENCIES = {"boto3": "MLflow's S3 artifact store (pyarrow has its own S3 client)"}
+
+
+def test_every_declared_dependency_is_imported_by_the_package():
+    import ast
+    import importlib.metadata
+    import re
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    root = Path(__file__).resolve().parents[1]
+    declared = [re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower()
+                for d in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]]
+    imported = set()
+    for path in (root / "gahb_scale").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    providers = importlib.metadata.packages_distributions()  # import name -> distributions
+    used = {dist.lower() for name in imported for dist in providers.get(name, [])}
+    unused = [d for d in declared if d not in used and d not in INDIRECT_DEPENDENCIES]
+    assert not unused, f"declared in pyproject.toml but never imported by gahb_scale: {unused}"

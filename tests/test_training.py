@@ -7,8 +7,7 @@ import torch
 
 from gahb_scale.errors import UserInputError
 from gahb_scale.models import build_model
-from gahb_scale.training import (TiledBatches, TrainConfig, draw_noise_levels, load_trained_weights, steps_for_epochs,
-                                 train_denoiser)
+from gahb_scale.training import TiledBatches, TrainConfig, draw_noise_levels, train_denoiser
 
 
 def tiny_images(n=12, seed=0):
@@ -75,11 +74,6 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(p, q), name
     assert resumed.losses == straight.losses
 
-    reloaded = load_trained_weights(build_model("unet", width=4, blocks=1), checkpoint)
-    assert not reloaded.training
-    y = images[:2]
-    assert torch.equal(reloaded(y), straight.net(y))
-
 
 def test_snapshots_hold_the_weights_of_a_run_stopped_there(tmp_path):
     """A snapshot at step s equals the final weights of a run of s steps (same schedule), and a
@@ -141,10 +135,6 @@ def test_bad_config_is_rejected():
         TrainConfig(noise_range=(10, 5))
     with pytest.raises(UserInputError, match="precision"):
         TrainConfig(precision="fp8")
-
-
-def test_paper_schedule_in_steps():
-    assert steps_for_epochs(1) == math.ceil(250_000 / 512)
 
 
 def test_uint8_images_train_exactly_as_their_float_conversion():

@@ -24,14 +24,13 @@ class NearestNeighbours:
 
     `index_l2`, `d1`, `d2`: index of and L2 distance to the nearest training image, and the distance
     to the second nearest (NaN when the training set has a single image); `ratio` = d1/d2;
-    `index_cosine`, `cosine`: index of and raw cosine with the most similar training image.
+    `cosine`: raw cosine with the most similar training image.
     """
 
     index_l2: torch.Tensor
     d1: torch.Tensor
     d2: torch.Tensor
     ratio: torch.Tensor
-    index_cosine: torch.Tensor
     cosine: torch.Tensor
 
 
@@ -66,7 +65,6 @@ def nearest_neighbours(samples: torch.Tensor, train_images: torch.Tensor,
     best_sq = torch.full((n_samples, 2), float("inf"), dtype=flat_samples.dtype, device=samples.device)
     best_index = torch.zeros((n_samples, 2), dtype=torch.long, device=samples.device)
     best_cosine = torch.full((n_samples,), -float("inf"), dtype=flat_samples.dtype, device=samples.device)
-    index_cosine = torch.zeros(n_samples, dtype=torch.long, device=samples.device)
 
     for start in range(0, len(train_images), chunk_size):
         chunk = train_images[start:start + chunk_size].to(samples.device, samples.dtype)
@@ -80,10 +78,7 @@ def nearest_neighbours(samples: torch.Tensor, train_images: torch.Tensor,
 
         # a zero image has no direction (NaN cosine); it must not hide the chunk's real maximum
         cosines = (unit_samples @ unit_vectors(chunk).T).nan_to_num(nan=-float("inf"))
-        chunk_cosine, chunk_argmax = cosines.max(dim=1)
-        improved = chunk_cosine > best_cosine
-        best_cosine = torch.where(improved, chunk_cosine, best_cosine)
-        index_cosine = torch.where(improved, chunk_argmax + start, index_cosine)
+        best_cosine = torch.maximum(best_cosine, cosines.max(dim=1).values)
 
     d1 = _distance_to(flat_samples, train_images, best_index[:, 0])
     if len(train_images) > 1:
@@ -91,7 +86,7 @@ def nearest_neighbours(samples: torch.Tensor, train_images: torch.Tensor,
     else:  # no second-nearest image exists
         d2 = torch.full_like(d1, float("nan"))
     undefined_cosine = best_cosine == -float("inf")  # a zero sample, or only zero training images
-    return NearestNeighbours(index_l2=best_index[:, 0], d1=d1, d2=d2, ratio=d1 / d2, index_cosine=index_cosine,
+    return NearestNeighbours(index_l2=best_index[:, 0], d1=d1, d2=d2, ratio=d1 / d2,
                              cosine=best_cosine.masked_fill(undefined_cosine, float("nan")))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -19,11 +18,6 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """
     mse = (x - ref).square().flatten(1).mean(dim=1)
     return -10.0 * torch.log10(mse)
-
-
-def default_sigma_grid(count: int = 10) -> torch.Tensor:
-    """`count` noise levels log-spaced from 1/255 to 255/255 (both included)."""
-    return torch.logspace(0.0, math.log10(255.0), count) / 255.0
 
 
 @torch.no_grad()
