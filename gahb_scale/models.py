@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import UserInputError
 
 
 class BFBatchNorm(nn.Module):
@@ -68,7 +67,7 @@ class BiasFreeUNet(nn.Module):
                  mid_convs: int = 2, kernel_size: int = 3):
         super().__init__()
         if blocks < 1 or convs_per_block < 1 or mid_convs < 1 or width < 1:
-            raise UserInputError("UNet needs width, blocks, convs_per_block and mid_convs >= 1")
+            raise ValueError("UNet needs width, blocks, convs_per_block and mid_convs >= 1")
         self.blocks = blocks
         widths = [width * 2**b for b in range(blocks + 1)]
 
@@ -128,7 +127,7 @@ class BFCNN(nn.Module):
     def __init__(self, channels: int = 1, width: int = 64, layers: int = 21, kernel_size: int = 3):
         super().__init__()
         if layers < 3 or width < 1:
-            raise UserInputError("BF-CNN needs layers >= 3 and width >= 1")
+            raise ValueError("BF-CNN needs layers >= 3 and width >= 1")
         body = [_conv(channels, width, kernel_size), nn.ReLU()]
         for _ in range(layers - 2):
             body += _conv_bn_relu(width, width, kernel_size)
@@ -154,14 +153,14 @@ def build_model(name: str, seed: int | None = None, **params) -> nn.Module:
     try:
         cls = ARCHITECTURES[name]
     except KeyError:
-        raise UserInputError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         try:
             return cls(**params)
         except TypeError as exc:  # an unknown or misspelt hyper-parameter
-            raise UserInputError(f"architecture {name!r}: {exc}") from None
+            raise ValueError(f"architecture {name!r}: {exc}") from None
 
 
 def denoise(net: nn.Module, y: torch.Tensor) -> torch.Tensor:

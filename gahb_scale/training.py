@@ -55,16 +55,16 @@ class TrainConfig:
         object.__setattr__(self, "snapshot_steps", tuple(sorted({int(s) for s in self.snapshot_steps})))
         a, b = self.noise_range
         if not 0 <= a < b:
-            raise UserInputError(f"noise_range must satisfy 0 <= a < b, got {self.noise_range}")
+            raise ValueError(f"noise_range must satisfy 0 <= a < b, got {self.noise_range}")
         if self.noise_schedule not in ("quadratic", "linear"):
-            raise UserInputError(f"noise_schedule must be 'quadratic' or 'linear', got {self.noise_schedule!r}")
+            raise ValueError(f"noise_schedule must be 'quadratic' or 'linear', got {self.noise_schedule!r}")
         if self.precision not in ("fp32", "bf16"):
-            raise UserInputError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         for name in ("steps", "batch_size", "lr_halve_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
-                raise UserInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.snapshot_steps and not 1 <= self.snapshot_steps[0] <= self.snapshot_steps[-1] <= self.steps:
-            raise UserInputError(f"snapshot_steps must lie in [1, steps = {self.steps}], got {list(self.snapshot_steps)}")
+            raise ValueError(f"snapshot_steps must lie in [1, steps = {self.steps}], got {list(self.snapshot_steps)}")
 
 
 def draw_noise_levels(batch: int, noise_range: tuple[float, float], schedule: str, generator: torch.Generator,
@@ -156,7 +156,7 @@ def _shared_settings(configs: list[TrainConfig]) -> TrainConfig:
     first = {k: v for k, v in asdict(configs[0]).items() if k != "seed"}
     for config in configs[1:]:
         if {k: v for k, v in asdict(config).items() if k != "seed"} != first:
-            raise UserInputError("the models of a pack must share every training setting but the seed")
+            raise ValueError("the models of a pack must share every training setting but the seed")
     return configs[0]
 
 

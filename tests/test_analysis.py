@@ -176,9 +176,9 @@ def test_fit_psnr_slope_restricted_to_range_ignores_saturated_end():
 
 
 def test_fit_psnr_slope_refuses_too_few_or_non_finite_points():
-    with pytest.raises(UserInputError):
+    with pytest.raises(ValueError):
         fit_psnr_slope([10.0, 20.0, 30.0], [5.0, 10.0, 15.0], psnr_in_range=(15.0, 25.0))
-    with pytest.raises(UserInputError):
+    with pytest.raises(ValueError):
         fit_psnr_slope([10.0, 20.0], [5.0, float("inf")])
 
 
@@ -186,5 +186,5 @@ def test_optimal_calpha_slope():
     assert optimal_calpha_slope(1.0) == pytest.approx(0.5)
     assert optimal_calpha_slope(3.0) == pytest.approx(0.75)
     assert optimal_calpha_slope(4.0) == pytest.approx(0.8)
-    with pytest.raises(UserInputError):
+    with pytest.raises(ValueError):
         optimal_calpha_slope(0.0)

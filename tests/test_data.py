@@ -208,7 +208,7 @@ def test_disc_rendering_is_smooth_in_the_parameters():
 
 
 def test_render_discs_rejects_bad_params():
-    with pytest.raises(UserInputError, match="shape"):
+    with pytest.raises(ValueError, match="shape"):
         render_discs(torch.zeros(3, 4), 16)
     with pytest.raises(UserInputError, match="antialiasing"):
         render_discs(torch.zeros(3, 5), 16, antialiasing=-1)

@@ -117,7 +117,7 @@ def test_snapshots_of_a_pack_are_each_models_weights_at_that_step():
 def test_a_pack_refuses_models_with_different_settings_or_architectures():
     mixed = configs()
     mixed[1] = TrainConfig(steps=50, batch_size=6, lr=1e-3, lr_halve_every=20, log_every=10, seed=11)
-    with pytest.raises(UserInputError, match="but the seed"):
+    with pytest.raises(ValueError, match="but the seed"):
         train_pack(ModelPack(nets()), image_sets(), mixed, device="cpu")
     with pytest.raises(ValueError, match="one architecture"):
         ModelPack([build_model("unet", width=4, blocks=1), build_model("unet", width=8, blocks=1)])

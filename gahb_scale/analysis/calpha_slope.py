@@ -10,7 +10,6 @@ from typing import Sequence
 
 import torch
 
-from ..errors import UserInputError
 
 
 def fit_psnr_slope(psnr_in: torch.Tensor | Sequence[float], psnr_out: torch.Tensor | Sequence[float],
@@ -24,15 +23,15 @@ def fit_psnr_slope(psnr_in: torch.Tensor | Sequence[float], psnr_out: torch.Tens
     x = torch.as_tensor(psnr_in, dtype=torch.float64).flatten().cpu()
     y = torch.as_tensor(psnr_out, dtype=torch.float64).flatten().cpu()
     if x.shape != y.shape:
-        raise UserInputError(f"psnr_in and psnr_out differ in length ({len(x)} vs {len(y)})")
+        raise ValueError(f"psnr_in and psnr_out differ in length ({len(x)} vs {len(y)})")
     if psnr_in_range is not None:
         low, high = psnr_in_range
         kept = (x >= low) & (x <= high)
         x, y = x[kept], y[kept]
     if not bool(torch.isfinite(x).all() and torch.isfinite(y).all()):
-        raise UserInputError("cannot fit a PSNR slope through non-finite PSNR values")
+        raise ValueError("cannot fit a PSNR slope through non-finite PSNR values")
     if len(torch.unique(x)) < 2:
-        raise UserInputError(f"a PSNR slope needs at least two distinct input PSNRs in range {psnr_in_range}")
+        raise ValueError(f"a PSNR slope needs at least two distinct input PSNRs in range {psnr_in_range}")
     x_centred, y_centred = x - x.mean(), y - y.mean()
     slope = (x_centred * y_centred).sum() / x_centred.square().sum()
     intercept = y.mean() - slope * x.mean()
@@ -42,5 +41,5 @@ def fit_psnr_slope(psnr_in: torch.Tensor | Sequence[float], psnr_out: torch.Tens
 def optimal_calpha_slope(alpha: float) -> float:
     """alpha / (alpha + 1): the PSNR slope of the optimal denoiser on C^alpha images (alpha > 0)."""
     if alpha <= 0:
-        raise UserInputError(f"C^alpha regularity must be positive, got alpha = {alpha}")
+        raise ValueError(f"C^alpha regularity must be positive, got alpha = {alpha}")
     return alpha / (alpha + 1.0)

@@ -19,7 +19,6 @@ import pywt
 import torch
 from torch import Tensor
 
-from ..errors import UserInputError
 from ._validate import int_at_least, seeded_rng
 
 MIN_RADIUS = 3.0  # pixels; the largest radius is (size - 3) / 2
@@ -65,7 +64,7 @@ def render_discs(params: Tensor, size: int, antialiasing: int = 2) -> Tensor:
     size = int_at_least("size", size, 1)
     antialiasing = int_at_least("antialiasing", antialiasing, 0)
     if params.ndim != 2 or params.shape[1] != len(PARAMETER_NAMES) or not params.is_floating_point():
-        raise UserInputError(f"disc params must be a float tensor of shape (n, 5), got {params.dtype} {tuple(params.shape)}")
+        raise ValueError(f"disc params must be a float tensor of shape (n, 5), got {params.dtype} {tuple(params.shape)}")
     fine = size * 2 ** antialiasing
     chunk = max(1, _MAX_FINE_PIXELS_PER_CHUNK // (fine * fine))
     return torch.cat([_render_chunk(p, size, antialiasing) for p in params.split(chunk)])
@@ -94,7 +93,7 @@ def wavelet_downsample(images: np.ndarray, times: int) -> np.ndarray:
     for _ in range(times):
         height, width = images.shape[-2:]
         if height % 2 or width % 2:
-            raise UserInputError(f"wavelet down-sampling needs even image sides, got {height}x{width}")
+            raise ValueError(f"wavelet down-sampling needs even image sides, got {height}x{width}")
         low, _ = pywt.dwt2(images, "db2", mode="symmetric", axes=(-2, -1))
         images = low[..., 1:1 + height // 2, 1:1 + width // 2] / 2.0
     return np.ascontiguousarray(images)
