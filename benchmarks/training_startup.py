@@ -11,8 +11,6 @@ Each side runs `--repeats` times; the median is reported.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import statistics
 import tempfile
 import time
@@ -34,8 +32,7 @@ def training_seconds(spec_path: str, models_per_pack: int | None) -> tuple[float
         trials = expand_trials(spec)
         packs = plan_packs(spec, trials, max_concurrent(spec, ray.cluster_resources()))
         start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            failed = train_trials(spec, trials, StudyStore(results), fixed_cluster=True)
+        failed = train_trials(spec, trials, StudyStore(results), fixed_cluster=True)
         seconds = time.perf_counter() - start
         if failed:
             raise SystemExit(f"{len(failed)} model(s) failed to train")

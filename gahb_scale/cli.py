@@ -66,9 +66,11 @@ def cmd_run(args) -> int:
     from .study.spec import load_spec
 
     spec = load_spec(args.spec, args.results)  # validate before Ray starts: a bad spec writes nothing
+    from .study.progress import show_progress
     from .study.runner import StudyFailed, run_study
     from .study.tracking import ui_command
 
+    show_progress()
     try:
         result = run_study(spec, Path(args.spec).read_text(), address=args.address)
     except StudyFailed as exc:

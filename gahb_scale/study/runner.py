@@ -17,11 +17,12 @@ import gahb_scale
 
 from ..errors import UserInputError
 from .datasets import prepare_datasets
+from .progress import log
 from .spec import StudySpec, Trial, analysis_id, expand_trials
 from .store import StudyStore, arrays_path, load_arrays, model_path
 from .tracking import store_notice
 
-from .train import RAY_ENV, innermost_error, say, train_trials  # first: sets Ray Train V2 before ray.train loads
+from .train import RAY_ENV, innermost_error, train_trials  # first: sets Ray Train V2 before ray.train loads
 
 import ray  # noqa: E402
 
@@ -51,7 +52,7 @@ def check_resources(spec: StudySpec, cluster: dict, strict: bool) -> None:
     if problems and strict:
         raise UserInputError("\n".join(problems))
     for problem in problems:
-        say(f"warning: {problem} (now; waiting for the autoscaler)")
+        log.info(f"warning: {problem} (now; waiting for the autoscaler)")
 
 
 def _connect(address: str | None) -> None:
@@ -78,9 +79,9 @@ def _gather(refs: dict, what: str, on_result: Callable[[object, dict], None],
         except Exception as exc:  # a failed task must not lose the others' results
             failed.append(key)
             cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the task's own exception
-            say(f"[{what}] FAILED {key}: {innermost_error(f'{type(cause).__name__}: {cause}')}")
+            log.info(f"[{what}] FAILED {key}: {innermost_error(f'{type(cause).__name__}: {cause}')}")
         done += 1
-        say(f"[{what}] {done}/{len(refs)} done")
+        log.info(f"[{what}] {done}/{len(refs)} done")
         if time.monotonic() - last_flush > flush_every:
             flush()
             last_flush = time.monotonic()
@@ -170,7 +171,7 @@ def _log_to_mlflow(spec: StudySpec, spec_text: str, trials: list[Trial], store: 
             metrics = tables["model_metrics"][t.trial_id][0]
             losses = [(r["step"], r["loss"]) for r in tables["train_curves"][t.trial_id]]
             tracker.log_trial(t, aid, metrics, losses, figs)
-            say(f"[mlflow] trial runs {i}/{len(todo)} logged")
+            log.info(f"[mlflow] trial runs {i}/{len(todo)} logged")
         tracker.log_study(spec_text, transition, figures.transition_figure(transition))
     return tracker.uri
 
@@ -182,13 +183,13 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
     trials = expand_trials(spec)
     aid = analysis_id(spec)
     started = time.monotonic()
-    say(f"study {spec.name}: {len(trials)} models; results in {store.location}")
+    log.info(f"study {spec.name}: {len(trials)} models; results in {store.location}")
     if notice := store_notice(spec, store):
-        say(notice)
+        log.info(notice)
     datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here, before Ray or any output
     for row in datasets:
         if row["duplicates_removed"] is not None:
-            say(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing {row['duplicates_removed']} "
+            log.info(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing {row['duplicates_removed']} "
                 f"near-duplicates (|correlation| > {row['near_duplicate_threshold']:g} on copies pooled by "
                 f"int(side/20))")
     _connect(address)
@@ -204,7 +205,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
             failed = train_trials(spec, todo, store, fixed_cluster=address is None)
         else:
             failed = []
-            say(f"[train] all {len(trials)} models already trained")
+            log.info(f"[train] all {len(trials)} models already trained")
         _register_trained(spec, trials, store)
         trained = [t for t in trials if store.exists(model_path(t.trial_id))]
 
@@ -216,10 +217,10 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
             task = ray.remote(stages.analyze_model).options(num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial,
                                                             max_retries=r.max_failures)
             refs = {task.remote(spec, t, store.location, aid): t.trial_id for t in pending}
-            say(f"[analysis] {len(pending)} models to analyse")
+            log.info(f"[analysis] {len(pending)} models to analyse")
             failed += _gather(refs, "analysis", lambda key, rows: buffer.add(rows), buffer.flush)
         else:
-            say(f"[analysis] all {len(trained)} models already analysed")
+            log.info(f"[analysis] all {len(trained)} models already analysed")
 
         # 3. per split pair: A/B similarity of samples with shared seeds
         analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": aid})
@@ -235,7 +236,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
             refs = {task.remote(spec, a, b, store.location, aid): a.pair_id for a, b in ready}
             failed += _gather(refs, "pairs", lambda key, rows: buffer.add(rows), buffer.flush)
         else:
-            say("[pairs] nothing new to compare")
+            log.info("[pairs] nothing new to compare")
 
         # 4. per study: transition, slopes, shuffle drop, memorization over time
         complete = all(t.trial_id in analysed for t in trials)
@@ -254,8 +255,8 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
         if changed or not store.exists(f"{report_dir(spec)}/index.html"):
             build_and_log_report(spec)
         report = store.uri(f"{report_dir(spec)}/index.html")
-        say(f"[report] {report}")
-    say(f"study {spec.name}: finished stages in {time.monotonic() - started:.0f} s")
+        log.info(f"[report] {report}")
+    log.info(f"study {spec.name}: finished stages in {time.monotonic() - started:.0f} s")
     if failed or not complete:
         raise StudyFailed(f"{len(failed)} trial(s)/task(s) failed ({', '.join(map(str, failed[:5]))}); finished "
                           f"work is saved — fix the cause and run the same command again to continue")
