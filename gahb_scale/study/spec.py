@@ -19,6 +19,7 @@ architecture's hyper-parameters are checked by building the network.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import inspect
@@ -48,6 +49,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .. import __version__
 from ..errors import UserInputError
+from ..training_config import TrainConfig
 
 __all__ = [
     "DATASET_KINDS",
@@ -346,22 +348,31 @@ class ArchitectureSpec(_Model):
 # training, sampling, analysis, resources, storage
 
 
+_TRAIN = TrainConfig()  # every training default lives in the core's TrainConfig
+_TRAIN_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"seed"}
+
+
 class TrainingSpec(_Model):
-    """One blind-denoiser training run: a fixed number of Adam steps, the same for every N."""
-    steps: int = Field(default=2000, ge=1, description="gradient steps, independent of N")
-    batch_size: int = Field(default=512, ge=1, description="global batch (split evenly over the workers)")
-    lr: float = Field(default=1e-3, gt=0)
-    lr_halve_every: int = Field(default=1000, ge=1, description="Adam lr halved every this many steps")
-    noise_range: tuple[float, float] = Field(default=(0.0, 255.0), description="sigma range, grey levels /255")
-    noise_schedule: Literal["quadratic", "linear"] = "quadratic"
-    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16 autocast is used only on CUDA")
-    checkpoint_every: int = Field(default=500, ge=1)
-    log_every: int = Field(default=50, ge=1)
+    """One blind-denoiser training run: a fixed number of Adam steps, the same for every N. The
+    fields of `TrainConfig` (and its defaults), minus the seed, which each model draws."""
+    steps: int = Field(default=_TRAIN.steps, ge=1, description="gradient steps, independent of N")
+    batch_size: int = Field(default=_TRAIN.batch_size, ge=1, description="global batch (split evenly over the workers)")
+    lr: float = Field(default=_TRAIN.lr, gt=0)
+    lr_halve_every: int = Field(default=_TRAIN.lr_halve_every, ge=1, description="Adam lr halved every this many steps")
+    noise_range: tuple[float, float] = Field(default=_TRAIN.noise_range, description="sigma range, grey levels /255")
+    noise_schedule: Literal["quadratic", "linear"] = _TRAIN.noise_schedule
+    precision: Literal["fp32", "bf16"] = Field(default=_TRAIN.precision, description="bf16 autocast is used only on CUDA")
+    checkpoint_every: int = Field(default=_TRAIN.checkpoint_every, ge=1)
+    log_every: int = Field(default=_TRAIN.log_every, ge=1)
     workers: int = Field(default=1, ge=1, validate_default=True, description="Ray Train workers per trial (> 1: DDP)")
     snapshot_steps: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=list, description="steps whose weights are kept, for memorization over training time")
     shared_init: bool = Field(default=False, description="ablation: models A and B of a pair start from the same "
                                                          "weights and share sigma draws, noise and batch order")
+
+    def config(self, seed: int) -> TrainConfig:
+        """The core's configuration of one model's training, seeded by that model's training seed."""
+        return TrainConfig(seed=seed, **self.model_dump(include=_TRAIN_CONFIG_FIELDS))
 
     def budget(self) -> str:
         """The training budget in the authors' units: their default is 1000 epochs of 250,000 tiled

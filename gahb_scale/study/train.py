@@ -59,25 +59,18 @@ from ..packing import ModelPack
 from ..training import TrainConfig, train_pack, training_flops_per_image
 from .datasets import split_images
 from .spec import StudySpec, Trial
+from .progress import log
 from .store import StudyStore, model_path, pack_path, snapshot_path
 
 TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes: a Python process with torch imported, roughly
 STATE_FILE = "train_state.pt"
 
 
-def train_config(spec: StudySpec, seed: int) -> TrainConfig:
-    t = spec.training
-    return TrainConfig(steps=t.steps, batch_size=t.batch_size, lr=t.lr, lr_halve_every=t.lr_halve_every,
-                       noise_range=t.noise_range, noise_schedule=t.noise_schedule, precision=t.precision,
-                       checkpoint_every=t.checkpoint_every, log_every=t.log_every, seed=seed,
-                       snapshot_steps=tuple(t.snapshot_steps))
-
-
 def initial_model(spec: StudySpec, trial: Trial) -> tuple[torch.nn.Module, TrainConfig]:
     """A trial's network at step 0 and its training settings, both seeded by its training seed:
     independent for the two models of a pair unless `training.shared_init` asks for the ablation."""
     seed = trial.training_seed(spec.training.shared_init)
-    return build_model(trial.architecture.kind, seed=seed, **trial.architecture.params), train_config(spec, seed)
+    return build_model(trial.architecture.kind, seed=seed, **trial.architecture.params), spec.training.config(seed)
 
 
 def use_cpu_threads(cpus: float) -> None:
@@ -219,15 +212,6 @@ def max_concurrent(spec: StudySpec, cluster: dict | None) -> int:
     return max(1, min(fits, r.max_concurrent_trials))
 
 
-_STARTED = time.monotonic()
-
-
-def say(line: str) -> None:
-    """A progress line on the terminal, stamped with seconds since start (module-level so Tune
-    can pickle the callback that uses it)."""
-    print(f"{time.monotonic() - _STARTED:6.0f}s {line}", flush=True)
-
-
 def ray_storage(store: StudyStore) -> dict:
     """Ray Tune / Train storage under the results, through the store's own filesystem, so a URI's
     query parameters (endpoint, scheme) reach Ray exactly as given."""
@@ -245,7 +229,7 @@ def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, fixed_
         store.write_bytes(pack_path(p.pack_id), json.dumps([t.trial_id for t in p.trials]).encode())
     payloads = {p.pack_id: {"spec": spec, "pack": p, "store": store.location} for p in packs}
     models = sum(len(p.trials) for p in packs)
-    say(f"[train] {models} models to train in {len(packs)} pack(s) of {'/'.join(sorted({str(len(p.trials)) for p in packs}))}, "
+    log.info(f"[train] {models} models to train in {len(packs)} pack(s) of {'/'.join(sorted({str(len(p.trials)) for p in packs}))}, "
         f"{min(concurrency, len(packs))} at a time")
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads),
@@ -294,13 +278,13 @@ class TrainProgress(ray.tune.Callback):
         if "losses" in result:
             losses = " ".join(f"{value:.4g}" for value in result["losses"])
             speed = f", {result['images_per_s']:,.0f} img/s" + (f", MFU {result['mfu']:.1%}" if "mfu" in result else "")
-            say(f"[train] {self.packs[trial.config['pack_id']].pack_id}: step {result.get('step')}/{self.steps} "
+            log.info(f"[train] {self.packs[trial.config['pack_id']].pack_id}: step {result.get('step')}/{self.steps} "
                 f"loss {losses}{speed}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
-        say(f"[train] done {self.finished}/{len(self.packs)}: {self._name(trial)}")
+        log.info(f"[train] done {self.finished}/{len(self.packs)}: {self._name(trial)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
-        say(f"[train] FAILED: {self._name(trial)}: {innermost_error(text)}")
+        log.info(f"[train] FAILED: {self._name(trial)}: {innermost_error(text)}")
