@@ -68,7 +68,7 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec, args.results)  # validate before Ray starts: a bad spec writes nothing
     from .study.progress import show_progress
     from .study.runner import StudyFailed, run_study
-    from .study.tracking import ui_command
+    from .study.track import ui_command
 
     show_progress()
     try:

@@ -153,7 +153,7 @@ def test_a_pool_too_small_after_removing_duplicates_is_refused_before_anything_r
     assert "'faces'" in err and "9 images after removing 3 near-duplicates" in err and "10" in err
     assert not any(p.name != "datasets" for p in (tmp_path / "out").iterdir())  # only the prepared cache
     # keeping duplicates (the spec option) makes the pool large enough
-    from gahb_scale.study.datasets import prepare_datasets
+    from gahb_scale.study.prepare import prepare_datasets
     from gahb_scale.study.spec import load_spec
 
     spec.write_text(yaml.safe_dump(micro(tmp_path, datasets=[

@@ -11,8 +11,8 @@ import torch
 
 from gahb_scale.analysis import disc_tangent_space, eigen_spectrum
 from gahb_scale.study.spec import parse_spec
-from gahb_scale.study.stages import (memorization_time_rows, onset_rows, optimal_slope, shuffle_rows, slope_rows,
-                                     tangent_rows)
+from gahb_scale.study.analyse import optimal_slope, tangent_rows
+from gahb_scale.study.summarise import memorization_time_rows, onset_rows, shuffle_rows, slope_rows
 
 SIZE = 12
 PARAMS = torch.tensor([[5.7, 6.2, 3.1, 0.8, 0.2], [6.4, 5.1, 2.6, 0.1, 0.7]], dtype=torch.float64)
@@ -142,7 +142,7 @@ def test_memorization_over_time_and_its_onset():
 def test_disc_parameters_render_the_held_out_images():
     """The tangent space is taken at the parameters of exactly the images the analysis denoises."""
     from gahb_scale.data import render_discs
-    from gahb_scale.study.datasets import split_images, test_disc_parameters
+    from gahb_scale.study.prepare import split_images, test_disc_parameters
 
     dataset = spec().datasets[0]
     for pair in (0, 1):

@@ -321,7 +321,7 @@ def build_and_log_report(spec: StudySpec) -> str:
     """Write the report of a study (run or part-run) and log it to the study's MLflow run;
     returns where index.html is."""
     from ..errors import UserInputError
-    from .tracking import StudyTracker
+    from .track import StudyTracker
 
     store = StudyStore(spec.storage.results_location())
     aid = analysis_id(spec)

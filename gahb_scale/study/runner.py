@@ -1,4 +1,6 @@
-"""Run a study end to end on Ray: train → analyse each model → compare each pair → transition.
+"""Run a study end to end, one module per stage in the order data flows: prepare (driver) → train
+(Ray Train, packs) → analyse each model → compare each pair → summarise the study (Ray tasks) →
+track (MLflow) → report.
 
 Every stage skips what is already done, judged from the store: a model file per trained trial,
 rows tagged with the analysis settings' id per analysed model and pair. So re-running a finished
@@ -16,17 +18,19 @@ from typing import Callable
 import gahb_scale
 
 from ..errors import UserInputError
-from .datasets import prepare_datasets
+from .prepare import prepare_datasets
 from .progress import log
 from .spec import StudySpec, Trial, analysis_id, expand_trials
-from .store import StudyStore, arrays_path, load_arrays, model_path
-from .tracking import store_notice
+from .store import StudyStore, model_path
+from .track import store_notice, track_study
 
 from .train import RAY_ENV, innermost_error, train_trials  # first: sets Ray Train V2 before ray.train loads
 
 import ray  # noqa: E402
 
-from . import stages  # noqa: E402
+from .analyse import analyse_model, read_model_file  # noqa: E402
+from .compare import compare_pair  # noqa: E402
+from .summarise import summarise_study  # noqa: E402
 
 
 class StudyFailed(Exception):
@@ -124,7 +128,7 @@ def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -
     for t in trials:
         if t.trial_id in registered or not store.exists(model_path(t.trial_id)):
             continue
-        saved = stages.read_model_file(store, t.trial_id)
+        saved = read_model_file(store, t.trial_id)
         rows.append({**t.as_row(), "steps": saved["steps"], "final_loss": saved["losses"][-1][1],
                      "num_parameters": saved["num_parameters"], "train_seconds": saved["train_seconds"],
                      "resumed_from_step": saved["resumed_from"], "device": saved["device"],
@@ -134,46 +138,6 @@ def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -
         curves += [{"study_id": spec.name, "trial_id": t.trial_id, "step": s, "loss": loss} for s, loss in saved["losses"]]
     store.upsert("train_curves", curves)
     store.upsert("trials", rows)
-
-
-def _log_to_mlflow(spec: StudySpec, spec_text: str, trials: list[Trial], store: StudyStore, aid: str,
-                   transition: list[dict]) -> str:
-    from . import figures
-    from .tracking import StudyTracker
-
-    tracker = StudyTracker(spec, store)
-    todo = [t for t in trials if not tracker.trial_logged(t, aid)]
-    if todo:
-        tables = {name: defaultdict(list) for name in ("model_metrics", "psnr", "eigen", "jacobian", "train_curves")}
-        for name, by_trial in tables.items():
-            for row in store.rows(name):
-                if row["study_id"] == spec.name:
-                    by_trial[row["trial_id"]].append(row)
-        partner = {(t.pair_id, t.split): t for t in trials}
-        for i, t in enumerate(todo, 1):
-            arrays = load_arrays(store, arrays_path(spec.name, t.trial_id))
-            other = partner[(t.pair_id, "B" if t.split == "A" else "A")]
-            other_samples = load_arrays(store, arrays_path(spec.name, other.trial_id))["samples"]
-            title = f"{t.dataset.name} / {t.architecture.name}, N={t.n}, pair {t.pair}, seed {t.seed}"
-            grid = {f"model {t.split} (this)": arrays["samples"], f"model {other.split}": other_samples,
-                    f"nearest training image of {t.split}": arrays["nearest"]}
-            shown = min(8, len(arrays["sample_seeds"]))
-            figs = {
-                "samples.png": figures.sample_grid_figure({k: v[:shown] for k, v in grid.items()},
-                                                          arrays["sample_seeds"][:shown], title),
-                "psnr_curves.png": figures.psnr_figure(tables["psnr"][t.trial_id], title),
-                "eigen_spectrum.png": figures.spectrum_figure(tables["eigen"][t.trial_id], tables["jacobian"][t.trial_id],
-                                                              title),
-                "eigenvectors.png": figures.eigenvector_figure(arrays["eigenvectors"], arrays["jacobian_sigmas"],
-                                                               arrays["jacobian_inputs"], tables["jacobian"][t.trial_id],
-                                                               title),
-            }
-            metrics = tables["model_metrics"][t.trial_id][0]
-            losses = [(r["step"], r["loss"]) for r in tables["train_curves"][t.trial_id]]
-            tracker.log_trial(t, aid, metrics, losses, figs)
-            log.info(f"[mlflow] trial runs {i}/{len(todo)} logged")
-        tracker.log_study(spec_text, transition, figures.transition_figure(transition))
-    return tracker.uri
 
 
 def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> dict:
@@ -214,7 +178,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
         pending = [t for t in trained if t.trial_id not in analysed]
         buffer = _Buffered(store)
         if pending:
-            task = ray.remote(stages.analyze_model).options(num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial,
+            task = ray.remote(analyse_model).options(num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial,
                                                             max_retries=r.max_failures)
             refs = {task.remote(spec, t, store.location, aid): t.trial_id for t in pending}
             log.info(f"[analysis] {len(pending)} models to analyse")
@@ -231,7 +195,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
         ready = [(p["A"], p["B"]) for pid, p in by_pair.items()
                  if pid not in compared and p["A"].trial_id in analysed and p["B"].trial_id in analysed]
         if ready:
-            task = ray.remote(stages.analyze_pair).options(num_cpus=min(1.0, r.cpus_per_trial),
+            task = ray.remote(compare_pair).options(num_cpus=min(1.0, r.cpus_per_trial),
                                                            max_retries=r.max_failures)
             refs = {task.remote(spec, a, b, store.location, aid): a.pair_id for a, b in ready}
             failed += _gather(refs, "pairs", lambda key, rows: buffer.add(rows), buffer.flush)
@@ -240,7 +204,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
 
         # 4. per study: transition, slopes, shuffle drop, memorization over time
         complete = all(t.trial_id in analysed for t in trials)
-        tables = ray.get(ray.remote(stages.study_tables).options(num_cpus=0, max_retries=r.max_failures)
+        tables = ray.get(ray.remote(summarise_study).options(num_cpus=0, max_retries=r.max_failures)
                          .remote(spec, store.location))
         changed = [name for name, rows in tables.items() if _replace_study_rows(store, spec, name, rows)]
         transition = tables["transition"]
@@ -248,7 +212,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
         ray.shutdown()
 
     loggable = [t for t in trials if all(u.trial_id in analysed for u in by_pair[t.pair_id].values())]
-    mlflow_uri = _log_to_mlflow(spec, spec_text, loggable, store, aid, transition) if loggable else None
+    mlflow_uri = track_study(spec, spec_text, loggable, store, aid, transition) if loggable else None
     report = None
     if loggable:
         from .report import build_and_log_report, report_dir

@@ -57,7 +57,7 @@ from ray.train.torch import TorchTrainer  # noqa: E402
 from ..models import build_model, count_parameters
 from ..packing import ModelPack
 from ..training import TrainConfig, train_pack, training_flops_per_image
-from .datasets import split_images
+from .prepare import split_images
 from .spec import StudySpec, Trial
 from .progress import log
 from .store import StudyStore, model_path, pack_path, snapshot_path

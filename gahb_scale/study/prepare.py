@@ -1,4 +1,6 @@
-"""The images a trial trains and is tested on: split A or B of pair p, and the pair's held-out set.
+"""Stage 0, prepare: every image folder decoded by the authors' recipe and cached once per study,
+before Ray starts (`prepare_datasets`); then the images a trial trains and is tested on: split A
+or B of pair p, and the pair's held-out set (`split_images`).
 
 Two kinds of pools:
 - synthetic (calpha, discs): an unlimited supply, so A, B and the test set are three independent

@@ -1,4 +1,4 @@
-"""MLflow: one parent run per study, one nested run per trained model.
+"""Stage 5, track — MLflow: one parent run per study, one nested run per trained model.
 
 The parent run holds the spec, the transition metrics (logged with step = N, so MLflow draws
 them against N) and the phase-transition figure; each nested run holds the trial's parameters,
@@ -15,13 +15,15 @@ import math
 import os
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from .progress import log
 from .spec import StudySpec, Trial
-from .store import StudyStore
+from .store import StudyStore, arrays_path, load_arrays
 
 STUDY_TAG, TRIAL_TAG, ANALYSIS_TAG = "gahb.study_id", "gahb.trial_id", "gahb.analysis_id"
 ROLE_TAG = "gahb.role"  # "study" or "trial": trial runs carry the study tag too
@@ -164,3 +166,44 @@ class StudyTracker:
             for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)
             self.client.log_artifacts(self.parent_id, tmp, artifact_path="report")
+
+
+def track_study(spec: StudySpec, spec_text: str, trials: list[Trial], store: StudyStore, aid: str,
+                transition: list[dict]) -> str:
+    """Stage 5, track: the study run and one nested run per model of `trials` not yet logged with
+    these analysis settings (metrics, loss curve, figures); returns the tracking URI."""
+    from . import figures
+
+    tracker = StudyTracker(spec, store)
+    todo = [t for t in trials if not tracker.trial_logged(t, aid)]
+    if todo:
+        tables = {name: defaultdict(list) for name in ("model_metrics", "psnr", "eigen", "jacobian", "train_curves")}
+        for name, by_trial in tables.items():
+            for row in store.rows(name):
+                if row["study_id"] == spec.name:
+                    by_trial[row["trial_id"]].append(row)
+        partner = {(t.pair_id, t.split): t for t in trials}
+        for i, t in enumerate(todo, 1):
+            arrays = load_arrays(store, arrays_path(spec.name, t.trial_id))
+            other = partner[(t.pair_id, "B" if t.split == "A" else "A")]
+            other_samples = load_arrays(store, arrays_path(spec.name, other.trial_id))["samples"]
+            title = f"{t.dataset.name} / {t.architecture.name}, N={t.n}, pair {t.pair}, seed {t.seed}"
+            grid = {f"model {t.split} (this)": arrays["samples"], f"model {other.split}": other_samples,
+                    f"nearest training image of {t.split}": arrays["nearest"]}
+            shown = min(8, len(arrays["sample_seeds"]))
+            figs = {
+                "samples.png": figures.sample_grid_figure({k: v[:shown] for k, v in grid.items()},
+                                                          arrays["sample_seeds"][:shown], title),
+                "psnr_curves.png": figures.psnr_figure(tables["psnr"][t.trial_id], title),
+                "eigen_spectrum.png": figures.spectrum_figure(tables["eigen"][t.trial_id], tables["jacobian"][t.trial_id],
+                                                              title),
+                "eigenvectors.png": figures.eigenvector_figure(arrays["eigenvectors"], arrays["jacobian_sigmas"],
+                                                               arrays["jacobian_inputs"], tables["jacobian"][t.trial_id],
+                                                               title),
+            }
+            metrics = tables["model_metrics"][t.trial_id][0]
+            losses = [(r["step"], r["loss"]) for r in tables["train_curves"][t.trial_id]]
+            tracker.log_trial(t, aid, metrics, losses, figs)
+            log.info(f"[mlflow] trial runs {i}/{len(todo)} logged")
+        tracker.log_study(spec_text, transition, figures.transition_figure(transition))
+    return tracker.uri

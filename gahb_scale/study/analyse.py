@@ -1,0 +1,231 @@
+"""Stage 2, analyse each model (a Ray task per trained model): PSNR curves (and their slope) on its
+own training images and on held-out images, samples with the study's shared seeds, the nearest
+training images of every sample and both f_mem, the distance to the memorizing solution, Jacobian
+spectra at noisy held-out images, on discs the Jacobian against the family's tangent space, and
+with weight snapshots the samples of every snapshot.
+
+Returns table rows (dicts) and leaves the arrays the figures need in the store; the driver alone
+writes the tables.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..analysis import (MemorizationFraction, NearestNeighbours, denoiser_jacobian, disc_tangent_space,
+                        distance_to_memorizer, effective_dimensionality, eigen_spectrum, energy_in_subspace,
+                        fit_psnr_slope, memorization_fraction, nearest_neighbours, optimal_calpha_slope,
+                        principal_angles, psnr_curve, symmetry_error, unit_vectors)
+from ..models import build_model, denoise
+from ..sampling import sample_kadkhodaie_simoncelli
+from .prepare import split_images, test_disc_parameters
+from .spec import DatasetSpec, StudySpec, Trial
+from .store import StudyStore, arrays_path, model_path, save_arrays, snapshot_path
+
+
+def read_model_file(store: StudyStore, trial_id: str, device: str | torch.device = "cpu",
+                    step: int | None = None) -> dict:
+    """The saved model of a trial: state_dict, losses, steps, timing and device of its training;
+    with `step`, the weight snapshot taken at that step (state_dict and step only)."""
+    path = model_path(trial_id) if step is None else snapshot_path(trial_id, step)
+    return torch.load(io.BytesIO(store.read_bytes(path)), map_location=device, weights_only=False)
+
+
+def load_model(store: StudyStore, trial: Trial, device: torch.device, step: int | None = None) -> torch.nn.Module:
+    """The trained network in eval mode (with `step`: its snapshot at that step of training)."""
+    net = build_model(trial.architecture.kind, **trial.architecture.params)
+    net.load_state_dict(read_model_file(store, trial.trial_id, device, step)["state_dict"])
+    return net.to(device).eval()
+
+
+def _normalized(images: torch.Tensor) -> torch.Tensor:
+    return unit_vectors(images, centered=True).reshape(images.shape)
+
+
+@dataclass
+class _Matches:
+    """Each sample's nearest training images, by two measures (see the README's measure table).
+
+    `pixels`: raw pixel L2, Bonnaire et al.'s f_mem. `scale_free`: L2 between mean-removed,
+    unit-norm images. A bias-free denoiser maps a·x to a·f(x), so every rescaled training image is
+    a fixed point of the sampler and a memorizing model may return a training image up to gain and
+    offset, which raw distances call new; the scale-free variant calls it memorized.
+    """
+    pixels: NearestNeighbours
+    scale_free: NearestNeighbours
+    f_mem: MemorizationFraction
+    f_mem_scale_free: MemorizationFraction
+
+
+def _sample_and_match(net: torch.nn.Module, train: torch.Tensor, spec: StudySpec, device: torch.device):
+    """Samples with the study's shared seeds, each one's nearest training images, and both f_mem."""
+    s, a = spec.sampling, spec.analysis
+    seeds = [s.seed + i for i in range(s.num_samples)]
+    sampled = sample_kadkhodaie_simoncelli(net, train.shape[1:], seeds, h0=s.h0, beta=s.beta, sigma_0=s.sigma_0,
+                                           sigma_L=s.sigma_L, mean=s.mean, max_steps=s.max_steps, device=device)
+    pixels = nearest_neighbours(sampled.samples, train)
+    scale_free = nearest_neighbours(_normalized(sampled.samples), _normalized(train))
+    # A flat sample has no shape once its mean is removed: it copies no (non-flat) training image, so
+    # it counts as not memorized (ratio inf) instead of voiding f_mem_scale_free for every model.
+    flat = torch.isnan(scale_free.d1) & ~sampled.diverged.to(scale_free.d1.device)
+    scale_free.ratio = scale_free.ratio.masked_fill(flat, float("inf"))
+    usable = ~sampled.diverged  # a diverged sample is reported, not counted as (non-)memorized
+    fractions = [memorization_fraction(nn.ratio.cpu()[usable], threshold=a.memorization_threshold,
+                                       n_boot=a.bootstrap, seed=0) for nn in (pixels, scale_free)]
+    return seeds, sampled, _Matches(pixels, scale_free, *fractions)
+
+
+def fraction_columns(name: str, f: MemorizationFraction) -> dict:
+    return {name: f.value, f"{name}_low": f.low, f"{name}_high": f.high}
+
+
+def optimal_slope(dataset: DatasetSpec) -> float:
+    """α/(α+1) for C^α images whose backgrounds are as regular as their boundary; NaN otherwise."""
+    p = dataset.params
+    if dataset.kind != "calpha" or p.get("beta") not in (None, p["alpha"]):
+        return math.nan
+    return optimal_calpha_slope(p["alpha"])
+
+
+def analyse_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str) -> dict[str, list[dict]]:
+    store = StudyStore(location)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = load_model(store, trial, device)
+    f = functools.partial(denoise, net)
+    data = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair,
+                        parts=(trial.split, "test"))
+    train, test = data[trial.split].to(device), data["test"].to(device)
+    base = {"study_id": spec.name, "trial_id": trial.trial_id}
+    a = spec.analysis
+
+    sigmas = torch.tensor(a.sigmas) / 255.0
+    curves = {name: psnr_curve(f, images[:a.psnr_images], sigmas, seed=0)
+              for name, images in (("train", train), ("test", test))}
+    psnr_rows = [{**base, "images": name, "sigma": float(s * 255), "psnr_in": float(c["psnr_in"][i]),
+                  "psnr_out": float(c["psnr_out"][i]), "psnr_out_std": float(c["psnr_out_std"][i])}
+                 for name, c in curves.items() for i, s in enumerate(sigmas)]
+    in_range = [i for i, s in enumerate(a.sigmas) if a.slope_sigma_range[0] <= s <= a.slope_sigma_range[1]]
+    slope, _ = fit_psnr_slope(curves["test"]["psnr_in"][in_range], curves["test"]["psnr_out"][in_range])
+
+    seeds, sampled, nn = _sample_and_match(net, train, spec, device)
+    usable = (~sampled.diverged).to(device)  # NaN means over no sample when every one diverged: undefined
+    final_sigma = [float(row[~row.isnan()][-1]) if (~row.isnan()).any() else math.nan for row in sampled.sigmas]
+    sample_rows = [{**base, "sample_seed": seed, "steps": int(sampled.steps[i]), "hit_cap": bool(sampled.hit_cap[i]),
+                    "diverged": bool(sampled.diverged[i]), "final_sigma": final_sigma[i],
+                    "nn_index": int(nn.pixels.index_l2[i]), "d1": float(nn.pixels.d1[i]), "d2": float(nn.pixels.d2[i]),
+                    "d1_d2": float(nn.pixels.ratio[i]), "nn_index_scale_free": int(nn.scale_free.index_l2[i]),
+                    "d1_d2_scale_free": float(nn.scale_free.ratio[i]),
+                    "nn_cosine_centered": float(nn.scale_free.cosine[i])}
+                   for i, seed in enumerate(seeds)]
+
+    # Distance to the memorizing solution (the training set's own MMSE denoiser, and the same over
+    # the training images at every scale, which a bias-free network can be): no sampling, the same
+    # noisy held-out images as the PSNR curve.
+    memorizer = {name: distance_to_memorizer(f, train, test[:a.psnr_images], sigmas, seed=0,
+                                             noise_range=spec.training.noise_range,
+                                             noise_schedule=spec.training.noise_schedule, rescaled=rescaled)
+                 for name, rescaled in (("distance", False), ("distance_bias_free", True))}
+    memorizer_rows = [{**base, "sigma": float(s * 255)} for s in sigmas]
+    for name, m in memorizer.items():
+        for i, row in enumerate(memorizer_rows):
+            row.update({name: float(m["distance"][i]), f"{name}_std": float(m["distance_std"][i])})
+
+    # Jacobians at noisy held-out images; the noise is seeded so A and B see the same inputs.
+    clean = test[:a.jacobian_images]
+    tangent = _disc_tangent_basis(spec, trial, len(clean))
+    generator = torch.Generator().manual_seed(0)
+    jac_rows, eigen_rows, tangent_table, eigenvectors = [], [], [], []
+    for sigma in a.jacobian_sigmas:
+        noisy = clean + sigma / 255.0 * torch.randn(clean.shape, generator=generator).to(device)
+        jac = denoiser_jacobian(f, noisy, chunk_size=256 if device.type == "cuda" else 64)  # bounds memory
+        spectrum = eigen_spectrum(jac)
+        sym, dim = symmetry_error(jac), effective_dimensionality(jac)
+        eigenvectors.append(spectrum.eigenvectors[:, :, :a.eigenvector_images].transpose(1, 2)
+                            .reshape(len(clean), a.eigenvector_images, *clean.shape[1:]).cpu().numpy())
+        for image in range(len(clean)):
+            jac_rows.append({**base, "image": image, "sigma": float(sigma), "symmetry_error": float(sym[image]),
+                             "effective_dim": float(dim[image])})
+            eigen_rows += [{**base, "image": image, "sigma": float(sigma), "k": k, "eigenvalue": float(value)}
+                           for k, value in enumerate(spectrum.eigenvalues[image, :a.eigenvalues_kept].tolist())]
+        if tangent is not None:
+            tangent_table += tangent_rows(jac, spectrum, tangent.to(device), a.eigenvalue_threshold,
+                                          {**base, "sigma": float(sigma)})
+
+    nearest = train[nn.pixels.index_l2.to(device)].masked_fill(~usable[:, None, None, None], float("nan"))
+    save_arrays(store, arrays_path(spec.name, trial.trial_id), samples=sampled.samples.cpu().numpy(),
+                nearest=nearest.cpu().numpy(), sample_seeds=np.array(seeds),
+                sigma_trajectories=sampled.sigmas.numpy(), jacobian_inputs=clean.cpu().numpy(),
+                jacobian_sigmas=np.array(a.jacobian_sigmas), eigenvectors=np.stack(eigenvectors))
+
+    over_time = _memorization_over_time(spec, trial, store, train, device, base)
+    if over_time:  # the final model closes the curve
+        over_time += [{**base, "step": spec.training.steps,
+                       **{k: r[k] for k in ("sample_seed", "d1_d2", "d1_d2_scale_free", "nn_cosine_centered", "diverged")}}
+                      for r in sample_rows]
+
+    gap = float(np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "train"])
+                - np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "test"]))
+    metrics = {**base, **trial.as_row(), "analysis_id": analysis_id,
+               "train_psnr": float(curves["train"]["psnr_out"].mean()), "test_psnr": float(curves["test"]["psnr_out"].mean()),
+               "psnr_gap": gap, "psnr_slope": slope, "optimal_slope": optimal_slope(trial.dataset),
+               "nn_cosine_centered": float(nn.scale_free.cosine[usable].nanmean()),
+               "nn_l2_pixels": float(nn.pixels.d1[usable].mean()),
+               **fraction_columns("f_mem", nn.f_mem), "f_mem_defined": nn.f_mem.defined,
+               **fraction_columns("f_mem_scale_free", nn.f_mem_scale_free),
+               "memorizer_distance": float(memorizer["distance"]["distance"].median()),
+               "memorizer_distance_bias_free": float(memorizer["distance_bias_free"]["distance"].median()),
+               "capped_samples": sampled.num_capped, "diverged_samples": sampled.num_diverged,
+               "mean_sampler_steps": float(sampled.steps.float().mean()),
+               "effective_dim": float(np.mean([r["effective_dim"] for r in jac_rows])),
+               "symmetry_error": float(np.mean([r["symmetry_error"] for r in jac_rows]))}
+    return {"model_metrics": [metrics], "psnr": psnr_rows, "samples": sample_rows, "jacobian": jac_rows,
+            "eigen": eigen_rows, "disc_tangent": tangent_table, "snapshot_samples": over_time,
+            "memorizer_distance": memorizer_rows}
+
+
+def _disc_tangent_basis(spec: StudySpec, trial: Trial, count: int) -> torch.Tensor | None:
+    """Tangent space of the disc family at the first `count` held-out images; None for other data
+    (and for shuffled discs, whose images no longer come from `render_discs` directly)."""
+    if trial.dataset.kind != "discs" or trial.dataset.pixel_shuffle_seed is not None:
+        return None
+    params = test_disc_parameters(trial.dataset, spec.image_size, count, trial.pair)
+    return disc_tangent_space(params, spec.image_size, trial.dataset.params["antialiasing"]).float()
+
+
+def tangent_rows(jac: torch.Tensor, spectrum, tangent: torch.Tensor, threshold: float, base: dict) -> list[dict]:
+    """How the Jacobian at a noisy disc image relates to the 5-D tangent space of the family there.
+
+    The optimal denoiser at small noise is the projection onto the tangent space: energy inside 1,
+    trace inside 5 = total trace, 5 eigenvalues near 1 whose eigenvectors span the tangent space.
+    What a network keeps beyond that is what the paper calls its GAHB components.
+    """
+    dims = tangent.shape[-1]
+    energy = energy_in_subspace(jac, tangent)
+    trace_inside = (tangent.transpose(-1, -2) @ jac @ tangent).diagonal(dim1=-2, dim2=-1).sum(-1)
+    leading = spectrum.eigenvectors[:, :, :dims]
+    alignment = torch.cos(principal_angles(leading.double(), tangent.double())).square().mean(-1)
+    above = (spectrum.eigenvalues > threshold).sum(-1)
+    return [{**base, "image": i, "tangent_dims": dims, "energy_inside": float(energy[i]),
+             "trace_inside": float(trace_inside[i]), "trace_total": float(jac[i].diagonal().sum()),
+             "leading_alignment": float(alignment[i]), "eigenvalues_above": int(above[i]),
+             "eigenvalue_threshold": threshold} for i in range(len(jac))]
+
+
+def _memorization_over_time(spec: StudySpec, trial: Trial, store: StudyStore, train: torch.Tensor,
+                            device: torch.device, base: dict) -> list[dict]:
+    """Per snapshot of training (training.snapshot_steps): each sample's d1/d2 and similarity to
+    its nearest training image, with the same seeds as the final model's samples."""
+    rows = []
+    for step in spec.training.snapshot_steps:
+        seeds, sampled, nn = _sample_and_match(load_model(store, trial, device, step), train, spec, device)
+        rows += [{**base, "step": step, "sample_seed": seed, "d1_d2": float(nn.pixels.ratio[i]),
+                  "d1_d2_scale_free": float(nn.scale_free.ratio[i]), "nn_cosine_centered": float(nn.scale_free.cosine[i]),
+                  "diverged": bool(sampled.diverged[i])}
+                 for i, seed in enumerate(seeds)]
+    return rows

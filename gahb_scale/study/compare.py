@@ -1,0 +1,52 @@
+"""Stage 3, compare each split pair (a Ray task per pair): the A and B models' samples seed by seed,
+and their leading Jacobian eigenvectors at the same noisy held-out images."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..analysis import principal_angles, split_pair_similarity
+from .spec import StudySpec, Trial
+from .store import StudyStore, arrays_path, load_arrays
+
+
+def compare_pair(spec: StudySpec, trial_a: Trial, trial_b: Trial, location: str,
+                 analysis_id: str) -> dict[str, list[dict]]:
+    """Sample-by-sample similarity of models A and B, which were given identical noise seeds."""
+    store = StudyStore(location)
+    a, b = (load_arrays(store, arrays_path(spec.name, t.trial_id)) for t in (trial_a, trial_b))
+    if not np.array_equal(a["sample_seeds"], b["sample_seeds"]):
+        raise RuntimeError(f"pair {trial_a.pair_id}: models were sampled with different seeds")
+    samples_a, samples_b = torch.from_numpy(a["samples"]), torch.from_numpy(b["samples"])
+    sim = split_pair_similarity(samples_a, samples_b)
+    # a seed whose trajectory diverged in either model has no sample to compare: flagged, its
+    # similarities NaN, and left out of the transition's A/B means
+    diverged = ~(samples_a.flatten(1).isfinite().all(1) & samples_b.flatten(1).isfinite().all(1))
+    base = {"study_id": spec.name, "pair_id": trial_a.pair_id, "analysis_id": analysis_id, "trial_id_a": trial_a.trial_id,
+            "trial_id_b": trial_b.trial_id, "dataset": trial_a.dataset.name,
+            "architecture": trial_a.architecture.name, "n": trial_a.n, "pair": trial_a.pair, "seed": trial_a.seed}
+    return {"pairs": [{**base, "sample_seed": int(seed), "diverged": bool(diverged[i]),
+                       **{k: math.nan if diverged[i] else float(v[i]) for k, v in sim.items()}}
+                      for i, seed in enumerate(a["sample_seeds"])],
+            "pair_bases": _basis_overlaps(a, b, {k: base[k] for k in ("study_id", "pair_id", "analysis_id")})}
+
+
+def _basis_overlaps(a: dict, b: dict, base: dict) -> list[dict]:
+    """Generalization seen in the basis: how close the leading Jacobian eigenvectors of A and B are.
+
+    Both models' Jacobians were taken at the same noisy held-out images. Overlap = mean cos² of the
+    principal angles between the two k-dimensional leading eigen-subspaces: 1 for the same
+    subspace, k/n (given as `chance`) on average for unrelated ones.
+    """
+    sigmas, (n_sigma, n_images, k) = a["jacobian_sigmas"], a["eigenvectors"].shape[:3]
+    rows = []
+    for s in range(n_sigma):
+        for i in range(n_images):
+            u, v = (torch.from_numpy(x["eigenvectors"][s, i]).double().reshape(k, -1).T for x in (a, b))
+            cos2 = torch.cos(principal_angles(u, v)).square()
+            rows.append({**base, "image": i, "sigma": float(sigmas[s]), "k": k, "basis_overlap": float(cos2.mean()),
+                         "chance": k / u.shape[0]})
+    return rows
