@@ -18,7 +18,7 @@ import time
 from gahb_scale.study.runner import _connect
 from gahb_scale.study.spec import expand_trials, load_spec
 from gahb_scale.study.store import StudyStore
-from gahb_scale.study.train import max_concurrent, plan_packs, train_trials
+from gahb_scale.study.train import max_concurrent, plan_packs, train_study
 
 import ray  # noqa: E402  (after gahb_scale.study.train, which sets Ray Train's environment)
 
@@ -32,7 +32,7 @@ def training_seconds(spec_path: str, models_per_pack: int | None) -> tuple[float
         trials = expand_trials(spec)
         packs = plan_packs(spec, trials, max_concurrent(spec, ray.cluster_resources()))
         start = time.perf_counter()
-        failed = train_trials(spec, trials, StudyStore(results), fixed_cluster=True)
+        failed = train_study(spec, StudyStore(results), fixed_cluster=True)
         seconds = time.perf_counter() - start
         if failed:
             raise SystemExit(f"{len(failed)} model(s) failed to train")

@@ -146,8 +146,10 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
     that step's checkpoint, so a resumed run never skips a snapshot.
 
     Data-parallel training passes `shard=(rank, world_size)` and a DDP-wrapped pack: every rank
-    draws the same global batches and noise from the same generators and keeps its slice, so the
-    averaged gradient is the single-process gradient and a checkpoint of rank 0 resumes every rank.
+    draws the same global batches and noise from the same generators and keeps its slice, and a
+    checkpoint of rank 0 resumes every rank. The averaged gradient is not exactly the
+    single-process one: each rank's BF batch-norm divides by the std of its own slice (and DDP
+    hands rank 0's running std to every rank).
 
     `compile_mode` runs the step's forward and backward through `torch.compile` with that mode
     ("default", "max-autotune", ...); None runs eagerly.
@@ -173,7 +175,9 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
     saved_configs = [asdict(c) for c in configs]
 
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        # on the CPU: the batch-order generators and orders live there (the optimizer and the
+        # module copy their tensors to the parameters' device)
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         if state["configs"] != saved_configs:
             raise UserInputError(f"checkpoint {checkpoint_path} was written with another training config; "
                                  "remove it or restore the config")
@@ -195,7 +199,7 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
     peak = peak_flops(device, config.precision)
     flops = training_flops_per_image(module.network(0), images[0].shape[1:]) if peak else None
     image_shape = images[0].shape[1:]
-    clock = time.perf_counter()
+    clock, clock_step = time.perf_counter(), step  # images/s over the steps this process ran
     while step < config.steps:
         for group in optimizer.param_groups:
             group["lr"] = config.lr * 0.5 ** (step // config.lr_halve_every)
@@ -218,8 +222,8 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
         if step % config.log_every == 0 or step == config.steps:
             mean_losses = (running / since_log).tolist()  # the one host sync per log interval
             now = time.perf_counter()
-            per_second = k_models * config.batch_size * since_log / (now - clock)
-            clock = now
+            per_second = k_models * config.batch_size * (step - clock_step) / (now - clock)
+            clock, clock_step = now, step
             for history, value in zip(losses, mean_losses):
                 history.append((step, value))
             if on_log is not None:

@@ -124,3 +124,24 @@ def test_the_readme_map_names_every_module_and_only_existing_ones():
     modules = {str(p.relative_to(root)) for p in (root / "gahb_scale").rglob("*.py") if p.name != "__init__.py"}
     assert sorted(modules - named) == [], "modules missing from the README's map"
     assert sorted(named - modules) == [], "the README's map names files that do not exist"
+
+
+def test_a_restarted_study_resumes_the_packs_it_planned_and_status_forgets_other_plans(tmp_path):
+    import json
+
+    from gahb_scale.study.spec import expand_trials
+    from gahb_scale.study.store import StudyStore, model_path, pack_path
+    from gahb_scale.study.train import packs_to_train, plan_packs
+
+    spec = study([SMALL])
+    store = StudyStore(str(tmp_path))
+    first, second = plan_packs(spec, expand_trials(spec), concurrency=2)
+    store.write_bytes(pack_path("pack-of-another-plan"), json.dumps([first.trials[0].trial_id]).encode())
+    store.write_bytes(pack_path("pack-of-another-study"), json.dumps(["x"]).encode())
+    for t in first.trials:  # the first pack finished; the second was interrupted
+        store.write_bytes(model_path(t.trial_id), b"trained")
+    # four models are left, but they are still the second pack (its checkpoints are under its id),
+    # not two new packs of two
+    assert [p.pack_id for p in packs_to_train(spec, store, concurrency=2)] == [second.pack_id]
+    assert store.exists(pack_path(second.pack_id)) and store.exists(pack_path("pack-of-another-study"))
+    assert not store.exists(pack_path("pack-of-another-plan"))

@@ -99,7 +99,9 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
     devices = ", ".join(sorted({r["device"] for r in trained})) or "–"
     page.text(f"{len(trials)} analysed models; images {spec.image_size}×{spec.image_size}; training budget: "
               f"{spec.training.budget()}; {spec.sampling.num_samples} samples per model; training took "
-              f"{sum(r['train_seconds'] for r in trained) / 60:.1f} model-minutes on {devices}. "
+              # a pack's models share its wall time: count it once per pack (rows before packing: 1)
+              f"{sum(r['train_seconds'] / (r.get('pack_size') or 1) for r in trained) / 60:.1f} worker-minutes "
+              f"on {devices}. "
               f"Report built {time.strftime('%Y-%m-%d %H:%M')}.")
     if not trials:
         page.text("Nothing has been analysed yet: run the study first.")

@@ -24,7 +24,7 @@ from .spec import StudySpec, Trial, analysis_id, expand_trials
 from .store import StudyStore, model_path
 from .track import store_notice, track_study
 
-from .train import RAY_ENV, innermost_error, train_trials  # first: sets Ray Train V2 before ray.train loads
+from .train import RAY_ENV, innermost_error, train_study  # first: sets Ray Train V2 before ray.train loads
 
 import ray  # noqa: E402
 
@@ -166,7 +166,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
         # 1. training (Tune grid of TorchTrainers)
         todo = [t for t in trials if not store.exists(model_path(t.trial_id))]
         if todo:
-            failed = train_trials(spec, todo, store, fixed_cluster=address is None)
+            failed = train_study(spec, store, fixed_cluster=address is None)
         else:
             failed = []
             log.info(f"[train] all {len(trials)} models already trained")

@@ -500,7 +500,7 @@ class ResourceSpec(_Model):
     gpus_per_trial: float = Field(default=0.0, ge=0, description="fractional only below 1 (a share of one GPU)")
     max_concurrent_trials: int = Field(default=1, ge=1)
     models_per_pack: int | None = Field(
-        default=None, ge=1, description="models of one dataset and architecture trained together in one worker "
+        default=None, ge=1, description="models of one architecture (any dataset) trained together in one worker "
                                         "(1: one model per trial); None: small models packed, no more packs than "
                                         "run side by side, a pack's step at most the paper UNet's at 80x80")
     max_failures: int = Field(default=3, ge=0, description="restarts after a worker or node dies: a trial from its "

@@ -48,6 +48,7 @@ RAY_ENV = {
 for _key, _value in RAY_ENV.items():  # must precede the first import of ray.train in this process
     os.environ.setdefault(_key, _value)
 
+import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 import ray.train  # noqa: E402
 import ray.tune  # noqa: E402
@@ -58,8 +59,8 @@ from ..models import build_model, count_parameters
 from ..packing import ModelPack
 from ..training import TrainConfig, train_pack, training_flops_per_image
 from .prepare import split_images
-from .spec import StudySpec, Trial
 from .progress import log
+from .spec import StudySpec, Trial, expand_trials
 from .store import StudyStore, model_path, pack_path, snapshot_path
 
 TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes: a Python process with torch imported, roughly
@@ -218,15 +219,14 @@ def ray_storage(store: StudyStore) -> dict:
     return {"storage_path": store.path("ray"), "storage_filesystem": store.fs}
 
 
-def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, fixed_cluster: bool) -> list[str]:
-    """Train the study's `trials` that have no model file yet, pack by pack, with a Tune grid;
+def train_study(spec: StudySpec, store: StudyStore, fixed_cluster: bool) -> list[str]:
+    """Train every model of the study that has no model file yet, pack by pack, with a Tune grid;
     returns the ids of the trials that still have none (the store is the ground truth: a pack that
-    failed before its first report has no config in Tune's results)."""
+    failed before its first report has no config in Tune's results).
+
+    """
     concurrency = max_concurrent(spec, ray.cluster_resources() if fixed_cluster else None)
-    packs = [p for p in plan_packs(spec, trials, concurrency)
-             if not all(store.exists(model_path(t.trial_id)) for t in p.trials)]
-    for p in packs:  # for `status`, which cannot know the packing (it depends on the cluster)
-        store.write_bytes(pack_path(p.pack_id), json.dumps([t.trial_id for t in p.trials]).encode())
+    packs = packs_to_train(spec, store, concurrency)
     payloads = {p.pack_id: {"spec": spec, "pack": p, "store": store.location} for p in packs}
     models = sum(len(p.trials) for p in packs)
     log.info(f"[train] {models} models to train in {len(packs)} pack(s) of {'/'.join(sorted({str(len(p.trials)) for p in packs}))}, "
@@ -245,6 +245,32 @@ def train_trials(spec: StudySpec, trials: list[Trial], store: StudyStore, fixed_
     )
     tuner.fit()
     return [t.trial_id for t in trials if not store.exists(model_path(t.trial_id))]
+
+
+def packs_to_train(spec: StudySpec, store: StudyStore, concurrency: int) -> list[Pack]:
+    """The packs with a model still to train. They are planned from all of the study's trials,
+    finished or not, so a re-started study forms the packs it formed before and resumes them from
+    their checkpoints. Recorded under packs/ for `status`."""
+    trials = expand_trials(spec)
+    plan = plan_packs(spec, trials, concurrency)
+    packs = [p for p in plan if not all(store.exists(model_path(t.trial_id)) for t in p.trials)]
+    _record_packs(store, plan, packs, {t.trial_id for t in trials})
+    return packs
+
+
+def _record_packs(store: StudyStore, plan: list[Pack], to_train: list[Pack], trial_ids: set[str]) -> None:
+    """packs/<pack_id>.json for each pack about to train, for `status` (which cannot know the packing:
+    it depends on the cluster); the files of this study's packs from another plan (another cluster
+    size) go, so `status` never reports a checkpoint no run will resume."""
+    planned = {p.pack_id for p in plan}
+    for info in store.fs.get_file_info(pafs.FileSelector(store.path("packs"), allow_not_found=True)):
+        if info.base_name.removesuffix(".json") in planned or not info.base_name.endswith(".json"):
+            continue
+        with store.fs.open_input_stream(info.path) as f:
+            if set(json.loads(f.read())) & trial_ids:
+                store.fs.delete_file(info.path)
+    for p in to_train:
+        store.write_bytes(pack_path(p.pack_id), json.dumps([t.trial_id for t in p.trials]).encode())
 
 
 def innermost_error(text: str) -> str:
@@ -266,9 +292,8 @@ class TrainProgress(ray.tune.Callback):
 
     def _name(self, trial) -> str:
         pack = self.packs[trial.config["pack_id"]]
-        first = pack.trials[0]
-        models = ", ".join(f"N={t.n} pair={t.pair} {t.split} seed={t.seed}" for t in pack.trials)
-        return f"{pack.pack_id} {first.dataset.name}/{first.architecture.name} [{models}]"
+        models = ", ".join(f"{t.dataset.name} N={t.n} pair={t.pair} {t.split} seed={t.seed}" for t in pack.trials)
+        return f"{pack.pack_id} {pack.trials[0].architecture.name} [{models}]"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         now = time.monotonic()
