@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from interrupt import train_until_first_checkpoint
 
 from gahb_scale.errors import UserInputError
 from gahb_scale.models import build_model
@@ -83,16 +84,8 @@ def test_a_packed_network_stays_bias_free():
 def test_an_interrupted_pack_resumes_to_the_same_weights(tmp_path):
     images, cfgs = image_sets(), configs(steps=12, checkpoint_every=5)
     straight = train_pack(ModelPack(nets()), images, cfgs, device="cpu")
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(step, path):
-        raise Interrupt
-
     checkpoint = tmp_path / "pack.pt"
-    with pytest.raises(Interrupt):
-        train_pack(ModelPack(nets()), images, cfgs, device="cpu", checkpoint_path=checkpoint, on_checkpoint=stop)
+    train_until_first_checkpoint(train_pack, ModelPack(nets()), images, cfgs, device="cpu", checkpoint_path=checkpoint)
     fresh = [build_model("unet", seed=99, width=4, blocks=1) for _ in SEEDS]  # weights come from the checkpoint
     resumed = train_pack(ModelPack(fresh), images, cfgs, device="cpu", checkpoint_path=checkpoint)
     for a, b in zip(straight, resumed):

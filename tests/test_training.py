@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from interrupt import train_until_first_checkpoint
 
 from gahb_scale.errors import UserInputError
 from gahb_scale.models import build_model
@@ -52,27 +53,24 @@ def test_training_reduces_the_denoising_loss():
     assert last < 0.5 * first
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, device):
+    """Bit for bit on the CPU; on CUDA (kernels not bitwise deterministic) the checkpoint's CPU
+    batch-order state must load next to the device's noise state."""
     images = tiny_images()
     config = TrainConfig(steps=12, batch_size=5, checkpoint_every=5, log_every=4, lr_halve_every=6)
-    straight = train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, config, device="cpu")
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_first_checkpoint(step, path):
-        raise Interrupt
-
+    straight = train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, config, device=device)
     checkpoint = tmp_path / "ckpt.pt"
-    with pytest.raises(Interrupt):
-        train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, config, device="cpu",
-                       checkpoint_path=checkpoint, on_checkpoint=stop_at_first_checkpoint)
-    resumed = train_denoiser(build_model("unet", seed=2, width=4, blocks=1), images, config, device="cpu",
+    train_until_first_checkpoint(train_denoiser, build_model("unet", seed=1, width=4, blocks=1), images, config,
+                                 device=device, checkpoint_path=checkpoint)
+    resumed = train_denoiser(build_model("unet", seed=2, width=4, blocks=1), images, config, device=device,
                              checkpoint_path=checkpoint)
     assert resumed.resumed_from == 5 and resumed.steps_done == 12
     for (name, p), q in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
-        assert torch.equal(p, q), name
-    assert resumed.losses == straight.losses
+        assert torch.equal(p, q) if device == "cpu" else torch.allclose(p, q, atol=1e-4), name
+    if device == "cpu":
+        assert resumed.losses == straight.losses
 
 
 def test_snapshots_hold_the_weights_of_a_run_stopped_there(tmp_path):
@@ -92,17 +90,9 @@ def test_snapshots_hold_the_weights_of_a_run_stopped_there(tmp_path):
     stopped = train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, short, device="cpu")
     for name, value in stopped.net.state_dict().items():
         assert torch.equal(snapshots[8][name], value), name
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(step, path):
-        raise Interrupt
-
     checkpoint, resumed = tmp_path / "ckpt.pt", {}
-    with pytest.raises(Interrupt):
-        train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, config, device="cpu",
-                       checkpoint_path=checkpoint, on_checkpoint=stop, on_snapshot=lambda s, n: None)
+    train_until_first_checkpoint(train_denoiser, build_model("unet", seed=1, width=4, blocks=1), images, config,
+                                 device="cpu", checkpoint_path=checkpoint, on_snapshot=lambda s, n: None)
     train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images, config, device="cpu",
                    checkpoint_path=checkpoint, on_snapshot=lambda s, n: resumed.update({s: {k: v.clone() for k, v in n.state_dict().items()}}))
     assert sorted(resumed) == [8]
