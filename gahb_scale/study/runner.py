@@ -153,9 +153,9 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
     datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here, before Ray or any output
     for row in datasets:
         if row["duplicates_removed"] is not None:
-            log.info(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing {row['duplicates_removed']} "
-                f"near-duplicates (|correlation| > {row['near_duplicate_threshold']:g} on copies pooled by "
-                f"int(side/20))")
+            log.info(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing "
+                     f"{row['duplicates_removed']} near-duplicates (|correlation| > "
+                     f"{row['near_duplicate_threshold']:g} on copies pooled by int(side/20))")
     _connect(address)
     try:
         check_resources(spec, ray.cluster_resources(), strict=address is None)

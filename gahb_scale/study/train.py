@@ -222,15 +222,13 @@ def ray_storage(store: StudyStore) -> dict:
 def train_study(spec: StudySpec, store: StudyStore, fixed_cluster: bool) -> list[str]:
     """Train every model of the study that has no model file yet, pack by pack, with a Tune grid;
     returns the ids of the trials that still have none (the store is the ground truth: a pack that
-    failed before its first report has no config in Tune's results).
-
-    """
+    failed before its first report has no config in Tune's results)."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if fixed_cluster else None)
     packs = packs_to_train(spec, store, concurrency)
     payloads = {p.pack_id: {"spec": spec, "pack": p, "store": store.location} for p in packs}
-    models = sum(len(p.trials) for p in packs)
-    log.info(f"[train] {models} models to train in {len(packs)} pack(s) of {'/'.join(sorted({str(len(p.trials)) for p in packs}))}, "
-        f"{min(concurrency, len(packs))} at a time")
+    sizes = "/".join(sorted({str(len(p.trials)) for p in packs}))
+    log.info(f"[train] {sum(len(p.trials) for p in packs)} models to train in {len(packs)} pack(s) of {sizes}, "
+             f"{min(concurrency, len(packs))} at a time")
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads),
                                 {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
@@ -244,7 +242,7 @@ def train_study(spec: StudySpec, store: StudyStore, fixed_cluster: bool) -> list
                                       **ray_storage(store)),
     )
     tuner.fit()
-    return [t.trial_id for t in trials if not store.exists(model_path(t.trial_id))]
+    return [t.trial_id for p in packs for t in p.trials if not store.exists(model_path(t.trial_id))]
 
 
 def packs_to_train(spec: StudySpec, store: StudyStore, concurrency: int) -> list[Pack]:
@@ -303,8 +301,7 @@ class TrainProgress(ray.tune.Callback):
         if "losses" in result:
             losses = " ".join(f"{value:.4g}" for value in result["losses"])
             speed = f", {result['images_per_s']:,.0f} img/s" + (f", MFU {result['mfu']:.1%}" if "mfu" in result else "")
-            log.info(f"[train] {self.packs[trial.config['pack_id']].pack_id}: step {result.get('step')}/{self.steps} "
-                f"loss {losses}{speed}")
+            log.info(f"[train] {trial.config['pack_id']}: step {result.get('step')}/{self.steps} loss {losses}{speed}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
