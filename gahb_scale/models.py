@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 
-
 class BFBatchNorm(nn.Module):
     """Bias-free batch-norm: divide each channel by its std (no mean subtraction), scale by a gain.
 

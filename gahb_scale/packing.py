@@ -31,11 +31,6 @@ def _attr(name: str) -> str:
     return name.replace(".", "/")  # module attribute names may not contain dots
 
 
-def network_state(pack_state: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-    """Network k's state dict from a pack's state dict (stacked tensors)."""
-    return {name.replace("/", "."): t[k].detach().clone() for name, t in pack_state.items()}
-
-
 class ModelPack(nn.Module):
     """K networks of one architecture (K >= 1); `forward` maps (K, B, C, H, W) to (K, B, C, H, W),
     network k applied to batch k. `fused=None` fuses on CUDA and loops elsewhere."""
@@ -82,11 +77,10 @@ class ModelPack(nn.Module):
 
     def state_dict_of(self, k: int) -> dict[str, torch.Tensor]:
         """Network k's state dict, as the network alone would have it."""
-        return network_state(self.state_dict(), k)
+        return {name.replace("/", "."): t[k].detach().clone() for name, t in self.state_dict().items()}
 
     def network(self, k: int) -> nn.Module:
         """Network k as a module of its own (a copy, on the pack's device)."""
-        device = next(iter(self._stacked()[0].values())).device
-        net = copy.deepcopy(self._template).to_empty(device=device)
+        net = copy.deepcopy(self._template).to_empty(device=next(self.parameters()).device)
         net.load_state_dict(self.state_dict_of(k))
         return net.train(self.training)

@@ -186,7 +186,7 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
         for b, saved in zip(batches, state["batches"]):
             b.load_state_dict(saved)
         for rng, saved in zip(noise_rngs, state["noise_rngs"]):
-            rng.set_state(saved.cpu())
+            rng.set_state(saved)
         step, losses = state["step"], state["losses"]
         running, since_log = state["running_loss"].to(device), state["since_log"]
     else:
@@ -196,9 +196,9 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
 
     step_model = pack if compile_mode is None else torch.compile(pack, mode=compile_mode)
     use_bf16 = config.precision == "bf16" and device.type == "cuda"
-    peak = peak_flops(device, config.precision)
-    flops = training_flops_per_image(module.network(0), images[0].shape[1:]) if peak else None
     image_shape = images[0].shape[1:]
+    peak = peak_flops(device, config.precision)
+    flops = training_flops_per_image(module.network(0), image_shape) if peak else None
     clock, clock_step = time.perf_counter(), step  # images/s over the steps this process ran
     while step < config.steps:
         for group in optimizer.param_groups:
