@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 from gahb_scale.models import build_model
-from gahb_scale.packing import ModelPack
-from gahb_scale.training import TrainConfig, train_pack, training_flops_per_image
+from gahb_scale.training import TrainConfig, train_denoiser, training_flops_per_image
 from training_throughput import describe, throughput  # this folder: run as benchmarks/gpu_checks.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,16 +75,16 @@ def paper_unet_profile(args) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     kind, params, size, batch = ("unet", {}, 80, 512) if not args.dry_run else ("unet", {"width": 4}, 16, 8)
-    images = [torch.randint(0, 256, (1000, 1, size, size), dtype=torch.uint8)]
+    images = torch.randint(0, 256, (1000, 1, size, size), dtype=torch.uint8)
     warm = TrainConfig(steps=5, batch_size=batch, log_every=5, precision="bf16")
-    train_pack(ModelPack([build_model(kind, **params)]), images, [warm], device=args.device)
+    train_denoiser(build_model(kind, **params), images, warm, device=args.device)
     steps = 10
     config = TrainConfig(steps=steps, batch_size=batch, log_every=steps, precision="bf16")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
-    pack = ModelPack([build_model(kind, **params)])
+    net = build_model(kind, **params)
     with profile(activities=activities) as prof:
         started = time.perf_counter()
-        train_pack(pack, images, [config], device=args.device)
+        train_denoiser(net, images, config, device=args.device)
         if args.device == "cuda":
             torch.cuda.synchronize()
         wall = time.perf_counter() - started

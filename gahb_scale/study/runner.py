@@ -56,7 +56,7 @@ def check_resources(spec: StudySpec, cluster: dict, strict: bool) -> None:
     if problems and strict:
         raise UserInputError("\n".join(problems))
     for problem in problems:
-        log.info(f"warning: {problem} (now; waiting for the autoscaler)")
+        log.warning(f"warning: {problem} (now; waiting for the autoscaler)")
 
 
 def _connect(address: str | None) -> None:
