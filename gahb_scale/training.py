@@ -13,8 +13,8 @@ interrupted and resumed from a checkpoint ends with exactly the weights of an un
 from __future__ import annotations
 
 import copy
+import io
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .atomic import write_atomically
 from .data.transforms import to_float_images
 from .errors import UserInputError
 from .flops import peak_flops
@@ -108,11 +109,9 @@ class TrainResult:
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomically(path, buffer.getvalue())
 
 
 def _shared_settings(configs: list[TrainConfig]) -> TrainConfig:

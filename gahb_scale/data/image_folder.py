@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ..atomic import write_atomically
 from ..errors import UserInputError
 from ._validate import int_at_least
 from .transforms import to_float_images
@@ -142,9 +142,9 @@ def load_image_folder(path: str | Path, size: int, cache_dir: str | Path | None 
         keep = ~near_duplicates(torch.from_numpy(grey), near_duplicate_threshold).numpy()
     prepared = FolderImages(grey[keep], tuple(f.as_posix() for f, k in zip(files, keep) if k), int((~keep).sum()))
     if cache_dir is not None:
-        _save_atomically(files_file, json.dumps({"files": list(prepared.files),
+        write_atomically(files_file, json.dumps({"files": list(prepared.files),
                                                  "duplicates_removed": prepared.duplicates_removed}).encode())
-        _save_atomically(images_file, _npy_bytes(prepared.grey))
+        write_atomically(images_file, _npy_bytes(prepared.grey))
         prepared = FolderImages(CachedImages(images_file), prepared.files, prepared.duplicates_removed)
     return prepared
 
@@ -254,16 +254,3 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
-
-
-def _save_atomically(target: Path, data: bytes) -> None:
-    """Write `data` to `target` via a temp file in the same folder, so readers never see half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as temp_file:
-            temp_file.write(data)
-        os.replace(temp_name, target)
-    except BaseException:
-        os.unlink(temp_name)
-        raise
