@@ -15,16 +15,17 @@ import statistics
 import tempfile
 import time
 
-from gahb_scale.study.runner import _connect
+import ray
+
+from gahb_scale.study.runner import start_ray
 from gahb_scale.study.spec import expand_trials, load_spec
 from gahb_scale.study.store import StudyStore
-from gahb_scale.study.train import max_concurrent, plan_packs, train_study
-
-import ray  # noqa: E402  (after gahb_scale.study.train, which sets Ray Train's environment)
 
 
 def training_seconds(spec_path: str, models_per_pack: int | None) -> tuple[float, int]:
     """Wall seconds of the training stage and the number of packs it ran."""
+    from gahb_scale.study.train import max_concurrent, plan_packs, train_study  # after start_ray (see RAY_ENV)
+
     with tempfile.TemporaryDirectory() as results:
         spec = load_spec(spec_path, results_dir=results)
         spec = spec.model_copy(update={"resources": spec.resources.model_copy(
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("spec", nargs="?", default="studies/smoke.yaml")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    _connect(None)
+    start_ray(None)
     try:
         spec = load_spec(args.spec)
         print(f"{args.spec}: {len(expand_trials(spec))} models of {spec.training.steps} steps, batch "

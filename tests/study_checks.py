@@ -11,8 +11,8 @@ TABLES = ("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobia
           "memorizer_distance")
 
 
-def table_rows(location: str) -> dict[str, list[dict]]:
-    store = StudyStore(str(location))
+def table_rows(results: str) -> dict[str, list[dict]]:
+    store = StudyStore(str(results))
     return {name: store.rows(name) for name in TABLES}
 
 
@@ -33,9 +33,9 @@ def expected_row_counts(spec: StudySpec) -> dict[str, int]:
             "memorizer_distance": models * len(a.sigmas)}
 
 
-def assert_every_row_once(location: str, spec: StudySpec) -> dict[str, list[dict]]:
+def assert_every_row_once(results: str, spec: StudySpec) -> dict[str, list[dict]]:
     """Every table holds exactly the rows the study makes: none missing, none twice."""
-    rows = table_rows(location)
+    rows = table_rows(results)
     for name, expected in expected_row_counts(spec).items():
         assert len(rows[name]) == expected, f"{name}: {len(rows[name])} rows, expected {expected}"
         distinct = {repr(sorted(r.items())) for r in rows[name]}

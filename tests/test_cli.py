@@ -176,7 +176,7 @@ def test_a_corrupt_image_is_named_before_anything_runs_or_is_written(tmp_path, c
 
 
 def test_a_failed_trial_is_told_in_one_line_from_rays_nested_trace():
-    from gahb_scale.study.train import innermost_error
+    from gahb_scale.study.progress import innermost_error
 
     trace = """Failure # 1 (occurred at 2026-11-26_18-33-32)
 ray::ImplicitFunc.train() (pid=23668, ip=192.0.2.2, actor_id=71f0, repr=tune_trial)

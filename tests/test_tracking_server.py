@@ -49,7 +49,7 @@ def s3_results(home, tmp_path, monkeypatch) -> StudyStore:
 def test_remote_results_without_tracking_uri_use_a_store_in_the_home_folder(home, s3_results, tmp_path,
                                                                              monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = load_spec(micro_spec(tmp_path, {"results_dir": s3_results.location}))
+    spec = load_spec(micro_spec(tmp_path, {"results_dir": s3_results.results}))
     db = home / ".gahb-scale" / "mlflow" / "mlflow.db"
     assert tracking_uri(spec, s3_results) == f"sqlite:///{db}"
     notice = store_notice(spec, s3_results)
@@ -69,10 +69,10 @@ def test_remote_results_without_tracking_uri_use_a_store_in_the_home_folder(home
 
 def test_a_given_tracking_uri_or_local_results_need_no_notice(home, s3_results, tmp_path, monkeypatch):
     server = "http://tracking.example:5000"
-    spec = load_spec(micro_spec(tmp_path, {"results_dir": s3_results.location, "mlflow_tracking_uri": server}))
+    spec = load_spec(micro_spec(tmp_path, {"results_dir": s3_results.results, "mlflow_tracking_uri": server}))
     assert tracking_uri(spec, s3_results) == server and store_notice(spec, s3_results) is None
 
-    spec = load_spec(micro_spec(tmp_path, {"results_dir": s3_results.location}))
+    spec = load_spec(micro_spec(tmp_path, {"results_dir": s3_results.results}))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     assert tracking_uri(spec, s3_results) == server and store_notice(spec, s3_results) is None
     monkeypatch.delenv("MLFLOW_TRACKING_URI")

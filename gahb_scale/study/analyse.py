@@ -24,24 +24,29 @@ from ..analysis import (MemorizationFraction, NearestNeighbours, denoiser_jacobi
                         principal_angles, psnr_curve, symmetry_error, unit_vectors)
 from ..models import build_model, denoise
 from ..sampling import sample_kadkhodaie_simoncelli
+from . import figures
 from .prepare import split_images, test_disc_parameters
 from .spec import DatasetSpec, StudySpec, Trial
-from .store import StudyStore, arrays_path, model_path, save_arrays, snapshot_path
-
-
-def read_model_file(store: StudyStore, trial_id: str, device: str | torch.device = "cpu",
-                    step: int | None = None) -> dict:
-    """The saved model of a trial: state_dict, losses, steps, timing and device of its training;
-    with `step`, the weight snapshot taken at that step (state_dict and step only)."""
-    path = model_path(trial_id) if step is None else snapshot_path(trial_id, step)
-    return torch.load(io.BytesIO(store.read_bytes(path)), map_location=device, weights_only=False)
+from .store import StudyStore, arrays_path, figure_path, model_path, save_arrays, snapshot_path
 
 
 def load_model(store: StudyStore, trial: Trial, device: torch.device, step: int | None = None) -> torch.nn.Module:
     """The trained network in eval mode (with `step`: its snapshot at that step of training)."""
+    path = model_path(trial.trial_id) if step is None else snapshot_path(trial.trial_id, step)
+    saved = torch.load(io.BytesIO(store.read_bytes(path)), map_location=device, weights_only=True)
     net = build_model(trial.architecture.kind, **trial.architecture.params)
-    net.load_state_dict(read_model_file(store, trial.trial_id, device, step)["state_dict"])
+    net.load_state_dict(saved["state_dict"])
     return net.to(device).eval()
+
+
+def trial_title(trial: Trial) -> str:
+    """How a model's figures name it."""
+    return f"{trial.dataset.name} / {trial.architecture.name}, N={trial.n}, pair {trial.pair}, seed {trial.seed}"
+
+
+def save_figures(store: StudyStore, spec: StudySpec, trial: Trial, pngs: dict[str, bytes]) -> None:
+    for name, png in pngs.items():
+        store.write_bytes(figure_path(spec.name, trial.trial_id, name), png)
 
 
 def _normalized(images: torch.Tensor) -> torch.Tensor:
@@ -65,10 +70,11 @@ class _Matches:
 
 def _sample_and_match(net: torch.nn.Module, train: torch.Tensor, spec: StudySpec, device: torch.device):
     """Samples with the study's shared seeds, each one's nearest training images, and both f_mem."""
-    s, a = spec.sampling, spec.analysis
-    seeds = [s.seed + i for i in range(s.num_samples)]
-    sampled = sample_kadkhodaie_simoncelli(net, train.shape[1:], seeds, h0=s.h0, beta=s.beta, sigma_0=s.sigma_0,
-                                           sigma_L=s.sigma_L, mean=s.mean, max_steps=s.max_steps, device=device)
+    sampling = spec.sampling
+    seeds = [sampling.seed + i for i in range(sampling.num_samples)]
+    sampled = sample_kadkhodaie_simoncelli(net, train.shape[1:], seeds, h0=sampling.h0, beta=sampling.beta,
+                                           sigma_0=sampling.sigma_0, sigma_L=sampling.sigma_L, mean=sampling.mean,
+                                           max_steps=sampling.max_steps, device=device)
     pixels = nearest_neighbours(sampled.samples, train)
     scale_free = nearest_neighbours(_normalized(sampled.samples), _normalized(train))
     # A flat sample has no shape once its mean is removed: it copies no (non-flat) training image, so
@@ -76,8 +82,8 @@ def _sample_and_match(net: torch.nn.Module, train: torch.Tensor, spec: StudySpec
     flat = torch.isnan(scale_free.d1) & ~sampled.diverged.to(scale_free.d1.device)
     scale_free.ratio = scale_free.ratio.masked_fill(flat, float("inf"))
     usable = ~sampled.diverged  # a diverged sample is reported, not counted as (non-)memorized
-    fractions = [memorization_fraction(nn.ratio.cpu()[usable], threshold=a.memorization_threshold,
-                                       n_boot=a.bootstrap, seed=0) for nn in (pixels, scale_free)]
+    fractions = [memorization_fraction(matches.ratio.cpu()[usable], threshold=spec.analysis.memorization_threshold,
+                                       n_boot=spec.analysis.bootstrap, seed=0) for matches in (pixels, scale_free)]
     return seeds, sampled, _Matches(pixels, scale_free, *fractions)
 
 
@@ -87,47 +93,50 @@ def fraction_columns(name: str, f: MemorizationFraction) -> dict:
 
 def optimal_slope(dataset: DatasetSpec) -> float:
     """α/(α+1) for C^α images whose backgrounds are as regular as their boundary; NaN otherwise."""
-    p = dataset.params
-    if dataset.kind != "calpha" or p.get("beta") not in (None, p["alpha"]):
+    params = dataset.params
+    if dataset.kind != "calpha" or params.get("beta") not in (None, params["alpha"]):
         return math.nan
-    return optimal_calpha_slope(p["alpha"])
+    return optimal_calpha_slope(params["alpha"])
 
 
-def analyse_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str) -> dict[str, list[dict]]:
-    store = StudyStore(location)
+def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str) -> dict[str, list[dict]]:
+    """Every per-model table's rows of one trained model (analysed with the settings whose id is
+    `analysis_key`); its arrays and per-model figures are left in the store at `results`."""
+    store = StudyStore(results)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = load_model(store, trial, device)
-    f = functools.partial(denoise, net)
+    denoiser = functools.partial(denoise, net)
     data = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair,
                         parts=(trial.split, "test"))
     train, test = data[trial.split].to(device), data["test"].to(device)
     base = {"study_id": spec.name, "trial_id": trial.trial_id}
-    a = spec.analysis
+    analysis = spec.analysis
 
-    sigmas = torch.tensor(a.sigmas) / 255.0
-    curves = {name: psnr_curve(f, images[:a.psnr_images], sigmas, seed=0)
+    sigmas = torch.tensor(analysis.sigmas) / 255.0
+    curves = {name: psnr_curve(denoiser, images[:analysis.psnr_images], sigmas, seed=0)
               for name, images in (("train", train), ("test", test))}
     psnr_rows = [{**base, "images": name, "sigma": float(s * 255), "psnr_in": float(c["psnr_in"][i]),
                   "psnr_out": float(c["psnr_out"][i]), "psnr_out_std": float(c["psnr_out_std"][i])}
                  for name, c in curves.items() for i, s in enumerate(sigmas)]
-    in_range = [i for i, s in enumerate(a.sigmas) if a.slope_sigma_range[0] <= s <= a.slope_sigma_range[1]]
+    low, high = analysis.slope_sigma_range
+    in_range = [i for i, sigma in enumerate(analysis.sigmas) if low <= sigma <= high]
     slope, _ = fit_psnr_slope(curves["test"]["psnr_in"][in_range], curves["test"]["psnr_out"][in_range])
 
-    seeds, sampled, nn = _sample_and_match(net, train, spec, device)
+    seeds, sampled, matches = _sample_and_match(net, train, spec, device)
     usable = (~sampled.diverged).to(device)  # NaN means over no sample when every one diverged: undefined
     final_sigma = [float(row[~row.isnan()][-1]) if (~row.isnan()).any() else math.nan for row in sampled.sigmas]
     sample_rows = [{**base, "sample_seed": seed, "steps": int(sampled.steps[i]), "hit_cap": bool(sampled.hit_cap[i]),
                     "diverged": bool(sampled.diverged[i]), "final_sigma": final_sigma[i],
-                    "nn_index": int(nn.pixels.index_l2[i]), "d1": float(nn.pixels.d1[i]), "d2": float(nn.pixels.d2[i]),
-                    "d1_d2": float(nn.pixels.ratio[i]), "nn_index_scale_free": int(nn.scale_free.index_l2[i]),
-                    "d1_d2_scale_free": float(nn.scale_free.ratio[i]),
-                    "nn_cosine_centered": float(nn.scale_free.cosine[i])}
+                    "nn_index": int(matches.pixels.index_l2[i]), "d1": float(matches.pixels.d1[i]), "d2": float(matches.pixels.d2[i]),
+                    "d1_d2": float(matches.pixels.ratio[i]), "nn_index_scale_free": int(matches.scale_free.index_l2[i]),
+                    "d1_d2_scale_free": float(matches.scale_free.ratio[i]),
+                    "nn_cosine_centered": float(matches.scale_free.cosine[i])}
                    for i, seed in enumerate(seeds)]
 
     # Distance to the memorizing solution (the training set's own MMSE denoiser, and the same over
     # the training images at every scale, which a bias-free network can be): no sampling, the same
     # noisy held-out images as the PSNR curve.
-    memorizer = {name: distance_to_memorizer(f, train, test[:a.psnr_images], sigmas, seed=0,
+    memorizer = {name: distance_to_memorizer(denoiser, train, test[:analysis.psnr_images], sigmas, seed=0,
                                              noise_range=spec.training.noise_range,
                                              noise_schedule=spec.training.noise_schedule, rescaled=rescaled)
                  for name, rescaled in (("distance", False), ("distance_bias_free", True))}
@@ -137,31 +146,38 @@ def analyse_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
             row.update({name: float(m["distance"][i]), f"{name}_std": float(m["distance_std"][i])})
 
     # Jacobians at noisy held-out images; the noise is seeded so A and B see the same inputs.
-    clean = test[:a.jacobian_images]
+    clean = test[:analysis.jacobian_images]
     tangent = _disc_tangent_basis(spec, trial, len(clean))
     generator = torch.Generator().manual_seed(0)
     jac_rows, eigen_rows, tangent_table, eigenvectors = [], [], [], []
-    for sigma in a.jacobian_sigmas:
+    for sigma in analysis.jacobian_sigmas:
         noisy = clean + sigma / 255.0 * torch.randn(clean.shape, generator=generator).to(device)
-        jac = denoiser_jacobian(f, noisy, chunk_size=256 if device.type == "cuda" else 64)  # bounds memory
+        jac = denoiser_jacobian(denoiser, noisy, chunk_size=256 if device.type == "cuda" else 64)  # bounds memory
         spectrum = eigen_spectrum(jac)
         sym, dim = symmetry_error(jac), effective_dimensionality(jac)
-        eigenvectors.append(spectrum.eigenvectors[:, :, :a.eigenvector_images].transpose(1, 2)
-                            .reshape(len(clean), a.eigenvector_images, *clean.shape[1:]).cpu().numpy())
+        eigenvectors.append(spectrum.eigenvectors[:, :, :analysis.eigenvector_images].transpose(1, 2)
+                            .reshape(len(clean), analysis.eigenvector_images, *clean.shape[1:]).cpu().numpy())
         for image in range(len(clean)):
             jac_rows.append({**base, "image": image, "sigma": float(sigma), "symmetry_error": float(sym[image]),
                              "effective_dim": float(dim[image])})
             eigen_rows += [{**base, "image": image, "sigma": float(sigma), "k": k, "eigenvalue": float(value)}
-                           for k, value in enumerate(spectrum.eigenvalues[image, :a.eigenvalues_kept].tolist())]
+                           for k, value in enumerate(spectrum.eigenvalues[image, :analysis.eigenvalues_kept].tolist())]
         if tangent is not None:
-            tangent_table += tangent_rows(jac, spectrum, tangent.to(device), a.eigenvalue_threshold,
+            tangent_table += tangent_rows(jac, spectrum, tangent.to(device), analysis.eigenvalue_threshold,
                                           {**base, "sigma": float(sigma)})
 
-    nearest = train[nn.pixels.index_l2.to(device)].masked_fill(~usable[:, None, None, None], float("nan"))
-    save_arrays(store, arrays_path(spec.name, trial.trial_id), samples=sampled.samples.cpu().numpy(),
-                nearest=nearest.cpu().numpy(), sample_seeds=np.array(seeds),
-                sigma_trajectories=sampled.sigmas.numpy(), jacobian_inputs=clean.cpu().numpy(),
-                jacobian_sigmas=np.array(a.jacobian_sigmas), eigenvectors=np.stack(eigenvectors))
+    nearest = train[matches.pixels.index_l2.to(device)].masked_fill(~usable[:, None, None, None], float("nan"))
+    arrays = {"samples": sampled.samples.cpu().numpy(), "nearest": nearest.cpu().numpy(),
+              "sample_seeds": np.array(seeds), "sigma_trajectories": sampled.sigmas.numpy(),
+              "jacobian_inputs": clean.cpu().numpy(), "jacobian_sigmas": np.array(analysis.jacobian_sigmas),
+              "eigenvectors": np.stack(eigenvectors)}
+    save_arrays(store, arrays_path(spec.name, trial.trial_id), **arrays)
+    title = trial_title(trial)  # this model's figures are drawn here, where its rows and arrays are
+    save_figures(store, spec, trial, {
+        "psnr_curves.png": figures.psnr_figure(psnr_rows, title),
+        "eigen_spectrum.png": figures.spectrum_figure(eigen_rows, jac_rows, title),
+        "eigenvectors.png": figures.eigenvector_figure(arrays["eigenvectors"], arrays["jacobian_sigmas"],
+                                                       arrays["jacobian_inputs"], jac_rows, title)})
 
     over_time = _memorization_over_time(spec, trial, store, train, device, base)
     if over_time:  # the final model closes the curve
@@ -171,13 +187,13 @@ def analyse_model(spec: StudySpec, trial: Trial, location: str, analysis_id: str
 
     gap = float(np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "train"])
                 - np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "test"]))
-    metrics = {**base, **trial.as_row(), "analysis_id": analysis_id,
+    metrics = {**base, **trial.as_row(), "analysis_id": analysis_key,
                "train_psnr": float(curves["train"]["psnr_out"].mean()), "test_psnr": float(curves["test"]["psnr_out"].mean()),
                "psnr_gap": gap, "psnr_slope": slope, "optimal_slope": optimal_slope(trial.dataset),
-               "nn_cosine_centered": float(nn.scale_free.cosine[usable].nanmean()),
-               "nn_l2_pixels": float(nn.pixels.d1[usable].mean()),
-               **fraction_columns("f_mem", nn.f_mem), "f_mem_defined": nn.f_mem.defined,
-               **fraction_columns("f_mem_scale_free", nn.f_mem_scale_free),
+               "nn_cosine_centered": float(matches.scale_free.cosine[usable].nanmean()),
+               "nn_l2_pixels": float(matches.pixels.d1[usable].mean()),
+               **fraction_columns("f_mem", matches.f_mem), "f_mem_defined": matches.f_mem.defined,
+               **fraction_columns("f_mem_scale_free", matches.f_mem_scale_free),
                "memorizer_distance": float(memorizer["distance"]["distance"].median()),
                "memorizer_distance_bias_free": float(memorizer["distance_bias_free"]["distance"].median()),
                "capped_samples": sampled.num_capped, "diverged_samples": sampled.num_diverged,
@@ -223,9 +239,9 @@ def _memorization_over_time(spec: StudySpec, trial: Trial, store: StudyStore, tr
     its nearest training image, with the same seeds as the final model's samples."""
     rows = []
     for step in spec.training.snapshot_steps:
-        seeds, sampled, nn = _sample_and_match(load_model(store, trial, device, step), train, spec, device)
-        rows += [{**base, "step": step, "sample_seed": seed, "d1_d2": float(nn.pixels.ratio[i]),
-                  "d1_d2_scale_free": float(nn.scale_free.ratio[i]), "nn_cosine_centered": float(nn.scale_free.cosine[i]),
+        seeds, sampled, matches = _sample_and_match(load_model(store, trial, device, step), train, spec, device)
+        rows += [{**base, "step": step, "sample_seed": seed, "d1_d2": float(matches.pixels.ratio[i]),
+                  "d1_d2_scale_free": float(matches.scale_free.ratio[i]), "nn_cosine_centered": float(matches.scale_free.cosine[i]),
                   "diverged": bool(sampled.diverged[i])}
                  for i, seed in enumerate(seeds)]
     return rows

@@ -1,9 +1,11 @@
 """Progress of a study run: the `gahb_scale.study` logger, every line stamped with the seconds since
-the study layer was loaded. The CLI shows it on stdout (`show_progress`); a notebook may too."""
+the study layer was loaded. The CLI shows it on stdout (`show_progress`); a notebook may too.
+A failure is told in one line (`innermost_error`)."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
@@ -36,3 +38,11 @@ def show_progress() -> None:
         log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+def innermost_error(text: str) -> str:
+    """The last "SomeError: message" line of an error trace (Ray wraps the worker's own error in
+    several layers), on one line; the trace's last line if there is none."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return (errors or lines or ["no error trace was saved"])[-1][:300]

@@ -10,27 +10,38 @@ The driver is the only writer of the Parquet tables and of MLflow.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
+import ray
+
 import gahb_scale
 
 from ..errors import UserInputError
+from .analyse import analyse_model
+from .compare import compare_pair
 from .prepare import prepare_datasets
-from .progress import log
+from .progress import innermost_error, log
+from .report import report_dir, write_report
 from .spec import StudySpec, Trial, analysis_id, expand_trials
-from .store import StudyStore, model_path
+from .store import StudyStore, model_path, training_record_path
+from .summarise import summarise_study
 from .track import store_notice, track_study
 
-from .train import RAY_ENV, innermost_error, train_study  # first: sets Ray Train V2 before ray.train loads
-
-import ray  # noqa: E402
-
-from .analyse import analyse_model, read_model_file  # noqa: E402
-from .compare import compare_pair  # noqa: E402
-from .summarise import summarise_study  # noqa: E402
+# Ray's environment: read by this process when ray.train is first imported (so `start_ray` sets it
+# before the training stage is imported) and by every worker (the job's runtime env carries it).
+RAY_ENV = {
+    "RAY_TRAIN_V2_ENABLED": "1",
+    # Ray's default is 60 s. A worker group may wait far longer for its place, legitimately: for
+    # another trial to finish after a node was lost, or for the autoscaler. On local Ray impossible
+    # requests are refused before the study starts (check_resources); on an existing cluster they
+    # are only warned about, and a group that no node can hold waits until stopped.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(24 * 3600),
+}
 
 
 class StudyFailed(Exception):
@@ -43,15 +54,15 @@ def check_resources(spec: StudySpec, cluster: dict, strict: bool) -> None:
     On an existing cluster (`strict=False`) an autoscaler may still add nodes, so a shortfall is
     only reported; on the local Ray started here nothing will ever be added.
     """
-    r, workers = spec.resources, spec.training.workers
+    resources, workers = spec.resources, spec.training.workers
     cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
-    need_cpus = workers * r.cpus_per_trial
+    need_cpus = workers * resources.cpus_per_trial
     problems = []
     if need_cpus > cpus + 1e-9:
         problems.append(f"resources.cpus_per_trial: one trial needs {need_cpus:g} CPUs ({workers} worker(s) x "
-                        f"{r.cpus_per_trial:g}) but the Ray cluster has {cpus:g}")
-    if workers * r.gpus_per_trial > gpus + 1e-9:
-        problems.append(f"resources.gpus_per_trial: one trial needs {workers * r.gpus_per_trial:g} GPUs "
+                        f"{resources.cpus_per_trial:g}) but the Ray cluster has {cpus:g}")
+    if workers * resources.gpus_per_trial > gpus + 1e-9:
+        problems.append(f"resources.gpus_per_trial: one trial needs {workers * resources.gpus_per_trial:g} GPUs "
                         f"but the Ray cluster has {gpus:g}")
     if problems and strict:
         raise UserInputError("\n".join(problems))
@@ -59,7 +70,11 @@ def check_resources(spec: StudySpec, cluster: dict, strict: bool) -> None:
         log.warning(f"warning: {problem} (now; waiting for the autoscaler)")
 
 
-def _connect(address: str | None) -> None:
+def start_ray(address: str | None) -> None:
+    """Join the cluster at `address`, or start a local Ray (None), with RAY_ENV set for the driver
+    and every worker."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
     # Object-store credentials are not put in here: Ray writes a job's runtime env into its logs on
     # every node. Each node reads the store with its own (AWS_* variables or an instance role).
     runtime_env = {"env_vars": dict(RAY_ENV)}
@@ -125,29 +140,31 @@ def _replace_study_rows(store: StudyStore, spec: StudySpec, name: str, rows: lis
 def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -> None:
     registered = store.keys_present("trials", "trial_id", {"study_id": spec.name})
     rows, curves = [], []
-    for t in trials:
-        if t.trial_id in registered or not store.exists(model_path(t.trial_id)):
+    for trial in trials:
+        if trial.trial_id in registered or not store.exists(model_path(trial.trial_id)):
             continue
-        saved = read_model_file(store, t.trial_id)
-        rows.append({**t.as_row(), "steps": saved["steps"], "final_loss": saved["losses"][-1][1],
-                     "num_parameters": saved["num_parameters"], "train_seconds": saved["train_seconds"],
-                     "resumed_from_step": saved["resumed_from"], "device": saved["device"],
-                     "workers": saved["workers"], "model_path": store.uri(model_path(t.trial_id)),
+        record = json.loads(store.read_bytes(training_record_path(trial.trial_id)))
+        rows.append({**trial.as_row(), "steps": record["steps"], "final_loss": record["losses"][-1][1],
+                     "num_parameters": record["num_parameters"], "train_seconds": record["train_seconds"],
+                     "resumed_from_step": record["resumed_from"], "device": record["device"],
+                     "workers": record["workers"], "model_path": store.uri(model_path(trial.trial_id)),
                      # train_seconds is the pack's: its models trained in the same steps
-                     "pack_id": saved.get("pack_id", t.trial_id), "pack_size": saved.get("pack_size", 1)})
-        curves += [{"study_id": spec.name, "trial_id": t.trial_id, "step": s, "loss": loss} for s, loss in saved["losses"]]
+                     "pack_id": record["pack_id"], "pack_size": record["pack_size"]})
+        curves += [{"study_id": spec.name, "trial_id": trial.trial_id, "step": step, "loss": loss}
+                   for step, loss in record["losses"]]
     store.upsert("train_curves", curves)
     store.upsert("trials", rows)
 
 
 def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> dict:
-    """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "results": location,
+    """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "results": ...,
     "tables": ..., "report": ...}."""
     store = StudyStore(spec.storage.results_location())
     trials = expand_trials(spec)
-    aid = analysis_id(spec)
+    analysis_key = analysis_id(spec)
+    resources = spec.resources
     started = time.monotonic()
-    log.info(f"study {spec.name}: {len(trials)} models; results in {store.location}")
+    log.info(f"study {spec.name}: {len(trials)} models; results in {store.results}")
     if notice := store_notice(spec, store):
         log.info(notice)
     datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here, before Ray or any output
@@ -156,73 +173,79 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
             log.info(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing "
                      f"{row['duplicates_removed']} near-duplicates (|correlation| > "
                      f"{row['near_duplicate_threshold']:g} on copies pooled by int(side/20))")
-    _connect(address)
+    start_ray(address)
+    from .train import train_study  # only now: ray.train reads RAY_ENV when first imported
+
     try:
         check_resources(spec, ray.cluster_resources(), strict=address is None)
         store.write_bytes(f"specs/{spec.name}.yaml", spec_text.encode())  # several studies may share a folder
         _replace_study_rows(store, spec, "datasets", datasets)
-        r = spec.resources
 
-        # 1. training (Tune grid of TorchTrainers)
-        todo = [t for t in trials if not store.exists(model_path(t.trial_id))]
-        if todo:
+        # 1. training (Tune grid of TorchTrainers, one per pack)
+        if any(not store.exists(model_path(trial.trial_id)) for trial in trials):
             failed = train_study(spec, store, fixed_cluster=address is None)
         else:
             failed = []
             log.info(f"[train] all {len(trials)} models already trained")
         _register_trained(spec, trials, store)
-        trained = [t for t in trials if store.exists(model_path(t.trial_id))]
+        trained = [trial for trial in trials if store.exists(model_path(trial.trial_id))]
 
         # 2. per model: samples, PSNR curves, memorization, Jacobian spectra
-        analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": aid})
-        pending = [t for t in trained if t.trial_id not in analysed]
+        analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": analysis_key})
+        pending = [trial for trial in trained if trial.trial_id not in analysed]
         buffer = _Buffered(store)
         if pending:
-            task = ray.remote(analyse_model).options(num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial,
-                                                            max_retries=r.max_failures)
-            refs = {task.remote(spec, t, store.location, aid): t.trial_id for t in pending}
+            task = ray.remote(analyse_model).options(num_cpus=resources.cpus_per_trial,
+                                                     num_gpus=resources.gpus_per_trial,
+                                                     max_retries=resources.max_failures)
+            refs = {task.remote(spec, trial, store.results, analysis_key): trial.trial_id for trial in pending}
             log.info(f"[analysis] {len(pending)} models to analyse")
-            failed += _gather(refs, "analysis", lambda key, rows: buffer.add(rows), buffer.flush)
+
+            def collect(trial_id: str, rows: dict[str, list[dict]]) -> None:
+                buffer.add(rows)
+                analysed.add(trial_id)
+
+            failed += _gather(refs, "analysis", collect, buffer.flush)
         else:
             log.info(f"[analysis] all {len(trained)} models already analysed")
 
         # 3. per split pair: A/B similarity of samples with shared seeds
-        analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": aid})
-        compared = store.keys_present("pairs", "pair_id", {"study_id": spec.name, "analysis_id": aid})
+        compared = store.keys_present("pairs", "pair_id", {"study_id": spec.name, "analysis_id": analysis_key})
         by_pair = defaultdict(dict)
-        for t in trials:
-            by_pair[t.pair_id][t.split] = t
-        ready = [(p["A"], p["B"]) for pid, p in by_pair.items()
-                 if pid not in compared and p["A"].trial_id in analysed and p["B"].trial_id in analysed]
+        for trial in trials:
+            by_pair[trial.pair_id][trial.split] = trial
+        ready = [(pair["A"], pair["B"]) for pair_id, pair in by_pair.items()
+                 if pair_id not in compared and pair["A"].trial_id in analysed and pair["B"].trial_id in analysed]
         if ready:
-            task = ray.remote(compare_pair).options(num_cpus=min(1.0, r.cpus_per_trial),
-                                                           max_retries=r.max_failures)
-            refs = {task.remote(spec, a, b, store.location, aid): a.pair_id for a, b in ready}
+            task = ray.remote(compare_pair).options(num_cpus=min(1.0, resources.cpus_per_trial),
+                                                    max_retries=resources.max_failures)
+            refs = {task.remote(spec, a, b, store.results, analysis_key): a.pair_id for a, b in ready}
             failed += _gather(refs, "pairs", lambda key, rows: buffer.add(rows), buffer.flush)
         else:
             log.info("[pairs] nothing new to compare")
 
         # 4. per study: transition, slopes, shuffle drop, memorization over time
-        complete = all(t.trial_id in analysed for t in trials)
-        tables = ray.get(ray.remote(summarise_study).options(num_cpus=0, max_retries=r.max_failures)
-                         .remote(spec, store.location))
+        complete = all(trial.trial_id in analysed for trial in trials)
+        tables = ray.get(ray.remote(summarise_study).options(num_cpus=0, max_retries=resources.max_failures)
+                         .remote(spec, store.results))
         changed = [name for name, rows in tables.items() if _replace_study_rows(store, spec, name, rows)]
         transition = tables["transition"]
     finally:
         ray.shutdown()
 
-    loggable = [t for t in trials if all(u.trial_id in analysed for u in by_pair[t.pair_id].values())]
-    mlflow_uri = track_study(spec, spec_text, loggable, store, aid, transition) if loggable else None
-    report = None
+    # 5. report and MLflow, for the models whose pair is analysed; the report is rebuilt only when a
+    # table changed, and MLflow's study run shows the report's own transition figure
+    loggable = [trial for trial in trials if all(u.trial_id in analysed for u in by_pair[trial.pair_id].values())]
+    mlflow_uri = report = None
     if loggable:
-        from .report import build_and_log_report, report_dir
-        if changed or not store.exists(f"{report_dir(spec)}/index.html"):
-            build_and_log_report(spec)
-        report = store.uri(f"{report_dir(spec)}/index.html")
+        index = f"{report_dir(spec)}/index.html"
+        files = write_report(spec, store) if changed or not store.exists(index) else None
+        mlflow_uri = track_study(spec, spec_text, loggable, store, analysis_key, transition, files).uri
+        report = store.uri(index)
         log.info(f"[report] {report}")
     log.info(f"study {spec.name}: finished stages in {time.monotonic() - started:.0f} s")
     if failed or not complete:
         raise StudyFailed(f"{len(failed)} trial(s)/task(s) failed ({', '.join(map(str, failed[:5]))}); finished "
                           f"work is saved — fix the cause and run the same command again to continue")
-    return {"transition": transition, "mlflow_uri": mlflow_uri, "results": store.location,
+    return {"transition": transition, "mlflow_uri": mlflow_uri, "results": store.results,
             "tables": store.uri("tables/"), "report": report}

@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import io
 import json
 
+import pyarrow.fs as pafs
+
 from .spec import StudySpec, analysis_id, expand_trials
-from .store import StudyStore, model_path
+from .store import CHECKPOINT_STEP_FILE, StudyStore, model_path
 
 
 def _checkpoint_step(store: StudyStore, pack_id: str) -> int | None:
     """Step of the newest Ray Train checkpoint of a pack, if any."""
-    import pyarrow.fs as pafs
-    import torch
-
     folder = store.path(f"ray/{pack_id}")
     infos = store.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     checkpoints = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and
                          i.base_name.startswith("checkpoint_"))
     if not checkpoints:
         return None
-    with store.fs.open_input_stream(f"{checkpoints[-1]}/train_state.pt") as f:
-        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)["step"]
+    with store.fs.open_input_stream(f"{checkpoints[-1]}/{CHECKPOINT_STEP_FILE}") as f:
+        return int(f.read())
 
 
 def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:
     """trial id -> the furthest checkpoint step of any pack holding it (packs listed under packs/)."""
-    import pyarrow.fs as pafs
-
     steps: dict[str, int] = {}
     for info in store.fs.get_file_info(pafs.FileSelector(store.path("packs"), allow_not_found=True)):
         if not info.base_name.endswith(".json"):
@@ -61,7 +57,7 @@ def study_status(spec: StudySpec) -> str:
         lines.append(f"{t.trial_id}  {t.dataset.name}/{t.architecture.name} N={t.n} pair={t.pair} {t.split} "
                      f"seed={t.seed}: {detail}; {'analysed' if t.trial_id in analysed else 'not analysed'}")
     pairs = {t.pair_id for t in trials}
-    summary = (f"study {spec.name} ({store.location}): {len(trials)} models — {counts['trained']} trained, "
+    summary = (f"study {spec.name} ({store.results}): {len(trials)} models — {counts['trained']} trained, "
                f"{counts['part-trained']} part-trained (resume with `gahb-scale run`), {counts['not started']} not "
                f"started; {len(analysed & {t.trial_id for t in trials})} analysed; "
                f"{len(compared & pairs)}/{len(pairs)} split pairs compared; transition table "

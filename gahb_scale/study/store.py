@@ -55,8 +55,15 @@ _TABLE_FILE = re.compile(r"(?:^|/)tables/(?P<name>[^/]+)/[^/]+/[^/]+\.parquet$")
 
 
 def model_path(trial_id: str) -> str:
-    """A trained model: weights, training curve and metadata, written once training finished."""
+    """A trained model's weights (and final step), written once its training finished: the mark
+    of a trained model."""
     return f"models/{trial_id}/model.pt"
+
+
+def training_record_path(trial_id: str) -> str:
+    """How a model was trained, as JSON: loss curve, steps, time, device, pack (written just before
+    its model file), so the driver registers a model without loading its weights."""
+    return f"models/{trial_id}/training.json"
 
 
 def pack_path(pack_id: str) -> str:
@@ -64,9 +71,19 @@ def pack_path(pack_id: str) -> str:
     return f"packs/{pack_id}.json"
 
 
+CHECKPOINT_STEP_FILE = "step.txt"  # in each Ray Train checkpoint folder: its step, for `status`
+
+
 def snapshot_path(trial_id: str, step: int) -> str:
-    """The weights of a trial at one of `training.snapshot_steps` (for memorization over time)."""
+    """The weights of a trial at one of `training.snapshot_steps` (for memorization over time), in
+    the format of its model file."""
     return f"models/{trial_id}/step_{step:09d}.pt"
+
+
+def figure_path(study: str, trial_id: str, name: str) -> str:
+    """A figure of one model (drawn where its arrays are, by the analyse and compare stages), for
+    its MLflow run. Per study, like its arrays."""
+    return f"figures/{study}/{trial_id}/{name}"
 
 
 def arrays_path(study: str, trial_id: str) -> str:
@@ -76,18 +93,21 @@ def arrays_path(study: str, trial_id: str) -> str:
 
 
 class StudyStore:
-    def __init__(self, location: str):
-        self.location = location
-        if "://" in location:
+    """The results of studies at `results`, a folder or a URI; `root` is that place as a path of
+    the filesystem `fs`."""
+
+    def __init__(self, results: str):
+        self.results = results
+        if "://" in results:
             # Credentials and endpoint come from the standard variables (AWS_*, ...) or from query
             # parameters of the URI (s3://bucket/prefix?endpoint_override=host:9000&scheme=http).
             try:
-                self.fs, self.root = pafs.FileSystem.from_uri(location)
+                self.fs, self.root = pafs.FileSystem.from_uri(results)
             except (pa.ArrowException, ValueError) as exc:
-                raise UserInputError(f"results location {location}: {exc}") from None
+                raise UserInputError(f"results location {results}: {exc}") from None
             self.root = self.root.rstrip("/")
         else:
-            self.fs, self.root = pafs.LocalFileSystem(), str(Path(location).resolve())
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(results).resolve())
         # Nothing is created until something is written: a rejected study leaves no trace.
 
     # ---- files ---------------------------------------------------------------------------------
@@ -98,7 +118,7 @@ class StudyStore:
         """Where Ray and users can find a file: a local path or a URI."""
         if isinstance(self.fs, pafs.LocalFileSystem):
             return self.path(relative)
-        base, query = self.location.split("?", 1) if "?" in self.location else (self.location, "")
+        base, query = self.results.split("?", 1) if "?" in self.results else (self.results, "")
         return f"{base.rstrip('/')}/{relative}" + (f"?{query}" if query else "")
 
     def is_empty(self) -> bool:
@@ -141,18 +161,25 @@ class StudyStore:
         return sorted(info.path for info in self.fs.get_file_info(selector)
                       if info.type == pafs.FileType.File and info.path.endswith(".parquet"))
 
-    def read_table(self, name: str) -> pa.Table | None:
+    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table | None:
         """Every file of a table as one table (columns unified: a file written by an older version
-        may lack a newer column)."""
+        may lack a newer column); only `columns`, if given, are decoded."""
         parts = []
         for path in self._table_files(name):
             with self.fs.open_input_stream(path) as f:
-                parts.append(pq.read_table(io.BytesIO(f.read())))
+                file = pq.ParquetFile(io.BytesIO(f.read()))
+            parts.append(file.read(columns=None if columns is None else
+                                   [c for c in columns if c in file.schema_arrow.names]))
         return pa.concat_tables(parts, promote_options="permissive") if parts else None
 
     def rows(self, name: str) -> list[dict]:
         table = self.read_table(name)
         return [] if table is None else table.to_pylist()
+
+    def key_rows(self, name: str, study_id: str, key: str) -> list[dict]:
+        """The rows of one trial or pair (one file): what a stage needs of a single model."""
+        relative = self.table_file(name, study_id, key)
+        return pq.read_table(io.BytesIO(self.read_bytes(relative))).to_pylist() if self.exists(relative) else []
 
     def upsert(self, name: str, rows: list[dict]) -> None:
         """Write `rows`, one file per key (study and trial, pair or nothing for a study-level table),
@@ -174,10 +201,11 @@ class StudyStore:
 
     def keys_present(self, name: str, column: str, where: dict | None = None) -> set:
         """Values of `column` in table `name`, optionally filtered by equality on other columns."""
-        table = self.read_table(name)
+        where = where or {}
+        table = self.read_table(name, columns=[column, *where])
         if table is None:
             return set()
-        for col, value in (where or {}).items():
+        for col, value in where.items():
             if col not in table.column_names:
                 return set()
             table = table.filter(pc.equal(table.column(col), value))

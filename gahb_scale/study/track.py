@@ -15,7 +15,6 @@ import math
 import os
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
@@ -23,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from .progress import log
 from .spec import StudySpec, Trial
-from .store import StudyStore, arrays_path, load_arrays
+from .store import StudyStore, figure_path
 
 STUDY_TAG, TRIAL_TAG, ANALYSIS_TAG = "gahb.study_id", "gahb.trial_id", "gahb.analysis_id"
 ROLE_TAG = "gahb.role"  # "study" or "trial": trial runs carry the study tag too
@@ -38,7 +37,7 @@ def _given_uri(spec: StudySpec) -> str | None:
 def _machine_store(spec: StudySpec, store: StudyStore) -> Path | None:
     """The folder of this machine's store when runs go there: no tracking URI given and results
     remote. A home folder, not the current directory, so runs from anywhere end up in one place."""
-    if _given_uri(spec) is None and "://" in store.location:
+    if _given_uri(spec) is None and "://" in store.results:
         return Path.home() / ".gahb-scale" / "mlflow"
     return None
 
@@ -58,7 +57,7 @@ def store_notice(spec: StudySpec, store: StudyStore) -> str | None:
     """One sentence for the user when runs land where no one else sees them; None otherwise."""
     if _machine_store(spec, store) is None:
         return None
-    return (f"storage.mlflow_tracking_uri is not set and results are remote ({store.location}): MLflow runs go to "
+    return (f"storage.mlflow_tracking_uri is not set and results are remote ({store.results}): MLflow runs go to "
             f"the local store {tracking_uri(spec, store)} on this machine; set storage.mlflow_tracking_uri (or "
             f"MLFLOW_TRACKING_URI) to a tracking server to share them")
 
@@ -108,22 +107,23 @@ class StudyTracker:
             run_id = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, **extra}).info.run_id
         return run_id
 
-    def _artifact(self, run_id: str, name: str, data: bytes | str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_bytes(data.encode() if isinstance(data, str) else data)
-            self.client.log_artifact(run_id, str(path))
+    def _log_files(self, run_id: str, files: dict[str, bytes], artifact_path: str | None = None) -> None:
+        """Files held as bytes, logged in one call (MLflow takes artifacts from local files only)."""
+        with tempfile.TemporaryDirectory() as folder:
+            for name, data in files.items():
+                (Path(folder) / name).write_bytes(data)
+            self.client.log_artifacts(run_id, folder, artifact_path=artifact_path)
 
     def _metrics(self, run_id: str, metrics: list[Metric]) -> None:
         finite = [m for m in metrics if math.isfinite(m.value)]
         for start in range(0, len(finite), 1000):  # MLflow's batch limit
             self.client.log_batch(run_id, metrics=finite[start:start + 1000])
 
-    def trial_logged(self, trial: Trial, analysis_id: str) -> bool:
+    def trial_logged(self, trial: Trial, analysis_key: str) -> bool:
         run_id = self._find({STUDY_TAG: self.spec.name, TRIAL_TAG: trial.trial_id, ROLE_TAG: "trial"})
-        return run_id is not None and self.client.get_run(run_id).data.tags.get(ANALYSIS_TAG) == analysis_id
+        return run_id is not None and self.client.get_run(run_id).data.tags.get(ANALYSIS_TAG) == analysis_key
 
-    def log_trial(self, trial: Trial, analysis_id: str, metrics: dict, losses: list[tuple[int, float]],
+    def log_trial(self, trial: Trial, analysis_key: str, metrics: dict, losses: list[tuple[int, float]],
                   figures: dict[str, bytes]) -> None:
         name = f"{trial.dataset.name}-{trial.architecture.name}-N{trial.n}-p{trial.pair}-{trial.split}-s{trial.seed}"
         run_id = self._run({STUDY_TAG: self.spec.name, TRIAL_TAG: trial.trial_id, ROLE_TAG: "trial"}, name,
@@ -139,9 +139,8 @@ class StudyTracker:
         self._metrics(run_id, [Metric("loss", loss, now, step) for step, loss in losses]
                       + [Metric(k, float(v), now, 0) for k, v in metrics.items()
                          if isinstance(v, (int, float)) and not isinstance(v, bool)])
-        for file_name, data in figures.items():
-            self._artifact(run_id, file_name, data)
-        self.client.set_tag(run_id, ANALYSIS_TAG, analysis_id)  # last: marks the run complete
+        self._log_files(run_id, figures)
+        self.client.set_tag(run_id, ANALYSIS_TAG, analysis_key)  # last: marks the run complete
         self.client.set_terminated(run_id)
 
     def log_study(self, spec_text: str, transition: list[dict], figure: bytes) -> None:
@@ -156,54 +155,38 @@ class StudyTracker:
                 if row[key] is not None:
                     metrics.append(Metric(f"{prefix}/{key}", float(row[key]), now, int(row["n"])))
         self._metrics(self.parent_id, metrics)
-        self._artifact(self.parent_id, "spec.yaml", spec_text)
-        self._artifact(self.parent_id, "phase_transition.png", figure)
+        self.client.log_text(self.parent_id, spec_text, "spec.yaml")
+        self._log_files(self.parent_id, {"phase_transition.png": figure})
         self.client.set_terminated(self.parent_id)
 
     def log_report(self, files: dict[str, bytes]) -> None:
         """The static report (index.html and its PNGs) as artifacts under report/ of the study run."""
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, data in files.items():
-                (Path(tmp) / name).write_bytes(data)
-            self.client.log_artifacts(self.parent_id, tmp, artifact_path="report")
+        self._log_files(self.parent_id, files, artifact_path="report")
 
 
-def track_study(spec: StudySpec, spec_text: str, trials: list[Trial], store: StudyStore, aid: str,
-                transition: list[dict]) -> str:
-    """Stage 5, track: the study run and one nested run per model of `trials` not yet logged with
-    these analysis settings (metrics, loss curve, figures); returns the tracking URI."""
-    from . import figures
+# A model's figures, drawn by the analyse and compare stages (samples need the partner model's).
+TRIAL_FIGURES = ("samples.png", "psnr_curves.png", "eigen_spectrum.png", "eigenvectors.png")
+
+
+def track_study(spec: StudySpec, spec_text: str, trials: list[Trial], store: StudyStore, analysis_key: str,
+                transition: list[dict], report: dict[str, bytes] | None) -> StudyTracker:
+    """Stage 5, track: one nested run per model of `trials` not yet logged with these analysis
+    settings (metrics, loss curve, its figures; only those models' files are read), and the study
+    run, when a model was logged or the report (its files: `report`) was rebuilt."""
+    from .report import report_dir
 
     tracker = StudyTracker(spec, store)
-    todo = [t for t in trials if not tracker.trial_logged(t, aid)]
-    if todo:
-        tables = {name: defaultdict(list) for name in ("model_metrics", "psnr", "eigen", "jacobian", "train_curves")}
-        for name, by_trial in tables.items():
-            for row in store.rows(name):
-                if row["study_id"] == spec.name:
-                    by_trial[row["trial_id"]].append(row)
-        partner = {(t.pair_id, t.split): t for t in trials}
-        for i, t in enumerate(todo, 1):
-            arrays = load_arrays(store, arrays_path(spec.name, t.trial_id))
-            other = partner[(t.pair_id, "B" if t.split == "A" else "A")]
-            other_samples = load_arrays(store, arrays_path(spec.name, other.trial_id))["samples"]
-            title = f"{t.dataset.name} / {t.architecture.name}, N={t.n}, pair {t.pair}, seed {t.seed}"
-            grid = {f"model {t.split} (this)": arrays["samples"], f"model {other.split}": other_samples,
-                    f"nearest training image of {t.split}": arrays["nearest"]}
-            shown = min(8, len(arrays["sample_seeds"]))
-            figs = {
-                "samples.png": figures.sample_grid_figure({k: v[:shown] for k, v in grid.items()},
-                                                          arrays["sample_seeds"][:shown], title),
-                "psnr_curves.png": figures.psnr_figure(tables["psnr"][t.trial_id], title),
-                "eigen_spectrum.png": figures.spectrum_figure(tables["eigen"][t.trial_id], tables["jacobian"][t.trial_id],
-                                                              title),
-                "eigenvectors.png": figures.eigenvector_figure(arrays["eigenvectors"], arrays["jacobian_sigmas"],
-                                                               arrays["jacobian_inputs"], tables["jacobian"][t.trial_id],
-                                                               title),
-            }
-            metrics = tables["model_metrics"][t.trial_id][0]
-            losses = [(r["step"], r["loss"]) for r in tables["train_curves"][t.trial_id]]
-            tracker.log_trial(t, aid, metrics, losses, figs)
-            log.info(f"[mlflow] trial runs {i}/{len(todo)} logged")
-        tracker.log_study(spec_text, transition, figures.transition_figure(transition))
-    return tracker.uri
+    todo = [trial for trial in trials if not tracker.trial_logged(trial, analysis_key)]
+    for i, trial in enumerate(todo, 1):
+        metrics = store.key_rows("model_metrics", spec.name, trial.trial_id)[0]
+        losses = [(row["step"], row["loss"]) for row in store.key_rows("train_curves", spec.name, trial.trial_id)]
+        files = {name: figure_path(spec.name, trial.trial_id, name) for name in TRIAL_FIGURES}
+        tracker.log_trial(trial, analysis_key, metrics, losses,
+                          {name: store.read_bytes(path) for name, path in files.items() if store.exists(path)})
+        log.info(f"[mlflow] trial runs {i}/{len(todo)} logged")
+    if todo or report:
+        figure = report["transition.png"] if report else store.read_bytes(f"{report_dir(spec)}/transition.png")
+        tracker.log_study(spec_text, transition, figure)
+    if report:
+        tracker.log_report(report)
+    return tracker

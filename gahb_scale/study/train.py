@@ -29,39 +29,26 @@ import hashlib
 import io
 import json
 import math
-import os
-import re
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-RAY_ENV = {
-    "RAY_TRAIN_V2_ENABLED": "1",
-    # Ray's default is 60 s. A worker group may wait far longer for its place, legitimately: for
-    # another trial to finish after a node was lost, or for the autoscaler. On local Ray impossible
-    # requests are refused before the study starts (runner.check_resources); on an existing cluster
-    # they are only warned about, and a group that no node can hold waits until stopped.
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(24 * 3600),
-}
-for _key, _value in RAY_ENV.items():  # must precede the first import of ray.train in this process
-    os.environ.setdefault(_key, _value)
-
-import pyarrow.fs as pafs  # noqa: E402
-import ray  # noqa: E402
-import ray.train  # noqa: E402
-import ray.tune  # noqa: E402
-import torch  # noqa: E402
-from ray.train.torch import TorchTrainer  # noqa: E402
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import ray.tune
+import torch
+from ray.train.torch import TorchTrainer
 
 from ..models import build_model, count_parameters
 from ..packing import ModelPack
 from ..training import TrainConfig, train_pack, training_flops_per_image
 from .prepare import split_images
-from .progress import log
+from .progress import innermost_error, log
 from .spec import StudySpec, Trial, expand_trials
-from .store import StudyStore, model_path, pack_path, snapshot_path
+from .store import CHECKPOINT_STEP_FILE, StudyStore, model_path, pack_path, snapshot_path, training_record_path
 
 TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes: a Python process with torch imported, roughly
 STATE_FILE = "train_state.pt"
@@ -79,10 +66,11 @@ def use_cpu_threads(cpus: float) -> None:
     torch.set_num_threads(max(1, round(cpus)))
 
 
-def _torch_bytes(obj: dict) -> bytes:
+def save_weights(store: StudyStore, relative: str, net: torch.nn.Module, step: int) -> None:
+    """A model file (the trained model's, or a snapshot's): its weights and the step they are from."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
+    torch.save({"state_dict": net.state_dict(), "step": step}, buffer)
+    store.write_bytes(relative, buffer.getvalue())
 
 
 def train_worker(payload: dict) -> None:
@@ -112,13 +100,13 @@ def train_worker(payload: dict) -> None:
         ray.train.report(dict(last))
 
     def on_checkpoint(step: int, path: Path) -> None:
+        (workdir / CHECKPOINT_STEP_FILE).write_text(str(step))  # `status` reads this, not the whole state
         checkpoint = ray.train.Checkpoint.from_directory(str(workdir)) if rank == 0 else None
         ray.train.report({**last, "step": step}, checkpoint=checkpoint)
 
     def on_snapshot(step: int, k: int, module: torch.nn.Module) -> None:
         if rank == 0:
-            store.write_bytes(snapshot_path(pack.trials[k].trial_id, step),
-                              _torch_bytes({"state_dict": module.state_dict(), "step": step}))
+            save_weights(store, snapshot_path(pack.trials[k].trial_id, step), module, step)
 
     started = time.perf_counter()
     results = train_pack(parallel, images, list(configs), device=device, checkpoint_path=state_path, on_log=on_log,
@@ -126,11 +114,13 @@ def train_worker(payload: dict) -> None:
     seconds = time.perf_counter() - started
     for trial, result in zip(pack.trials, results):
         if rank == 0 and not store.exists(model_path(trial.trial_id)):
-            store.write_bytes(model_path(trial.trial_id), _torch_bytes({
-                "state_dict": result.net.state_dict(), "trial": trial.as_row(), "losses": result.losses,
-                "steps": result.steps_done, "resumed_from": result.resumed_from, "train_seconds": seconds,
-                "pack_id": pack.pack_id, "pack_size": len(pack.trials), "device": str(device), "workers": world,
-                "num_parameters": count_parameters(result.net)}))
+            # the record first: a model file is what marks a model trained
+            store.write_bytes(training_record_path(trial.trial_id), json.dumps({
+                "trial": trial.as_row(), "losses": result.losses, "steps": result.steps_done,
+                "resumed_from": result.resumed_from, "train_seconds": seconds, "pack_id": pack.pack_id,
+                "pack_size": len(pack.trials), "device": str(device), "workers": world,
+                "num_parameters": count_parameters(result.net)}).encode())
+            save_weights(store, model_path(trial.trial_id), result.net, result.steps_done)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -225,7 +215,7 @@ def train_study(spec: StudySpec, store: StudyStore, fixed_cluster: bool) -> list
     failed before its first report has no config in Tune's results)."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if fixed_cluster else None)
     packs = packs_to_train(spec, store, concurrency)
-    payloads = {p.pack_id: {"spec": spec, "pack": p, "store": store.location} for p in packs}
+    payloads = {p.pack_id: {"spec": spec, "pack": p, "store": store.results} for p in packs}
     sizes = "/".join(sorted({str(len(p.trials)) for p in packs}))
     log.info(f"[train] {sum(len(p.trials) for p in packs)} models to train in {len(packs)} pack(s) of {sizes}, "
              f"{min(concurrency, len(packs))} at a time")
@@ -269,14 +259,6 @@ def _record_packs(store: StudyStore, plan: list[Pack], to_train: list[Pack], tri
                 store.fs.delete_file(info.path)
     for p in to_train:
         store.write_bytes(pack_path(p.pack_id), json.dumps([t.trial_id for t in p.trials]).encode())
-
-
-def innermost_error(text: str) -> str:
-    """The last "SomeError: message" line of an error trace (Ray wraps the worker's own error in
-    several layers), on one line; the trace's last line if there is none."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
-    return (errors or lines or ["no error trace was saved"])[-1][:300]
 
 
 class TrainProgress(ray.tune.Callback):
