@@ -39,23 +39,24 @@ def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:
 def study_status(spec: StudySpec) -> str:
     store = StudyStore(spec.storage.results_location())
     trials = expand_trials(spec)
-    aid = analysis_id(spec)
-    analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": aid})
-    compared = store.keys_present("pairs", "pair_id", {"study_id": spec.name, "analysis_id": aid})
+    analysis_key = analysis_id(spec)
+    analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": analysis_key})
+    compared = store.keys_present("pairs", "pair_id", {"study_id": spec.name, "analysis_id": analysis_key})
     counts = {"trained": 0, "part-trained": 0, "not started": 0}
     lines = []
     trained = {t.trial_id for t in trials if store.exists(model_path(t.trial_id))}
     checkpointed = _checkpoint_steps(store, {t.trial_id for t in trials} - trained)
-    for t in trials:
-        if t.trial_id in trained:
+    for trial in trials:
+        if trial.trial_id in trained:
             state, detail = "trained", "trained"
-        elif (step := checkpointed.get(t.trial_id)) is not None:
+        elif (step := checkpointed.get(trial.trial_id)) is not None:
             state, detail = "part-trained", f"part-trained (checkpoint at step {step}/{spec.training.steps})"
         else:
             state, detail = "not started", "not started"
         counts[state] += 1
-        lines.append(f"{t.trial_id}  {t.dataset.name}/{t.architecture.name} N={t.n} pair={t.pair} {t.split} "
-                     f"seed={t.seed}: {detail}; {'analysed' if t.trial_id in analysed else 'not analysed'}")
+        lines.append(f"{trial.trial_id}  {trial.dataset.name}/{trial.architecture.name} N={trial.n} pair={trial.pair} "
+                     f"{trial.split} seed={trial.seed}: {detail}; "
+                     f"{'analysed' if trial.trial_id in analysed else 'not analysed'}")
     pairs = {t.pair_id for t in trials}
     summary = (f"study {spec.name} ({store.results}): {len(trials)} models — {counts['trained']} trained, "
                f"{counts['part-trained']} part-trained (resume with `gahb-scale run`), {counts['not started']} not "

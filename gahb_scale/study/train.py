@@ -81,9 +81,9 @@ def train_worker(payload: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     use_cpu_threads(spec.resources.cpus_per_trial)
-    images = [split_images(t.dataset, spec.image_size, t.n, spec.test_images, t.pair, parts=(t.split,),
-                           keep_uint8=True)[t.split] for t in pack.trials]
-    nets, configs = zip(*(initial_model(spec, t) for t in pack.trials))
+    images = [split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair,
+                           parts=(trial.split,), keep_uint8=True)[trial.split] for trial in pack.trials]
+    nets, configs = zip(*(initial_model(spec, trial) for trial in pack.trials))
     models = ModelPack(list(nets))
     parallel = ray.train.torch.prepare_model(models) if world > 1 else models.to(device)
 
@@ -130,9 +130,9 @@ def tune_trial(config: dict, payloads: dict) -> None:
 
     payload = payloads[config["pack_id"]]
     spec = payload["spec"]
-    r = spec.resources
-    use_gpu = r.gpus_per_trial > 0
-    worker_resources = {"CPU": r.cpus_per_trial, **({"GPU": r.gpus_per_trial} if use_gpu else {})}
+    resources = spec.resources
+    use_gpu = resources.gpus_per_trial > 0
+    worker_resources = {"CPU": resources.cpus_per_trial, **({"GPU": resources.gpus_per_trial} if use_gpu else {})}
     store = StudyStore(payload["store"])
     trainer = TorchTrainer(
         train_worker, train_loop_config=payload,
@@ -141,7 +141,7 @@ def tune_trial(config: dict, payloads: dict) -> None:
         run_config=ray.train.RunConfig(name=config["pack_id"], callbacks=[TuneReportCallback()],
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                                        # a dead worker: the group restarts from the last checkpoint
-                                       failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+                                       failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
                                        **ray_storage(store)),
     )
     trainer.fit()
@@ -180,8 +180,8 @@ def plan_packs(spec: StudySpec, trials: list[Trial], concurrency: int) -> list[P
     time. Planned from all of the study's trials (not only those left to train), so a re-started
     study forms the same packs and resumes them from their checkpoints."""
     groups: dict[str, list[Trial]] = {}
-    for t in trials:
-        groups.setdefault(t.architecture.name, []).append(t)
+    for trial in trials:
+        groups.setdefault(trial.architecture.name, []).append(trial)
     packs = []
     for group in groups.values():
         k = models_per_pack(spec, group, concurrency)
@@ -194,13 +194,13 @@ def max_concurrent(spec: StudySpec, cluster: dict | None) -> int:
 
     `cluster=None` (an autoscaling cluster, whose size now says nothing) trusts the spec's cap.
     """
-    r, workers = spec.resources, spec.training.workers
+    resources, workers = spec.resources, spec.training.workers
     if cluster is None:
-        return r.max_concurrent_trials
-    fits = math.floor((cluster.get("CPU", 0) + 1e-9) / (workers * r.cpus_per_trial))
-    if r.gpus_per_trial > 0:
-        fits = min(fits, math.floor((cluster.get("GPU", 0) + 1e-9) / (workers * r.gpus_per_trial)))
-    return max(1, min(fits, r.max_concurrent_trials))
+        return resources.max_concurrent_trials
+    fits = math.floor((cluster.get("CPU", 0) + 1e-9) / (workers * resources.cpus_per_trial))
+    if resources.gpus_per_trial > 0:
+        fits = min(fits, math.floor((cluster.get("GPU", 0) + 1e-9) / (workers * resources.gpus_per_trial)))
+    return max(1, min(fits, resources.max_concurrent_trials))
 
 
 def ray_storage(store: StudyStore) -> dict:
