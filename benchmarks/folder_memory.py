@@ -29,7 +29,7 @@ TRIAL = """
 import json, sys
 def rss(field):
     return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) * 1024
-from gahb_scale.study.spec import parse_spec
+from gahb_scale.study.spec_file import parse_spec
 from gahb_scale.study.prepare import split_images
 spec = parse_spec(json.loads(sys.argv[1]))
 base = rss("VmRSS:")
@@ -65,7 +65,7 @@ def main() -> None:
                               "params": {"path": str(faces), "crop": "celeba", "cache_dir": str(cache)}}],
                 "architectures": [{"name": "u", "kind": "unet", "params": {"width": 4, "blocks": 1}}]}
         from gahb_scale.study.prepare import load_folder
-        from gahb_scale.study.spec import parse_spec
+        from gahb_scale.study.spec_file import parse_spec
 
         started = time.perf_counter()
         pool_images = load_folder(parse_spec(spec).datasets[0], SIZE)

@@ -18,8 +18,9 @@ import time
 import ray
 
 from gahb_scale.study.runner import start_ray
-from gahb_scale.study.spec import expand_trials, load_spec
+from gahb_scale.study.spec_file import load_spec
 from gahb_scale.study.store import StudyStore
+from gahb_scale.study.trials import expand_trials
 
 
 def training_seconds(spec_path: str, models_per_pack: int | None) -> tuple[float, int]:

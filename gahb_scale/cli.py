@@ -17,12 +17,6 @@ from .errors import UserInputError
 EXIT_USER_ERROR, EXIT_FAILED = 2, 1
 
 
-def _format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 def _num(value, digits=3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -52,18 +46,21 @@ def format_transition(rows: list[dict]) -> str:
                      _num(r["ab_cosine_centered"]), _num(r["ab_l2"]), _num(r["ab_basis_overlap"]),
                      _num(r["effective_dim"], 1), _num(r["symmetry_error"], 2),
                      str(r["capped_samples"]), str(r["diverged_samples"])])
-    return _format_table(header, body)
+    from .study.trials import format_table
+
+    return format_table(header, body, align=">")
 
 
 def cmd_validate(args) -> int:
-    from .study.spec import describe_trials, load_spec
+    from .study.spec_file import load_spec
+    from .study.trials import describe_trials
 
     print(describe_trials(load_spec(args.spec)))
     return 0
 
 
 def cmd_run(args) -> int:
-    from .study.spec import load_spec
+    from .study.spec_file import load_spec
 
     spec = load_spec(args.spec, args.results)  # validate before Ray starts: a bad spec writes nothing
     from .study.progress import show_progress
@@ -100,7 +97,7 @@ def cmd_run(args) -> int:
 
 def cmd_report(args) -> int:
     from .study.report import build_and_log_report
-    from .study.spec import load_spec
+    from .study.spec_file import load_spec
 
     spec = load_spec(args.spec, args.results)
     print(f"report: {build_and_log_report(spec)}")
@@ -108,7 +105,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .study.spec import load_spec
+    from .study.spec_file import load_spec
     from .study.status import study_status
 
     print(study_status(load_spec(args.spec, args.results)))
@@ -117,9 +114,10 @@ def cmd_status(args) -> int:
 
 def cmd_query(args) -> int:
     from .study.query import run_query
+    from .study.trials import format_table
 
     columns, rows = run_query(args.sql, args.results)
-    print(_format_table(columns, [[_cell(v) for v in row] for row in rows]))
+    print(format_table(columns, [[_cell(v) for v in row] for row in rows], align=">"))
     print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return 0
 

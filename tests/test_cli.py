@@ -154,7 +154,7 @@ def test_a_pool_too_small_after_removing_duplicates_is_refused_before_anything_r
     assert not any(p.name != "datasets" for p in (tmp_path / "out").iterdir())  # only the prepared cache
     # keeping duplicates (the spec option) makes the pool large enough
     from gahb_scale.study.prepare import prepare_datasets
-    from gahb_scale.study.spec import load_spec
+    from gahb_scale.study.spec_file import load_spec
 
     spec.write_text(yaml.safe_dump(micro(tmp_path, datasets=[
         {"name": "faces", "kind": "folder", "params": {"path": str(folder), "near_duplicate_threshold": None}}],

@@ -11,7 +11,6 @@ import pywt
 import torch
 
 from gahb_scale.data import (
-    DATASET_KINDS,
     PHOTO_NAMES,
     build_pool,
     calpha_images,
@@ -32,6 +31,7 @@ from gahb_scale.data.calpha import _box_smooth_2x2, _contour, _mask_below
 from gahb_scale.data.embedded import _grid_tiles
 from gahb_scale.data.discs import DB2_OFFSET
 from gahb_scale.data.image_folder import CachedImages
+from gahb_scale.dataset_params import DATASET_KINDS
 from gahb_scale.errors import UserInputError
 
 
@@ -503,6 +503,8 @@ def test_build_pool_errors(folder):
         build_pool("calpha", 3, 16, seed=0, alpha=1.0, gamma=2.0)
     with pytest.raises(UserInputError, match="alpha"):
         build_pool("calpha", 3, 16, seed=0)
+    with pytest.raises(UserInputError, match="antialiasing"):  # the bounds a study spec checks
+        build_pool("discs", 3, 16, seed=0, antialiasing=9)
     with pytest.raises(UserInputError, match="path"):
         build_pool("folder", 3, 16, seed=0)
     with pytest.raises(UserInputError) as error:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from gahb_scale.study.spec import parse_spec
+from gahb_scale.study.spec_file import parse_spec
 
 CORE = ["gahb_scale.data", "gahb_scale.models", "gahb_scale.packing", "gahb_scale.training", "gahb_scale.sampling",
         "gahb_scale.analysis"]
@@ -55,8 +55,8 @@ SMALL = {"name": "small", "kind": "unet", "params": {"width": 16, "blocks": 2}}
 
 
 def test_small_models_are_packed_into_as_many_packs_as_run_side_by_side():
-    from gahb_scale.study.spec import expand_trials
     from gahb_scale.study.train import plan_packs
+    from gahb_scale.study.trials import expand_trials
 
     spec = study([SMALL])
     trials = expand_trials(spec)
@@ -72,8 +72,8 @@ def test_small_models_are_packed_into_as_many_packs_as_run_side_by_side():
 
 
 def test_a_pack_holds_one_architecture_and_the_papers_unet_at_80_trains_alone():
-    from gahb_scale.study.spec import expand_trials
     from gahb_scale.study.train import plan_packs
+    from gahb_scale.study.trials import expand_trials
 
     paper = {"name": "paper", "kind": "unet", "params": {}}
     spec = study([SMALL, paper], sizes=(1, 10), image_size=80, batch_size=512)
@@ -129,9 +129,9 @@ def test_the_readme_map_names_every_module_and_only_existing_ones():
 def test_a_restarted_study_resumes_the_packs_it_planned_and_status_forgets_other_plans(tmp_path):
     import json
 
-    from gahb_scale.study.spec import expand_trials
     from gahb_scale.study.store import StudyStore, model_path, pack_path
     from gahb_scale.study.train import packs_to_train, plan_packs
+    from gahb_scale.study.trials import expand_trials
 
     spec = study([SMALL])
     store = StudyStore(str(tmp_path))

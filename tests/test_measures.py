@@ -16,7 +16,7 @@ import torch
 
 from gahb_scale.analysis import (EmpiricalOptimalDenoiser, distance_to_memorizer, memorization_fraction,
                                  nearest_neighbours, training_noise_prior, unit_vectors)
-from gahb_scale.study.spec import parse_spec
+from gahb_scale.study.spec_file import parse_spec
 from gahb_scale.study.summarise import transition_rows
 from gahb_scale.training import draw_noise_levels
 

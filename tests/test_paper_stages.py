@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gahb_scale.analysis import disc_tangent_space, eigen_spectrum
-from gahb_scale.study.spec import parse_spec
+from gahb_scale.study.spec_file import parse_spec
 from gahb_scale.study.analyse import optimal_slope, tangent_rows
 from gahb_scale.study.summarise import memorization_time_rows, onset_rows, shuffle_rows, slope_rows
 

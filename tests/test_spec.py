@@ -11,17 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gahb_scale.dataset_params import DATASET_KINDS, DATASET_PARAMS
 from gahb_scale.errors import UserInputError
-from gahb_scale.study.spec import (
-    ArchitectureSpec,
-    SpecError,
-    StudySpec,
-    Trial,
-    describe_trials,
-    expand_trials,
-    load_spec,
-    parse_spec,
-)
+from gahb_scale.study.spec import ArchitectureSpec, StudySpec
+from gahb_scale.study.spec_file import SpecError, load_spec, parse_spec
+from gahb_scale.study.trials import Trial, describe_trials, expand_trials
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -166,6 +160,15 @@ def test_defaults_are_the_papers():
     assert spec.architectures[0].params["convs_per_block"] == 2
 
 
+def test_every_dataset_kind_is_a_spec_model(tmp_path):
+    params = {"calpha": {"alpha": 2.0}, "folder": {"path": str(tmp_path)}}
+    spec = parse_spec(variant(datasets=[{"name": kind, "kind": kind, "params": params.get(kind)}
+                                        for kind in DATASET_KINDS]))
+    assert [d.kind for d in spec.datasets] == list(DATASET_KINDS)
+    for d in spec.datasets:  # stored as a dict, defaults filled in by the kind's model
+        assert d.params == DATASET_PARAMS[d.kind].model_validate(d.params).model_dump(mode="json")
+
+
 def test_lists_are_sorted_and_params_none_is_empty():
     data = variant(train_sizes=[100, 1, 10], seeds=[3, 1])
     data["datasets"][0]["params"] = None
@@ -191,8 +194,8 @@ def test_folder_dataset_path_is_made_absolute(tmp_path, monkeypatch):
     assert parse_spec(elsewhere).datasets[0].params["cache_dir"] == str((tmp_path / "c").resolve())
 
 
-def test_spec_module_imports_neither_ray_nor_mlflow():
-    code = ("import sys, gahb_scale.study.spec; "
+def test_spec_modules_import_neither_ray_nor_mlflow():
+    code = ("import sys, gahb_scale.study.spec, gahb_scale.study.spec_file, gahb_scale.study.trials; "
             "print(sorted(m for m in ('ray', 'mlflow', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # torch is imported only when an architecture is validated
@@ -322,6 +325,8 @@ MALFORMED = {
     "nested typo": (lambda tp: variant(training={"step": 5}), "training.step", "did you mean 'steps'"),
     "unknown dataset kind": (lambda tp: variant(datasets=[{"name": "x", "kind": "celeba"}]), "datasets[0].kind",
                              "calpha"),
+    "dataset kind typo": (lambda tp: variant(datasets=[{"name": "x", "kind": "disc"}]), "datasets[0].kind",
+                          "did you mean 'discs'"),
     "calpha without alpha": (lambda tp: variant(datasets=[{"name": "c", "kind": "calpha"}]),
                              "datasets[0].params.alpha", "missing"),
     "alpha negative": (lambda tp: variant(datasets=[{"name": "c", "kind": "calpha", "params": {"alpha": -1}}]),

@@ -20,9 +20,10 @@ import study_checks
 import yaml
 
 from gahb_scale.cli import main
-from gahb_scale.study.spec import expand_trials, load_spec
+from gahb_scale.study.spec_file import load_spec
 from gahb_scale.study.store import StudyStore, model_path
 from gahb_scale.study.train import max_concurrent, plan_packs
+from gahb_scale.study.trials import expand_trials
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,6 +14,7 @@ import scipy.linalg
 import torch
 
 from ..data import render_discs
+from ..dataset_params import DISC_ANTIALIASING
 
 
 def orthonormal_basis(vectors: torch.Tensor) -> torch.Tensor:
@@ -22,7 +23,8 @@ def orthonormal_basis(vectors: torch.Tensor) -> torch.Tensor:
     return q
 
 
-def disc_tangent_space(params: torch.Tensor, size: int, antialiasing: int = 2, step: float = 1e-3) -> torch.Tensor:
+def disc_tangent_space(params: torch.Tensor, size: int, antialiasing: int = DISC_ANTIALIASING,
+                       step: float = 1e-3) -> torch.Tensor:
     """Orthonormal basis (B, n, 5) of the tangent space of the disc family at each row of `params` (B, 5).
 
     Central finite differences of `render_discs` in each parameter, in float64 so the small step

@@ -9,12 +9,11 @@ from .calpha import calpha_images
 from .discs import disc_images, render_discs
 from .embedded import PHOTO_NAMES, photo_patches, photo_pool_size
 from .image_folder import FolderImages, load_image_folder, near_duplicates
-from .registry import DATASET_KINDS, build_pool
+from .registry import build_pool
 from .splits import SplitPair, pool_size_needed, split_pair
 from .transforms import pixel_permutation, shuffle_pixels, to_float_images, unshuffle_pixels
 
 __all__ = [
-    "DATASET_KINDS",
     "FolderImages",
     "PHOTO_NAMES",
     "SplitPair",

@@ -19,6 +19,7 @@ import pywt
 import torch
 from torch import Tensor
 
+from ..dataset_params import DISC_ANTIALIASING
 from ._validate import int_at_least, seeded_rng
 
 MIN_RADIUS = 3.0  # pixels; the largest radius is (size - 3) / 2
@@ -31,7 +32,7 @@ PARAMETER_NAMES = ("centre_x", "centre_y", "radius", "foreground", "background")
 _MAX_FINE_PIXELS_PER_CHUNK = 2 ** 22
 
 
-def disc_images(n: int, size: int, seed: int = 0, antialiasing: int = 2) -> tuple[Tensor, Tensor]:
+def disc_images(n: int, size: int, seed: int = 0, antialiasing: int = DISC_ANTIALIASING) -> tuple[Tensor, Tensor]:
     """`n` disc images, float32 (n, 1, size, size), and their float32 (n, 5) parameters.
 
     Greys are in [0, 1] away from the edge; db2's negative taps make the edge overshoot by up to
@@ -52,7 +53,7 @@ def disc_images(n: int, size: int, seed: int = 0, antialiasing: int = 2) -> tupl
     return render_discs(params, size, antialiasing), params
 
 
-def render_discs(params: Tensor, size: int, antialiasing: int = 2) -> Tensor:
+def render_discs(params: Tensor, size: int, antialiasing: int = DISC_ANTIALIASING) -> Tensor:
     """Render (n, 5) disc parameters as (n, 1, size, size) images in the parameters' float dtype.
 
     The authors threshold the disc on the fine grid; here a fine pixel's value ramps linearly over

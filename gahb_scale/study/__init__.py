@@ -1,6 +1,7 @@
-"""The study layer: spec (YAML → pydantic models → trial grid), runner (Ray), store (Parquet),
-tracking (MLflow) and report (figures).
+"""The study layer, one module per stage in the order data flows (the README's map): the spec
+(`spec`, `spec_file`, `trials`), then prepare, train, analyse, compare, summarise, track, report,
+run by `runner`, over the results `store`.
 
-Only `gahb_scale.study.spec` is light: it imports neither Ray nor MLflow, so `gahb-scale validate`
-stays fast. Import the heavier modules explicitly where they are needed.
+`spec`, `spec_file` and `trials` are light: they import neither Ray nor MLflow, so `gahb-scale
+validate` stays fast. Import the heavier modules explicitly where they are needed.
 """

@@ -26,8 +26,9 @@ from ..models import build_model, denoise
 from ..sampling import sample_kadkhodaie_simoncelli
 from . import figures
 from .prepare import split_images, test_disc_parameters
-from .spec import DatasetSpec, StudySpec, Trial
+from .spec import DatasetSpec, StudySpec
 from .store import StudyStore, arrays_path, figure_path, model_path, save_arrays, snapshot_path
+from .trials import Trial
 
 
 def load_model(store: StudyStore, trial: Trial, device: torch.device, step: int | None = None) -> torch.nn.Module:

@@ -11,8 +11,9 @@ import torch
 from ..analysis import principal_angles, split_pair_similarity
 from . import figures
 from .analyse import save_figures, trial_title
-from .spec import StudySpec, Trial
+from .spec import StudySpec
 from .store import StudyStore, arrays_path, load_arrays
+from .trials import Trial
 
 
 def compare_pair(spec: StudySpec, trial_a: Trial, trial_b: Trial, results: str,

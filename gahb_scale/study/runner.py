@@ -27,10 +27,11 @@ from .compare import compare_pair
 from .prepare import prepare_datasets
 from .progress import innermost_error, log
 from .report import report_dir, write_report
-from .spec import StudySpec, Trial, analysis_id, expand_trials
+from .spec import StudySpec
 from .store import StudyStore, model_path, training_record_path
 from .summarise import summarise_study
 from .track import store_notice, track_study
+from .trials import Trial, analysis_id, expand_trials
 
 # Ray's environment: read by this process when ray.train is first imported (so `start_ray` sets it
 # before the training stage is imported) and by every worker (the job's runtime env carries it).

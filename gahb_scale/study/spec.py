@@ -1,16 +1,9 @@
-"""The study spec: pydantic models of the YAML file, its expansion into trials, stable trial ids.
+"""The study spec: the pydantic models of the YAML file, every field with its default and its checks.
 
 A study is a grid: every dataset × architecture × training-set size N × split pair × seed, and for
-each, two models trained on the disjoint halves A and B of the split pair. `load_spec` reads and
-validates a YAML file (every error at once, each naming its field); `expand_trials` turns the spec
-into the list of `Trial`s; `describe_trials` renders that grid for `gahb-scale validate`.
-
-Trial ids. A trial's id is a hash of exactly what determines the trained network: the dataset
-spec (minus its cache folder), the architecture spec (hyper-parameters with defaults filled in),
-image size, N, split pair, split, seed, number of held-out images and the training spec (minus
-the logging and checkpoint cadence). The study name, sampling, analysis, resources and storage
-are left out, so a re-run with other analysis settings, or the same trial in another study,
-finds and reuses the trained model.
+each, two models trained on the disjoint halves A and B of the split pair. `StudySpec` is the whole
+file; `spec_file.load_spec` reads and validates one (every error at once, each naming its field),
+`trials.expand_trials` turns it into the list of trials.
 
 This module is imported by `gahb-scale validate`: it must not import Ray or MLflow. It imports
 torch (through `gahb_scale.models`) only when an architecture is validated, because the
@@ -21,21 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import inspect
-import json
 import math
-import types
 import typing
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
-import numpy as np
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -47,41 +36,27 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .. import __version__
+from ..dataset_params import DATASET_KINDS, CalphaParams, DatasetParams, DiscsParams, FolderParams, PhotosParams
 from ..errors import UserInputError
 from ..training_config import TrainConfig
 
 __all__ = [
-    "DATASET_KINDS",
-    "DATASET_PARAMS",
+    "PATTERN_HINTS",
     "AnalysisSpec",
     "ArchitectureSpec",
-    "CalphaParams",
+    "CalphaDataset",
     "DatasetSpec",
-    "DiscsParams",
-    "FolderParams",
-    "PhotosParams",
+    "DiscsDataset",
+    "FolderDataset",
+    "PhotosDataset",
     "ResourceSpec",
     "SamplingSpec",
-    "SpecError",
     "StorageSpec",
     "StudySpec",
-    "Trial",
     "TrainingSpec",
-    "analysis_id",
-    "describe_trials",
-    "expand_trials",
-    "load_spec",
-    "parse_spec",
-    "trial_identity",
+    "did_you_mean",
 ]
 
-# Bump when the meaning of a hashed field changes, so old trained models are not reused by mistake.
-# 2: the A and B models of a pair are independent (own weights and streams); discs by the authors' recipe.
-TRIAL_ID_VERSION = 2
-# Fields that are part of the spec but do not change the trained network: left out of trial ids.
-_TRAINING_NOT_IN_ID = frozenset({"log_every", "checkpoint_every"})
-_DATASET_PARAMS_NOT_IN_ID = frozenset({"cache_dir"})
 # Constructor arguments of the architectures that the study fixes (images are greyscale).
 _FIXED_ARCH_PARAMS = {"channels": "images are greyscale, so the channel count is fixed to 1"}
 
@@ -89,7 +64,8 @@ AUTHORS_EPOCHS, AUTHORS_EPOCH_IMAGES = 1000, 250_000  # the authors' training bu
 
 _STUDY_NAME = r"^[A-Za-z0-9_-]+$"
 _LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # dataset / architecture names (used in tables and paths)
-_PATTERN_WORDS = {
+# What a name that does not match its pattern should be, for the error message.
+PATTERN_HINTS = {
     _STUDY_NAME: "use only letters, digits, '_' and '-' (it names files and runs)",
     _LABEL: "use only letters, digits, '_', '-' and '.', starting with a letter or digit",
 }
@@ -99,71 +75,74 @@ _PATTERN_WORDS = {
 # helpers for precise errors
 
 
-def _fail(errors: list[tuple[tuple[str | int, ...], str]], value: Any = None) -> typing.NoReturn:
-    """Raise a pydantic ValidationError with our own messages at the given (relative) locations.
-
-    Raised inside a validator, pydantic prefixes each location with the field or model path.
-    """
-    raise ValidationError.from_exception_data(
-        "StudySpec",
-        [InitErrorDetails(type=PydanticCustomError("spec", "{detail}", {"detail": msg}), loc=loc, input=value)
-         for loc, msg in errors],
-    )
+def _error(loc: tuple[str | int, ...], message: str, value: Any = None,
+           error_type: str = "spec") -> InitErrorDetails:
+    """A validation error with this message at `loc`, relative to where it is raised (inside a
+    validator, pydantic prefixes the field or model path). Type "spec": a message of our own, shown
+    as it is; otherwise pydantic's error type, whose message the spec file's reader words."""
+    return InitErrorDetails(type=PydanticCustomError(error_type, "{detail}", {"detail": message}), loc=loc, input=value)
 
 
-def _suggest(word: str, choices: typing.Iterable[str]) -> str:
+def _fail(errors: list[InitErrorDetails]) -> typing.NoReturn:
+    raise ValidationError.from_exception_data("StudySpec", errors)
+
+
+def did_you_mean(word: Any, choices: typing.Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the choice closest to `word`, or '' if none is close."""
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _duplicates(values: list, describe: Callable[[Any], str], *field: str) -> list[InitErrorDetails]:
+    """An error at [i] (or [i].field) for every value that repeats an earlier one."""
+    first: dict[Any, int] = {}
+    errors = []
+    for i, v in enumerate(values):
+        if v in first:
+            errors.append(_error((i, *field), f"duplicate {describe(v)} (also at [{first[v]}])", v))
+        first.setdefault(v, i)
+    return errors
 
 
-def _message(err: dict, known: list[str] | None = None) -> str:
-    """A readable message for one pydantic error dict (without its location)."""
-    kind, msg = err["type"], err["msg"]
-    if kind == "spec":
-        return msg
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") in _PATTERN_WORDS:
-        return f"{_PATTERN_WORDS[err['ctx']['pattern']]} (got {_short(err.get('input'))})"
-    if kind == "extra_forbidden":
-        name = err["loc"][-1] if err["loc"] else "?"
-        if known is None:
-            return "unknown field"
-        return f"unknown field{_suggest(name, known)}; allowed: {', '.join(known)}"
-    if msg.startswith("Value error, "):  # a ValueError raised by one of our validators
-        return msg[len("Value error, "):]
-    if msg.startswith("Assertion failed, "):
-        return msg[len("Assertion failed, "):]
-    return f"{msg} (got {_short(err.get('input'))})"
+def _unique_sorted_ints(what: str, minimum: int) -> Any:
+    """The type of a list of distinct integers >= `minimum`, stored sorted (trial ids must not
+    depend on the order they are written in); a repeat is an error naming both positions."""
+    def distinct(values: list[int]) -> list[int]:
+        errors = _duplicates(values, lambda v: f"{what} {v}")
+        if errors:
+            _fail(errors)
+        return sorted(values)
+    return Annotated[list[Annotated[int, Field(ge=minimum)]], AfterValidator(distinct)]
+
+
+_TrainSizes = _unique_sorted_ints("train size", 1)
+_Seeds = _unique_sorted_ints("seed", 0)
+_SnapshotSteps = _unique_sorted_ints("snapshot step", 1)
 
 
 def _validate_params(model: type[BaseModel], params: dict, what: str,
                      fixed: dict[str, str] | None = None) -> dict:
-    """Validate kind-specific params with `model`; return them normalised, defaults filled in."""
+    """Validate kind-specific params with `model`; return them normalised, defaults filled in.
+    An unknown or missing parameter is named with its kind; other errors keep pydantic's words."""
     try:
         return model.model_validate(params).model_dump(mode="json")
     except ValidationError as exc:
         known = list(model.model_fields)
         errors = []
         for err in exc.errors():
-            loc = tuple(err["loc"])
-            name = loc[0] if loc else "?"
+            name = err["loc"][0] if err["loc"] else "?"
+            error_type, msg = "spec", err["msg"]
             if err["type"] == "extra_forbidden" and fixed and name in fixed:
                 msg = f"cannot be set: {fixed[name]}"
             elif err["type"] == "extra_forbidden":
                 allowed = ", ".join(known) if known else "none"
-                msg = f"unknown parameter of {what}{_suggest(name, known)}; allowed: {allowed}"
+                msg = f"unknown parameter of {what}{did_you_mean(name, known)}; allowed: {allowed}"
             elif err["type"] == "missing":
                 msg = f"required parameter of {what} is missing"
             else:
-                msg = _message(err)
-            errors.append((loc, msg))
-        _fail(errors, params)
+                error_type = err["type"]
+            errors.append(_error(err["loc"], msg, err["input"], error_type))
+        _fail(errors)
 
 
 class _Model(BaseModel):
@@ -178,30 +157,38 @@ def _none_to_empty(v: Any) -> Any:
 # datasets
 
 
-class CalphaParams(_Model):
-    """C^α images: a C^α boundary between two C^β-regular backgrounds."""
-    alpha: float = Field(gt=0, description="regularity of the boundary curve")
-    beta: float | None = Field(default=None, ge=0, description="regularity of the backgrounds; None: = alpha")
+class DatasetSpec(_Model):
+    """One image distribution, validated as the model of its kind (`CalphaDataset`, ...): `params`
+    are checked by the kind's model in `gahb_scale.dataset_params` and stored as a dict with
+    defaults filled in, so `gahb_scale.data` can be called as `build_pool(kind, n, size, seed, **params)`."""
+    name: str = Field(pattern=_LABEL, description="label used in tables and figures")
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    pixel_shuffle_seed: int | None = Field(
+        default=None, ge=0, description="apply one fixed random pixel permutation drawn from this seed")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in DATASET_KINDS:
+            raise ValueError(f"unknown dataset kind {v!r}{did_you_mean(v, DATASET_KINDS)}; "
+                             f"known: {', '.join(DATASET_KINDS)}")
+        return v
 
 
-class DiscsParams(_Model):
-    """Random discs by the authors' recipe (5 parameters: centre x, y, radius, foreground and background grey)."""
-    antialiasing: int = Field(default=2, ge=0, le=4, description="draw on a 2**antialiasing times finer grid, then "
-                                                                 "low-pass and halve that many times (db2 wavelet)")
+def _params_of(model: type[DatasetParams]) -> Any:
+    """The type of one kind's `params`: checked by `model`, stored as a dict with defaults filled in."""
+    def validate(v: dict, info: ValidationInfo) -> dict:
+        return _validate_params(model, v, f"dataset kind {info.data['kind']!r}")
+    return Annotated[dict[str, Any], BeforeValidator(_none_to_empty), AfterValidator(validate),
+                     Field(default_factory=dict, validate_default=True)]
 
 
-class FolderParams(_Model):
-    """Real images from a folder the user already has (CelebA, LSUN, ...), prepared by the authors'
-    recipe: crop, bicubic RGB resize, grey = channel mean, near-duplicates removed before the split."""
-    path: str = Field(description="image folder; relative paths resolve against the current directory")
-    crop: Literal["celeba", "center", "top_left"] = Field(
-        default="center", description="celeba: the authors' im[29:-29, 9:-9]; top_left: their LSUN square")
-    near_duplicate_threshold: float | None = Field(
-        default=0.95, gt=0, lt=1, description="drop the later of two images whose mean-removed correlation on "
-                                              "copies pooled by int(side/20) exceeds this (the authors' 0.95); "
-                                              "null keeps duplicates")
-    cache_dir: str | None = Field(default=None, description="where the prepared images are cached; "
-                                                            "default <results_dir>/datasets")
+class _FolderOnTheDriver(FolderParams):
+    """A folder's parameters as the spec gives them, checked where the spec is read: the folder
+    must exist there, and relative paths resolve against the current directory and are stored
+    absolute, because workers run in other directories. `cache_dir` defaults to
+    <results_dir>/datasets (`StudySpec`)."""
 
     @field_validator("path")
     @classmethod
@@ -211,7 +198,7 @@ class FolderParams(_Model):
             raise ValueError(f"folder {v!r} does not exist (relative paths resolve against the current directory)")
         if not p.is_dir():
             raise ValueError(f"{v!r} is not a directory")
-        return str(p.resolve())  # workers run in other directories: keep the absolute path
+        return str(p.resolve())
 
     @field_validator("cache_dir")
     @classmethod
@@ -221,41 +208,38 @@ class FolderParams(_Model):
         return str(Path(v).expanduser().resolve())
 
 
-class PhotosParams(_Model):
-    """The real photographs bundled with scikit-image (the embedded default, works offline)."""
+class CalphaDataset(DatasetSpec):
+    kind: Literal["calpha"]
+    params: _params_of(CalphaParams)
 
 
-DATASET_PARAMS: dict[str, type[_Model]] = {
-    "calpha": CalphaParams,
-    "discs": DiscsParams,
-    "folder": FolderParams,
-    "photos": PhotosParams,
-}
-DatasetKind = Literal["calpha", "discs", "folder", "photos"]
-DATASET_KINDS: tuple[str, ...] = typing.get_args(DatasetKind)
+class DiscsDataset(DatasetSpec):
+    kind: Literal["discs"]
+    params: _params_of(DiscsParams)
 
 
-class DatasetSpec(_Model):
-    """One image distribution. `params` is validated per kind and stored with defaults filled in,
-    so `gahb_scale.data` can be called as `make(kind, **params)`."""
-    name: str = Field(pattern=_LABEL, description="label used in tables and figures")
-    kind: DatasetKind
-    params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
-    pixel_shuffle_seed: int | None = Field(
-        default=None, ge=0, description="apply one fixed random pixel permutation drawn from this seed")
+class FolderDataset(DatasetSpec):
+    kind: Literal["folder"]
+    params: _params_of(_FolderOnTheDriver)
 
-    @field_validator("params", mode="before")
-    @classmethod
-    def _params_none(cls, v: Any) -> Any:
-        return _none_to_empty(v)
 
-    @field_validator("params")
-    @classmethod
-    def _params_of_kind(cls, v: dict, info: ValidationInfo) -> dict:
-        kind = info.data.get("kind")
-        if kind is None:  # the kind itself is invalid and reported there
-            return v
-        return _validate_params(DATASET_PARAMS[kind], v, f"dataset kind {kind!r}")
+class PhotosDataset(DatasetSpec):
+    kind: Literal["photos"]
+    params: _params_of(PhotosParams)
+
+
+def _shared_fields_first(data: Any) -> Any:
+    """Anything but a mapping with a known kind matches none of the models, which pydantic reports
+    as one error at the dataset; validating the fields every kind shares instead names the problem
+    (an unknown kind, and any other field's error with it)."""
+    if not isinstance(data, dict) or data.get("kind") not in DATASET_KINDS:
+        DatasetSpec.model_validate(data)
+    return data
+
+
+# pydantic picks the model by `kind` (a discriminated union)
+_AnyDataset = Annotated[Union[CalphaDataset, DiscsDataset, FolderDataset, PhotosDataset],
+                        Field(discriminator="kind"), BeforeValidator(_shared_fields_first)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +291,8 @@ class ArchitectureSpec(_Model):
     def _known_kind(cls, v: str) -> str:
         known = _architectures()
         if v not in known:
-            raise ValueError(f"unknown architecture kind {v!r}{_suggest(v, known)}; known: {', '.join(sorted(known))}")
+            raise ValueError(f"unknown architecture kind {v!r}{did_you_mean(v, known)}; "
+                             f"known: {', '.join(sorted(known))}")
         return v
 
     @field_validator("params", mode="before")
@@ -329,7 +314,7 @@ class ArchitectureSpec(_Model):
         try:
             net = build_model(self.kind, **self.params)
         except Exception as exc:  # noqa: BLE001 - any constructor failure is the user's params
-            _fail([(("params",), f"cannot build {self.kind!r} with these parameters: {exc}")], self.params)
+            _fail([_error(("params",), f"cannot build {self.kind!r} with these parameters: {exc}", self.params)])
         self._size_multiple = int(getattr(net, "size_multiple", 1))
         self._num_parameters = int(count_parameters(net))
         return self
@@ -365,7 +350,7 @@ class TrainingSpec(_Model):
     checkpoint_every: int = Field(default=_TRAIN.checkpoint_every, ge=1)
     log_every: int = Field(default=_TRAIN.log_every, ge=1)
     workers: int = Field(default=1, ge=1, validate_default=True, description="Ray Train workers per trial (> 1: DDP)")
-    snapshot_steps: list[Annotated[int, Field(ge=1)]] = Field(
+    snapshot_steps: _SnapshotSteps = Field(
         default_factory=list, description="steps whose weights are kept, for memorization over training time")
     shared_init: bool = Field(default=False, description="ablation: models A and B of a pair start from the same "
                                                          "weights and share sigma draws, noise and batch order")
@@ -406,7 +391,7 @@ class TrainingSpec(_Model):
         late = [s for s in v if steps is not None and s > steps]
         if late:
             raise ValueError(f"steps {late} are after the end of training (training.steps = {steps})")
-        return _unique_ints(v, "snapshot step")
+        return v
 
 
 class SamplingSpec(_Model):
@@ -435,17 +420,11 @@ def _default_sigmas() -> list[float]:
 
 
 def _sigma_grid(values: list[float]) -> list[float]:
-    errors = []
-    for i, s in enumerate(values):
-        if not 0 < s <= 255:
-            errors.append(((i,), f"noise levels are grey levels in (0, 255] (got {s:g})"))
-    seen: dict[float, int] = {}
-    for i, s in enumerate(values):
-        if s in seen:
-            errors.append(((i,), f"duplicate noise level {s:g} (also at [{seen[s]}])"))
-        seen.setdefault(s, i)
+    errors = [_error((i,), f"noise levels are grey levels in (0, 255] (got {s:g})", s)
+              for i, s in enumerate(values) if not 0 < s <= 255]
+    errors += _duplicates(values, lambda s: f"noise level {s:g}")
     if errors:
-        _fail(errors, values)
+        _fail(errors)
     return sorted(values)
 
 
@@ -537,27 +516,10 @@ class StorageSpec(_Model):
 
 
 def _unique_names(items: list, what: str) -> list:
-    seen: dict[str, int] = {}
-    errors = []
-    for i, item in enumerate(items):
-        if item.name in seen:
-            errors.append(((i, "name"), f"duplicate {what} name {item.name!r} (also at [{seen[item.name]}])"))
-        seen.setdefault(item.name, i)
+    errors = _duplicates([item.name for item in items], lambda name: f"{what} name {name!r}", "name")
     if errors:
-        _fail(errors, [it.name for it in items])
+        _fail(errors)
     return items
-
-
-def _unique_ints(values: list[int], what: str) -> list[int]:
-    seen: dict[int, int] = {}
-    errors = []
-    for i, v in enumerate(values):
-        if v in seen:
-            errors.append(((i,), f"duplicate {what} {v} (also at [{seen[v]}])"))
-        seen.setdefault(v, i)
-    if errors:
-        _fail(errors, values)
-    return sorted(values)
 
 
 class StudySpec(_Model):
@@ -565,13 +527,12 @@ class StudySpec(_Model):
     (it is checked against them) and `resources` after `training`."""
     name: str = Field(pattern=_STUDY_NAME, description="the study id")
     description: str = ""
-    datasets: list[DatasetSpec] = Field(min_length=1)
+    datasets: list[_AnyDataset] = Field(min_length=1)
     architectures: list[ArchitectureSpec] = Field(min_length=1)
     image_size: int = Field(ge=4, description="images are image_size x image_size, greyscale")
-    train_sizes: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, description="N; sorted ascending")
+    train_sizes: _TrainSizes = Field(min_length=1, description="N; sorted ascending")
     split_pairs: int = Field(default=1, ge=1, description="disjoint split pairs; pair p uses data seed p")
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1,
-                                                     description="training seeds (init + batch order)")
+    seeds: _Seeds = Field(default_factory=lambda: [0], min_length=1, description="training seeds (init + batch order)")
     test_images: int = Field(default=64, ge=1, description="held-out images, disjoint from every split")
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
@@ -607,23 +568,13 @@ class StudySpec(_Model):
                                  f"drawn from [3, (size - 3) / 2) pixels (got {v})")
         return v
 
-    @field_validator("train_sizes")
-    @classmethod
-    def _sizes(cls, v: list[int]) -> list[int]:
-        return _unique_ints(v, "train size")
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v: list[int]) -> list[int]:
-        return _unique_ints(v, "seed")
-
     @field_validator("resources")
     @classmethod
     def _resources_fit_training(cls, v: ResourceSpec, info: ValidationInfo) -> ResourceSpec:
         training = info.data.get("training")
         if training is not None and training.workers > 1 and 0 < v.gpus_per_trial < 1:
-            _fail([(("gpus_per_trial",), f"DDP with training.workers = {training.workers} needs a whole GPU per "
-                                         f"worker, not a share (got {v.gpus_per_trial:g})")], v.gpus_per_trial)
+            _fail([_error(("gpus_per_trial",), f"DDP with training.workers = {training.workers} needs a whole GPU "
+                                               f"per worker, not a share (got {v.gpus_per_trial:g})")])
         return v
 
     @field_validator("storage")
@@ -640,9 +591,9 @@ class StudySpec(_Model):
         file offset: by default it is cached with the results. Remote results cannot hold a file read
         that way, so there the cache must be a folder every node can read."""
         if "://" in (self.storage.results_dir or ""):
-            errors = [(("datasets", i, "params", "cache_dir"),
-                       f"results are remote ({self.storage.results_dir}), so set cache_dir to a folder every node "
-                       f"can read (e.g. beside the images on the shared volume)")
+            errors = [_error(("datasets", i, "params", "cache_dir"),
+                             f"results are remote ({self.storage.results_dir}), so set cache_dir to a folder every "
+                             f"node can read (e.g. beside the images on the shared volume)")
                       for i, d in enumerate(self.datasets) if d.kind == "folder" and d.params.get("cache_dir") is None]
             if errors:
                 _fail(errors)
@@ -652,267 +603,3 @@ class StudySpec(_Model):
                     if d.kind == "folder" and d.params.get("cache_dir") is None else d for d in self.datasets]
         object.__setattr__(self, "datasets", datasets)  # frozen model: filled in once, at validation
         return self
-
-
-# --------------------------------------------------------------------------------------------
-# errors and loading
-
-
-def _loc_str(loc: typing.Iterable[str | int]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _unwrap(ann: Any) -> Any:
-    """list[X] / X | None / Annotated[X, ...] -> X."""
-    while True:
-        origin = typing.get_origin(ann)
-        if origin in (list, tuple, Union, types.UnionType, Annotated):
-            args = [a for a in typing.get_args(ann) if a is not type(None)]
-            if not args:
-                return None
-            ann = args[0]
-        else:
-            return ann
-
-
-def _known_fields(parent: tuple) -> list[str] | None:
-    """Field names of the model found at location `parent` inside a StudySpec (None if not a model)."""
-    cls: Any = StudySpec
-    for part in parent:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
-            return None
-        cls = _unwrap(cls.model_fields[part].annotation)
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return list(cls.model_fields)
-    return None
-
-
-class SpecError(UserInputError):
-    """An invalid study spec. `errors` holds (field path, message) pairs; the message names the
-    source file and lists every error, one per line, as `<field path>: <message>`."""
-
-    def __init__(self, source: str, errors: list[tuple[str, str]] | None = None, problem: str | None = None):
-        self.source = source
-        self.errors = list(errors or [])
-        if problem is not None:
-            text = f"{source}: {problem}"
-        else:
-            n = len(self.errors)
-            lines = [f"{source}: {n} error{'s' if n != 1 else ''} in the study spec:"]
-            lines += [f"  {path}: {msg}" for path, msg in self.errors]
-            text = "\n".join(lines)
-        super().__init__(text)
-
-    @classmethod
-    def from_validation(cls, exc: ValidationError, source: str) -> SpecError:
-        errors = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            known = _known_fields(loc[:-1]) if err["type"] == "extra_forbidden" else None
-            errors.append((_loc_str(loc), _message(err, known)))
-        return cls(source, errors)
-
-
-def parse_spec(data: Any, source: str = "<spec>") -> StudySpec:
-    """Validate an already-parsed spec (a mapping); raise SpecError listing every problem."""
-    if not isinstance(data, dict):
-        got = "an empty document" if data is None else f"a {type(data).__name__}"
-        raise SpecError(source, problem=f"the top level must be a mapping of spec fields (name, image_size, "
-                                        f"datasets, ...), got {got}")
-    try:
-        return StudySpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError.from_validation(exc, source) from None
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """A safe YAML loader that rejects duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"found duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        except TypeError:  # unhashable key: let the normal constructor report it
-            pass
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-
-
-def load_spec(path: str | Path, results_dir: str | None = None) -> StudySpec:
-    """Read and validate a study spec YAML file; raise SpecError (naming the file) on any problem.
-    `results_dir` replaces the spec's `storage.results_dir` (the CLI's --results) before validation,
-    so defaults that depend on it follow it."""
-    path = Path(path)
-    source = str(path)
-    if not path.exists():
-        raise SpecError(source, problem="no such study spec file")
-    if not path.is_file():
-        raise SpecError(source, problem="not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(source, problem=f"cannot read: {exc}") from None
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        what = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise SpecError(source, problem=f"not valid YAML at {where}: {what}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(source, problem=f"not valid YAML: {exc}") from None
-    if results_dir is not None and isinstance(data, dict) and isinstance(data.get("storage") or {}, dict):
-        data["storage"] = {**(data.get("storage") or {}), "results_dir": results_dir}
-    return parse_spec(data, source)
-
-
-# --------------------------------------------------------------------------------------------
-# trials
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One model to train: `dataset` × `architecture` × N × split pair × split × seed."""
-    study: str
-    dataset: DatasetSpec = field(hash=False)
-    architecture: ArchitectureSpec = field(hash=False)
-    n: int
-    pair: int
-    split: Literal["A", "B"]
-    seed: int
-    trial_id: str
-    pair_id: str  # shared by the A and B trial of one split pair
-
-    @property
-    def group_key(self) -> tuple[str, str, int]:
-        """(dataset name, architecture name, N): one row of the transition table."""
-        return (self.dataset.name, self.architecture.name, self.n)
-
-    @property
-    def data_seed(self) -> int:
-        """Seed of the data split: split pair p draws its disjoint subsets with seed p."""
-        return self.pair
-
-    def training_seed(self, shared_init: bool = False) -> int:
-        """Seed of this model's initial weights and of its training streams (σ draws, noise, batch order).
-
-        The paper trains the two models of a pair as independent networks, so the seed is drawn
-        from (seed, split): a study with seeds [0, 1] has four unrelated models per N. With
-        `shared_init` (an ablation) both splits use `seed` itself and differ only in their data.
-        """
-        if shared_init:
-            return self.seed
-        return int(np.random.SeedSequence([self.seed, "AB".index(self.split)]).generate_state(1)[0])
-
-    def as_row(self) -> dict[str, Any]:
-        """Flat description for tables (no nested specs)."""
-        return {
-            "study_id": self.study, "trial_id": self.trial_id, "pair_id": self.pair_id,
-            "dataset": self.dataset.name, "dataset_kind": self.dataset.kind,
-            "architecture": self.architecture.name, "architecture_kind": self.architecture.kind,
-            "n": self.n, "pair": self.pair, "split": self.split, "seed": self.seed,
-        }
-
-
-def trial_identity(spec: StudySpec, dataset: DatasetSpec, architecture: ArchitectureSpec, n: int, pair: int,
-                   split: str | None, seed: int) -> dict[str, Any]:
-    """The canonical content hashed into a trial id (`split=None`: into the pair id).
-
-    Worth saving next to a checkpoint: it says exactly which settings produced it.
-    """
-    ds = dataset.model_dump(mode="json")
-    ds["params"] = {k: v for k, v in ds["params"].items() if k not in _DATASET_PARAMS_NOT_IN_ID}
-    identity = {
-        "id_version": TRIAL_ID_VERSION,
-        "dataset": ds,
-        "architecture": architecture.model_dump(mode="json"),
-        "image_size": spec.image_size,
-        "n": n,
-        "pair": pair,
-        "seed": seed,
-        "test_images": spec.test_images,
-        "training": spec.training.model_dump(mode="json", exclude=set(_TRAINING_NOT_IN_ID)),
-    }
-    if split is not None:
-        identity["split"] = split
-    return identity
-
-
-def _digest(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-
-
-def expand_trials(spec: StudySpec) -> list[Trial]:
-    """All trials, ordered by dataset, architecture, N, pair, seed, split (A before B)."""
-    trials = []
-    for ds in spec.datasets:
-        for arch in spec.architectures:
-            for n in spec.train_sizes:
-                for pair in range(spec.split_pairs):
-                    for seed in spec.seeds:
-                        pair_id = _digest(trial_identity(spec, ds, arch, n, pair, None, seed))
-                        for split in ("A", "B"):
-                            trial_id = _digest(trial_identity(spec, ds, arch, n, pair, split, seed))
-                            trials.append(Trial(spec.name, ds, arch, n, pair, split, seed, trial_id, pair_id))
-    ids = [t.trial_id for t in trials]
-    if len(set(ids)) != len(ids):  # only reachable through a hash collision
-        raise SpecError(spec.name, problem="two trials share a trial id (hash collision); rename a dataset")
-    return trials
-
-
-def analysis_id(spec: StudySpec) -> str:
-    """Hash of the sampling and analysis settings and of the package version (a release may
-    change what is measured): analysed rows are valid for these only."""
-    settings = {"sampling": spec.sampling.model_dump(mode="json"), "analysis": spec.analysis.model_dump(mode="json"),
-                "test_images": spec.test_images, "version": __version__}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _plural(k: int, word: str) -> str:
-    return f"{k} {word}{'' if k == 1 else 's'}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-
-
-def describe_trials(spec: StudySpec) -> str:
-    """The trial grid as text: a count line, the architectures, then one row per trial."""
-    trials = expand_trials(spec)
-    lines = [
-        f"study {spec.name}: {_plural(len(trials), 'trial')} = {_plural(len(spec.datasets), 'dataset')} x "
-        f"{_plural(len(spec.architectures), 'architecture')} x {_plural(len(spec.train_sizes), 'train size')} x "
-        f"{_plural(spec.split_pairs, 'split pair')} x {_plural(len(spec.seeds), 'seed')} x 2 splits (A, B)",
-        f"images {spec.image_size}x{spec.image_size}; {spec.test_images} held-out images; results in "
-        f"{spec.storage.results_dir}",
-        f"training budget: {spec.training.budget()}",
-    ]
-    for a in spec.architectures:
-        params = ", ".join(f"{k}={v}" for k, v in a.params.items())
-        lines.append(f"architecture {a.name}: {a.kind}({params}), {a.num_parameters:,} parameters")
-    lines.append("")
-    rows = [[t.trial_id, t.dataset.name, t.architecture.name, str(t.n), str(t.pair), t.split, str(t.seed)]
-            for t in trials]
-    lines += _table(["trial_id", "dataset", "architecture", "N", "pair", "split", "seed"], rows)
-    return "\n".join(lines)

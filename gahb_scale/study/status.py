@@ -6,8 +6,9 @@ import json
 
 import pyarrow.fs as pafs
 
-from .spec import StudySpec, analysis_id, expand_trials
+from .spec import StudySpec
 from .store import CHECKPOINT_STEP_FILE, StudyStore, model_path
+from .trials import analysis_id, expand_trials
 
 
 def _checkpoint_step(store: StudyStore, pack_id: str) -> int | None:

@@ -21,8 +21,9 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from .progress import log
-from .spec import StudySpec, Trial
+from .spec import StudySpec
 from .store import StudyStore, figure_path
+from .trials import Trial
 
 STUDY_TAG, TRIAL_TAG, ANALYSIS_TAG = "gahb.study_id", "gahb.trial_id", "gahb.analysis_id"
 ROLE_TAG = "gahb.role"  # "study" or "trial": trial runs carry the study tag too

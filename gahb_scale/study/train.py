@@ -47,8 +47,9 @@ from ..packing import ModelPack
 from ..training import TrainConfig, train_pack, training_flops_per_image
 from .prepare import split_images
 from .progress import innermost_error, log
-from .spec import StudySpec, Trial, expand_trials
+from .spec import StudySpec
 from .store import CHECKPOINT_STEP_FILE, StudyStore, model_path, pack_path, snapshot_path, training_record_path
+from .trials import Trial, expand_trials
 
 TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes: a Python process with torch imported, roughly
 STATE_FILE = "train_state.pt"

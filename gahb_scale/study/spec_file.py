@@ -1,0 +1,182 @@
+"""Reading a study spec file: strict YAML, validation, and one `SpecError` that lists every problem.
+
+`load_spec` reads a YAML file (duplicate keys are an error) and validates it as a `StudySpec`;
+every validation error becomes one line `<field path>: <message>`, so a user fixes a spec in one
+pass. Imported by `gahb-scale validate`: no Ray, no MLflow, no torch here.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..dataset_params import DATASET_KINDS
+from ..errors import UserInputError
+from .spec import PATTERN_HINTS, StudySpec, did_you_mean
+
+__all__ = ["SpecError", "load_spec", "parse_spec"]
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _message(err: dict, known: list[str] | None = None) -> str:
+    """A readable message for one pydantic error dict (without its location)."""
+    kind, msg = err["type"], err["msg"]
+    if kind == "spec":  # a message of the spec's own validators
+        return msg
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") in PATTERN_HINTS:
+        return f"{PATTERN_HINTS[err['ctx']['pattern']]} (got {_short(err.get('input'))})"
+    if kind == "extra_forbidden":
+        name = err["loc"][-1] if err["loc"] else "?"
+        if known is None:
+            return "unknown field"
+        return f"unknown field{did_you_mean(name, known)}; allowed: {', '.join(known)}"
+    if msg.startswith("Value error, "):  # a ValueError raised by one of the spec's validators
+        return msg[len("Value error, "):]
+    if msg.startswith("Assertion failed, "):
+        return msg[len("Assertion failed, "):]
+    return f"{msg} (got {_short(err.get('input'))})"
+
+
+def _field_path(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """`loc` without the tag pydantic adds for a discriminated union: a dataset's errors are
+    located at `datasets[0].calpha.params...`, but the spec has no field `calpha`."""
+    if len(loc) > 2 and loc[0] == "datasets" and loc[2] in DATASET_KINDS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _loc_str(loc: typing.Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _unwrap(ann: Any) -> Any:
+    """list[X] / X | None / Annotated[X, ...] -> X (a union of models: its first, they share their fields)."""
+    while True:
+        origin = typing.get_origin(ann)
+        if origin in (list, tuple, Union, types.UnionType, Annotated):
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            if not args:
+                return None
+            ann = args[0]
+        else:
+            return ann
+
+
+def _known_fields(parent: tuple) -> list[str] | None:
+    """Field names of the model found at location `parent` inside a StudySpec (None if not a model)."""
+    cls: Any = StudySpec
+    for part in parent:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+            return None
+        cls = _unwrap(cls.model_fields[part].annotation)
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return list(cls.model_fields)
+    return None
+
+
+class SpecError(UserInputError):
+    """An invalid study spec. `errors` holds (field path, message) pairs; the message names the
+    source file and lists every error, one per line, as `<field path>: <message>`."""
+
+    def __init__(self, source: str, errors: list[tuple[str, str]] | None = None, problem: str | None = None):
+        self.source = source
+        self.errors = list(errors or [])
+        if problem is not None:
+            text = f"{source}: {problem}"
+        else:
+            n = len(self.errors)
+            lines = [f"{source}: {n} error{'s' if n != 1 else ''} in the study spec:"]
+            lines += [f"  {path}: {msg}" for path, msg in self.errors]
+            text = "\n".join(lines)
+        super().__init__(text)
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, source: str) -> SpecError:
+        errors = []
+        for err in exc.errors():
+            loc = _field_path(tuple(err["loc"]))
+            known = _known_fields(loc[:-1]) if err["type"] == "extra_forbidden" else None
+            errors.append((_loc_str(loc), _message(err, known)))
+        return cls(source, errors)
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> StudySpec:
+    """Validate an already-parsed spec (a mapping); raise SpecError listing every problem."""
+    if not isinstance(data, dict):
+        got = "an empty document" if data is None else f"a {type(data).__name__}"
+        raise SpecError(source, problem=f"the top level must be a mapping of spec fields (name, image_size, "
+                                        f"datasets, ...), got {got}")
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError.from_validation(exc, source) from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        except TypeError:  # unhashable key: let the normal constructor report it
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def load_spec(path: str | Path, results_dir: str | None = None) -> StudySpec:
+    """Read and validate a study spec YAML file; raise SpecError (naming the file) on any problem.
+    `results_dir` replaces the spec's `storage.results_dir` (the CLI's --results) before validation,
+    so defaults that depend on it follow it."""
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise SpecError(source, problem="no such study spec file")
+    if not path.is_file():
+        raise SpecError(source, problem="not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(source, problem=f"cannot read: {exc}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        what = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise SpecError(source, problem=f"not valid YAML at {where}: {what}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(source, problem=f"not valid YAML: {exc}") from None
+    if results_dir is not None and isinstance(data, dict) and isinstance(data.get("storage") or {}, dict):
+        data["storage"] = {**(data.get("storage") or {}), "results_dir": results_dir}
+    return parse_spec(data, source)
