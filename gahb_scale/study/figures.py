@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections import defaultdict
 
+import duckdb
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 
 
 def _png(fig) -> bytes:
@@ -30,30 +31,27 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str) -> bytes:
 
 def _errorbar_ci(ax, n, rows: list[dict], name: str, **style) -> None:
     """A bootstrap-interval column (name, name_low, name_high) as error bars (NaN: nothing drawn)."""
-    col = lambda k: np.array([r[k] for r in rows], dtype=float)  # noqa: E731
-    f, lo, hi = col(name), col(f"{name}_low"), col(f"{name}_high")
-    ax.errorbar(n, f, yerr=[np.nan_to_num(f - lo), np.nan_to_num(hi - f)], capsize=3, **style)
+    column = lambda key: np.array([row[key] for row in rows], dtype=float)  # noqa: E731
+    value, low, high = column(name), column(f"{name}_low"), column(f"{name}_high")
+    ax.errorbar(n, value, yerr=[np.nan_to_num(value - low), np.nan_to_num(high - value)], capsize=3, **style)
 
 
 def transition_figure(rows: list[dict]) -> bytes:
     """The phase transition against N: PSNR gap, memorization, distance to the memorizing solution,
     A/B similarity, and the Jacobian's effective dimension beside its asymmetry."""
-    lines = defaultdict(list)
-    for r in rows:
-        lines[(r["dataset"], r["architecture"])].append(r)
     fig, axes = plt.subplots(1, 5, figsize=(23, 3.8))
     fig.subplots_adjust(wspace=0.35)
     asymmetry_axis = axes[4].twinx()
-    for (dataset, arch), rs in sorted(lines.items()):
-        rs = sorted(rs, key=lambda r: r["n"])
-        n = [r["n"] for r in rs]
-        label = f"{dataset} / {arch}"
-        col = lambda k: np.array([r[k] for r in rs], dtype=float)  # noqa: E731
+    for (dataset, architecture), points in group_rows(rows, "dataset", "architecture").items():
+        points = sorted(points, key=lambda row: row["n"])
+        n = [row["n"] for row in points]
+        label = f"{dataset} / {architecture}"
+        col = lambda key: np.array([row[key] for row in points], dtype=float)  # noqa: E731
         axes[0].errorbar(n, col("psnr_gap"), yerr=col("psnr_gap_std"), marker="o", capsize=3, label=label)
         line = axes[1].plot(n, col("nn_cosine_centered"), marker="o", label=f"{label}: NN centred cosine")[0]
-        _errorbar_ci(axes[1], n, rs, "f_mem", marker="s", ls="--", color=line.get_color(),
+        _errorbar_ci(axes[1], n, points, "f_mem", marker="s", ls="--", color=line.get_color(),
                      label=f"{label}: f_mem (raw pixels)")
-        _errorbar_ci(axes[1], n, rs, "f_mem_scale_free", marker="D", ls=":", color=line.get_color(),
+        _errorbar_ci(axes[1], n, points, "f_mem_scale_free", marker="D", ls=":", color=line.get_color(),
                      label=f"{label}: f_mem (scale-free)")
         line = axes[2].plot(n, col("memorizer_distance"), marker="o", label=f"{label}: to the memorizer")[0]
         axes[2].plot(n, col("memorizer_distance_bias_free"), marker="D", ls="--", color=line.get_color(),
@@ -87,19 +85,20 @@ def memorizer_distance_figure(rows: list[dict], trials: dict[str, dict], title: 
     """Distance to the memorizing solution against σ, one colour per N (mean ±1 sd over models):
     to the training set's MMSE denoiser (left) and to its bias-free version (right)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    by_n = _by([{**r, "n": trials[r["trial_id"]]["n"]} for r in rows], "n")
-    sigmas = sorted({r["sigma"] for r in rows})
+    by_n = group_rows([{**row, "n": trials[row["trial_id"]]["n"]} for row in rows], "n")
+    sigmas = sorted({row["sigma"] for row in rows})
     for ax, column, name in ((axes[0], "distance", "to the training set's MMSE denoiser"),
                              (axes[1], "distance_bias_free", "to the MMSE denoiser of the training images at every "
                                                              "scale (bias-free)")):
-        for colour, ((n,), rs) in zip(_colours(len(by_n)), by_n.items()):
-            per_sigma = _by(rs, "sigma")
-            values = [[r[column] for r in v] for v in per_sigma.values()]
-            ax.errorbar([key[0] for key in per_sigma], [np.mean(v) for v in values], yerr=[np.std(v) for v in values],
-                        marker="o", capsize=2, color=colour, label=f"N={n}")
+        for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
+            per_sigma = group_rows(rows_of_n, "sigma")
+            distances = [[row[column] for row in group] for group in per_sigma.values()]
+            ax.errorbar([sigma for (sigma,) in per_sigma], [np.mean(values) for values in distances],
+                        yerr=[np.std(values) for values in distances], marker="o", capsize=2, color=colour,
+                        label=f"N={n}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xticks(sigmas, [f"{s:g}" for s in sigmas])
+        ax.set_xticks(sigmas, [f"{sigma:g}" for sigma in sigmas])
         ax.minorticks_off()
         ax.set_xlabel("noise level σ (grey levels)")
         ax.set_title(name, fontsize=9)
@@ -113,10 +112,11 @@ def memorizer_distance_figure(rows: list[dict], trials: dict[str, dict], title: 
 def psnr_figure(psnr_rows: list[dict], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(4.5, 3.8))
     for images in ("train", "test"):
-        rs = sorted((r for r in psnr_rows if r["images"] == images), key=lambda r: r["psnr_in"])
-        ax.plot([r["psnr_in"] for r in rs], [r["psnr_out"] for r in rs], marker="o", label=f"{images} images")
-    lo = min(r["psnr_in"] for r in psnr_rows)
-    hi = max(r["psnr_in"] for r in psnr_rows)
+        curve = sorted((row for row in psnr_rows if row["images"] == images), key=lambda row: row["psnr_in"])
+        ax.plot([row["psnr_in"] for row in curve], [row["psnr_out"] for row in curve], marker="o",
+                label=f"{images} images")
+    lo = min(row["psnr_in"] for row in psnr_rows)
+    hi = max(row["psnr_in"] for row in psnr_rows)
     ax.plot([lo, hi], [lo, hi], color="grey", ls=":", label="identity")
     return _finish(fig, ax, "input PSNR (dB)", "output PSNR (dB)", title)
 
@@ -140,19 +140,16 @@ def sample_grid_figure(columns: dict[str, np.ndarray], seeds: np.ndarray, title:
 
 def _asymmetry(jacobian_rows: list[dict]) -> dict[tuple[float, int], float]:
     """(σ, image) -> ‖J − Jᵀ‖/‖J‖ of one model, from its `jacobian` table rows."""
-    return {(r["sigma"], r["image"]): r["symmetry_error"] for r in jacobian_rows}
+    return {(row["sigma"], row["image"]): row["symmetry_error"] for row in jacobian_rows}
 
 
 def spectrum_figure(eigen_rows: list[dict], jacobian_rows: list[dict], title: str) -> bytes:
     """Eigenvalues of one model's Jacobians, each curve labelled with the Jacobian's asymmetry (the
     eigen-decomposition is of its symmetric part, which describes it only when that is small)."""
     fig, ax = plt.subplots(figsize=(4.5, 3.8))
-    curves = defaultdict(list)
-    for r in eigen_rows:
-        curves[(r["sigma"], r["image"])].append((r["k"], r["eigenvalue"]))
     asymmetry = _asymmetry(jacobian_rows)
-    for (sigma, image), points in sorted(curves.items()):
-        points.sort()
+    for (sigma, image), curve in group_rows(eigen_rows, "sigma", "image").items():
+        points = sorted((row["k"], row["eigenvalue"]) for row in curve)
         ax.plot([k + 1 for k, _ in points], [v for _, v in points],
                 label=f"σ={sigma:g}/255, image {image}: ‖J−Jᵀ‖/‖J‖ = {asymmetry[(sigma, image)]:.2f}")
     ax.set_xscale("log")
@@ -181,11 +178,17 @@ def eigenvector_figure(eigenvectors: np.ndarray, sigmas: np.ndarray, inputs: np.
 # ---- study-level figures of the report ---------------------------------------------------------
 
 
-def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
-    out = defaultdict(list)
-    for r in rows:
-        out[tuple(r[k] for k in keys)].append(r)
-    return dict(sorted(out.items()))
+def group_rows(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    """`rows` grouped by their values of `keys` (SQL): the groups in the order of those values, each
+    group's rows in their order in `rows`."""
+    positions = pa.table({**{key: [row[key] for row in rows] for key in keys},
+                          "row_index": pa.array(range(len(rows)), pa.int64())})
+    columns = ", ".join(f'"{key}"' for key in keys)
+    with duckdb.cursor() as con:  # views of its own, and safe beside other threads' queries
+        con.register("positions", positions)
+        groups = con.sql(f"SELECT {columns}, list(row_index ORDER BY row_index) FROM positions "
+                         f"GROUP BY ALL ORDER BY {columns}").fetchall()
+    return {tuple(group[:-1]): [rows[index] for index in group[-1]] for group in groups}
 
 
 def _colours(count: int):
@@ -211,14 +214,14 @@ def psnr_by_n_figure(psnr_rows: list[dict], trials: dict[str, dict], title: str)
     """Output vs input PSNR, one colour per N: held-out images (solid, ±1 sd over models) and the
     model's own training images (dashed). Memorization shows as train ≫ test."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    by_n = _by([{**r, "n": trials[r["trial_id"]]["n"]} for r in psnr_rows], "n")
-    for colour, ((n,), rs) in zip(_colours(len(by_n)), by_n.items()):
+    by_n = group_rows([{**row, "n": trials[row["trial_id"]]["n"]} for row in psnr_rows], "n")
+    for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
         for images, style in (("test", "-"), ("train", "--")):
-            per_sigma = _by([r for r in rs if r["images"] == images], "sigma")
-            x = [np.mean([r["psnr_in"] for r in v]) for v in per_sigma.values()]
-            y = np.array([[r["psnr_out"] for r in v] for v in per_sigma.values()], dtype=object)
-            mean = [np.mean(v) for v in y]
-            std = [np.std(v) for v in y]
+            per_sigma = group_rows([row for row in rows_of_n if row["images"] == images], "sigma")
+            x = [np.mean([row["psnr_in"] for row in group]) for group in per_sigma.values()]
+            y = np.array([[row["psnr_out"] for row in group] for group in per_sigma.values()], dtype=object)
+            mean = [np.mean(outputs) for outputs in y]
+            std = [np.std(outputs) for outputs in y]
             ax.errorbar(x, mean, yerr=std if images == "test" else None, ls=style, marker="o", ms=3, color=colour,
                         capsize=2, label=f"N={n} {images}")
     lo, hi = ax.get_xlim()
@@ -248,17 +251,18 @@ def spectra_by_n_figure(eigen_rows: list[dict], jacobian_rows: list[dict], trial
     """Jacobian eigenvalues against rank, one panel per σ, one colour per N (mean over images and
     models), each N labelled with the mean asymmetry ‖J − Jᵀ‖/‖J‖ of those Jacobians. Optionally
     marks the dimension of a known tangent space."""
-    rows = [{**r, "n": trials[r["trial_id"]]["n"]} for r in eigen_rows]
-    asymmetry = {key: np.mean([r["symmetry_error"] for r in rs]) for key, rs in
-                 _by([{**r, "n": trials[r["trial_id"]]["n"]} for r in jacobian_rows], "sigma", "n").items()}
-    by_sigma = _by(rows, "sigma")
+    with_n = lambda rows: [{**row, "n": trials[row["trial_id"]]["n"]} for row in rows]  # noqa: E731
+    asymmetry = {key: np.mean([row["symmetry_error"] for row in group])
+                 for key, group in group_rows(with_n(jacobian_rows), "sigma", "n").items()}
+    by_sigma = group_rows(with_n(eigen_rows), "sigma")
     fig, axes = plt.subplots(1, len(by_sigma), figsize=(4.2 * len(by_sigma), 3.6), squeeze=False)
-    for ax, ((sigma,), rs) in zip(axes[0], by_sigma.items()):
-        by_n = _by(rs, "n")
-        for colour, ((n,), vs) in zip(_colours(len(by_n)), by_n.items()):
-            per_k = _by(vs, "k")
-            ax.plot([k + 1 for (k,) in per_k], [np.mean([v["eigenvalue"] for v in p]) for p in per_k.values()],
-                    color=colour, label=f"N={n} (‖J−Jᵀ‖/‖J‖ {asymmetry[(sigma, n)]:.2f})")
+    for ax, ((sigma,), rows_of_sigma) in zip(axes[0], by_sigma.items()):
+        by_n = group_rows(rows_of_sigma, "n")
+        for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
+            per_k = group_rows(rows_of_n, "k")
+            ax.plot([k + 1 for (k,) in per_k],
+                    [np.mean([row["eigenvalue"] for row in group]) for group in per_k.values()], color=colour,
+                    label=f"N={n} (‖J−Jᵀ‖/‖J‖ {asymmetry[(sigma, n)]:.2f})")
         if tangent_dims:
             ax.axvline(tangent_dims, color="red", ls=":", label=f"{tangent_dims} tangent dimensions")
         ax.set_xscale("log")
@@ -297,21 +301,22 @@ def basis_overlap_figure(rows: list[dict], asymmetry: list[dict], title: str) ->
     beside it the asymmetry of the Jacobians those eigenvectors come from (rows of `asymmetry`:
     n, sigma, symmetry_error per model and image)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    by_sigma = _by(rows, "sigma")
-    colours = dict(zip([key[0] for key in by_sigma], _colours(len(by_sigma))))
-    for i, ((sigma,), rs) in enumerate(by_sigma.items()):
-        per_n = _by(rs, "n")
-        n = [key[0] for key in per_n]
-        values = [[r["basis_overlap"] for r in v] for v in per_n.values()]
-        axes[0].errorbar(n, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], marker="o", capsize=3,
-                         color=colours[sigma], label=f"σ = {sigma:g}/255")
-        chance = [v[0]["chance"] for v in per_n.values()]  # the same for every σ: labelled once
+    by_sigma = group_rows(rows, "sigma")
+    colours = dict(zip([sigma for (sigma,) in by_sigma], _colours(len(by_sigma))))
+    for i, ((sigma,), rows_of_sigma) in enumerate(by_sigma.items()):
+        per_n = group_rows(rows_of_sigma, "n")
+        n = [size for (size,) in per_n]
+        overlaps = [[row["basis_overlap"] for row in group] for group in per_n.values()]
+        axes[0].errorbar(n, [np.mean(values) for values in overlaps], yerr=[np.std(values) for values in overlaps],
+                         marker="o", capsize=3, color=colours[sigma], label=f"σ = {sigma:g}/255")
+        chance = [group[0]["chance"] for group in per_n.values()]  # the same for every σ: labelled once
         axes[0].plot(n, chance, color="grey", ls=":", label="chance (k/n)" if i == 0 else None)
-    for (sigma,), rs in _by(asymmetry, "sigma").items():
-        per_n = _by(rs, "n")
-        values = [[r["symmetry_error"] for r in v] for v in per_n.values()]
-        axes[1].errorbar([key[0] for key in per_n], [np.mean(v) for v in values], yerr=[np.std(v) for v in values],
-                         marker="x", capsize=3, color=colours.get(sigma), label=f"σ = {sigma:g}/255")
+    for (sigma,), rows_of_sigma in group_rows(asymmetry, "sigma").items():
+        per_n = group_rows(rows_of_sigma, "n")
+        errors = [[row["symmetry_error"] for row in group] for group in per_n.values()]
+        axes[1].errorbar([size for (size,) in per_n], [np.mean(values) for values in errors],
+                         yerr=[np.std(values) for values in errors], marker="x", capsize=3, color=colours.get(sigma),
+                         label=f"σ = {sigma:g}/255")
     axes[0].set_ylim(0, 1.02)
     axes[1].set_ylim(bottom=0)
     for ax, (ylabel, name) in zip(axes, [("overlap of A and B eigen-subspaces", title),
@@ -328,13 +333,13 @@ def basis_overlap_figure(rows: list[dict], asymmetry: list[dict], title: str) ->
 def slope_figure(rows: list[dict], title: str) -> bytes:
     """Fitted PSNR slope against α, with the optimal α/(α+1)."""
     fig, ax = plt.subplots(figsize=(5, 3.8))
-    known = [r for r in rows if r["alpha"] is not None]
-    by_arch = _by(known, "architecture", "n")
-    for (arch, n), rs in by_arch.items():
-        rs = sorted(rs, key=lambda r: r["alpha"])
-        ax.errorbar([r["alpha"] for r in rs], [r["psnr_slope"] for r in rs], yerr=[r["psnr_slope_std"] for r in rs],
-                    marker="o", capsize=3, label=f"{arch}, N={n}: fitted slope")
-    alphas = np.linspace(min(r["alpha"] for r in known) * 0.8, max(r["alpha"] for r in known) * 1.1, 100)
+    known = [row for row in rows if row["alpha"] is not None]
+    for (architecture, n), points in group_rows(known, "architecture", "n").items():
+        points = sorted(points, key=lambda row: row["alpha"])
+        ax.errorbar([row["alpha"] for row in points], [row["psnr_slope"] for row in points],
+                    yerr=[row["psnr_slope_std"] for row in points], marker="o", capsize=3,
+                    label=f"{architecture}, N={n}: fitted slope")
+    alphas = np.linspace(min(row["alpha"] for row in known) * 0.8, max(row["alpha"] for row in known) * 1.1, 100)
     ax.plot(alphas, alphas / (alphas + 1), color="black", ls="--", label="optimal α/(α+1)")
     return _finish(fig, ax, "regularity α", "slope of output vs input PSNR", title)
 
@@ -342,27 +347,27 @@ def slope_figure(rows: list[dict], title: str) -> bytes:
 def disc_tangent_figure(rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
     """Against σ, one colour per N: share of the Jacobian's energy inside the 5-D tangent space,
     the trace inside it vs in total, and the count of eigenvalues above the threshold."""
-    rows = [{**r, "n": trials[r["trial_id"]]["n"]} for r in rows]
+    rows = [{**row, "n": trials[row["trial_id"]]["n"]} for row in rows]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    by_n = _by(rows, "n")
-    for colour, ((n,), rs) in zip(_colours(len(by_n)), by_n.items()):
-        per_sigma = _by(rs, "sigma")
-        s = [key[0] for key in per_sigma]
-        mean = lambda k: [np.mean([r[k] for r in v]) for v in per_sigma.values()]  # noqa: E731
-        axes[0].plot(s, mean("energy_inside"), marker="o", color=colour, label=f"N={n}")
-        axes[1].plot(s, mean("trace_total"), marker="o", color=colour, label=f"N={n}: tr J")
-        axes[1].plot(s, mean("trace_inside"), marker="s", ls="--", color=colour, label=f"N={n}: tr inside tangent")
-        axes[2].plot(s, mean("eigenvalues_above"), marker="o", color=colour, label=f"N={n}")
+    by_n = group_rows(rows, "n")
+    for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
+        per_sigma = group_rows(rows_of_n, "sigma")
+        levels = [sigma for (sigma,) in per_sigma]
+        mean = lambda key: [np.mean([row[key] for row in group]) for group in per_sigma.values()]  # noqa: E731
+        axes[0].plot(levels, mean("energy_inside"), marker="o", color=colour, label=f"N={n}")
+        axes[1].plot(levels, mean("trace_total"), marker="o", color=colour, label=f"N={n}: tr J")
+        axes[1].plot(levels, mean("trace_inside"), marker="s", ls="--", color=colour, label=f"N={n}: tr inside tangent")
+        axes[2].plot(levels, mean("eigenvalues_above"), marker="o", color=colour, label=f"N={n}")
     axes[0].set_ylim(0, 1.02)
     dims, threshold = rows[0]["tangent_dims"], rows[0]["eigenvalue_threshold"]
     axes[1].axhline(dims, color="red", ls=":", label=f"{dims} (projection onto the tangent space)")
     axes[2].axhline(dims, color="red", ls=":", label=f"{dims} tangent dimensions")
     labels = [("share of ‖J‖²_F inside the tangent space", "energy inside"), ("trace", "trace"),
               (f"eigenvalues above {threshold:g}", "count")]
-    sigmas = sorted({r["sigma"] for r in rows})
+    sigmas = sorted({row["sigma"] for row in rows})
     for ax, (name, ylabel) in zip(axes, labels):
         ax.set_xscale("log")
-        ax.set_xticks(sigmas, [f"{s:g}" for s in sigmas])  # the measured levels, not log-minor clutter
+        ax.set_xticks(sigmas, [f"{sigma:g}" for sigma in sigmas])  # the measured levels, not log-minor clutter
         ax.minorticks_off()
         ax.set_xlabel("noise level σ (grey levels)")
         ax.set_ylabel(ylabel)
@@ -376,13 +381,14 @@ def disc_tangent_figure(rows: list[dict], trials: dict[str, dict], title: str) -
 def shuffle_figure(rows: list[dict], title: str) -> bytes:
     """Output vs input PSNR on the same images with and without a fixed pixel permutation."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    groups = _by(rows, "dataset", "architecture", "n")
-    for colour, ((dataset, arch, n), rs) in zip(_colours(len(groups)), groups.items()):
-        rs = sorted(rs, key=lambda r: r["psnr_in"])
-        x = [r["psnr_in"] for r in rs]
-        ax.plot(x, [r["psnr_out"] for r in rs], marker="o", color=colour, label=f"{dataset}/{arch} N={n}")
-        ax.plot(x, [r["psnr_out_shuffled"] for r in rs], marker="s", ls="--", color=colour,
-                label=f"{rs[0]['shuffled_dataset']} (pixels shuffled)")
+    groups = group_rows(rows, "dataset", "architecture", "n")
+    for colour, ((dataset, architecture, n), points) in zip(_colours(len(groups)), groups.items()):
+        points = sorted(points, key=lambda row: row["psnr_in"])
+        x = [row["psnr_in"] for row in points]
+        ax.plot(x, [row["psnr_out"] for row in points], marker="o", color=colour,
+                label=f"{dataset}/{architecture} N={n}")
+        ax.plot(x, [row["psnr_out_shuffled"] for row in points], marker="s", ls="--", color=colour,
+                label=f"{points[0]['shuffled_dataset']} (pixels shuffled)")
     lo, hi = ax.get_xlim()
     ax.plot([lo, hi], [lo, hi], color="grey", ls=":", label="identity")
     return _finish(fig, ax, "input PSNR (dB)", "output PSNR on held-out images (dB)", title)
@@ -391,26 +397,26 @@ def shuffle_figure(rows: list[dict], title: str) -> bytes:
 def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) -> bytes:
     """f_mem (95% bootstrap CI) against training step, one colour per N; and the onset step vs N."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    groups = _by(rows, "dataset", "architecture", "n")
-    for colour, ((dataset, arch, n), rs) in zip(_colours(len(groups)), groups.items()):
-        rs = sorted(rs, key=lambda r: r["step"])
-        steps = [r["step"] for r in rs]
-        _errorbar_ci(axes[0], steps, rs, "f_mem", marker="o", color=colour, label=f"{dataset}/{arch} N={n}")
-        _errorbar_ci(axes[0], steps, rs, "f_mem_scale_free", marker="D", ls="--", color=colour, alpha=0.6,
-                     label=f"{dataset}/{arch} N={n}, scale-free")
+    groups = group_rows(rows, "dataset", "architecture", "n")
+    for colour, ((dataset, architecture, n), curve) in zip(_colours(len(groups)), groups.items()):
+        curve = sorted(curve, key=lambda row: row["step"])
+        steps = [row["step"] for row in curve]
+        _errorbar_ci(axes[0], steps, curve, "f_mem", marker="o", color=colour, label=f"{dataset}/{architecture} N={n}")
+        _errorbar_ci(axes[0], steps, curve, "f_mem_scale_free", marker="D", ls="--", color=colour, alpha=0.6,
+                     label=f"{dataset}/{architecture} N={n}, scale-free")
     if onset:
         axes[0].axhline(onset[0]["onset_f_mem"], color="grey", ls=":", label="onset level")
     reached_any = False
-    for (dataset, arch), rs in _by(onset, "dataset", "architecture").items():
-        reached = [r for r in sorted(rs, key=lambda r: r["n"]) if r["onset_step"] is not None]
+    for (dataset, architecture), group in group_rows(onset, "dataset", "architecture").items():
+        reached = [row for row in sorted(group, key=lambda row: row["n"]) if row["onset_step"] is not None]
         reached_any |= bool(reached)
-        axes[1].plot([r["n"] for r in reached], [r["onset_step"] for r in reached], marker="o",
-                     label=f"{dataset}/{arch}")
-        never = [r["n"] for r in rs if r["onset_step"] is None]
+        axes[1].plot([row["n"] for row in reached], [row["onset_step"] for row in reached], marker="o",
+                     label=f"{dataset}/{architecture}")
+        never = [row["n"] for row in group if row["onset_step"] is None]
         if never:  # drawn at the last step observed, marked as not reached
-            last = max(r["step"] for r in rows)
+            last = max(row["step"] for row in rows)
             axes[1].scatter(never, [last] * len(never), marker="^", facecolors="none", edgecolors="red",
-                            label=f"{dataset}/{arch}: not reached by step {last}")
+                            label=f"{dataset}/{architecture}: not reached by step {last}")
     axes[0].set_xscale("log")
     axes[0].set_ylim(-0.02, 1.02)
     for ax, (xl, yl, name) in zip(axes, [("training step", "f_mem", "memorized share of samples"),
@@ -421,7 +427,7 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[1].set_xscale("log")
-    ns = sorted({r["n"] for r in onset})
+    ns = sorted({row["n"] for row in onset})
     axes[1].set_xticks(ns, [str(n) for n in ns])  # the measured N, not log-minor clutter
     axes[1].minorticks_off()
     if reached_any:
@@ -432,16 +438,16 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
 
 def loss_curves_figure(curves: list[dict], trials: dict[str, dict], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    by_trial = _by(curves, "trial_id")
-    ns = sorted({trials[t]["n"] for (t,) in by_trial if t in trials})
+    by_trial = group_rows(curves, "trial_id")
+    ns = sorted({trials[trial_id]["n"] for (trial_id,) in by_trial if trial_id in trials})
     colour = dict(zip(ns, _colours(len(ns))))
     labelled = set()
-    for (trial_id,), rs in by_trial.items():
+    for (trial_id,), curve in by_trial.items():
         if trial_id not in trials:
             continue
         n = trials[trial_id]["n"]
-        rs = sorted(rs, key=lambda r: r["step"])
-        ax.plot([r["step"] for r in rs], [r["loss"] for r in rs], color=colour[n], alpha=0.8,
+        curve = sorted(curve, key=lambda row: row["step"])
+        ax.plot([row["step"] for row in curve], [row["loss"] for row in curve], color=colour[n], alpha=0.8,
                 label=None if n in labelled else f"N={n}")
         labelled.add(n)
     ax.set_yscale("log")

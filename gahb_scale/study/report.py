@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import math
 import time
-from collections import defaultdict
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -20,8 +19,9 @@ import pyarrow.fs as pafs
 from ..data.discs import PARAMETER_NAMES
 from . import figures
 from .. import __version__
-from .spec import StudySpec, analysis_id
+from .spec import StudySpec
 from .store import StudyStore, arrays_path, load_arrays
+from .trials import analysis_id
 
 
 
@@ -43,8 +43,8 @@ def _cell(value) -> str:
 
 def _table(rows: list[dict], columns: dict[str, str]) -> str:
     """An HTML table of `rows`; `columns` maps row keys to header text."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in columns.values())
-    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(k))}</td>" for k in columns) + "</tr>" for r in rows)
+    head = "".join(f"<th>{html.escape(header)}</th>" for header in columns.values())
+    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(key))}</td>" for key in columns) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -83,7 +83,14 @@ class _Page:
 
 
 def _rows(store: StudyStore, name: str, study: str) -> list[dict]:
-    return [r for r in store.rows(name) if r["study_id"] == study]
+    return [row for row in store.rows(name) if row["study_id"] == study]
+
+
+def _with_group(rows: list[dict], owners: dict[str, dict], key: str) -> list[dict]:
+    """The rows whose `key` (trial_id or pair_id) is one of `owners`, each with its owner's N,
+    dataset and architecture."""
+    return [{**row, **{column: owners[row[key]][column] for column in ("n", "dataset", "architecture")}}
+            for row in rows if row[key] in owners]
 
 
 def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
@@ -93,26 +100,30 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
     if spec.description:
         page.text(spec.description)
     # Only models analysed with this spec's settings and this version: their arrays are the ones on disk.
-    aid = analysis_id(spec)
-    trials = {r["trial_id"]: r for r in _rows(store, "model_metrics", spec.name) if r["analysis_id"] == aid}
-    trained = [r for r in _rows(store, "trials", spec.name) if r["trial_id"] in trials]
-    devices = ", ".join(sorted({r["device"] for r in trained})) or "–"
+    analysis_key = analysis_id(spec)
+    trials = {row["trial_id"]: row for row in _rows(store, "model_metrics", spec.name) if row["analysis_id"] == analysis_key}
+    trained = [row for row in _rows(store, "trials", spec.name) if row["trial_id"] in trials]
+    devices = ", ".join(sorted({row["device"] for row in trained})) or "–"
     page.text(f"{len(trials)} analysed models; images {spec.image_size}×{spec.image_size}; training budget: "
               f"{spec.training.budget()}; {spec.sampling.num_samples} samples per model; training took "
               # a pack's models share its wall time: count it once per pack (rows before packing: 1)
-              f"{sum(r['train_seconds'] / (r.get('pack_size') or 1) for r in trained) / 60:.1f} worker-minutes "
+              f"{sum(row['train_seconds'] / (row.get('pack_size') or 1) for row in trained) / 60:.1f} worker-minutes "
               f"on {devices}. "
               f"Report built {time.strftime('%Y-%m-%d %H:%M')}.")
     if not trials:
         page.text("Nothing has been analysed yet: run the study first.")
         return {"index.html": page.render()}
 
-    datasets = _rows(store, "datasets", spec.name)
-    if any(r["pool_images"] is not None for r in datasets):
+    # every table the sections below show, read once
+    tables = {name: _rows(store, name, spec.name) for name in (
+        "datasets", "transition", "psnr", "train_curves", "memorizer_distance", "eigen", "jacobian", "pairs",
+        "pair_bases", "slopes", "disc_tangent", "shuffle_psnr", "memorization_time", "memorization_onset")}
+    datasets = tables["datasets"]
+    if any(row["pool_images"] is not None for row in datasets):
         page.table(datasets, {"dataset": "dataset", "kind": "kind", "pool_images": "images in the pool",
                               "duplicates_removed": "near-duplicates removed before the split",
                               "near_duplicate_threshold": "|correlation| above"})
-    transition = _rows(store, "transition", spec.name)
+    transition = tables["transition"]
     page.heading("Memorization → generalization")
     page.figure("transition", figures.transition_figure(transition),
                 "Against N: train − test PSNR (±1 sd over models); similarity of samples to their nearest training "
@@ -131,12 +142,12 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
                             "ab_l2": "A/B L2", "ab_basis_overlap": "A/B basis overlap", "effective_dim": "tr J",
                             "symmetry_error": "‖J−Jᵀ‖/‖J‖", "capped_samples": "capped",
                             "diverged_samples": "diverged"})
-    _per_group_sections(page, spec, store, trials)
-    _basis_section(page, spec, store, trials)
-    _slope_section(page, spec, store)
-    _tangent_section(page, spec, store, trials)
-    _shuffle_section(page, spec, store)
-    _time_section(page, spec, store)
+    _per_group_sections(page, spec, store, tables, trials)
+    _basis_section(page, tables, trials)
+    _slope_section(page, spec, tables["slopes"])
+    _tangent_section(page, spec, tables["disc_tangent"], trials)
+    _shuffle_section(page, spec, tables["shuffle_psnr"])
+    _time_section(page, spec, tables["memorization_time"], tables["memorization_onset"])
     return {"index.html": page.render(), **page.files}
 
 
@@ -144,26 +155,24 @@ def _slug(*parts) -> str:
     return "-".join(str(p) for p in parts).replace("/", "_").replace(" ", "_")
 
 
-def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials: dict[str, dict]) -> None:
-    groups = defaultdict(list)
-    for t in trials.values():
-        groups[(t["dataset"], t["architecture"])].append(t)
-    psnr, eigen = _rows(store, "psnr", spec.name), _rows(store, "eigen", spec.name)
-    curves, jacobians = _rows(store, "train_curves", spec.name), _rows(store, "jacobian", spec.name)
-    memorizer = _rows(store, "memorizer_distance", spec.name)
-    asymmetry = {(r["trial_id"], r["sigma"], r["image"]): r["symmetry_error"] for r in jacobians}
-    discs = {d.name for d in spec.datasets if d.kind == "discs" and d.pixel_shuffle_seed is None}
-    for (dataset, arch), ts in sorted(groups.items()):
-        ids = {t["trial_id"] for t in ts}
-        slug, title = _slug(dataset, arch), f"{dataset} / {arch}"
+def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, tables: dict[str, list[dict]],
+                        trials: dict[str, dict]) -> None:
+    asymmetry = {(row["trial_id"], row["sigma"], row["image"]): row["symmetry_error"] for row in tables["jacobian"]}
+    discs = {dataset.name for dataset in spec.datasets
+             if dataset.kind == "discs" and dataset.pixel_shuffle_seed is None}
+    for (dataset, architecture), models in figures.group_rows(list(trials.values()), "dataset", "architecture").items():
+        ids = {model["trial_id"] for model in models}
+        of_group = {name: [row for row in tables[name] if row["trial_id"] in ids]
+                    for name in ("psnr", "train_curves", "memorizer_distance", "eigen", "jacobian")}
+        slug, title = _slug(dataset, architecture), f"{dataset} / {architecture}"
         page.heading(title)
-        page.figure(f"psnr-{slug}", figures.psnr_by_n_figure([r for r in psnr if r["trial_id"] in ids], trials, title),
+        page.figure(f"psnr-{slug}", figures.psnr_by_n_figure(of_group["psnr"], trials, title),
                     "Denoising performance per N on held-out images (solid) and on the model's own training images "
                     "(dashed).")
-        page.figure(f"loss-{slug}", figures.loss_curves_figure([r for r in curves if r["trial_id"] in ids], trials,
-                                                               title), "Training loss per model.")
-        page.figure(f"memorizer-{slug}", figures.memorizer_distance_figure(
-                        [r for r in memorizer if r["trial_id"] in ids], trials, title),
+        page.figure(f"loss-{slug}", figures.loss_curves_figure(of_group["train_curves"], trials, title),
+                    "Training loss per model.")
+        page.figure(f"memorizer-{slug}",
+                    figures.memorizer_distance_figure(of_group["memorizer_distance"], trials, title),
                     "Distance to the memorizing solution against noise level: ‖f(y) − f_mem(y)‖² / ‖y − x‖² on noisy "
                     "held-out images (±1 sd over models), where f_mem is the exact blind MMSE denoiser of the "
                     "model's own training set (left), or of its training images at every scale (right: the "
@@ -171,19 +180,19 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials:
                     "memorizer. How large it gets when the network generalizes depends on how well the memorizer "
                     "itself does on held-out images (see the README's measure table).")
         # the first pair and seed of every N: samples and eigenvectors of A and B side by side
-        shown_pair = min((t["pair"], t["seed"]) for t in ts)
-        first = defaultdict(dict)
-        for t in ts:
-            if (t["pair"], t["seed"]) == shown_pair:
-                first[t["n"]][t["split"]] = t["trial_id"]
-        complete = sorted(n for n, split in first.items() if set(split) == {"A", "B"})
+        shown_pair = min((model["pair"], model["seed"]) for model in models)
+        shown_models = [model for model in models if (model["pair"], model["seed"]) == shown_pair]
+        first = {n: {model["split"]: model["trial_id"] for model in models_of_n}
+                 for (n,), models_of_n in figures.group_rows(shown_models, "n").items()}
+        complete = [n for n, split in first.items() if set(split) == {"A", "B"}]
         if complete:
-            arrays = {n: {s: load_arrays(store, arrays_path(spec.name, first[n][s])) for s in "AB"} for n in complete}
-            shown = min(4, len(arrays[complete[0]]["A"]["sample_seeds"]))
-            rows = [(n, {"A": arrays[n]["A"]["samples"][:shown], "B": arrays[n]["B"]["samples"][:shown],
-                         "nearest": arrays[n]["A"]["nearest"][:shown]}) for n in complete]
+            arrays = {n: {split: load_arrays(store, arrays_path(spec.name, first[n][split])) for split in "AB"}
+                      for n in complete}
+            shown_seeds = min(4, len(arrays[complete[0]]["A"]["sample_seeds"]))
+            rows = [(n, {"A": arrays[n]["A"]["samples"][:shown_seeds], "B": arrays[n]["B"]["samples"][:shown_seeds],
+                         "nearest": arrays[n]["A"]["nearest"][:shown_seeds]}) for n in complete]
             page.figure(f"samples-{slug}", figures.samples_by_n_figure(rows, arrays[complete[0]]["A"]["sample_seeds"]
-                                                                       [:shown], title),
+                                                                       [:shown_seeds], title),
                         "Samples of models A and B drawn with the same seeds, and the training image of A nearest "
                         "to A's sample (NN of A), each shown stretched to its own grey range (a bias-free model's "
                         "samples are images up to gain). Memorization: A equals its nearest training image; "
@@ -192,85 +201,71 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, trials:
             vectors = {n: (arrays[n]["A"]["eigenvectors"], arrays[n]["B"]["eigenvectors"]) for n in complete}
             inputs = arrays[complete[0]]["A"]["jacobian_inputs"]
             if vectors[complete[0]][0].shape[2]:
-                for s, sigma in enumerate(sigmas):
-                    for i in range(min(2, len(inputs))):  # a few images; the 8 leading vectors stay legible
-                        ab = [(n, a[s, i, :8], b[s, i, :8], *(asymmetry[(first[n][split], float(sigma), i)]
-                                                              for split in "AB"))
-                              for n, (a, b) in vectors.items()]
-                        page.figure(f"eigenvectors-{slug}-s{s}-i{i}",
-                                    figures.eigenvectors_ab_figure(ab, inputs[i], float(sigma), f"{title}, image {i}"),
+                for sigma_index, sigma in enumerate(sigmas):
+                    for image in range(min(2, len(inputs))):  # a few images; the 8 leading vectors stay legible
+                        by_n = [(n, vectors_a[sigma_index, image, :8], vectors_b[sigma_index, image, :8],
+                                 *(asymmetry[(first[n][split], float(sigma), image)] for split in "AB"))
+                                for n, (vectors_a, vectors_b) in vectors.items()]
+                        page.figure(f"eigenvectors-{slug}-s{sigma_index}-i{image}",
+                                    figures.eigenvectors_ab_figure(by_n, inputs[image], float(sigma),
+                                                                   f"{title}, image {image}"),
                                     f"Geometry-adaptive harmonic basis: leading eigenvectors of the symmetric part "
-                                    f"of the Jacobian of A and of B at the same noisy held-out image {i} "
+                                    f"of the Jacobian of A and of B at the same noisy held-out image {image} "
                                     f"(σ = {float(sigma):g}/255); 'asym' is ‖J − Jᵀ‖/‖J‖ of that Jacobian.")
-        page.figure(f"spectra-{slug}", figures.spectra_by_n_figure([r for r in eigen if r["trial_id"] in ids],
-                                                                   [r for r in jacobians if r["trial_id"] in ids],
-                                                                   trials, title, DISC_DIMS if dataset in discs else None),
+        page.figure(f"spectra-{slug}", figures.spectra_by_n_figure(of_group["eigen"], of_group["jacobian"], trials,
+                                                                   title, DISC_DIMS if dataset in discs else None),
                     "Eigenvalues of the symmetric part of the Jacobian against rank (mean over images and models), "
                     "with the Jacobians' mean asymmetry ‖J − Jᵀ‖/‖J‖: an MMSE denoiser's Jacobian is symmetric, so "
                     "the spectrum describes the network only where that number is small.")
 
 
-def _basis_section(page: _Page, spec: StudySpec, store: StudyStore, trials: dict[str, dict]) -> None:
-    pairs = {p["pair_id"]: p for p in _rows(store, "pairs", spec.name)}
-    asymmetry = [{**r, "n": trials[r["trial_id"]]["n"], "dataset": trials[r["trial_id"]]["dataset"],
-                  "architecture": trials[r["trial_id"]]["architecture"]}
-                 for r in _rows(store, "jacobian", spec.name) if r["trial_id"] in trials]
-    rows = [{**r, "n": pairs[r["pair_id"]]["n"], "dataset": pairs[r["pair_id"]]["dataset"],
-             "architecture": pairs[r["pair_id"]]["architecture"]}
-            for r in _rows(store, "pair_bases", spec.name) if r["pair_id"] in pairs]
+def _basis_section(page: _Page, tables: dict[str, list[dict]], trials: dict[str, dict]) -> None:
+    rows = _with_group(tables["pair_bases"], {pair["pair_id"]: pair for pair in tables["pairs"]}, "pair_id")
     if not rows:
         return
     page.heading("Generalization in the basis: model A vs model B")
-    groups = defaultdict(list)
-    for r in rows:
-        groups[(r["dataset"], r["architecture"])].append(r)
-    for (dataset, arch), rs in sorted(groups.items()):
-        mine = [r for r in asymmetry if (r["dataset"], r["architecture"]) == (dataset, arch)]
-        page.figure(f"basis-overlap-{_slug(dataset, arch)}", figures.basis_overlap_figure(rs, mine, f"{dataset} / {arch}"),
-                    f"Left: mean cos² of the principal angles between the {rs[0]['k']} leading Jacobian eigenvectors "
-                    f"of A and of B at the same noisy held-out images (±1 sd over images and pairs); dotted: chance. "
-                    f"Right: the asymmetry ‖J − Jᵀ‖/‖J‖ of those Jacobians (±1 sd over models and images).")
+    asymmetry = figures.group_rows(_with_group(tables["jacobian"], trials, "trial_id"), "dataset", "architecture")
+    for (dataset, architecture), overlaps in figures.group_rows(rows, "dataset", "architecture").items():
+        page.figure(f"basis-overlap-{_slug(dataset, architecture)}",
+                    figures.basis_overlap_figure(overlaps, asymmetry.get((dataset, architecture), []),
+                                                 f"{dataset} / {architecture}"),
+                    f"Left: mean cos² of the principal angles between the {overlaps[0]['k']} leading Jacobian "
+                    f"eigenvectors of A and of B at the same noisy held-out images (±1 sd over images and pairs); "
+                    f"dotted: chance. Right: the asymmetry ‖J − Jᵀ‖/‖J‖ of those Jacobians (±1 sd over models and "
+                    f"images).")
 
 
-def _slope_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
-    slopes = _rows(store, "slopes", spec.name)
-    if not any(r["alpha"] is not None for r in slopes):
+def _slope_section(page: _Page, spec: StudySpec, slopes: list[dict]) -> None:
+    if not any(row["alpha"] is not None for row in slopes):
         return
     lo, hi = spec.analysis.slope_sigma_range
     page.heading("C^α images: PSNR slope against the optimal α/(α+1)")
     page.figure("calpha-slopes", figures.slope_figure(slopes, spec.name),
                 f"Slope of output vs input PSNR on held-out images, fitted over σ in [{lo:g}, {hi:g}] grey levels "
                 "(±1 sd over models), and the optimal slope α/(α+1).")
-    page.table([{**r, "diff": r["psnr_slope"] - r["optimal_slope"],
-                 "theory": "yes" if r["theory_applies"] else "no: α ≤ 1"} for r in slopes],
+    page.table([{**row, "diff": row["psnr_slope"] - row["optimal_slope"],
+                 "theory": "yes" if row["theory_applies"] else "no: α ≤ 1"} for row in slopes],
                {"dataset": "dataset", "architecture": "architecture", "n": "N", "alpha": "α", "models": "models",
                 "psnr_slope": "fitted slope", "psnr_slope_std": "sd", "optimal_slope": "α/(α+1)",
                 "diff": "fitted − optimal", "theory": "α/(α+1) optimal?"})
-    if not all(r["theory_applies"] for r in slopes if r["alpha"] is not None):
+    if not all(row["theory_applies"] for row in slopes if row["alpha"] is not None):
         page.text("α ≤ 1 lies outside the theory: the backgrounds of this recipe (2-D white noise integrated to "
                   "order β = α) are not continuous for β ≤ 1, so α/(α+1) is not the optimal slope there.")
 
 
-def _tangent_section(page: _Page, spec: StudySpec, store: StudyStore, trials: dict[str, dict]) -> None:
-    rows = _rows(store, "disc_tangent", spec.name)
+def _tangent_section(page: _Page, spec: StudySpec, rows: list[dict], trials: dict[str, dict]) -> None:
     if not rows:
         return
     page.heading("Discs: the Jacobian and the 5-D tangent space of the family")
-    summary = defaultdict(list)
-    for r in rows:
-        t = trials.get(r["trial_id"])
-        if t is not None:
-            summary[(t["dataset"], t["architecture"], t["n"], r["sigma"])].append(r)
-    table = [{"dataset": d, "architecture": a, "n": n, "sigma": s,
-              **{k: float(np.mean([r[k] for r in rs])) for k in ("energy_inside", "trace_inside", "trace_total",
-                                                                  "leading_alignment", "eigenvalues_above")}}
-             for (d, a, n, s), rs in sorted(summary.items())]
-    by_group = defaultdict(list)
-    for r in rows:
-        if r["trial_id"] in trials:
-            by_group[(trials[r["trial_id"]]["dataset"], trials[r["trial_id"]]["architecture"])].append(r)
-    for (dataset, arch), rs in sorted(by_group.items()):
-        page.figure(f"tangent-{_slug(dataset, arch)}", figures.disc_tangent_figure(rs, trials, f"{dataset} / {arch}"),
+    analysed = _with_group(rows, trials, "trial_id")
+    measures = ("energy_inside", "trace_inside", "trace_total", "leading_alignment", "eigenvalues_above")
+    table = [{"dataset": dataset, "architecture": architecture, "n": n, "sigma": sigma,
+              **{measure: float(np.mean([row[measure] for row in group])) for measure in measures}}
+             for (dataset, architecture, n, sigma), group
+             in figures.group_rows(analysed, "dataset", "architecture", "n", "sigma").items()]
+    for (dataset, architecture), group in figures.group_rows(analysed, "dataset", "architecture").items():
+        page.figure(f"tangent-{_slug(dataset, architecture)}",
+                    figures.disc_tangent_figure(group, trials, f"{dataset} / {architecture}"),
                     "The optimal denoiser at low noise projects onto the 5-D tangent space (energy inside 1, trace "
                     "5, five eigenvalues near 1). What the network keeps beyond it are its GAHB components.")
     page.table(table, {"dataset": "dataset", "architecture": "architecture", "n": "N", "sigma": "σ",
@@ -279,8 +274,7 @@ def _tangent_section(page: _Page, spec: StudySpec, store: StudyStore, trials: di
                        "eigenvalues_above": f"eigenvalues > {spec.analysis.eigenvalue_threshold:g}"})
 
 
-def _shuffle_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
-    rows = _rows(store, "shuffle_psnr", spec.name)
+def _shuffle_section(page: _Page, spec: StudySpec, rows: list[dict]) -> None:
     if not rows:
         return
     page.heading("Shuffled pixels")
@@ -292,8 +286,7 @@ def _shuffle_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
                       "psnr_out_shuffled": "PSNR out shuffled", "drop": "drop dB"})
 
 
-def _time_section(page: _Page, spec: StudySpec, store: StudyStore) -> None:
-    rows, onset = _rows(store, "memorization_time", spec.name), _rows(store, "memorization_onset", spec.name)
+def _time_section(page: _Page, spec: StudySpec, rows: list[dict], onset: list[dict]) -> None:
     if not rows:
         return
     page.heading("Memorization over training time")
@@ -326,9 +319,9 @@ def build_and_log_report(spec: StudySpec) -> str:
     from .track import StudyTracker
 
     store = StudyStore(spec.storage.results_location())
-    aid = analysis_id(spec)
-    if not store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": aid}):
-        raise UserInputError(f"study {spec.name}: no model under {store.location} is analysed with this spec's "
+    analysis_key = analysis_id(spec)
+    if not store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": analysis_key}):
+        raise UserInputError(f"study {spec.name}: no model under {store.results} is analysed with this spec's "
                              f"sampling/analysis settings and gahb-scale {__version__} yet; run `gahb-scale run` on "
                              f"this spec first (it analyses again without retraining)")
     files = write_report(spec, store)
