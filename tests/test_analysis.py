@@ -9,7 +9,6 @@ import torch
 
 from gahb_scale.analysis import (cosine_similarity, fit_psnr_slope, memorization_fraction,
                                  nearest_neighbours, optimal_calpha_slope, psnr, psnr_curve, split_pair_similarity)
-from gahb_scale.errors import UserInputError
 
 
 def _sigmas(count: int) -> torch.Tensor:

@@ -6,7 +6,6 @@ import pytest
 import torch
 from interrupt import train_until_first_checkpoint
 
-from gahb_scale.errors import UserInputError
 from gahb_scale.models import build_model
 from gahb_scale.packing import ModelPack
 from gahb_scale.training import TrainConfig, train_denoiser, train_pack
