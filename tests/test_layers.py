@@ -145,3 +145,19 @@ def test_a_restarted_study_resumes_the_packs_it_planned_and_status_forgets_other
     assert [p.pack_id for p in packs_to_train(spec, store, concurrency=2)] == [second.pack_id]
     assert store.exists(pack_path(second.pack_id)) and store.exists(pack_path("pack-of-another-study"))
     assert not store.exists(pack_path("pack-of-another-plan"))
+
+
+def test_a_model_file_without_its_training_record_is_one_clear_error(tmp_path):
+    """A model file of an older version, never registered, has no training.json: the driver says
+    which file and what to do, instead of failing inside the registration."""
+    from gahb_scale.errors import UserInputError
+    from gahb_scale.study.runner import _register_trained
+    from gahb_scale.study.store import StudyStore, model_path
+    from gahb_scale.study.trials import expand_trials
+
+    spec = study([SMALL], sizes=(1,))
+    store = StudyStore(str(tmp_path))
+    trials = expand_trials(spec)
+    store.write_bytes(model_path(trials[0].trial_id), b"weights")
+    with pytest.raises(UserInputError, match=f"{trials[0].trial_id}/model.pt has no training record"):
+        _register_trained(spec, trials, store)

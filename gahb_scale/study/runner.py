@@ -144,6 +144,10 @@ def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -
     for trial in trials:
         if trial.trial_id in registered or not store.exists(model_path(trial.trial_id)):
             continue
+        if not store.exists(training_record_path(trial.trial_id)):  # a model file of an older version
+            raise UserInputError(f"{store.uri(model_path(trial.trial_id))} has no training record beside it (it was "
+                                 f"written by an older gahb-scale and never registered): delete its folder to "
+                                 f"train that model again")
         record = json.loads(store.read_bytes(training_record_path(trial.trial_id)))
         rows.append({**trial.as_row(), "steps": record["steps"], "final_loss": record["losses"][-1][1],
                      "num_parameters": record["num_parameters"], "train_seconds": record["train_seconds"],
