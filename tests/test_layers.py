@@ -147,17 +147,33 @@ def test_a_restarted_study_resumes_the_packs_it_planned_and_status_forgets_other
     assert not store.exists(pack_path("pack-of-another-plan"))
 
 
-def test_a_model_file_without_its_training_record_is_one_clear_error(tmp_path):
-    """A model file of an older version, never registered, has no training.json: the driver says
-    which file and what to do, instead of failing inside the registration."""
+def test_a_model_file_of_an_earlier_version_is_registered_and_a_broken_one_is_one_clear_error(tmp_path):
+    """Models trained by 0.4 and earlier (their training record inside the model file) may share a
+    results folder with new ones: their record is copied out once. A model file with no record
+    anywhere is named in one message."""
+    import io
+
+    import torch
+
     from gahb_scale.errors import UserInputError
     from gahb_scale.study.runner import _register_trained
-    from gahb_scale.study.store import StudyStore, model_path
+    from gahb_scale.study.store import StudyStore, model_path, training_record_path
     from gahb_scale.study.trials import expand_trials
 
     spec = study([SMALL], sizes=(1,))
     store = StudyStore(str(tmp_path))
-    trials = expand_trials(spec)
-    store.write_bytes(model_path(trials[0].trial_id), b"weights")
-    with pytest.raises(UserInputError, match=f"{trials[0].trial_id}/model.pt has no training record"):
-        _register_trained(spec, trials, store)
+    earlier, broken = expand_trials(spec)
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {}, "losses": [(10, 0.5), (20, 0.25)], "steps": 20, "resumed_from": 0,
+                "train_seconds": 3.0, "device": "cpu", "workers": 1, "num_parameters": 7}, buffer)
+    store.write_bytes(model_path(earlier.trial_id), buffer.getvalue())
+    _register_trained(spec, [earlier], store)
+    assert store.exists(training_record_path(earlier.trial_id))
+    [row] = store.rows("trials")
+    assert (row["trial_id"], row["final_loss"], row["pack_size"], row["pack_id"]) == \
+        (earlier.trial_id, 0.25, 1, earlier.trial_id)
+    assert [(r["step"], r["loss"]) for r in store.rows("train_curves")] == [(10, 0.5), (20, 0.25)]
+
+    store.write_bytes(model_path(broken.trial_id), b"not a model file")
+    with pytest.raises(UserInputError, match=f"{broken.trial_id}/model.pt has no training record"):
+        _register_trained(spec, [broken], store)

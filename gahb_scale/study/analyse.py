@@ -4,8 +4,8 @@ training images of every sample and both f_mem, the distance to the memorizing s
 spectra at noisy held-out images, on discs the Jacobian against the family's tangent space, and
 with weight snapshots the samples of every snapshot.
 
-Returns table rows (dicts) and leaves the arrays the figures need in the store; the driver alone
-writes the tables.
+Returns table rows (dicts) and leaves in the store the arrays the figures need and this model's
+figures for MLflow (PSNR curves, spectrum, eigenvectors); the driver alone writes the tables.
 """
 
 from __future__ import annotations

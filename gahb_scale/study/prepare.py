@@ -30,9 +30,9 @@ def _stream_seed(pair: int, part: str) -> int:
 
 def load_folder(dataset: DatasetSpec, size: int) -> FolderImages:
     """A folder dataset prepared by the authors' recipe (cached under `params.cache_dir`)."""
-    p = dataset.params
-    return load_image_folder(p["path"], size, cache_dir=p.get("cache_dir"), crop=p["crop"],
-                             near_duplicate_threshold=p["near_duplicate_threshold"])
+    params = dataset.params
+    return load_image_folder(params["path"], size, cache_dir=params.get("cache_dir"), crop=params["crop"],
+                             near_duplicate_threshold=params["near_duplicate_threshold"])
 
 
 def prepare_datasets(spec: StudySpec) -> list[dict]:
@@ -40,19 +40,19 @@ def prepare_datasets(spec: StudySpec) -> list[dict]:
     near-duplicates, cache) and check that every finite pool holds the largest split pair. Returns
     one `datasets` table row per dataset; a pool too small is a UserInputError naming it."""
     rows = []
-    for d in spec.datasets:
-        row = {"study_id": spec.name, "dataset": d.name, "kind": d.kind, "pool_images": None,
+    for dataset in spec.datasets:
+        row = {"study_id": spec.name, "dataset": dataset.name, "kind": dataset.kind, "pool_images": None,
                "duplicates_removed": None, "near_duplicate_threshold": None}
-        if d.kind == "folder":
-            folder = load_folder(d, spec.image_size)
+        if dataset.kind == "folder":
+            folder = load_folder(dataset, spec.image_size)
             row.update(pool_images=len(folder), duplicates_removed=folder.duplicates_removed,
-                       near_duplicate_threshold=d.params["near_duplicate_threshold"])
-        elif d.kind == "photos":
+                       near_duplicate_threshold=dataset.params["near_duplicate_threshold"])
+        elif dataset.kind == "photos":
             row["pool_images"] = photo_pool_size(spec.image_size)
         needed = pool_size_needed(max(spec.train_sizes), spec.test_images)
         if row["pool_images"] is not None and row["pool_images"] < needed:
             removed = f" after removing {row['duplicates_removed']} near-duplicates" if row["duplicates_removed"] else ""
-            raise UserInputError(f"datasets[{spec.datasets.index(d)}] ({d.name!r}): the pool holds "
+            raise UserInputError(f"datasets[{spec.datasets.index(dataset)}] ({dataset.name!r}): the pool holds "
                                  f"{row['pool_images']} images{removed}, but N = {max(spec.train_sizes)} needs "
                                  f"2 x N + test_images = {needed} (two disjoint splits and the held-out set)")
         rows.append(row)

@@ -28,6 +28,10 @@ from .trials import analysis_id
 DISC_DIMS = len(PARAMETER_NAMES)  # the disc family's tangent space is 5-dimensional
 
 
+# what a report holds once any model is analysed: a folder without them is rebuilt
+REPORT_ALWAYS = ("index.html", "transition.png")
+
+
 def report_dir(spec: StudySpec) -> str:
     """Under the results folder; per study, because studies may share a folder (and their models)."""
     return f"reports/{spec.name}"
@@ -310,6 +314,13 @@ def write_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
         if info.type == pafs.FileType.File and info.base_name not in files:
             store.fs.delete_file(info.path)
     return files
+
+
+def read_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
+    """The files of the report last written (to log them again)."""
+    listing = pafs.FileSelector(store.path(report_dir(spec)), allow_not_found=True)
+    return {info.base_name: store.read_bytes(f"{report_dir(spec)}/{info.base_name}")
+            for info in store.fs.get_file_info(listing) if info.type == pafs.FileType.File}
 
 
 def build_and_log_report(spec: StudySpec) -> str:

@@ -1,23 +1,27 @@
 """Run a study end to end, one module per stage in the order data flows: prepare (driver) → train
 (Ray Train, packs) → analyse each model → compare each pair → summarise the study (Ray tasks) →
-track (MLflow) → report.
+report → track (MLflow; the driver).
 
 Every stage skips what is already done, judged from the store: a model file per trained trial,
 rows tagged with the analysis settings' id per analysed model and pair. So re-running a finished
 study trains and writes nothing, and a study stopped at any point continues where it was.
-The driver is the only writer of the Parquet tables and of MLflow.
+The driver is the only writer of the Parquet tables and of MLflow; tasks leave model files,
+arrays and figures in the store.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
 import ray
+import torch
 
 import gahb_scale
 
@@ -26,7 +30,7 @@ from .analyse import analyse_model
 from .compare import compare_pair
 from .prepare import prepare_datasets
 from .progress import innermost_error, log
-from .report import report_dir, write_report
+from .report import REPORT_ALWAYS, report_dir, write_report
 from .spec import StudySpec
 from .store import StudyStore, model_path, training_record_path
 from .summarise import summarise_study
@@ -138,17 +142,34 @@ def _replace_study_rows(store: StudyStore, spec: StudySpec, name: str, rows: lis
     return True
 
 
+def _training_record(store: StudyStore, trial_id: str) -> dict:
+    """How a model was trained (its `training.json`). A model file of version 0.4 and earlier held
+    that record beside its weights: it is copied out once, so results folders shared with models of
+    an earlier version keep working."""
+    path = training_record_path(trial_id)
+    if not store.exists(path):
+        try:
+            saved = torch.load(io.BytesIO(store.read_bytes(model_path(trial_id))), map_location="cpu",
+                               weights_only=False)
+        except (pickle.UnpicklingError, EOFError, RuntimeError):
+            saved = None
+        if not isinstance(saved, dict) or "losses" not in saved:
+            raise UserInputError(f"{store.uri(model_path(trial_id))} has no training record beside it and holds none "
+                                 f"itself: delete its folder to train that model again")
+        record = {key: saved[key] for key in ("losses", "steps", "resumed_from", "train_seconds", "device",
+                                              "workers", "num_parameters")}
+        store.write_bytes(path, json.dumps({**record, "pack_id": saved.get("pack_id", trial_id),
+                                            "pack_size": saved.get("pack_size", 1)}).encode())
+    return json.loads(store.read_bytes(path))
+
+
 def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -> None:
     registered = store.keys_present("trials", "trial_id", {"study_id": spec.name})
     rows, curves = [], []
     for trial in trials:
         if trial.trial_id in registered or not store.exists(model_path(trial.trial_id)):
             continue
-        if not store.exists(training_record_path(trial.trial_id)):  # a model file of an older version
-            raise UserInputError(f"{store.uri(model_path(trial.trial_id))} has no training record beside it (it was "
-                                 f"written by an older gahb-scale and never registered): delete its folder to "
-                                 f"train that model again")
-        record = json.loads(store.read_bytes(training_record_path(trial.trial_id)))
+        record = _training_record(store, trial.trial_id)
         rows.append({**trial.as_row(), "steps": record["steps"], "final_loss": record["losses"][-1][1],
                      "num_parameters": record["num_parameters"], "train_seconds": record["train_seconds"],
                      "resumed_from_step": record["resumed_from"], "device": record["device"],
@@ -179,9 +200,9 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
                      f"{row['duplicates_removed']} near-duplicates (|correlation| > "
                      f"{row['near_duplicate_threshold']:g} on copies pooled by int(side/20))")
     start_ray(address)
-    from .train import train_study  # only now: ray.train reads RAY_ENV when first imported
-
     try:
+        from .train import train_study  # only now: ray.train reads RAY_ENV when first imported in a process
+
         check_resources(spec, ray.cluster_resources(), strict=address is None)
         store.write_bytes(f"specs/{spec.name}.yaml", spec_text.encode())  # several studies may share a folder
         _replace_study_rows(store, spec, "datasets", datasets)
@@ -224,8 +245,14 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
         if ready:
             task = ray.remote(compare_pair).options(num_cpus=min(1.0, resources.cpus_per_trial),
                                                     max_retries=resources.max_failures)
-            refs = {task.remote(spec, a, b, store.results, analysis_key): a.pair_id for a, b in ready}
-            failed += _gather(refs, "pairs", lambda key, rows: buffer.add(rows), buffer.flush)
+            refs = {task.remote(spec, trial_a, trial_b, store.results, analysis_key): trial_a.pair_id
+                    for trial_a, trial_b in ready}
+
+            def collect_pair(pair_id: str, rows: dict[str, list[dict]]) -> None:
+                buffer.add(rows)
+                compared.add(pair_id)
+
+            failed += _gather(refs, "pairs", collect_pair, buffer.flush)
         else:
             log.info("[pairs] nothing new to compare")
 
@@ -238,15 +265,18 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
     finally:
         ray.shutdown()
 
-    # 5. report and MLflow, for the models whose pair is analysed; the report is rebuilt only when a
-    # table changed, and MLflow's study run shows the report's own transition figure
-    loggable = [trial for trial in trials if all(u.trial_id in analysed for u in by_pair[trial.pair_id].values())]
+    # 5. report, once both models of a pair are analysed (rebuilt only when a table changed), then
+    # MLflow for the models whose pair is compared (a model's sample figure is drawn there); the
+    # study run shows the report's own transition figure
+    reported = [trial for trial in trials
+                if all(member.trial_id in analysed for member in by_pair[trial.pair_id].values())]
     mlflow_uri = report = None
-    if loggable:
-        index = f"{report_dir(spec)}/index.html"
-        files = write_report(spec, store) if changed or not store.exists(index) else None
-        mlflow_uri = track_study(spec, spec_text, loggable, store, analysis_key, transition, files).uri
-        report = store.uri(index)
+    if reported:
+        stale = changed or not all(store.exists(f"{report_dir(spec)}/{name}") for name in REPORT_ALWAYS)
+        report_files = write_report(spec, store) if stale else None
+        tracked = [trial for trial in reported if trial.pair_id in compared]
+        mlflow_uri = track_study(spec, spec_text, tracked, store, analysis_key, transition, report_files).uri
+        report = store.uri(f"{report_dir(spec)}/index.html")
         log.info(f"[report] {report}")
     log.info(f"study {spec.name}: finished stages in {time.monotonic() - started:.0f} s")
     if failed or not complete:

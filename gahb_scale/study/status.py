@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pyarrow.fs as pafs
 
 from .spec import StudySpec
-from .store import CHECKPOINT_STEP_FILE, StudyStore, model_path
+from .store import CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, model_path
 from .trials import analysis_id, expand_trials
 
 
@@ -19,8 +20,13 @@ def _checkpoint_step(store: StudyStore, pack_id: str) -> int | None:
                          i.base_name.startswith("checkpoint_"))
     if not checkpoints:
         return None
-    with store.fs.open_input_stream(f"{checkpoints[-1]}/{CHECKPOINT_STEP_FILE}") as f:
-        return int(f.read())
+    if store.fs.get_file_info(step_file := f"{checkpoints[-1]}/{CHECKPOINT_STEP_FILE}").type == pafs.FileType.File:
+        with store.fs.open_input_stream(step_file) as f:
+            return int(f.read())
+    import torch  # a checkpoint of version 0.4 and earlier has its step only inside the pack's state
+
+    with store.fs.open_input_stream(f"{checkpoints[-1]}/{STATE_FILE}") as f:
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)["step"]
 
 
 def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Study storage: model files, arrays and Parquet tables under one results location.
+"""Study storage: model files and their training records, arrays, per-model figures and Parquet
+tables under one results location.
 
 The location is a local directory or any URI pyarrow understands (s3://, gs://, hdfs://), so a
 study on a cluster writes where every node can read. Tables are written only by the study driver
@@ -71,7 +72,9 @@ def pack_path(pack_id: str) -> str:
     return f"packs/{pack_id}.json"
 
 
-CHECKPOINT_STEP_FILE = "step.txt"  # in each Ray Train checkpoint folder: its step, for `status`
+# A Ray Train checkpoint folder of a pack (`ray/<pack_id>/checkpoint_*`): the pack's training state,
+# and its step alone, for `status`.
+STATE_FILE, CHECKPOINT_STEP_FILE = "train_state.pt", "step.txt"
 
 
 def snapshot_path(trial_id: str, step: int) -> str:

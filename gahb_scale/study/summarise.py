@@ -4,7 +4,8 @@ per-pair tables of the whole study.
 
 The grouping is SQL (DuckDB over Arrow tables); means, sds and the bootstrap of f_mem stay numpy.
 SQL hands them each group's values as a list in the order the rows were read: the bootstrap's
-intervals depend on that order, and numpy's pairwise sums do in the last bit.
+intervals depend on that order, and numpy's pairwise sums do in the last bit. A `diverged` flag
+that is NULL (a row written before the column existed) counts as not diverged, as it always has.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def memorization_time_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) ->
         SELECT dataset, architecture, n, step, count(*) AS samples,
                {_lists("d1_d2", "d1_d2_scale_free", "nn_cosine_centered")}
         FROM samples JOIN (SELECT trial_id, dataset, architecture, n FROM metrics) USING (trial_id)
-        WHERE NOT diverged GROUP BY ALL ORDER BY dataset, architecture, n, step""",
+        WHERE diverged IS NOT TRUE GROUP BY ALL ORDER BY dataset, architecture, n, step""",
         metrics=_table(metrics, "trial_id", "dataset", "architecture", "n"),
         samples=_table(sample_rows, "trial_id", "step", "diverged", "d1_d2", "d1_d2_scale_free", "nn_cosine_centered"))
     return [{"study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"],
@@ -187,11 +188,11 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
         ratios AS (
             SELECT dataset, architecture, n, {_lists("d1_d2", "d1_d2_scale_free")}
             FROM samples JOIN (SELECT trial_id, dataset, architecture, n FROM metrics) USING (trial_id)
-            WHERE NOT diverged GROUP BY ALL),
+            WHERE diverged IS NOT TRUE GROUP BY ALL),
         ab AS (
             SELECT dataset, architecture, n, count(*) AS ab_samples,
                    {_lists("cosine", "cosine_centered", "l2_normalized", prefix="ab_")}
-            FROM pairs WHERE NOT diverged GROUP BY ALL),
+            FROM pairs WHERE diverged IS NOT TRUE GROUP BY ALL),
         basis AS (
             SELECT dataset, architecture, n, {_lists("basis_overlap", prefix="ab_")}
             FROM bases JOIN (SELECT DISTINCT pair_id, dataset, architecture, n FROM pairs) USING (pair_id)

@@ -1,9 +1,11 @@
 """Stage 5, track — MLflow: one parent run per study, one nested run per trained model.
 
 The parent run holds the spec, the transition metrics (logged with step = N, so MLflow draws
-them against N) and the phase-transition figure; each nested run holds the trial's parameters,
-loss curve, PSNR curves, sample grid (A | B | nearest training image) and eigen spectrum.
-Runs are found again by tag, so re-running a study updates its runs instead of adding new ones.
+them against N), the report's phase-transition figure and the report under report/; each nested
+run holds the trial's parameters, loss curve and the figures the analyse and compare stages drew
+(figures/<study>/<trial_id>/: PSNR curves, sample grid A | B | nearest training image, eigen
+spectrum, eigenvectors). Runs are found again by tag, so re-running a study updates its runs
+instead of adding new ones.
 
 Where runs go: `storage.mlflow_tracking_uri`, else MLFLOW_TRACKING_URI, else an sqlite store beside
 local results, or (results on object storage, which cannot hold an sqlite file) one on this machine.
@@ -170,24 +172,23 @@ TRIAL_FIGURES = ("samples.png", "psnr_curves.png", "eigen_spectrum.png", "eigenv
 
 
 def track_study(spec: StudySpec, spec_text: str, trials: list[Trial], store: StudyStore, analysis_key: str,
-                transition: list[dict], report: dict[str, bytes] | None) -> StudyTracker:
+                transition: list[dict], report_files: dict[str, bytes] | None) -> StudyTracker:
     """Stage 5, track: one nested run per model of `trials` not yet logged with these analysis
-    settings (metrics, loss curve, its figures; only those models' files are read), and the study
-    run, when a model was logged or the report (its files: `report`) was rebuilt."""
-    from .report import report_dir
+    settings (metrics, loss curve, its figures; only those models' files are read); then, when a
+    model was logged or the report was rebuilt (`report_files`), the study run and the report."""
+    from .report import read_report
 
     tracker = StudyTracker(spec, store)
     todo = [trial for trial in trials if not tracker.trial_logged(trial, analysis_key)]
     for i, trial in enumerate(todo, 1):
         metrics = store.key_rows("model_metrics", spec.name, trial.trial_id)[0]
         losses = [(row["step"], row["loss"]) for row in store.key_rows("train_curves", spec.name, trial.trial_id)]
-        files = {name: figure_path(spec.name, trial.trial_id, name) for name in TRIAL_FIGURES}
+        paths = {name: figure_path(spec.name, trial.trial_id, name) for name in TRIAL_FIGURES}
         tracker.log_trial(trial, analysis_key, metrics, losses,
-                          {name: store.read_bytes(path) for name, path in files.items() if store.exists(path)})
+                          {name: store.read_bytes(path) for name, path in paths.items() if store.exists(path)})
         log.info(f"[mlflow] trial runs {i}/{len(todo)} logged")
-    if todo or report:
-        figure = report["transition.png"] if report else store.read_bytes(f"{report_dir(spec)}/transition.png")
-        tracker.log_study(spec_text, transition, figure)
-    if report:
-        tracker.log_report(report)
+    if todo or report_files:
+        report_files = report_files or read_report(spec, store)  # a run that failed to log it logs it now
+        tracker.log_study(spec_text, transition, report_files["transition.png"])
+        tracker.log_report(report_files)
     return tracker

@@ -48,11 +48,11 @@ from ..training import TrainConfig, train_pack, training_flops_per_image
 from .prepare import split_images
 from .progress import innermost_error, log
 from .spec import StudySpec
-from .store import CHECKPOINT_STEP_FILE, StudyStore, model_path, pack_path, snapshot_path, training_record_path
+from .store import (CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, model_path, pack_path, snapshot_path,
+                    training_record_path)
 from .trials import Trial, expand_trials
 
 TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes: a Python process with torch imported, roughly
-STATE_FILE = "train_state.pt"
 
 
 def initial_model(spec: StudySpec, trial: Trial) -> tuple[torch.nn.Module, TrainConfig]:
@@ -77,7 +77,7 @@ def save_weights(store: StudyStore, relative: str, net: torch.nn.Module, step: i
 def train_worker(payload: dict) -> None:
     """Ray Train worker loop: train one pack of denoisers, report progress, checkpoint, save each
     model that has no model file yet."""
-    spec, pack, store = payload["spec"], payload["pack"], StudyStore(payload["store"])
+    spec, pack, store = payload["spec"], payload["pack"], StudyStore(payload["results"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -134,7 +134,7 @@ def tune_trial(config: dict, payloads: dict) -> None:
     resources = spec.resources
     use_gpu = resources.gpus_per_trial > 0
     worker_resources = {"CPU": resources.cpus_per_trial, **({"GPU": resources.gpus_per_trial} if use_gpu else {})}
-    store = StudyStore(payload["store"])
+    store = StudyStore(payload["results"])
     trainer = TorchTrainer(
         train_worker, train_loop_config=payload,
         scaling_config=ray.train.ScalingConfig(num_workers=spec.training.workers, use_gpu=use_gpu,
@@ -216,7 +216,7 @@ def train_study(spec: StudySpec, store: StudyStore, fixed_cluster: bool) -> list
     failed before its first report has no config in Tune's results)."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if fixed_cluster else None)
     packs = packs_to_train(spec, store, concurrency)
-    payloads = {p.pack_id: {"spec": spec, "pack": p, "store": store.results} for p in packs}
+    payloads = {pack.pack_id: {"spec": spec, "pack": pack, "results": store.results} for pack in packs}
     sizes = "/".join(sorted({str(len(p.trials)) for p in packs}))
     log.info(f"[train] {sum(len(p.trials) for p in packs)} models to train in {len(packs)} pack(s) of {sizes}, "
              f"{min(concurrency, len(packs))} at a time")

@@ -80,11 +80,12 @@ def trial_identity(spec: StudySpec, dataset: DatasetSpec, architecture: Architec
 
     Worth saving next to a checkpoint: it says exactly which settings produced it.
     """
-    ds = dataset.model_dump(mode="json")
-    ds["params"] = {k: v for k, v in ds["params"].items() if k not in _DATASET_PARAMS_NOT_IN_ID}
+    hashed_dataset = dataset.model_dump(mode="json")
+    hashed_dataset["params"] = {name: value for name, value in hashed_dataset["params"].items()
+                                if name not in _DATASET_PARAMS_NOT_IN_ID}
     identity = {
         "id_version": TRIAL_ID_VERSION,
-        "dataset": ds,
+        "dataset": hashed_dataset,
         "architecture": architecture.model_dump(mode="json"),
         "image_size": spec.image_size,
         "n": n,
@@ -106,15 +107,15 @@ def _digest(obj: Any) -> str:
 def expand_trials(spec: StudySpec) -> list[Trial]:
     """All trials, ordered by dataset, architecture, N, pair, seed, split (A before B)."""
     trials = []
-    for ds in spec.datasets:
+    for dataset in spec.datasets:
         for arch in spec.architectures:
             for n in spec.train_sizes:
                 for pair in range(spec.split_pairs):
                     for seed in spec.seeds:
-                        pair_id = _digest(trial_identity(spec, ds, arch, n, pair, None, seed))
+                        pair_id = _digest(trial_identity(spec, dataset, arch, n, pair, None, seed))
                         for split in ("A", "B"):
-                            trial_id = _digest(trial_identity(spec, ds, arch, n, pair, split, seed))
-                            trials.append(Trial(spec.name, ds, arch, n, pair, split, seed, trial_id, pair_id))
+                            trial_id = _digest(trial_identity(spec, dataset, arch, n, pair, split, seed))
+                            trials.append(Trial(spec.name, dataset, arch, n, pair, split, seed, trial_id, pair_id))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):  # only reachable through a hash collision
         raise SpecError(spec.name, problem="two trials share a trial id (hash collision); rename a dataset")
@@ -151,9 +152,10 @@ def describe_trials(spec: StudySpec) -> str:
         f"{spec.storage.results_dir}",
         f"training budget: {spec.training.budget()}",
     ]
-    for a in spec.architectures:
-        params = ", ".join(f"{k}={v}" for k, v in a.params.items())
-        lines.append(f"architecture {a.name}: {a.kind}({params}), {a.num_parameters:,} parameters")
+    for architecture in spec.architectures:
+        params = ", ".join(f"{name}={value}" for name, value in architecture.params.items())
+        lines.append(f"architecture {architecture.name}: {architecture.kind}({params}), "
+                     f"{architecture.num_parameters:,} parameters")
     lines.append("")
     rows = [[t.trial_id, t.dataset.name, t.architecture.name, str(t.n), str(t.pair), t.split, str(t.seed)]
             for t in trials]
