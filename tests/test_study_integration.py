@@ -138,7 +138,7 @@ def _open_headless(page: Path) -> None:
     assert not console, console
 
 
-def test_rerun_trains_nothing_and_adds_no_row(micro, capsys):
+def test_rerun_trains_nothing_and_adds_no_row(micro, capsys, tmp_path, monkeypatch):
     spec_path, results = micro
     before = table_text(results)
     stamps = {p: p.stat().st_mtime_ns for p in (results / "tables").glob("*/*/*.parquet")}
@@ -155,6 +155,22 @@ def test_rerun_trains_nothing_and_adds_no_row(micro, capsys):
     assert main(["status", str(spec_path)]) == 0
     status = capsys.readouterr().out
     assert "4 models — 4 trained" in status and "2/2 split pairs compared" in status
+
+    # runs lost, or another tracking store: every model is logged again, and the study run gets the
+    # report as it is stored (not rebuilt: no table changed)
+    from mlflow.tracking import MlflowClient
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    assert main(["run", str(spec_path)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    client = MlflowClient(other)
+    runs = client.search_runs([client.get_experiment_by_name("gahb-scale/micro").experiment_id])
+    parents = [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(runs) == 1 + len(models)
+    assert {"phase_transition.png", "spec.yaml", "report"} <= {f.path for f in client.list_artifacts(parents[0])}
+    report = {f.path for f in client.list_artifacts(parents[0], "report")}
+    assert {"report/index.html", "report/transition.png"} <= report
 
 
 def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys):
