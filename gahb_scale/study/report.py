@@ -16,18 +16,14 @@ import time
 import numpy as np
 import pyarrow.fs as pafs
 
+from .. import __version__
 from ..data.discs import PARAMETER_NAMES
 from . import figures
-from .. import __version__
 from .spec import StudySpec
 from .store import StudyStore, arrays_path, load_arrays
 from .trials import analysis_id
 
-
-
 DISC_DIMS = len(PARAMETER_NAMES)  # the disc family's tangent space is 5-dimensional
-
-
 # what a report holds once any model is analysed: a folder without them is rebuilt
 REPORT_ALWAYS = ("index.html", "transition.png")
 

@@ -18,7 +18,6 @@ import pickle
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
 
 import ray
 import torch
@@ -90,29 +89,6 @@ def start_ray(address: str | None) -> None:
              configure_logging=False)
 
 
-def _gather(refs: dict, what: str, on_result: Callable[[object, dict], None],
-            flush: Callable[[], None], flush_every: float = 20.0) -> list:
-    """Wait for Ray tasks, handing each result over as it arrives; returns the keys that failed."""
-    failed, done, last_flush = [], 0, time.monotonic()
-    pending = dict(refs)
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        key = pending.pop(ready[0])
-        try:
-            on_result(key, ray.get(ready[0]))
-        except Exception as exc:  # a failed task must not lose the others' results
-            failed.append(key)
-            cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the task's own exception
-            log.info(f"[{what}] FAILED {key}: {innermost_error(f'{type(cause).__name__}: {cause}')}")
-        done += 1
-        log.info(f"[{what}] {done}/{len(refs)} done")
-        if time.monotonic() - last_flush > flush_every:
-            flush()
-            last_flush = time.monotonic()
-    flush()
-    return failed
-
-
 class _Buffered:
     """Rows collected from tasks and written to their tables in batches (one writer per table)."""
 
@@ -129,6 +105,28 @@ class _Buffered:
         for name in sorted(self.rows, key=lambda n: n in ("model_metrics", "pairs")):
             self.store.upsert(name, self.rows[name])
         self.rows.clear()
+
+
+def _gather(refs: dict, what: str, buffer: _Buffered, flush_every: float = 20.0) -> list:
+    """Wait for Ray tasks, buffering each one's rows as they arrive; returns the keys that failed."""
+    failed, done, last_flush = [], 0, time.monotonic()
+    pending = dict(refs)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(ready[0])
+        try:
+            buffer.add(ray.get(ready[0]))
+        except Exception as exc:  # a failed task must not lose the others' results
+            failed.append(key)
+            cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the task's own exception
+            log.info(f"[{what}] FAILED {key}: {innermost_error(f'{type(cause).__name__}: {cause}')}")
+        done += 1
+        log.info(f"[{what}] {done}/{len(refs)} done")
+        if time.monotonic() - last_flush > flush_every:
+            buffer.flush()
+            last_flush = time.monotonic()
+    buffer.flush()
+    return failed
 
 
 def _replace_study_rows(store: StudyStore, spec: StudySpec, name: str, rows: list[dict]) -> bool:
@@ -226,12 +224,9 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
                                                      max_retries=resources.max_failures)
             refs = {task.remote(spec, trial, store.results, analysis_key): trial.trial_id for trial in pending}
             log.info(f"[analysis] {len(pending)} models to analyse")
-
-            def collect(trial_id: str, rows: dict[str, list[dict]]) -> None:
-                buffer.add(rows)
-                analysed.add(trial_id)
-
-            failed += _gather(refs, "analysis", collect, buffer.flush)
+            failed_now = _gather(refs, "analysis", buffer)
+            analysed |= set(refs.values()) - set(failed_now)
+            failed += failed_now
         else:
             log.info(f"[analysis] all {len(trained)} models already analysed")
 
@@ -247,12 +242,9 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
                                                     max_retries=resources.max_failures)
             refs = {task.remote(spec, trial_a, trial_b, store.results, analysis_key): trial_a.pair_id
                     for trial_a, trial_b in ready}
-
-            def collect_pair(pair_id: str, rows: dict[str, list[dict]]) -> None:
-                buffer.add(rows)
-                compared.add(pair_id)
-
-            failed += _gather(refs, "pairs", collect_pair, buffer.flush)
+            failed_now = _gather(refs, "pairs", buffer)
+            compared |= set(refs.values()) - set(failed_now)
+            failed += failed_now
         else:
             log.info("[pairs] nothing new to compare")
 
