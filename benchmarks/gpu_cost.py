@@ -57,12 +57,13 @@ def main() -> None:
           f"{'x authors':>9} {'GPU-h/model':>11} {'GPU-h':>7}")
     for path in args.specs:
         spec = spec_without_data(path)
-        images_per_model = spec.training.steps * spec.training.batch_size
         total = 0.0
         for arch in spec.architectures:
             flops = flops_per_image(arch.kind, arch.params, spec.image_size)
             group = [t for t in expand_trials(spec) if t.architecture.name == arch.name]
             models = len(group)
+            # with steps per N the models differ: the mean over the group
+            images_per_model = sum(spec.training.steps_for(t.n) for t in group) * spec.training.batch_size / models
             if args.measure:  # the packs the runner forms on one GPU; img/s per model of the pack
                 k = models_per_pack(spec, group, concurrency=1)
                 speed = throughput(arch.kind, arch.params, spec.image_size, spec.training.batch_size,
@@ -72,7 +73,7 @@ def main() -> None:
             hours = images_per_model / speed / 3600
             total += hours * models
             print(f"{spec.name:34} {arch.name:6} {spec.image_size:4d} {flops / 1e9:9.2f} {speed:8,.0f} {models:6d} "
-                  f"{spec.training.steps:8,d} {images_per_model / AUTHORS_IMAGES:9.3f} {hours:11.1f} "
+                  f"{images_per_model / spec.training.batch_size:8,.0f} {images_per_model / AUTHORS_IMAGES:9.3f} {hours:11.1f} "
                   f"{hours * models:7.0f}")
         print(f"{spec.name:34} total {total:,.0f} GPU-hours")
 

@@ -49,7 +49,7 @@ def main() -> None:
     start_ray(None)
     try:
         spec = load_spec(args.spec)
-        print(f"{args.spec}: {len(expand_trials(spec))} models of {spec.training.steps} steps, batch "
+        print(f"{args.spec}: {len(expand_trials(spec))} models of {spec.training.max_steps} steps, batch "
               f"{spec.training.batch_size}; Ray has {ray.cluster_resources().get('CPU', 0):g} CPUs")
         times = {"one model per run": [], "packed": []}
         for repeat in range(args.repeats):

@@ -462,3 +462,43 @@ def test_architecture_spec_reports_size_multiple():
     arch = ArchitectureSpec(name="u", kind="unet", params={"width": 4, "blocks": 3})
     assert arch.size_multiple == 8
     assert ArchitectureSpec(name="c", kind="bfcnn", params={"width": 4, "layers": 3}).size_multiple == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# training steps per train size
+
+
+def test_steps_per_train_size():
+    """A mapping {N: steps} gives every model its N's steps (and only the snapshots within them);
+    changing one N's steps changes that N's trial ids only, and one number keeps the ids it had."""
+    fixed = parse_spec(variant(training={"steps": 300, "snapshot_steps": [50, 200]}))
+    mapped = parse_spec(variant(training={"steps": {1: 300, 4: 100}, "snapshot_steps": [50, 200]}))
+    assert ids_by_key(fixed) == ids_by_key(parse_spec(variant(training={"steps": {1: 300, 4: 300},
+                                                                         "snapshot_steps": [50, 200]})))
+    changed = {k: v for k, v in ids_by_key(mapped).items() if v != ids_by_key(fixed)[k]}
+    assert changed and {k[2] for k in changed} == {4}
+    config = mapped.training.config(seed=7, n=4)
+    assert (config.steps, config.snapshot_steps, config.seed) == (100, (50,), 7)
+    assert mapped.training.config(seed=7, n=1).snapshot_steps == (50, 200)
+    assert mapped.training.max_steps == 300 and "N = 4: 100 steps" in mapped.training.budget()
+    halving = parse_spec(variant(training={"steps": 300, "lr_halve_every": {1: 100, 4: 50}}))
+    assert [halving.training.config(0, n).lr_halve_every for n in (1, 4)] == [100, 50]
+    same_for_one = ids_by_key(parse_spec(variant(training={"steps": 300, "lr_halve_every": {1: 100, 4: 100}})))
+    assert {k[2] for k, v in ids_by_key(halving).items() if v != same_for_one[k]} == {4}
+
+
+@pytest.mark.parametrize("steps, words", [({1: 300}, "no value for N = [4]"),
+                                          ({1: 300, 4: 100, 9: 5}, "N = [9] not in train_sizes"),
+                                          ({1: 300, 4: 0}, "greater than or equal to 1")])
+def test_steps_per_train_size_must_name_every_n(steps, words):
+    with pytest.raises(SpecError, match=re.escape(words)) as error:
+        parse_spec(variant(training={"steps": steps}))
+    assert "training.steps" in str(error.value)
+
+
+def test_packs_share_their_steps():
+    """A pack runs one schedule: models of different step counts go in different packs."""
+    from gahb_scale.study.train import plan_packs
+    spec = parse_spec(variant(training={"steps": {1: 300, 4: 100}}, resources={"models_per_pack": 4}))
+    packs = plan_packs(spec, expand_trials(spec), concurrency=1)
+    assert [{t.n for t in p.trials} for p in packs] == [{1}, {4}]

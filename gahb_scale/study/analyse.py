@@ -182,7 +182,7 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str
 
     over_time = _memorization_over_time(spec, trial, store, train, device, base)
     if over_time:  # the final model closes the curve
-        over_time += [{**base, "step": spec.training.steps,
+        over_time += [{**base, "step": spec.training.steps_for(trial.n),
                        **{k: r[k] for k in ("sample_seed", "d1_d2", "d1_d2_scale_free", "nn_cosine_centered", "diverged")}}
                       for r in sample_rows]
 
@@ -239,7 +239,7 @@ def _memorization_over_time(spec: StudySpec, trial: Trial, store: StudyStore, tr
     """Per snapshot of training (training.snapshot_steps): each sample's d1/d2 and similarity to
     its nearest training image, with the same seeds as the final model's samples."""
     rows = []
-    for step in spec.training.snapshot_steps:
+    for step in spec.training.snapshot_steps_for(trial.n):
         seeds, sampled, matches = _sample_and_match(load_model(store, trial, device, step), train, spec, device)
         rows += [{**base, "step": step, "sample_seed": seed, "d1_d2": float(matches.pixels.ratio[i]),
                   "d1_d2_scale_free": float(matches.scale_free.ratio[i]), "nn_cosine_centered": float(matches.scale_free.cosine[i]),

@@ -335,15 +335,25 @@ class ArchitectureSpec(_Model):
 
 _TRAIN = TrainConfig()  # every training default lives in the core's TrainConfig
 _TRAIN_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"seed"}
+# Training settings a study may give per train size: a model's schedule can follow its N (e.g. the
+# small N trained long enough to memorize) while every model of one N is trained alike.
+PER_TRAIN_SIZE = ("steps", "lr_halve_every")
+_PerTrainSize = Annotated[int, Field(ge=1)] | dict[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
+
+
+def _value_for(value: int | dict[int, int], n: int) -> int:
+    return value[n] if isinstance(value, dict) else value
 
 
 class TrainingSpec(_Model):
     """One blind-denoiser training run: a fixed number of Adam steps, the same for every N. The
     fields of `TrainConfig` (and its defaults), minus the seed, which each model draws."""
-    steps: int = Field(default=_TRAIN.steps, ge=1, description="gradient steps, independent of N")
+    steps: _PerTrainSize = Field(default=_TRAIN.steps, description="gradient steps: one number for every N (the "
+                                                                  "paper's recipe), or a mapping {N: steps}")
     batch_size: int = Field(default=_TRAIN.batch_size, ge=1, description="global batch (split evenly over the workers)")
     lr: float = Field(default=_TRAIN.lr, gt=0)
-    lr_halve_every: int = Field(default=_TRAIN.lr_halve_every, ge=1, description="Adam lr halved every this many steps")
+    lr_halve_every: _PerTrainSize = Field(default=_TRAIN.lr_halve_every, description="Adam lr halved every this many "
+                                                                                    "steps (or a mapping {N: steps})")
     noise_range: tuple[float, float] = Field(default=_TRAIN.noise_range, description="sigma range, grey levels /255")
     noise_schedule: Literal["quadratic", "linear"] = _TRAIN.noise_schedule
     precision: Literal["fp32", "bf16"] = Field(default=_TRAIN.precision, description="bf16 autocast is used only on CUDA")
@@ -355,13 +365,36 @@ class TrainingSpec(_Model):
     shared_init: bool = Field(default=False, description="ablation: models A and B of a pair start from the same "
                                                          "weights and share sigma draws, noise and batch order")
 
-    def config(self, seed: int) -> TrainConfig:
-        """The core's configuration of one model's training, seeded by that model's training seed."""
-        return TrainConfig(seed=seed, **self.model_dump(include=_TRAIN_CONFIG_FIELDS))
+    def steps_for(self, n: int) -> int:
+        """The gradient steps of a model trained on N = `n` images."""
+        return _value_for(self.steps, n)
+
+    @property
+    def max_steps(self) -> int:
+        return max(self.steps.values()) if isinstance(self.steps, dict) else self.steps
+
+    def snapshot_steps_for(self, n: int) -> list[int]:
+        """The snapshots a model of N = `n` takes: those within its training."""
+        return [s for s in self.snapshot_steps if s <= self.steps_for(n)]
+
+    def config(self, seed: int, n: int) -> TrainConfig:
+        """The core's configuration of the training of one model of N = `n` images, seeded by that
+        model's training seed."""
+        settings = {**self.model_dump(include=_TRAIN_CONFIG_FIELDS), **self.per_train_size(n),
+                    "snapshot_steps": self.snapshot_steps_for(n)}
+        return TrainConfig(seed=seed, **settings)
+
+    def per_train_size(self, n: int) -> dict[str, int]:
+        """The settings that may be given per N, as they are for N = `n`."""
+        return {name: _value_for(getattr(self, name), n) for name in PER_TRAIN_SIZE}
 
     def budget(self) -> str:
         """The training budget in the authors' units: their default is 1000 epochs of 250,000 tiled
         images at batch 512 (488,282 steps), the learning rate halved every 100 epochs."""
+        if any(isinstance(getattr(self, name), dict) for name in PER_TRAIN_SIZE):
+            sizes = sorted({n for name in PER_TRAIN_SIZE if isinstance(getattr(self, name), dict)
+                            for n in getattr(self, name)})
+            return "; ".join(f"N = {n}: " + self.model_copy(update=self.per_train_size(n)).budget() for n in sizes)
         images = self.steps * self.batch_size
         return (f"{self.steps:,} steps of batch {self.batch_size} = {images / 1e6:.3g}M images per model = "
                 f"{images / AUTHORS_EPOCH_IMAGES:.4g} epochs of {AUTHORS_EPOCH_IMAGES:,} "
@@ -388,9 +421,10 @@ class TrainingSpec(_Model):
     @classmethod
     def _within_training(cls, v: list[int], info: ValidationInfo) -> list[int]:
         steps = info.data.get("steps")
-        late = [s for s in v if steps is not None and s > steps]
+        last = max(steps.values()) if isinstance(steps, dict) else steps
+        late = [s for s in v if last is not None and s > last]
         if late:
-            raise ValueError(f"steps {late} are after the end of training (training.steps = {steps})")
+            raise ValueError(f"steps {late} are after the end of training (training.steps = {last})")
         return v
 
 
@@ -566,6 +600,21 @@ class StudySpec(_Model):
             if v < MIN_IMAGE_SIZE:
                 raise ValueError(f"discs (dataset {discs[0]!r}) need image_size >= {MIN_IMAGE_SIZE}: their radius is "
                                  f"drawn from [3, (size - 3) / 2) pixels (got {v})")
+        return v
+
+    @field_validator("training")
+    @classmethod
+    def _per_train_size_names_every_n(cls, v: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
+        sizes, errors = info.data.get("train_sizes"), []
+        for name in PER_TRAIN_SIZE:
+            given = getattr(v, name)
+            if isinstance(given, dict) and sizes is not None and sorted(given) != sizes:
+                missing, extra = sorted(set(sizes) - set(given)), sorted(set(given) - set(sizes))
+                said = "; ".join(part for part in (f"no value for N = {missing}" if missing else "",
+                                                   f"N = {extra} not in train_sizes" if extra else "") if part)
+                errors.append(_error((name,), f"a mapping {{N: value}} must name every train size once: {said}"))
+        if errors:
+            _fail(errors)
         return v
 
     @field_validator("resources")

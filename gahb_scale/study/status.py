@@ -57,7 +57,7 @@ def study_status(spec: StudySpec) -> str:
         if trial.trial_id in trained:
             state, detail = "trained", "trained"
         elif (step := checkpointed.get(trial.trial_id)) is not None:
-            state, detail = "part-trained", f"part-trained (checkpoint at step {step}/{spec.training.steps})"
+            state, detail = "part-trained", f"part-trained (checkpoint at step {step}/{spec.training.steps_for(trial.n)})"
         else:
             state, detail = "not started", "not started"
         counts[state] += 1

@@ -59,7 +59,7 @@ def initial_model(spec: StudySpec, trial: Trial) -> tuple[torch.nn.Module, Train
     """A trial's network at step 0 and its training settings, both seeded by its training seed:
     independent for the two models of a pair unless `training.shared_init` asks for the ablation."""
     seed = trial.training_seed(spec.training.shared_init)
-    return build_model(trial.architecture.kind, seed=seed, **trial.architecture.params), spec.training.config(seed)
+    return build_model(trial.architecture.kind, seed=seed, **trial.architecture.params), spec.training.config(seed, trial.n)
 
 
 def use_cpu_threads(cpus: float) -> None:
@@ -177,12 +177,14 @@ def models_per_pack(spec: StudySpec, group: list[Trial], concurrency: int) -> in
 
 
 def plan_packs(spec: StudySpec, trials: list[Trial], concurrency: int) -> list[Pack]:
-    """The study's packs: models of one architecture, in the study's order, `models_per_pack` at a
-    time. Planned from all of the study's trials (not only those left to train), so a re-started
-    study forms the same packs and resumes them from their checkpoints."""
-    groups: dict[str, list[Trial]] = {}
+    """The study's packs: models of one architecture and one training schedule (settings may be
+    given per N), in the study's order, `models_per_pack` at a time. Planned from all of the study's
+    trials (not only those left to train), so a re-started study forms the same packs and resumes
+    them from their checkpoints."""
+    groups: dict[tuple, list[Trial]] = {}
     for trial in trials:
-        groups.setdefault(trial.architecture.name, []).append(trial)
+        schedule = tuple(sorted(spec.training.per_train_size(trial.n).items()))
+        groups.setdefault((trial.architecture.name, schedule), []).append(trial)
     packs = []
     for group in groups.values():
         k = models_per_pack(spec, group, concurrency)
@@ -267,7 +269,8 @@ class TrainProgress(ray.tune.Callback):
     and (on a GPU of known peak) MFU."""
 
     def __init__(self, spec: StudySpec, packs: dict[str, Pack]):
-        self.steps, self.packs = spec.training.steps, packs
+        self.packs = packs
+        self.steps = {pack_id: spec.training.steps_for(pack.trials[0].n) for pack_id, pack in packs.items()}
         self.finished = 0
         self.last_print: dict[str, float] = {}
 
@@ -278,13 +281,14 @@ class TrainProgress(ray.tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         now = time.monotonic()
-        if now - self.last_print.get(trial.trial_id, 0) < 5 and result.get("step") != self.steps:
+        steps = self.steps[trial.config["pack_id"]]
+        if now - self.last_print.get(trial.trial_id, 0) < 5 and result.get("step") != steps:
             return
         self.last_print[trial.trial_id] = now
         if "losses" in result:
             losses = " ".join(f"{value:.4g}" for value in result["losses"])
             speed = f", {result['images_per_s']:,.0f} img/s" + (f", MFU {result['mfu']:.1%}" if "mfu" in result else "")
-            log.info(f"[train] {trial.config['pack_id']}: step {result.get('step')}/{self.steps} loss {losses}{speed}")
+            log.info(f"[train] {trial.config['pack_id']}: step {result.get('step')}/{steps} loss {losses}{speed}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
