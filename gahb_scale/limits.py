@@ -49,8 +49,8 @@ MAX_SEED = 2**32 - 1
 # systems allow 255 bytes per name.
 MAX_NAME_LENGTH = 100
 # A local results folder: its path plus the longest relative path a study writes below it
-# (tables/<table>/<study>/<id>.parquet, models/<trial>/snapshots/...) must stay under Linux's
-# PATH_MAX of 4096 bytes.
+# (tables/<table>/<study>/<id>.parquet, models/<trial>/snapshots/..., Ray Tune's checkpoints, a
+# few hundred bytes) must stay under Linux's PATH_MAX of 4096 bytes.
 MAX_RESULTS_PATH_LENGTH = 3500
 
 # --- image files ---------------------------------------------------------------------------------

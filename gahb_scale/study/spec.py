@@ -37,7 +37,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..dataset_params import DATASET_KINDS, CalphaParams, DatasetParams, DiscsParams, FolderParams, PhotosParams
-from ..errors import UserInputError
+from ..errors import UserInputError, short_repr
 from ..limits import (MAX_BATCH_SIZE, MAX_BOOTSTRAP, MAX_HELD_PIXELS, MAX_IMAGE_SIZE, MAX_MODELS, MAX_NAME_LENGTH,
                       MAX_PARAMETERS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_WORKERS)
 from ..training_config import TrainConfig
@@ -201,7 +201,7 @@ class DatasetSpec(_Model):
     @classmethod
     def _known_kind(cls, v: str) -> str:
         if v not in DATASET_KINDS:
-            raise ValueError(f"unknown dataset kind {v!r}{did_you_mean(v, DATASET_KINDS)}; "
+            raise ValueError(f"unknown dataset kind {short_repr(v)}{did_you_mean(v, DATASET_KINDS)}; "
                              f"known: {', '.join(DATASET_KINDS)}")
         return v
 
@@ -322,7 +322,7 @@ class ArchitectureSpec(_Model):
     def _known_kind(cls, v: str) -> str:
         known = _architectures()
         if v not in known:
-            raise ValueError(f"unknown architecture kind {v!r}{did_you_mean(v, known)}; "
+            raise ValueError(f"unknown architecture kind {short_repr(v)}{did_you_mean(v, known)}; "
                              f"known: {', '.join(sorted(known))}")
         return v
 

@@ -7,7 +7,6 @@ pass. Imported by `gahb-scale validate`: no Ray, no MLflow, no torch here.
 
 from __future__ import annotations
 
-import reprlib
 import types
 import typing
 from pathlib import Path
@@ -17,22 +16,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..dataset_params import DATASET_KINDS
-from ..errors import UserInputError, printable
+from ..errors import UserInputError, printable, short_repr
 from ..limits import MAX_INT_DIGITS, MAX_SPEC_BYTES, MAX_SPEC_NODES
 from .spec import PATTERN_HINTS, StudySpec, did_you_mean
 
 __all__ = ["SpecError", "load_spec", "parse_spec"]
-
-
-_SHORT = reprlib.Repr()
-_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring, _SHORT.maxother = 3, 4, 6, 60, 60
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """A repr of at most `limit` characters, whose work is bounded too: it never renders the
-    whole of a large value (reprlib stops at a few items, levels and characters)."""
-    text = printable(_SHORT.repr(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _message(err: dict, known: list[str] | None = None) -> str:
@@ -43,7 +31,7 @@ def _message(err: dict, known: list[str] | None = None) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") in PATTERN_HINTS:
-        return f"{PATTERN_HINTS[err['ctx']['pattern']]} (got {_short(err.get('input'))})"
+        return f"{PATTERN_HINTS[err['ctx']['pattern']]} (got {short_repr(err.get('input'))})"
     if kind == "extra_forbidden":
         name = err["loc"][-1] if err["loc"] else "?"
         if known is None:
@@ -53,7 +41,7 @@ def _message(err: dict, known: list[str] | None = None) -> str:
         return msg[len("Value error, "):]
     if msg.startswith("Assertion failed, "):
         return msg[len("Assertion failed, "):]
-    return f"{msg} (got {_short(err.get('input'))})"
+    return f"{msg} (got {short_repr(err.get('input'))})"
 
 
 def _field_path(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
@@ -153,7 +141,7 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, d
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark,
-                    f"found duplicate key {_short(key)} (first at line {seen[key] + 1})", key_node.start_mark)
+                    f"found duplicate key {short_repr(key)} (first at line {seen[key] + 1})", key_node.start_mark)
             seen[key] = key_node.start_mark.line
         except TypeError:  # unhashable key: let the normal constructor report it
             pass
