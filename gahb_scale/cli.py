@@ -12,9 +12,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import UserInputError
+from .errors import UserInputError, printable
 
-EXIT_USER_ERROR, EXIT_FAILED = 2, 1
+EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
 def _num(value, digits=3) -> str:
@@ -64,7 +64,7 @@ def cmd_run(args) -> int:
 
     spec = load_spec(args.spec, args.results)  # validate before Ray starts: a bad spec writes nothing
     from .study.progress import show_progress
-    from .study.runner import StudyFailed, run_study
+    from .study.runner import StudyFailed, has_saved_work, run_study
     from .study.track import ui_command
 
     show_progress()
@@ -73,6 +73,11 @@ def cmd_run(args) -> int:
     except StudyFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        saved = ("finished work is saved; run the same command again to continue" if has_saved_work(spec)
+                 else "nothing was written")
+        print(f"interrupted: {saved}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print()
     print(f"transition table of study {spec.name} (means over models; A/B = same-seed samples of the two "
           "models of a split pair; to memorizer = distance to the memorizing solution (the training set's MMSE "
@@ -155,19 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "results", None) is not None and not args.results.strip():
+            raise UserInputError("--results is empty: give a folder or a URI such as s3://bucket/prefix")
         return args.func(args)
     except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except OSError as exc:  # the results location: unreachable store, missing bucket, a file where a folder is
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("interrupted: finished work is saved; run the same command again to continue", file=sys.stderr)
-        return 130
+    except OSError as exc:  # the results location: unreachable store, missing bucket, a file where a folder is
+        print(f"error: results location (--results or storage.results_dir): {printable(str(exc))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # `run` says itself whether work was saved
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

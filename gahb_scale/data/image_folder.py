@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ from PIL import Image
 from torch import Tensor
 
 from ..atomic import write_atomically
-from ..errors import UserInputError
+from ..errors import UserInputError, printable
+from ..limits import MAX_IMAGE_PIXELS
 from ._validate import int_at_least
 from .transforms import to_float_images
 
@@ -43,6 +45,10 @@ CROPS = ("celeba", "center", "top_left")
 DUPLICATE_SIDE = 20  # near-duplicates are compared on copies pooled by int(side / 20), as the authors do
 # Bump whenever the preprocessing changes, so caches written by the old code are not reused.
 PREPROCESSING_VERSION = "authors-crop/bicubic-rgb/channel-mean-uint8/dedup/v3"
+
+# Every image PIL would warn about as a possible decompression bomb (above 89 M pixels) exceeds
+# MAX_IMAGE_PIXELS and is refused by name, so its warning would only repeat that, out of place.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # PIL releases the GIL while decoding, so a few threads speed up large folders.
 _DECODE_THREADS = min(8, os.cpu_count() or 1)
@@ -89,6 +95,11 @@ class FolderImages:
     source: np.ndarray | CachedImages
     files: tuple[str, ...]
     duplicates_removed: int
+    cache_files: tuple[Path, Path] | None = None  # (images, files kept) where it is or would be cached
+
+    @property
+    def cached(self) -> bool:
+        return isinstance(self.source, CachedImages)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -111,14 +122,16 @@ class FolderImages:
 
 
 def load_image_folder(path: str | Path, size: int, cache_dir: str | Path | None = None, limit: int | None = None,
-                      crop: str = "center", near_duplicate_threshold: float | None = 0.95) -> FolderImages:
+                      crop: str = "center", near_duplicate_threshold: float | None = 0.95,
+                      write_cache: bool = True) -> FolderImages:
     """Every .jpg/.jpeg/.png under `path`, prepared by the authors' recipe at size×size.
 
     Files are found recursively (suffix case-insensitive) and sorted by relative path; `limit`
     keeps the first `limit`. `crop` is "celeba" (`im[29:-29, 9:-9]`, then the centre square if
     that is not square), "center" (the centre square) or "top_left" (the top-left square, the
     authors' LSUN crop). `near_duplicate_threshold=None` keeps near-duplicates. With `cache_dir`,
-    a second call on unchanged files reads the cache and decodes nothing.
+    a second call on unchanged files reads the cache and decodes nothing; `write_cache=False`
+    leaves a new cache unwritten (`cache_image_folder` writes it once the caller's checks pass).
     """
     root = Path(path)
     size = int_at_least("size", size, 1)
@@ -130,23 +143,33 @@ def load_image_folder(path: str | Path, size: int, cache_dir: str | Path | None 
         raise UserInputError(f"near_duplicate_threshold must lie in (0, 1) or be None, got {near_duplicate_threshold}")
     files = _image_files(root)[:limit]
     settings = f"{PREPROCESSING_VERSION}|size={size}|limit={limit}|crop={crop}|duplicates={near_duplicate_threshold}"
+    cache_files = None
     if cache_dir is not None:
         key = _cache_key(root, files, settings)
-        images_file, files_file = Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json"
+        cache_files = (Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json")
+        images_file, files_file = cache_files
         if images_file.exists():  # written last: its presence vouches for the list of files
             kept = json.loads(files_file.read_text())
-            return FolderImages(CachedImages(images_file), tuple(kept["files"]), kept["duplicates_removed"])
+            return FolderImages(CachedImages(images_file), tuple(kept["files"]), kept["duplicates_removed"], cache_files)
     grey = _decode_all(root, files, size, crop)
     keep = np.ones(len(files), dtype=bool)
     if near_duplicate_threshold is not None:
         keep = ~near_duplicates(torch.from_numpy(grey), near_duplicate_threshold).numpy()
-    prepared = FolderImages(grey[keep], tuple(f.as_posix() for f, k in zip(files, keep) if k), int((~keep).sum()))
-    if cache_dir is not None:
-        write_atomically(files_file, json.dumps({"files": list(prepared.files),
-                                                 "duplicates_removed": prepared.duplicates_removed}).encode())
-        write_atomically(images_file, _npy_bytes(prepared.grey))
-        prepared = FolderImages(CachedImages(images_file), prepared.files, prepared.duplicates_removed)
-    return prepared
+    prepared = FolderImages(grey[keep], tuple(f.as_posix() for f, k in zip(files, keep) if k), int((~keep).sum()),
+                            cache_files)
+    return cache_image_folder(prepared) if write_cache else prepared
+
+
+def cache_image_folder(prepared: FolderImages) -> FolderImages:
+    """Write a folder decoded by `load_image_folder(..., write_cache=False)` to its cache (the list
+    of files first, the images last: their presence vouches for the list); the cached copy."""
+    if prepared.cached or prepared.cache_files is None:
+        return prepared
+    images_file, files_file = prepared.cache_files
+    write_atomically(files_file, json.dumps({"files": list(prepared.files),
+                                             "duplicates_removed": prepared.duplicates_removed}).encode())
+    write_atomically(images_file, _npy_bytes(prepared.grey))
+    return FolderImages(CachedImages(images_file), prepared.files, prepared.duplicates_removed, prepared.cache_files)
 
 
 def near_duplicates(images: Tensor, threshold: float = 0.95, chunk_size: int = 2048) -> Tensor:
@@ -181,14 +204,14 @@ def _unit_rows(rows: Tensor) -> Tensor:
 def _image_files(root: Path) -> list[Path]:
     """Relative paths of the image files under `root`, sorted; UserInputError if there are none."""
     if not root.exists():
-        raise UserInputError(f"image folder not found: {root}")
+        raise UserInputError(f"image folder not found: {printable(str(root))}")
     if not root.is_dir():
-        raise UserInputError(f"image folder path is not a directory: {root}")
+        raise UserInputError(f"image folder path is not a directory: {printable(str(root))}")
     # Sort on the POSIX string so the order (and thus the pool) is the same on every OS.
     files = sorted((p.relative_to(root) for p in root.rglob("*")
                     if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=Path.as_posix)
     if not files:
-        raise UserInputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
+        raise UserInputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found under {printable(str(root))}")
     return files
 
 
@@ -217,25 +240,40 @@ def _decode_all(root: Path, files: list[Path], size: int, crop: str) -> np.ndarr
     bad = [str(image) for image in images if isinstance(image, UserInputError)]
     if bad:
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise UserInputError(f"{len(bad)} of {len(files)} image files under {root} cannot be used:\n  "
+        raise UserInputError(f"{len(bad)} of {len(files)} image files under {printable(str(root))} cannot be used:\n  "
                              + "\n  ".join(bad[:20]) + more)
     return np.stack(images)[:, None]
 
 
 def _load_grey(file: Path, size: int, crop: str) -> np.ndarray:
     """One file as a (size, size) uint8 array, the rounded mean of R, G and B; UserInputError naming
-    the file if it cannot be decoded or is too small for its crop."""
+    the file if it cannot be decoded, has more than MAX_IMAGE_PIXELS pixels (checked from its
+    header, before decoding) or is too small for its crop."""
+    name = printable(str(file))
     try:
         with Image.open(file) as image:
-            rgb = np.asarray(_preprocess(image.convert("RGB"), size, crop, file), dtype=np.int32)
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise UserInputError(f"image file {name} is {width}x{height}: more than {MAX_IMAGE_PIXELS:,} pixels, "
+                                     "refused before decoding (a decompression bomb, or far larger than any photo)")
+            rgb = np.asarray(_preprocess(_as_rgb(image), size, crop, name), dtype=np.int32)
     except UserInputError:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise UserInputError(f"cannot read image file {file}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - decoders raise anything (SyntaxError for a bad PNG chunk)
+        raise UserInputError(f"cannot read image file {name}: {printable(f'{type(error).__name__}: {error}')}") from None
     return ((2 * rgb.sum(axis=2) + 3) // 6).astype(np.uint8)  # round((R + G + B) / 3), halves up
 
 
-def _preprocess(image: Image.Image, size: int, crop: str, file: Path) -> Image.Image:
+def _as_rgb(image: Image.Image) -> Image.Image:
+    """The image as 8-bit RGB. PIL converts 16-bit grey (modes I;16*, I) by clipping at 255, which
+    would turn most of an image white: those are scaled to 8 bits instead (65535 -> 255)."""
+    if image.mode.startswith("I"):
+        deep = np.asarray(image).astype(np.int64).clip(0, 65535)
+        image = Image.fromarray(((deep * 255 + 32767) // 65535).astype(np.uint8))  # 2-D uint8: mode L
+    return image.convert("RGB")
+
+
+def _preprocess(image: Image.Image, size: int, crop: str, file: str) -> Image.Image:
     """The crop, then a bicubic resize of the RGB image to size×size (PIL, as the authors)."""
     width, height = image.size
     if crop == "celeba":

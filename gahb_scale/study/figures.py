@@ -418,6 +418,8 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
             axes[1].scatter(never, [last] * len(never), marker="^", facecolors="none", edgecolors="red",
                             label=f"{dataset}/{architecture}: not reached by step {last}")
     axes[0].set_xscale("log")
+    if rows:  # set, not autoscaled: with N = 1 alone f_mem is undefined (NaN) and nothing would set the steps' range
+        axes[0].set_xlim(min(row["step"] for row in rows) / 1.5, max(row["step"] for row in rows) * 1.5)
     axes[0].set_ylim(-0.02, 1.02)
     for ax, (xl, yl, name) in zip(axes, [("training step", "f_mem", "memorized share of samples"),
                                          ("training-set size N", "step", "onset of memorization")]):

@@ -13,10 +13,13 @@ Two kinds of pools:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from ..data import (FolderImages, build_pool, disc_images, load_image_folder, photo_pool_size, pool_size_needed,
                     shuffle_pixels, split_pair)
+from ..data.image_folder import cache_image_folder
 from ..errors import UserInputError
 from .spec import DatasetSpec, StudySpec
 
@@ -28,23 +31,37 @@ def _stream_seed(pair: int, part: str) -> int:
     return 3 * pair + _STREAMS[part]
 
 
-def load_folder(dataset: DatasetSpec, size: int) -> FolderImages:
+def load_folder(dataset: DatasetSpec, size: int, write_cache: bool = True) -> FolderImages:
     """A folder dataset prepared by the authors' recipe (cached under `params.cache_dir`)."""
     params = dataset.params
     return load_image_folder(params["path"], size, cache_dir=params.get("cache_dir"), crop=params["crop"],
-                             near_duplicate_threshold=params["near_duplicate_threshold"])
+                             near_duplicate_threshold=params["near_duplicate_threshold"], write_cache=write_cache)
 
 
-def prepare_datasets(spec: StudySpec) -> list[dict]:
+@dataclass(frozen=True)
+class PreparedDatasets:
+    """The `datasets` table rows of a study, and its folders decoded but not yet cached."""
+    rows: list[dict]
+    folders: list[FolderImages]
+
+    def cache(self) -> None:
+        """Write the folders' caches (which tasks read): called once every check of the study passed."""
+        for folder in self.folders:
+            cache_image_folder(folder)
+
+
+def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
     """Before anything trains: prepare every folder dataset once (decode, authors' recipe, remove
-    near-duplicates, cache) and check that every finite pool holds the largest split pair. Returns
-    one `datasets` table row per dataset; a pool too small is a UserInputError naming it."""
-    rows = []
+    near-duplicates) and check that every finite pool holds the largest split pair. Nothing is
+    written: a pool too small is a UserInputError naming it, and the caches are written by
+    `PreparedDatasets.cache` once the study's other checks have passed too."""
+    rows, folders = [], []
     for dataset in spec.datasets:
         row = {"study_id": spec.name, "dataset": dataset.name, "kind": dataset.kind, "pool_images": None,
                "duplicates_removed": None, "near_duplicate_threshold": None}
         if dataset.kind == "folder":
-            folder = load_folder(dataset, spec.image_size)
+            folder = load_folder(dataset, spec.image_size, write_cache=False)
+            folders.append(folder)
             row.update(pool_images=len(folder), duplicates_removed=folder.duplicates_removed,
                        near_duplicate_threshold=dataset.params["near_duplicate_threshold"])
         elif dataset.kind == "photos":
@@ -56,7 +73,7 @@ def prepare_datasets(spec: StudySpec) -> list[dict]:
                                  f"{row['pool_images']} images{removed}, but N = {max(spec.train_sizes)} needs "
                                  f"2 x N + test_images = {needed} (two disjoint splits and the held-out set)")
         rows.append(row)
-    return rows
+    return PreparedDatasets(rows, folders)
 
 
 def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int,

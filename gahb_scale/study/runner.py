@@ -15,6 +15,7 @@ import io
 import json
 import os
 import pickle
+import socket
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -24,7 +25,8 @@ import torch
 
 import gahb_scale
 
-from ..errors import UserInputError
+from ..errors import UserInputError, printable
+from ..limits import MAX_RESULTS_PATH_LENGTH
 from .analyse import analyse_model
 from .compare import compare_pair
 from .prepare import prepare_datasets
@@ -46,6 +48,9 @@ RAY_ENV = {
     # are only warned about, and a group that no node can hold waits until stopped.
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(24 * 3600),
 }
+# Seconds to wait for a cluster address to accept a connection: ray.init retries one that never
+# answers forever, silently.
+CONNECT_TIMEOUT_S = 10
 
 
 class StudyFailed(Exception):
@@ -74,6 +79,56 @@ def check_resources(spec: StudySpec, cluster: dict, strict: bool) -> None:
         log.warning(f"warning: {problem} (now; waiting for the autoscaler)")
 
 
+def local_resources() -> dict | None:
+    """The CPUs and GPUs that `ray.init("local")` will find here, by Ray's own detection, so an
+    impossible request is refused before Ray starts; None where that detection is unavailable
+    (the check after Ray starts still holds)."""
+    try:
+        from ray._private import accelerators
+        from ray._private.utils import get_num_cpus
+        gpus = accelerators.get_accelerator_manager_for_resource("GPU")
+        visible = gpus.get_current_process_visible_accelerator_ids()
+        return {"CPU": get_num_cpus(),
+                "GPU": len(visible) if visible is not None else gpus.get_current_node_num_accelerators()}
+    except (ImportError, AttributeError):
+        return None
+
+
+def check_address(address: str | None) -> None:
+    """An address of an existing cluster must accept a connection within CONNECT_TIMEOUT_S;
+    "auto" and None (a local Ray) are not probed."""
+    if address is None or address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 2**16:
+        raise UserInputError(f"--address {printable(address)}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise UserInputError(f"no Ray cluster at {printable(address)} ({exc or 'no answer'}; waited at most "
+                             f"{CONNECT_TIMEOUT_S} s)") from None
+
+
+def check_results_location(results: str) -> None:
+    """A local results folder that could not hold the study's files is refused before anything
+    is written: a path too long, or something in the way that is not a writable folder."""
+    if "://" in results:
+        return
+    path = Path(results)
+    if len(os.fsencode(results)) > MAX_RESULTS_PATH_LENGTH:
+        raise UserInputError(f"results location (--results or storage.results_dir): {len(os.fsencode(results)):,} "
+                             f"bytes long, more than {MAX_RESULTS_PATH_LENGTH}; too long for the files a study writes "
+                             f"below it")
+    where = f"results location {printable(results)} (--results or storage.results_dir)"
+    if any(len(os.fsencode(part)) > 255 for part in path.parts):
+        raise UserInputError(f"{where}: a folder name is longer than 255 bytes")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserInputError(f"{where}: {printable(str(existing))} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"{where}: {printable(str(existing))} is not writable")
+
+
 def start_ray(address: str | None) -> None:
     """Join the cluster at `address`, or start a local Ray (None), with RAY_ENV set for the driver
     and every worker."""
@@ -84,9 +139,15 @@ def start_ray(address: str | None) -> None:
     runtime_env = {"env_vars": dict(RAY_ENV)}
     if address:  # ship this version of the package to the cluster's workers
         runtime_env["py_modules"] = [str(Path(gahb_scale.__file__).parent)]
+    # Ctrl-C is the study's to handle (exit 130, "interrupted"): Tune's own handler would end
+    # training quietly, and the study would then report its models as failed.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # "local", not None: None would join any Ray that `ray start` left running on this machine
-    ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    try:
+        ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    except ConnectionError as exc:
+        raise UserInputError(f"no Ray cluster at {printable(address or 'local')}: {exc}") from None
 
 
 class _Buffered:
@@ -180,6 +241,20 @@ def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -
     store.upsert("trials", rows)
 
 
+def spec_path(spec: StudySpec) -> str:
+    """Where a run keeps its spec: the first file it writes, once every check has passed."""
+    return f"specs/{spec.name}.yaml"
+
+
+def has_saved_work(spec: StudySpec) -> bool:
+    """Whether a run of this study got past its checks (now or before), so an interrupted run
+    leaves work that the same command continues from."""
+    try:
+        return StudyStore(spec.storage.results_location()).exists(spec_path(spec))
+    except (OSError, UserInputError):
+        return False
+
+
 def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> dict:
     """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "results": ...,
     "tables": ..., "report": ...}."""
@@ -191,8 +266,14 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
     log.info(f"study {spec.name}: {len(trials)} models; results in {store.results}")
     if notice := store_notice(spec, store):
         log.info(notice)
-    datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here, before Ray or any output
-    for row in datasets:
+    # Everything that can be known before Ray starts is checked first, and nothing is written
+    # until every check has passed: a refused study leaves no trace.
+    check_address(address)
+    check_results_location(store.results)
+    if address is None and (local := local_resources()) is not None:
+        check_resources(spec, local, strict=True)
+    datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here; caches written below
+    for row in datasets.rows:
         if row["duplicates_removed"] is not None:
             log.info(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing "
                      f"{row['duplicates_removed']} near-duplicates (|correlation| > "
@@ -202,8 +283,9 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
         from .train import train_study  # only now: ray.train reads RAY_ENV when first imported in a process
 
         check_resources(spec, ray.cluster_resources(), strict=address is None)
-        store.write_bytes(f"specs/{spec.name}.yaml", spec_text.encode())  # several studies may share a folder
-        _replace_study_rows(store, spec, "datasets", datasets)
+        datasets.cache()
+        store.write_bytes(spec_path(spec), spec_text.encode())  # several studies may share a folder
+        _replace_study_rows(store, spec, "datasets", datasets.rows)
 
         # 1. training (Tune grid of TorchTrainers, one per pack)
         if any(not store.exists(model_path(trial.trial_id)) for trial in trials):

@@ -37,7 +37,9 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..dataset_params import DATASET_KINDS, CalphaParams, DatasetParams, DiscsParams, FolderParams, PhotosParams
-from ..errors import UserInputError
+from ..errors import UserInputError, short_repr
+from ..limits import (MAX_BATCH_SIZE, MAX_BOOTSTRAP, MAX_HELD_PIXELS, MAX_IMAGE_SIZE, MAX_MODELS, MAX_NAME_LENGTH,
+                      MAX_PARAMETERS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_WORKERS)
 from ..training_config import TrainConfig
 
 __all__ = [
@@ -104,7 +106,7 @@ def _duplicates(values: list, describe: Callable[[Any], str], *field: str) -> li
     return errors
 
 
-def _unique_sorted_ints(what: str, minimum: int) -> Any:
+def _unique_sorted_ints(what: str, minimum: int, maximum: int) -> Any:
     """The type of a list of distinct integers >= `minimum`, stored sorted (trial ids must not
     depend on the order they are written in); a repeat is an error naming both positions."""
     def distinct(values: list[int]) -> list[int]:
@@ -112,12 +114,39 @@ def _unique_sorted_ints(what: str, minimum: int) -> Any:
         if errors:
             _fail(errors)
         return sorted(values)
-    return Annotated[list[Annotated[int, Field(ge=minimum)]], AfterValidator(distinct)]
+    return Annotated[list[Annotated[int, Field(ge=minimum, le=maximum)]], AfterValidator(distinct)]
 
 
-_TrainSizes = _unique_sorted_ints("train size", 1)
-_Seeds = _unique_sorted_ints("seed", 0)
-_SnapshotSteps = _unique_sorted_ints("snapshot step", 1)
+_TrainSizes = _unique_sorted_ints("train size", 1, MAX_HELD_PIXELS)  # bounded with image_size (StudySpec)
+_Seeds = _unique_sorted_ints("seed", 0, MAX_SEED)
+_SnapshotSteps = _unique_sorted_ints("snapshot step", 1, MAX_STEPS)
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds numbers (int, float, or a list, tuple or optional of them)."""
+    if annotation in (int, float):
+        return True
+    args = [a for a in typing.get_args(annotation) if a is not type(None) and a is not Ellipsis]
+    if typing.get_origin(annotation) is Annotated:
+        args = args[:1]
+    return bool(args) and all(_numeric(a) for a in args)
+
+
+def _booleans_refused(cls: type[BaseModel], data: Any) -> Any:
+    """YAML's true/false are Python booleans, which pydantic takes as 1 and 0: `steps: true`
+    would train one step. A number field (or list of numbers) refuses them."""
+    if not isinstance(data, dict):
+        return data
+    errors = []
+    for name, value in data.items():
+        field = cls.model_fields.get(name) if isinstance(name, str) else None
+        items = (value if isinstance(value, (list, tuple)) else
+                 [*value, *value.values()] if isinstance(value, dict) else [value])  # {N: steps} too
+        if field is not None and _numeric(field.annotation) and any(isinstance(item, bool) for item in items):
+            errors.append(_error((name,), f"a number is needed, not a boolean (got {str(value).lower()[:40]})", value))
+    if errors:
+        _fail(errors)
+    return data
 
 
 def _validate_params(model: type[BaseModel], params: dict, what: str,
@@ -148,6 +177,8 @@ def _validate_params(model: type[BaseModel], params: dict, what: str,
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    _numbers_not_booleans = model_validator(mode="before")(classmethod(_booleans_refused))
+
 
 def _none_to_empty(v: Any) -> Any:
     return {} if v is None else v
@@ -161,17 +192,17 @@ class DatasetSpec(_Model):
     """One image distribution, validated as the model of its kind (`CalphaDataset`, ...): `params`
     are checked by the kind's model in `gahb_scale.dataset_params` and stored as a dict with
     defaults filled in, so `gahb_scale.data` can be called as `build_pool(kind, n, size, seed, **params)`."""
-    name: str = Field(pattern=_LABEL, description="label used in tables and figures")
+    name: str = Field(pattern=_LABEL, max_length=MAX_NAME_LENGTH, description="label used in tables and figures")
     kind: str
     params: dict[str, Any] = Field(default_factory=dict)
     pixel_shuffle_seed: int | None = Field(
-        default=None, ge=0, description="apply one fixed random pixel permutation drawn from this seed")
+        default=None, ge=0, le=MAX_SEED, description="apply one fixed random pixel permutation drawn from this seed")
 
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
         if v not in DATASET_KINDS:
-            raise ValueError(f"unknown dataset kind {v!r}{did_you_mean(v, DATASET_KINDS)}; "
+            raise ValueError(f"unknown dataset kind {short_repr(v)}{did_you_mean(v, DATASET_KINDS)}; "
                              f"known: {', '.join(DATASET_KINDS)}")
         return v
 
@@ -269,8 +300,9 @@ def _arch_params_model(kind: str) -> type[BaseModel]:
             continue
         default = ... if p.default is p.empty else p.default
         fields[p.name] = (hints.get(p.name, Any), default)
-    return create_model(f"{cls.__name__}Params", __config__=ConfigDict(extra=extra, frozen=True,
-                                                                       allow_inf_nan=False), **fields)
+    return create_model(f"{cls.__name__}Params", __config__=ConfigDict(extra=extra, frozen=True, allow_inf_nan=False),
+                        __validators__={"numbers_not_booleans": model_validator(mode="before")(classmethod(_booleans_refused))},
+                        **fields)
 
 
 class ArchitectureSpec(_Model):
@@ -279,7 +311,7 @@ class ArchitectureSpec(_Model):
     Validation builds the network once on the CPU, so any hyper-parameter the constructor rejects
     is a spec error; `params` is stored with the constructor's defaults filled in.
     """
-    name: str = Field(pattern=_LABEL, description="label used in tables and figures")
+    name: str = Field(pattern=_LABEL, max_length=MAX_NAME_LENGTH, description="label used in tables and figures")
     kind: str
     params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
 
@@ -291,7 +323,7 @@ class ArchitectureSpec(_Model):
     def _known_kind(cls, v: str) -> str:
         known = _architectures()
         if v not in known:
-            raise ValueError(f"unknown architecture kind {v!r}{did_you_mean(v, known)}; "
+            raise ValueError(f"unknown architecture kind {short_repr(v)}{did_you_mean(v, known)}; "
                              f"known: {', '.join(sorted(known))}")
         return v
 
@@ -310,14 +342,43 @@ class ArchitectureSpec(_Model):
 
     @model_validator(mode="after")
     def _buildable(self) -> ArchitectureSpec:
-        from ..models import build_model, count_parameters
-        try:
-            net = build_model(self.kind, **self.params)
-        except Exception as exc:  # noqa: BLE001 - any constructor failure is the user's params
-            _fail([_error(("params",), f"cannot build {self.kind!r} with these parameters: {exc}", self.params)])
+        from ..models import count_parameters
+        net = self.shape_only_network()
         self._size_multiple = int(getattr(net, "size_multiple", 1))
         self._num_parameters = int(count_parameters(net))
+        if self._num_parameters > MAX_PARAMETERS:
+            _fail([_error(("params",), f"{self._num_parameters:,} parameters, more than one GPU can train "
+                                       f"({MAX_PARAMETERS:.0e}: fp32 weights, gradients and Adam state)", self.params)])
         return self
+
+    def shape_only_network(self) -> Any:
+        """The network built on torch's "meta" device: its layers and shapes, no memory for its
+        weights, so a checked network costs nothing whatever its size."""
+        import torch  # lazy: validation imports torch only for an architecture
+
+        from ..models import build_model
+        try:
+            with torch.device("meta"):
+                return build_model(self.kind, **self.params)
+        except Exception as exc:  # noqa: BLE001 - any constructor failure is the user's params
+            _fail([_error(("params",), f"cannot build {self.kind!r} with these parameters: {str(exc)[:300]}",
+                          self.params)])
+
+    def shape_error(self, image_size: int) -> str | None:
+        """Why the network cannot denoise an image_size x image_size image (its output must have
+        the input's shape), or None: one forward pass on the meta device, where only shapes exist."""
+        import torch
+
+        net = self.shape_only_network().eval()
+        x = torch.zeros(1, 1, image_size, image_size, device="meta")
+        try:
+            with torch.no_grad():
+                out = net(x)
+        except Exception as exc:  # noqa: BLE001 - a layer that does not fit the image
+            return f"cannot run on a {image_size}x{image_size} image: {str(exc)[:300]}"
+        if tuple(out.shape) != tuple(x.shape):
+            return f"turns a {image_size}x{image_size} image into {tuple(out.shape)[2:]}: its output must keep the shape"
+        return None
 
     @property
     def size_multiple(self) -> int:
@@ -338,7 +399,8 @@ _TRAIN_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)
 # Training settings a study may give per train size: a model's schedule can follow its N (e.g. the
 # small N trained long enough to memorize) while every model of one N is trained alike.
 PER_TRAIN_SIZE = ("steps", "lr_halve_every")
-_PerTrainSize = Annotated[int, Field(ge=1)] | dict[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
+_Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+_PerTrainSize = _Steps | dict[Annotated[int, Field(ge=1)], _Steps]
 
 
 def _value_for(value: int | dict[int, int], n: int) -> int:
@@ -350,16 +412,16 @@ class TrainingSpec(_Model):
     fields of `TrainConfig` (and its defaults), minus the seed, which each model draws."""
     steps: _PerTrainSize = Field(default=_TRAIN.steps, description="gradient steps: one number for every N (the "
                                                                   "paper's recipe), or a mapping {N: steps}")
-    batch_size: int = Field(default=_TRAIN.batch_size, ge=1, description="global batch (split evenly over the workers)")
+    batch_size: int = Field(default=_TRAIN.batch_size, ge=1, le=MAX_BATCH_SIZE, description="global batch (split evenly over the workers)")
     lr: float = Field(default=_TRAIN.lr, gt=0)
     lr_halve_every: _PerTrainSize = Field(default=_TRAIN.lr_halve_every, description="Adam lr halved every this many "
                                                                                     "steps (or a mapping {N: steps})")
     noise_range: tuple[float, float] = Field(default=_TRAIN.noise_range, description="sigma range, grey levels /255")
     noise_schedule: Literal["quadratic", "linear"] = _TRAIN.noise_schedule
     precision: Literal["fp32", "bf16"] = Field(default=_TRAIN.precision, description="bf16 autocast is used only on CUDA")
-    checkpoint_every: int = Field(default=_TRAIN.checkpoint_every, ge=1)
-    log_every: int = Field(default=_TRAIN.log_every, ge=1)
-    workers: int = Field(default=1, ge=1, validate_default=True, description="Ray Train workers per trial (> 1: DDP)")
+    checkpoint_every: int = Field(default=_TRAIN.checkpoint_every, ge=1, le=MAX_STEPS)
+    log_every: int = Field(default=_TRAIN.log_every, ge=1, le=MAX_STEPS)
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS, validate_default=True, description="Ray Train workers per trial (> 1: DDP)")
     snapshot_steps: _SnapshotSteps = Field(
         default_factory=list, description="steps whose weights are kept, for memorization over training time")
     shared_init: bool = Field(default=False, description="ablation: models A and B of a pair start from the same "
@@ -430,14 +492,14 @@ class TrainingSpec(_Model):
 
 class SamplingSpec(_Model):
     """The Kadkhodaie–Simoncelli sampler (stochastic coarse-to-fine gradient ascent)."""
-    num_samples: int = Field(default=16, ge=1)
-    seed: int = Field(default=0, ge=0, description="sample i of every model uses seed + i (shared by A and B)")
+    num_samples: int = Field(default=16, ge=1, le=MAX_SAMPLES)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="sample i of every model uses seed + i (shared by A and B)")
     beta: float = Field(default=1.0, gt=0, le=1, description="1: deterministic; < 1 injects noise")
     h0: float = Field(default=0.01, gt=0, le=1)
     sigma_0: float = Field(default=1.0, gt=0)
     sigma_L: float = Field(default=0.01, gt=0, validate_default=True)
     mean: float = Field(default=0.5, ge=0, le=1, description="grey level of the initial image")
-    max_steps: int = Field(default=5000, ge=1, description="step cap (hitting it is reported)")
+    max_steps: int = Field(default=5000, ge=1, le=MAX_STEPS, description="step cap (hitting it is reported)")
 
     @field_validator("sigma_L")
     @classmethod
@@ -466,10 +528,10 @@ class AnalysisSpec(_Model):
     """Per-model and per-pair measurements."""
     sigmas: list[float] = Field(default_factory=_default_sigmas, min_length=1,
                                 description="PSNR-curve noise levels, grey levels /255")
-    psnr_images: int = Field(default=64, ge=1, description="train and test images per PSNR curve (at most)")
-    jacobian_images: int = Field(default=2, ge=1, description="noisy images per model for the Jacobian")
+    psnr_images: int = Field(default=64, ge=1, le=MAX_SAMPLES, description="train and test images per PSNR curve (at most)")
+    jacobian_images: int = Field(default=2, ge=1, le=MAX_SAMPLES, description="noisy images per model for the Jacobian")
     jacobian_sigmas: list[float] = Field(default_factory=lambda: [5.0, 25.0, 100.0], min_length=1)
-    eigenvalues_kept: int = Field(default=64, ge=1, description="at most; capped at the number of pixels")
+    eigenvalues_kept: int = Field(default=64, ge=1, le=MAX_IMAGE_SIZE**2, description="at most; capped at the number of pixels")
     eigenvector_images: int = Field(default=8, ge=0, validate_default=True,
                                     description="leading eigenvectors saved as images")
     memorization_threshold: float = Field(default=1 / 3, gt=0, lt=1, description="d1/d2 below this: memorized")
@@ -479,7 +541,7 @@ class AnalysisSpec(_Model):
                                                    description="noise levels (grey levels) the PSNR slope is fitted on")
     eigenvalue_threshold: float = Field(default=0.5, gt=0, description="Jacobian eigenvalues above this are counted "
                                                                         "against the disc family's 5 tangent dimensions")
-    bootstrap: int = Field(default=1000, ge=1, description="bootstrap resamples for f_mem intervals")
+    bootstrap: int = Field(default=1000, ge=1, le=MAX_BOOTSTRAP, description="bootstrap resamples for f_mem intervals")
 
     @field_validator("sigmas", "jacobian_sigmas")
     @classmethod
@@ -511,12 +573,12 @@ class ResourceSpec(_Model):
     one pack of models at a time (`models_per_pack`), and `*_trial` means one such Ray Train run."""
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0, description="fractional only below 1 (a share of one GPU)")
-    max_concurrent_trials: int = Field(default=1, ge=1)
+    max_concurrent_trials: int = Field(default=1, ge=1, le=MAX_MODELS)
     models_per_pack: int | None = Field(
-        default=None, ge=1, description="models of one architecture (any dataset) trained together in one worker "
+        default=None, ge=1, le=MAX_MODELS, description="models of one architecture (any dataset) trained together in one worker "
                                         "(1: one model per trial); None: small models packed, no more packs than "
                                         "run side by side, a pack's step at most the paper UNet's at 80x80")
-    max_failures: int = Field(default=3, ge=0, description="restarts after a worker or node dies: a trial from its "
+    max_failures: int = Field(default=3, ge=0, le=1000, description="restarts after a worker or node dies: a trial from its "
                                                            "last checkpoint, an analysis task from the start")
 
     @field_validator("gpus_per_trial")
@@ -559,15 +621,15 @@ def _unique_names(items: list, what: str) -> list:
 class StudySpec(_Model):
     """A whole study. Fields are declared in validation order: `image_size` after `architectures`
     (it is checked against them) and `resources` after `training`."""
-    name: str = Field(pattern=_STUDY_NAME, description="the study id")
+    name: str = Field(pattern=_STUDY_NAME, max_length=MAX_NAME_LENGTH, description="the study id")
     description: str = ""
     datasets: list[_AnyDataset] = Field(min_length=1)
     architectures: list[ArchitectureSpec] = Field(min_length=1)
-    image_size: int = Field(ge=4, description="images are image_size x image_size, greyscale")
+    image_size: int = Field(ge=4, le=MAX_IMAGE_SIZE, description="images are image_size x image_size, greyscale")
     train_sizes: _TrainSizes = Field(min_length=1, description="N; sorted ascending")
-    split_pairs: int = Field(default=1, ge=1, description="disjoint split pairs; pair p uses data seed p")
+    split_pairs: int = Field(default=1, ge=1, le=MAX_MODELS, description="disjoint split pairs; pair p uses data seed p")
     seeds: _Seeds = Field(default_factory=lambda: [0], min_length=1, description="training seeds (init + batch order)")
-    test_images: int = Field(default=64, ge=1, description="held-out images, disjoint from every split")
+    test_images: int = Field(default=64, ge=1, le=MAX_HELD_PIXELS, description="held-out images, disjoint from every split")
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
@@ -633,6 +695,28 @@ class StudySpec(_Model):
         if v.results_dir is None and name is not None:
             v = v.model_copy(update={"results_dir": f"results/{name}"})
         return v
+
+    @model_validator(mode="after")
+    def _within_bounds(self) -> StudySpec:
+        """What the study multiplies, bounded before its grid is built (see gahb_scale.limits),
+        and every network run once, shapes only, on an image of the study's size."""
+        models = len(self.datasets) * len(self.architectures) * len(self.train_sizes) * self.split_pairs * len(self.seeds) * 2
+        errors = []
+        if models > MAX_MODELS:
+            errors.append(_error(("train_sizes",), f"the grid has {models:,} models (datasets x architectures x "
+                                                   f"train_sizes x split_pairs x seeds x 2), more than a study may "
+                                                   f"train ({MAX_MODELS:,})"))
+        held = (2 * max(self.train_sizes) + self.test_images) * self.image_size**2
+        if held > MAX_HELD_PIXELS:
+            errors.append(_error(("train_sizes",), f"N = {max(self.train_sizes):,} at {self.image_size}x{self.image_size} "
+                                                   f"needs {held:.3g} pixels held at once (2 x N + test_images "
+                                                   f"images), more than any node's memory ({MAX_HELD_PIXELS:.3g})"))
+        for i, architecture in enumerate(self.architectures):
+            if problem := architecture.shape_error(self.image_size):
+                errors.append(_error(("architectures", i, "params"), f"{architecture.kind} {problem}"))
+        if errors:
+            _fail(errors)
+        return self
 
     @model_validator(mode="after")
     def _default_folder_cache(self) -> StudySpec:

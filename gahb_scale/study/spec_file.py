@@ -16,15 +16,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..dataset_params import DATASET_KINDS
-from ..errors import UserInputError
+from ..errors import UserInputError, printable, short_repr
+from ..limits import MAX_INT_DIGITS, MAX_SPEC_BYTES, MAX_SPEC_NODES
 from .spec import PATTERN_HINTS, StudySpec, did_you_mean
 
 __all__ = ["SpecError", "load_spec", "parse_spec"]
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _message(err: dict, known: list[str] | None = None) -> str:
@@ -35,7 +31,7 @@ def _message(err: dict, known: list[str] | None = None) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") in PATTERN_HINTS:
-        return f"{PATTERN_HINTS[err['ctx']['pattern']]} (got {_short(err.get('input'))})"
+        return f"{PATTERN_HINTS[err['ctx']['pattern']]} (got {short_repr(err.get('input'))})"
     if kind == "extra_forbidden":
         name = err["loc"][-1] if err["loc"] else "?"
         if known is None:
@@ -45,7 +41,7 @@ def _message(err: dict, known: list[str] | None = None) -> str:
         return msg[len("Value error, "):]
     if msg.startswith("Assertion failed, "):
         return msg[len("Assertion failed, "):]
-    return f"{msg} (got {_short(err.get('input'))})"
+    return f"{msg} (got {short_repr(err.get('input'))})"
 
 
 def _field_path(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
@@ -132,7 +128,8 @@ def parse_spec(data: Any, source: str = "<spec>") -> StudySpec:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """A safe YAML loader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+    """A safe YAML loader that rejects duplicate keys (PyYAML silently keeps the last one) and
+    integers of more than MAX_INT_DIGITS digits."""
 
 
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -144,14 +141,78 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, d
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark,
-                    f"found duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+                    f"found duplicate key {short_repr(key)} (first at line {seen[key] + 1})", key_node.start_mark)
             seen[key] = key_node.start_mark.line
         except TypeError:  # unhashable key: let the normal constructor report it
             pass
     return loader.construct_mapping(node, deep=deep)
 
 
+def _bounded_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
+    # The text is checked before it is converted: sexagesimal (1:2:3) and long digit strings cost
+    # time growing with their length, and Python refuses more than 4,300 digits with a ValueError.
+    too_long = yaml.constructor.ConstructorError(
+        None, None, f"an integer of more than {MAX_INT_DIGITS} digits (no count or seed is that large)",
+        node.start_mark)
+    if len(node.value) > 4 * MAX_INT_DIGITS:  # room for '_' separators and a 0b prefix
+        raise too_long
+    value = loader.construct_yaml_int(node)
+    if abs(value) >= 10**MAX_INT_DIGITS:
+        raise too_long
+    return value
+
+
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+
+
+def _expanded_nodes(root: yaml.Node) -> int:
+    """How many nodes the document has once every alias is expanded; a YAMLError as soon as that
+    exceeds MAX_SPEC_NODES or an alias refers to a node that contains it. Each node is visited
+    once (an alias is a second reference to the same node object), so the count costs the size of
+    the file, not of its expansion."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise yaml.YAMLError(f"an alias at line {node.start_mark.line + 1} refers to a node that contains it "
+                                 f"(an infinite document)")
+        open_nodes.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_SPEC_NODES:
+                raise yaml.YAMLError(f"more than {MAX_SPEC_NODES:,} values once its aliases are expanded (at line "
+                                     f"{node.start_mark.line + 1}); a study spec needs a few hundred")
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
+def _load_yaml(text: str) -> Any:
+    """`yaml.load(text, _StrictLoader)`, with the document's expanded size checked between
+    composing its nodes and building Python objects from them."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_nodes(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def load_spec(path: str | Path, results_dir: str | None = None) -> StudySpec:
@@ -159,17 +220,22 @@ def load_spec(path: str | Path, results_dir: str | None = None) -> StudySpec:
     `results_dir` replaces the spec's `storage.results_dir` (the CLI's --results) before validation,
     so defaults that depend on it follow it."""
     path = Path(path)
-    source = str(path)
+    source = printable(str(path))
     if not path.exists():
         raise SpecError(source, problem="no such study spec file")
     if not path.is_file():
         raise SpecError(source, problem="not a file")
     try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(source, problem=f"{path.stat().st_size:,} bytes, more than a study spec may hold "
+                                            f"({MAX_SPEC_BYTES:,}; a spec is a few KB)")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(source, problem=f"cannot read: {exc}") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = _load_yaml(text)
+    except RecursionError:
+        raise SpecError(source, problem="not valid YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -179,4 +245,7 @@ def load_spec(path: str | Path, results_dir: str | None = None) -> StudySpec:
         raise SpecError(source, problem=f"not valid YAML: {exc}") from None
     if results_dir is not None and isinstance(data, dict) and isinstance(data.get("storage") or {}, dict):
         data["storage"] = {**(data.get("storage") or {}), "results_dir": results_dir}
-    return parse_spec(data, source)
+    try:
+        return parse_spec(data, source)
+    except RecursionError:
+        raise SpecError(source, problem="nested too deeply to be a study spec") from None
