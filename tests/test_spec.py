@@ -489,7 +489,7 @@ def test_steps_per_train_size():
 
 @pytest.mark.parametrize("steps, words", [({1: 300}, "no value for N = [4]"),
                                           ({1: 300, 4: 100, 9: 5}, "N = [9] not in train_sizes"),
-                                          ({1: 300, 4: 0}, "greater than or equal to 1")])
+                                          ({1: 300, 4: 0}, "N = 4: must be in [1,")])
 def test_steps_per_train_size_must_name_every_n(steps, words):
     with pytest.raises(SpecError, match=re.escape(words)) as error:
         parse_spec(variant(training={"steps": steps}))

@@ -27,6 +27,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     PrivateAttr,
     ValidationError,
     ValidationInfo,
@@ -140,8 +141,7 @@ def _booleans_refused(cls: type[BaseModel], data: Any) -> Any:
     errors = []
     for name, value in data.items():
         field = cls.model_fields.get(name) if isinstance(name, str) else None
-        items = (value if isinstance(value, (list, tuple)) else
-                 [*value, *value.values()] if isinstance(value, dict) else [value])  # {N: steps} too
+        items = value if isinstance(value, (list, tuple)) else [value]
         if field is not None and _numeric(field.annotation) and any(isinstance(item, bool) for item in items):
             errors.append(_error((name,), f"a number is needed, not a boolean (got {str(value).lower()[:40]})", value))
     if errors:
@@ -399,8 +399,28 @@ _TRAIN_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)
 # Training settings a study may give per train size: a model's schedule can follow its N (e.g. the
 # small N trained long enough to memorize) while every model of one N is trained alike.
 PER_TRAIN_SIZE = ("steps", "lr_halve_every")
-_Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
-_PerTrainSize = _Steps | dict[Annotated[int, Field(ge=1)], _Steps]
+
+
+def _steps_count(value: Any, where: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}a whole number of steps is needed (got {short_repr(value)})")
+    if not 1 <= value <= MAX_STEPS:
+        raise ValueError(f"{where}must be in [1, {MAX_STEPS:,}] (got {value})")
+    return value
+
+
+def _per_train_size(value: Any) -> int | dict[int, int]:
+    """One step count for every N, or a mapping {N: steps} (which train sizes it must name is
+    checked by the study, which knows them)."""
+    if not isinstance(value, dict):
+        return _steps_count(value)
+    for n in value:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"the keys of a mapping are train sizes N >= 1 (got {short_repr(n)})")
+    return {n: _steps_count(v, f"N = {n}: ") for n, v in value.items()}
+
+
+_PerTrainSize = Annotated[int | dict[int, int], PlainValidator(_per_train_size)]
 
 
 def _value_for(value: int | dict[int, int], n: int) -> int:
