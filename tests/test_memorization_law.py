@@ -8,8 +8,11 @@ import math
 
 import pytest
 
+from gahb_scale.study import figures
+from gahb_scale.study.report import law_statement
 from gahb_scale.study.spec_file import parse_spec
-from gahb_scale.study.summarise import level_crossing, memorization_law_rows, memorization_tau_rows
+from gahb_scale.study.summarise import (level_crossing, memorization_law_rows, memorization_tau_rows,
+                                        memorization_time_rows, onset_rows)
 
 SAMPLES = 4  # per model and snapshot: f_mem moves in steps of 1/4
 
@@ -110,13 +113,27 @@ def test_fewer_than_two_n_values_fit_nothing():
     assert all(math.isnan(law[key]) for key in ("exponent", "ci_low", "ci_high", "intercept"))
 
 
-def test_undefined_f_mem_is_neither_timed_nor_censored():
-    """N = 1: no second-nearest training image, d1/d2 is NaN at every snapshot."""
+@pytest.mark.parametrize("b, verdict", [(1.0, "agrees with"), (0.5, "is shallower than"), (2.0, "is steeper than")])
+def test_the_report_says_whether_the_exponent_agrees_with_bonnaire(b, verdict):
+    spec = _spec([0])
+    law = _law(spec, *_study(b, [2, 4, 8, 16], [0]))[1]
+    assert verdict in law_statement(law) and f"N^{b:.2f}" in law_statement(law)
+
+
+def test_n_1_alone_is_neither_timed_nor_censored_and_its_figures_draw():
+    """N = 1: no second-nearest training image, d1/d2 is NaN at every snapshot; nothing to put on a
+    log axis."""
     spec = _spec([0])
     model = {"study_id": "t", "trial_id": "one", "dataset": "discs", "architecture": "u", "n": 1, "seed": 0,
              "pair": 0, "split": "A"}
     samples = [{"study_id": "t", "trial_id": "one", "step": step, "sample_seed": 0, "diverged": False,
                 "d1_d2": math.nan, "d1_d2_scale_free": math.nan, "nn_cosine_centered": 1.0} for step in (10, 20)]
-    tau, law = _law(spec, [model], samples)
+    over_time = memorization_time_rows(spec, [model], samples)
+    tau = memorization_tau_rows(spec, [model], samples)
+    law = memorization_law_rows(spec, tau)
     assert tau[0]["censored"] is None and math.isnan(tau[0]["tau"]) and math.isnan(tau[0]["max_f_mem"])
-    assert (law["units"], law["censored"]) == (0, 0) and math.isnan(law["exponent"])
+    assert (law[0]["units"], law[0]["censored"]) == (0, 0) and math.isnan(law[0]["exponent"])
+    for png in (figures.memorization_time_figure(over_time, onset_rows(spec, over_time), "t"),
+                figures.memorization_law_figure(tau, law, "t")):
+        assert png.startswith(b"\x89PNG")
+    assert "no fit" in law_statement(law[0])

@@ -226,6 +226,7 @@ def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> 
                              "dataset", "architecture", "n", "seed", "pair", "split", "trial_id")},
                          "measure": measure, "level": level, "first_step": first, "step_below": below, "tau": tau,
                          "censored": None if not defined else first is None, "steps_observed": len(steps),
+                         "last_step": steps[-1],
                          "final_f_mem": curve[-1], "max_f_mem": max(defined, default=math.nan)})
     return rows
 
