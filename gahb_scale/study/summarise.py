@@ -200,7 +200,7 @@ def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> 
     The unit is one model, not the A and B models of a seed pooled: the two are independent
     networks trained on different images, so each is a replicate, and the spread between them
     gives the law an interval even in a study of one seed. `censored`: True when f_mem stays
-    below the level through training, None when it is undefined at every step (N = 1); such
+    below the level through the last snapshot, None when it is undefined at every step (N = 1); such
     models, and those already at the level at their first snapshot, have no `tau` and stay out of
     the fit."""
     ratios = [column for _, column in LAW_MEASURES]
@@ -226,8 +226,7 @@ def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> 
                              "dataset", "architecture", "n", "seed", "pair", "split", "trial_id")},
                          "measure": measure, "level": level, "first_step": first, "step_below": below, "tau": tau,
                          "censored": None if not defined else first is None, "steps_observed": len(steps),
-                         "last_step": steps[-1],
-                         "final_f_mem": curve[-1], "max_f_mem": max(defined, default=math.nan)})
+                         "last_step": steps[-1], "final_f_mem": curve[-1], "max_f_mem": max(defined, default=math.nan)})
     return rows
 
 
@@ -281,7 +280,8 @@ def memorization_law_rows(spec: StudySpec, tau_rows: list[dict]) -> list[dict]:
                      "units": int(timed.sum()), "censored": sum(flag is True for flag in group["censored"]),
                      "before_first_snapshot": sum(first is not None and below is None
                                                   for first, below in zip(group["first_step"], group["step_below"])),
-                     "seeds": len(seeds), "resampled_over": "seeds" if len(seeds) > 1 else "models within each N",
+                     "seeds": len(seeds), "resampled_over": None if math.isnan(b) else
+                     "seeds" if len(seeds) > 1 else "models within each N",
                      "resamples": int(draws.size)})
     return rows
 
