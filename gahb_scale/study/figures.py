@@ -463,6 +463,7 @@ def memorization_law_figure(tau_rows: list[dict], law: list[dict], title: str) -
     (τ_mem is later), those already at it at their first snapshot there (τ_mem is earlier)."""
     measures = {"f_mem": "f_mem (raw pixels, Bonnaire et al.)", "f_mem_scale_free": "f_mem (scale-free)"}
     fig, axes = plt.subplots(1, len(measures), figsize=(11, 4.2))
+    fig.subplots_adjust(wspace=0.3)
     fits = {(row["dataset"], row["architecture"], row["measure"]): row for row in law}
     groups = group_rows(tau_rows, "dataset", "architecture")
     for ax, (measure, name) in zip(axes, measures.items()):
