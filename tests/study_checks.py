@@ -9,7 +9,7 @@ from gahb_scale.study.trials import expand_trials
 
 TABLES = ("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "pairs", "pair_bases",
           "transition", "disc_tangent", "snapshot_samples", "slopes", "memorization_time", "memorization_onset",
-          "memorizer_distance")
+          "memorization_tau", "memorization_law", "memorizer_distance")
 
 
 def table_rows(results: str) -> dict[str, list[dict]]:
@@ -31,6 +31,7 @@ def expected_row_counts(spec: StudySpec) -> dict[str, int]:
             "pairs": pairs * s.num_samples, "pair_bases": pairs * jacobians, "transition": sizes,
             "disc_tangent": models * jacobians, "snapshot_samples": models * snapshots * s.num_samples,
             "slopes": sizes, "memorization_time": sizes * snapshots, "memorization_onset": sizes,
+            "memorization_tau": models * 2, "memorization_law": 2,  # both f_mem measures
             "memorizer_distance": models * len(a.sigmas)}
 
 

@@ -71,7 +71,7 @@ def test_micro_study_end_to_end(micro, capsys):
     assert sorted(r["n"] for r in rows["memorization_onset"]) == spec.train_sizes
     assert sorted(r["n"] for r in rows["slopes"]) == spec.train_sizes
     assert all(r["alpha"] is None and r["psnr_slope"] > 0 for r in rows["slopes"])
-    study_level = ("transition", "slopes", "memorization_time", "memorization_onset")
+    study_level = ("transition", "slopes", "memorization_time", "memorization_onset", "memorization_law")
     for name, table in rows.items():
         for row in table:
             assert row["study_id"] == "micro", name

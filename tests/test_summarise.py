@@ -15,8 +15,8 @@ import torch
 from gahb_scale.analysis import memorization_fraction
 from gahb_scale.study.spec_file import parse_spec
 from gahb_scale.study.store import StudyStore
-from gahb_scale.study.summarise import (memorization_time_rows, onset_rows, shuffle_rows, slope_rows,
-                                        summarise_study, transition_rows)
+from gahb_scale.study.summarise import (memorization_law_rows, memorization_tau_rows, memorization_time_rows,
+                                        onset_rows, shuffle_rows, slope_rows, summarise_study, transition_rows)
 
 SPEC = parse_spec({"name": "t", "image_size": 12,
                    "datasets": [{"name": "plain", "kind": "discs"},
@@ -40,7 +40,7 @@ def _study(study: str = "t", seed: int = 0) -> dict[str, list[dict]]:
                 for split in "AB":
                     trial = {"study_id": study, "trial_id": f"{pair_id}-{split}"}
                     tables["model_metrics"].append({
-                        **group, **trial, "train_psnr": value(), "test_psnr": value(), "psnr_gap": value(),
+                        **group, **trial, "pair": pair // 2, "seed": pair % 2, "split": split, "train_psnr": value(), "test_psnr": value(), "psnr_gap": value(),
                         "psnr_slope": float(rng.random()), "optimal_slope": math.nan,
                         "nn_cosine_centered": math.nan if rng.random() < 0.2 else float(rng.random()),
                         "memorizer_distance": float(rng.random()), "memorizer_distance_bias_free": float(rng.random()),
@@ -164,6 +164,9 @@ def test_the_store_path_keeps_only_the_study_and_the_order_of_its_files(tmp_path
                                                                 read["pairs"], read["pair_bases"]))
     assert _bits(tables["memorization_time"]) == _bits(memorization_time_rows(SPEC, read["model_metrics"],
                                                                               read["snapshot_samples"]))
+    tau = memorization_tau_rows(SPEC, read["model_metrics"], read["snapshot_samples"])
+    assert len(tau) == 2 * 48 and _bits(tables["memorization_tau"]) == _bits(tau)  # 48 models × 2 measures
+    assert _bits(tables["memorization_law"]) == _bits(memorization_law_rows(SPEC, tau))
     assert tables["shuffle_psnr"] == shuffle_rows(SPEC, pa.Table.from_pylist(read["model_metrics"]), read["psnr"])
 
 

@@ -454,3 +454,59 @@ def loss_curves_figure(curves: list[dict], trials: dict[str, dict], title: str) 
         labelled.add(n)
     ax.set_yscale("log")
     return _finish(fig, ax, "step", "training loss", title)
+
+
+def memorization_law_figure(tau_rows: list[dict], law: list[dict], title: str) -> bytes:
+    """τ_mem against N on log-log axes, one panel per f_mem measure: each model's interpolated τ_mem,
+    the fitted line with its exponent and 95% CI, and the slope-1 line τ ∝ N (Bonnaire et al.)
+    through the same points. Models that never reach the level are drawn at their last snapshot
+    (τ_mem is later), those already at it at their first snapshot there (τ_mem is earlier)."""
+    measures = {"f_mem": "f_mem (raw pixels, Bonnaire et al.)", "f_mem_scale_free": "f_mem (scale-free)"}
+    fig, axes = plt.subplots(1, len(measures), figsize=(11, 4.2))
+    fig.subplots_adjust(wspace=0.3)
+    fits = {(row["dataset"], row["architecture"], row["measure"]): row for row in law}
+    groups = group_rows(tau_rows, "dataset", "architecture")
+    for ax, (measure, name) in zip(axes, measures.items()):
+        drawn = False
+        for colour, ((dataset, architecture), units) in zip(_colours(len(groups)), groups.items()):
+            units = [unit for unit in units if unit["measure"] == measure]
+            timed = [unit for unit in units if not np.isnan(unit["tau"])]
+            label = f"{dataset}/{architecture}"
+            bounds = [([u["n"] for u in units if u["censored"] is True], [u["last_step"] for u in units
+                       if u["censored"] is True], "^", "never reached: later than the last snapshot"),
+                      ([u["n"] for u in units if u["first_step"] is not None and u["step_below"] is None],
+                       [u["first_step"] for u in units if u["first_step"] is not None and u["step_below"] is None],
+                       "v", "reached by the first snapshot: earlier")]
+            for n, steps, marker, what in bounds:
+                if n:
+                    ax.scatter(n, steps, marker=marker, facecolors="none", edgecolors=colour, label=f"{label}: {what}")
+                    drawn = True
+            if not timed:
+                continue
+            drawn = True
+            n = np.array([unit["n"] for unit in timed], dtype=float)
+            tau = np.array([unit["tau"] for unit in timed], dtype=float)
+            ax.scatter(n, tau, color=colour, label=f"{label}: τ_mem of a model")
+            fit = fits.get((dataset, architecture, measure))
+            line = np.geomspace(n.min(), n.max(), 50)
+            if fit is not None and not np.isnan(fit["exponent"]):
+                ax.plot(line, np.exp(fit["intercept"]) * line ** fit["exponent"], color=colour,
+                        label=f"{label}: b = {fit['exponent']:.2f} (95% CI {fit['ci_low']:.2f} – {fit['ci_high']:.2f},"
+                              f" over {fit['resampled_over']})")
+            centre = np.exp(np.mean(np.log(tau)) - np.mean(np.log(n)))
+            ax.plot(line, centre * line, color=colour, ls=":", label=f"{label}: slope 1, τ_mem ∝ N")
+        if drawn:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ns = sorted({unit["n"] for unit in tau_rows if unit["measure"] == measure})
+            ax.set_xticks(ns, [str(n) for n in ns])  # the measured N, not log-minor clutter
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: points stay visible
+        else:  # N = 1 alone: f_mem is undefined, there is no τ to draw
+            ax.text(0.5, 0.5, "no model has a defined f_mem", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("training-set size N")
+        ax.set_ylabel("τ_mem (training step)")
+        ax.set_title(f"τ_mem by {name}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)

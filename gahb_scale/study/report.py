@@ -117,7 +117,8 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
     # every table the sections below show, read once
     tables = {name: _rows(store, name, spec.name) for name in (
         "datasets", "transition", "psnr", "train_curves", "memorizer_distance", "eigen", "jacobian", "pairs",
-        "pair_bases", "slopes", "disc_tangent", "shuffle_psnr", "memorization_time", "memorization_onset")}
+        "pair_bases", "slopes", "disc_tangent", "shuffle_psnr", "memorization_time", "memorization_onset",
+        "memorization_tau", "memorization_law")}
     datasets = tables["datasets"]
     if any(row["pool_images"] is not None for row in datasets):
         page.table(datasets, {"dataset": "dataset", "kind": "kind", "pool_images": "images in the pool",
@@ -148,6 +149,7 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
     _tangent_section(page, spec, tables["disc_tangent"], trials)
     _shuffle_section(page, spec, tables["shuffle_psnr"])
     _time_section(page, spec, tables["memorization_time"], tables["memorization_onset"])
+    _law_section(page, spec, tables["memorization_tau"], tables["memorization_law"])
     return {"index.html": page.render(), **page.files}
 
 
@@ -297,6 +299,46 @@ def _time_section(page: _Page, spec: StudySpec, rows: list[dict], onset: list[di
     page.table(onset, {"dataset": "dataset", "architecture": "architecture", "n": "N", "onset_step": "onset step",
                        "onset_step_scale_free": "onset step (scale-free f_mem)", "max_f_mem": "max f_mem",
                        "final_f_mem": "final f_mem", "steps_observed": "snapshots"})
+
+
+_MEASURE_NAMES = {"f_mem": "Bonnaire et al.'s f_mem", "f_mem_scale_free": "the scale-free f_mem"}
+
+
+def law_statement(row: dict) -> str:
+    """One sentence on a `memorization_law` row: whether its exponent agrees with τ_mem ∝ N (the
+    95% CI holds 1), is shallower (the whole CI below 1) or steeper (above)."""
+    subject = f"{row['dataset']}/{row['architecture']}, by {_MEASURE_NAMES[row['measure']]}"
+    counts = (f"{row['units']} models at {row['n_values']} N values; {row['censored']} never reached "
+              f"f_mem ≥ {row['level']:g} within training")
+    if math.isnan(row["exponent"]):
+        return f"{subject}: no fit, it needs τ_mem at 2 N values at least ({counts})."
+    fit = f"{subject}: τ_mem ∝ N^{row['exponent']:.2f}"
+    if math.isnan(row["ci_low"]):
+        return f"{fit}, with no interval ({counts})."
+    fit += f" (95% CI {row['ci_low']:.2f} – {row['ci_high']:.2f}, resampled over {row['resampled_over']}; {counts})"
+    if row["ci_low"] <= 1 <= row["ci_high"]:
+        return f"{fit}. This agrees with Bonnaire et al.'s τ_mem ∝ N: the interval holds 1."
+    return (f"{fit}. This is {'shallower' if row['ci_high'] < 1 else 'steeper'} than Bonnaire et al.'s τ_mem ∝ N: "
+            f"the interval lies {'below' if row['ci_high'] < 1 else 'above'} 1.")
+
+
+def _law_section(page: _Page, spec: StudySpec, tau_rows: list[dict], law: list[dict]) -> None:
+    if not law:
+        return
+    page.heading("The memorization-time law", level=3)
+    page.figure("memorization-law", figures.memorization_law_figure(tau_rows, law, spec.name),
+                f"τ_mem of each model: the training step at which its f_mem first reaches {spec.analysis.onset_f_mem:g}, "
+                f"interpolated linearly in log step between the snapshots on either side; the line log τ_mem = a + "
+                f"b·log N fitted over them, and the slope 1 of Bonnaire et al.'s τ_mem ∝ N. Models that never reach "
+                f"the level (censored) or reach it by the first snapshot are drawn at that snapshot and left out of "
+                f"the fit.")
+    for row in law:
+        page.text(law_statement(row))
+    page.table(law, {"dataset": "dataset", "architecture": "architecture", "measure": "measure",
+                     "exponent": "exponent b", "ci_low": "95% CI low", "ci_high": "95% CI high",
+                     "intercept": "intercept a (ln τ at N = 1)", "n_values": "N values", "units": "models fitted",
+                     "censored": "censored", "before_first_snapshot": "reached by the first snapshot",
+                     "seeds": "seeds", "resampled_over": "resampled over"})
 
 
 def write_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:

@@ -48,6 +48,8 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "shuffle_psnr": ("study_id",),
     "memorization_time": ("study_id",),
     "memorization_onset": ("study_id",),
+    "memorization_tau": ("study_id",),
+    "memorization_law": ("study_id",),
 }
 
 

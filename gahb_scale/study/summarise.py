@@ -1,6 +1,6 @@
 """Stage 4, summarise the study (one Ray task): the study-level tables — transition, PSNR slopes,
-shuffled-pixel drop, memorization over training time and its onset — from the per-model and
-per-pair tables of the whole study.
+shuffled-pixel drop, memorization over training time, its onset, each model's τ_mem and the law
+τ_mem ∝ N^b — from the per-model and per-pair tables of the whole study.
 
 The grouping is SQL (DuckDB over Arrow tables); means, sds and the bootstrap of f_mem stay numpy.
 SQL hands them each group's values as a list in the order the rows were read: the bootstrap's
@@ -74,10 +74,12 @@ def summarise_study(spec: StudySpec, results: str) -> dict[str, list[dict]]:
               for name, table in read.items() if table is not None}
     metrics = tables.get("model_metrics")
     over_time = memorization_time_rows(spec, metrics, tables.get("snapshot_samples"))
+    tau = memorization_tau_rows(spec, metrics, tables.get("snapshot_samples"))
     return {"transition": transition_rows(spec, metrics, tables.get("samples"), tables.get("pairs"),
                                           tables.get("pair_bases")),
             "slopes": slope_rows(spec, metrics), "shuffle_psnr": shuffle_rows(spec, metrics, tables.get("psnr")),
-            "memorization_time": over_time, "memorization_onset": onset_rows(spec, over_time)}
+            "memorization_time": over_time, "memorization_onset": onset_rows(spec, over_time),
+            "memorization_tau": tau, "memorization_law": memorization_law_rows(spec, tau)}
 
 
 def _slope_theory_applies(dataset: DatasetSpec | None) -> bool:
@@ -168,6 +170,120 @@ def onset_rows(spec: StudySpec, over_time: list[dict]) -> list[dict]:
         FROM curves GROUP BY dataset, architecture, n ORDER BY dataset, architecture, n""",
         {"study": spec.name, "level": spec.analysis.onset_f_mem},
         curves=_table(over_time, "dataset", "architecture", "n", "step", "f_mem", "f_mem_scale_free"))
+
+
+# the two f_mem measures of the memorization-time law: (name in the tables, d1/d2 column it counts)
+LAW_MEASURES = (("f_mem", "d1_d2"), ("f_mem_scale_free", "d1_d2_scale_free"))
+
+
+def level_crossing(steps: list[int], f_mem: list[float], level: float) -> tuple[int | None, int | None, float]:
+    """Where a curve of f_mem over training steps first reaches `level`: (first step at or above it,
+    the snapshot step just before it, the crossing interpolated linearly in log step between those
+    two). Steps whose f_mem is undefined (NaN) are skipped. The crossing is NaN when the curve
+    never reaches the level (first step None) or already has at its first defined step (the
+    step before it None: the crossing lies somewhere before, and only an upper bound is known)."""
+    defined = [(step, value) for step, value in zip(steps, f_mem) if not math.isnan(value)]
+    for i, (step, value) in enumerate(defined):
+        if value >= level:
+            if i == 0:
+                return step, None, math.nan
+            below, below_value = defined[i - 1]
+            share = (level - below_value) / (value - below_value)
+            return step, below, math.exp(math.log(below) + share * (math.log(step) - math.log(below)))
+    return None, None, math.nan
+
+
+def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> list[dict]:
+    """τ_mem per model and f_mem measure: the training step at which the model's own f_mem (over
+    weight snapshots, diverged samples left out) first reaches `analysis.onset_f_mem`.
+
+    The unit is one model, not the A and B models of a seed pooled: the two are independent
+    networks trained on different images, so each is a replicate, and the spread between them
+    gives the law an interval even in a study of one seed. `censored`: True when f_mem stays
+    below the level through the last snapshot, None when it is undefined at every step (N = 1); such
+    models, and those already at the level at their first snapshot, have no `tau` and stay out of
+    the fit."""
+    ratios = [column for _, column in LAW_MEASURES]
+    groups = _query(f"""
+        WITH curves AS (
+            SELECT trial_id, step, {_lists(*ratios)} FROM samples WHERE diverged IS NOT TRUE GROUP BY ALL)
+        SELECT dataset, architecture, n, seed, pair, split, trial_id, list(step ORDER BY step) AS steps,
+               {", ".join(f"list({column} ORDER BY step) AS {column}" for column in ratios)}
+        FROM curves JOIN metrics USING (trial_id)
+        GROUP BY dataset, architecture, n, seed, pair, split, trial_id
+        ORDER BY dataset, architecture, n, seed, pair, split, trial_id""",
+        metrics=_table(metrics, "trial_id", "dataset", "architecture", "n", "seed", "pair", "split"),
+        samples=_table(sample_rows, "trial_id", "step", "diverged", *ratios))
+    level = spec.analysis.onset_f_mem
+    rows = []
+    for group in groups:
+        steps = group["steps"]
+        for measure, column in LAW_MEASURES:
+            curve = [_pooled_fraction(spec, ratios).value for ratios in group[column]]
+            first, below, tau = level_crossing(steps, curve, level)
+            defined = [value for value in curve if not math.isnan(value)]
+            rows.append({"study_id": spec.name, **{key: group[key] for key in (
+                             "dataset", "architecture", "n", "seed", "pair", "split", "trial_id")},
+                         "measure": measure, "level": level, "first_step": first, "step_below": below, "tau": tau,
+                         "censored": None if not defined else first is None, "steps_observed": len(steps),
+                         "last_step": steps[-1], "final_f_mem": curve[-1], "max_f_mem": max(defined, default=math.nan)})
+    return rows
+
+
+def _log_fit(log_n: np.ndarray, log_tau: np.ndarray) -> tuple[float, float]:
+    """(b, a) of the least-squares line log τ = a + b·log N; NaN without two distinct N."""
+    if len(np.unique(log_n)) < 2:
+        return math.nan, math.nan
+    b, a = np.polyfit(log_n, log_tau, 1)
+    return float(b), float(a)
+
+
+def memorization_law_rows(spec: StudySpec, tau_rows: list[dict]) -> list[dict]:
+    """Bonnaire et al.'s law τ_mem ∝ N tested: log τ_mem = a + b·log N (natural logs) fitted over
+    the models with a τ, per (dataset, architecture, f_mem measure), with a 95% percentile-bootstrap
+    interval for b.
+
+    The bootstrap resamples seeds with replacement, each drawn seed bringing all its models: a
+    seed's models at different N start from the same weights and noise streams, so they are not
+    independent of each other. With one seed there is nothing to resample over, and the models are
+    resampled instead, within each N so every resample keeps the study's N values
+    (`resampled_over` says which). A fit needs τ at two N values at least."""
+    groups = _query(f"""
+        SELECT dataset, architecture, measure, {_lists("n", "seed", "tau", "censored", "first_step", "step_below")}
+        FROM tau GROUP BY ALL ORDER BY dataset, architecture, measure""",
+        tau=_table(tau_rows, "dataset", "architecture", "measure", "n", "seed", "tau", "censored", "first_step",
+                   "step_below"))
+    rows = []
+    for group in groups:
+        timed = ~np.isnan(np.array(group["tau"], dtype=float))
+        log_n = np.log(np.array(group["n"], dtype=float)[timed])
+        log_tau = np.log(np.array(group["tau"], dtype=float)[timed])
+        b, a = _log_fit(log_n, log_tau)
+        seed_of = np.array(group["seed"])[timed]
+        seeds = np.unique(seed_of)
+        by_seed = [np.flatnonzero(seed_of == seed) for seed in seeds]
+        by_n = [np.flatnonzero(log_n == value) for value in np.unique(log_n)]
+        rng = np.random.default_rng(0)
+        draws = []
+        for _ in range(0 if math.isnan(b) else spec.analysis.bootstrap):
+            if len(seeds) > 1:
+                picked = np.concatenate([by_seed[i] for i in rng.integers(len(seeds), size=len(seeds))])
+            else:
+                picked = np.concatenate([rng.choice(members, size=len(members)) for members in by_n])
+            draws.append(_log_fit(log_n[picked], log_tau[picked])[0])
+        draws = np.array(draws)
+        draws = draws[~np.isnan(draws)]  # a draw of seeds whose models all share one N fits no line
+        low, high = np.percentile(draws, [2.5, 97.5]) if draws.size else (math.nan, math.nan)
+        rows.append({"study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"],
+                     "measure": group["measure"], "level": spec.analysis.onset_f_mem, "exponent": b,
+                     "ci_low": float(low), "ci_high": float(high), "intercept": a, "n_values": len(by_n),
+                     "units": int(timed.sum()), "censored": sum(flag is True for flag in group["censored"]),
+                     "before_first_snapshot": sum(first is not None and below is None
+                                                  for first, below in zip(group["first_step"], group["step_below"])),
+                     "seeds": len(seeds), "resampled_over": None if math.isnan(b) else
+                     "seeds" if len(seeds) > 1 else "models within each N",
+                     "resamples": int(draws.size)})
+    return rows
 
 
 def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, bases: Rows) -> list[dict]:

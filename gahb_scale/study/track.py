@@ -162,6 +162,15 @@ class StudyTracker:
         self._log_files(self.parent_id, {"phase_transition.png": figure})
         self.client.set_terminated(self.parent_id)
 
+    def log_law(self, law: list[dict]) -> None:
+        """The memorization-time law on the study run: per dataset/architecture and f_mem measure, the
+        exponent of τ_mem ∝ N^b, its 95% CI and how many N values it was fitted on."""
+        now = int(time.time() * 1000)
+        suffix = {"f_mem": "", "f_mem_scale_free": "_scale_free"}
+        self._metrics(self.parent_id, [
+            Metric(f"{row['dataset']}/{row['architecture']}/tau_mem_{key}{suffix[row['measure']]}", float(row[key]),
+                   now, 0) for row in law for key in ("exponent", "ci_low", "ci_high", "n_values")])
+
     def log_report(self, files: dict[str, bytes]) -> None:
         """The static report (index.html and its PNGs) as artifacts under report/ of the study run."""
         self._log_files(self.parent_id, files, artifact_path="report")
@@ -189,6 +198,7 @@ def track_study(spec: StudySpec, spec_text: str, trials: list[Trial], store: Stu
         log.info(f"[mlflow] trial runs {i}/{len(todo)} logged")
     if todo or report_files:
         report_files = report_files or read_report(spec, store)  # a run that failed to log it logs it now
+        tracker.log_law(store.key_rows("memorization_law", spec.name, "study"))
         tracker.log_study(spec_text, transition, report_files["transition.png"])
         tracker.log_report(report_files)
     return tracker
