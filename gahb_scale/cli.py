@@ -34,17 +34,21 @@ def _fraction(row: dict, name: str) -> str:
 
 
 def format_transition(rows: list[dict]) -> str:
-    header = ["dataset", "arch", "N", "PSNR train", "PSNR test", "gap dB", "f_mem [95% CI]", "f_mem scale-free",
-              "NN cos centred", "to memorizer", "to bias-free mem.", "A/B cos", "A/B cos centred", "A/B L2",
-              "A/B basis", "tr J", "J asym", "capped", "diverged"]
+    header = ["dataset", "arch", "N", "PSNR train", "PSNR test", "gap dB", "f_mem [95% CI]", "(chance)",
+              "f_mem scale-free", "(chance)", "NN cos centred", "(chance)", "to memorizer", "to bias-free mem.",
+              "A/B cos", "(chance)", "A/B cos centred", "(chance)", "A/B L2", "(chance)", "A/B basis", "(k/n)", "tr J",
+              "J asym", "memorizer's", "Gaussian's", "switch N", "capped", "diverged"]
     body = []
     for r in sorted(rows, key=lambda r: (r["dataset"], r["architecture"], r["n"])):
         body.append([r["dataset"], r["architecture"], str(r["n"]), _num(r["train_psnr"], 2), _num(r["test_psnr"], 2),
-                     _num(r["psnr_gap"], 2), _fraction(r, "f_mem"), _fraction(r, "f_mem_scale_free"),
-                     _num(r["nn_cosine_centered"]), _num(r["memorizer_distance"]),
-                     _num(r["memorizer_distance_bias_free"]), _num(r["ab_cosine"]),
-                     _num(r["ab_cosine_centered"]), _num(r["ab_l2"]), _num(r["ab_basis_overlap"]),
-                     _num(r["effective_dim"], 1), _num(r["symmetry_error"], 2),
+                     _num(r["psnr_gap"], 2), _fraction(r, "f_mem"), _num(r["f_mem_chance"], 2),
+                     _fraction(r, "f_mem_scale_free"), _num(r["f_mem_scale_free_chance"], 2),
+                     _num(r["nn_cosine_centered"]), _num(r["nn_cosine_centered_chance"]), _num(r["memorizer_distance"]),
+                     _num(r["memorizer_distance_bias_free"]), _num(r["ab_cosine"]), _num(r["ab_cosine_chance"]),
+                     _num(r["ab_cosine_centered"]), _num(r["ab_cosine_centered_chance"]), _num(r["ab_l2"]),
+                     _num(r["ab_l2_chance"]), _num(r["ab_basis_overlap"]), _num(r["ab_basis_overlap_chance"]),
+                     _num(r["effective_dim"], 1), _num(r["symmetry_error"], 2), _num(r["symmetry_error_memorizer"], 2),
+                     _num(r["symmetry_error_gaussian"], 2), _num(r["switch_n"], 1),
                      str(r["capped_samples"]), str(r["diverged_samples"])])
     from .study.trials import format_table
 
@@ -82,7 +86,9 @@ def cmd_run(args) -> int:
     print(f"transition table of study {spec.name} (means over models; A/B = same-seed samples of the two "
           "models of a split pair; to memorizer = distance to the memorizing solution (the training set's MMSE "
           "denoiser, and its bias-free version), median over sigma; "
-          "J asym = ||J - J^T|| / ||J||; every measure is defined in the README):")
+          "J asym = ||J - J^T|| / ||J||, beside the blind memorizer's and Gaussian MMSE denoiser's; (chance) = the "
+          "measure for held-out images of the data; switch N = between the last N that memorizes and the next; "
+          "every measure is defined in the README):")
     print(format_transition(result["transition"]))
     print()
     # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)

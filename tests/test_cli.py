@@ -112,11 +112,14 @@ def test_transition_table_says_undefined_for_n_below_2():
                f_mem_scale_free_low=nan, f_mem_scale_free_high=nan, memorizer_distance=0.01,
                memorizer_distance_bias_free=0.005, ab_cosine=0.5,
                ab_cosine_centered=0.1, ab_l2=0.2, ab_basis_overlap=0.5, effective_dim=3.0, symmetry_error=0.4,
-               capped_samples=0, diverged_samples=0)
+               symmetry_error_memorizer=nan, symmetry_error_gaussian=nan, f_mem_chance=nan, f_mem_scale_free_chance=nan,
+               nn_cosine_centered_chance=0.875, ab_cosine_chance=0.8, ab_cosine_centered_chance=0.3, ab_l2_chance=0.25,
+               ab_basis_overlap_chance=0.0078125, switch_n=None, capped_samples=0, diverged_samples=0)
     text = format_transition([row, {**row, "n": 10, "f_mem": 0.25, "f_mem_low": 0.1, "f_mem_high": 0.4,
                                     "f_mem_scale_free": 0.5, "f_mem_scale_free_low": 0.3, "f_mem_scale_free_high": 0.7}])
     assert text.count("undefined (N<2)") == 2  # both measures, N = 1 only
     assert "0.25 [0.10, 0.40]" in text and "0.50 [0.30, 0.70]" in text
+    assert "0.875" in text and "0.008" in text  # chance levels beside the measures
 
 
 def test_report_before_any_analysis_says_what_to_run(tmp_path, capsys):

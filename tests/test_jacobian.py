@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-from gahb_scale.analysis import (denoiser_jacobian, effective_dimensionality, eigen_spectrum, jacobian_by_rows,
-                                 symmetry_error)
+from gahb_scale.analysis import (EmpiricalOptimalDenoiser, GaussianDenoiser, denoiser_jacobian,
+                                 effective_dimensionality, eigen_spectrum, jacobian_by_rows, shrunk_gaussian_fit,
+                                 symmetry_error, training_noise_prior)
 from gahb_scale.models import BFBatchNorm, build_model, denoise
 
 SIZE = 16
@@ -141,3 +142,47 @@ def test_eigen_spectrum_recovers_known_eigenvalues_and_vectors():
 def test_effective_dimensionality_is_sum_of_eigenvalues():
     jacobian, eigenvalues, _ = _matrix_with_known_spectrum(12, seed=6)
     torch.testing.assert_close(effective_dimensionality(jacobian.unsqueeze(0)), eigenvalues.sum().reshape(1))
+
+
+# --- the asymmetry references: the memorizer and the Gaussian MMSE denoiser ------------------------
+
+def _training_set(count: int, size: int = 4) -> torch.Tensor:
+    return torch.rand(count, 1, size, size, generator=torch.Generator().manual_seed(count), dtype=torch.float64)
+
+
+def _noisy_held_out(sigma: float, size: int = 4) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(7)
+    clean = torch.rand(2, 1, size, size, generator=generator, dtype=torch.float64)
+    return clean + sigma * torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+
+
+def test_closed_form_memorizer_jacobian_is_the_derivative_of_its_output():
+    """Blind over the training noise prior, streaming the training set in chunks of 3 images."""
+    grid, log_prior = training_noise_prior()
+    memorizer = EmpiricalOptimalDenoiser(_training_set(10), sigma_grid=grid, log_prior=log_prior, chunk_size=3)
+    for sigma in (0.1, 0.5):
+        y = _noisy_held_out(sigma)
+        reference = jacobian_by_rows(functools.partial(denoise, memorizer), y)
+        assert _relative_error(memorizer.jacobian(y), reference) < 1e-9
+
+
+def test_memorizer_of_one_image_has_zero_jacobian_and_at_known_sigma_a_symmetric_one():
+    y = _noisy_held_out(0.05)
+    assert torch.equal(EmpiricalOptimalDenoiser(_training_set(1)).jacobian(y), torch.zeros(2, 16, 16,
+                                                                                          dtype=torch.float64))
+    # at a known σ, J = posterior covariance / σ²: symmetric
+    jacobian = EmpiricalOptimalDenoiser(_training_set(6), sigma=0.5).jacobian(_noisy_held_out(0.5))
+    assert jacobian.abs().max() > 1e-3 and symmetry_error(jacobian).max() < 1e-12
+
+
+def test_gaussian_reference_at_known_sigma_is_its_symmetric_wiener_filter():
+    mean, cov = shrunk_gaussian_fit(_training_set(5))
+    sigma, y = 0.3, _noisy_held_out(0.3)
+    gaussian = GaussianDenoiser(mean, cov, sigma=sigma)
+    jacobian = denoiser_jacobian(functools.partial(denoise, gaussian), y)
+    wiener = cov @ torch.linalg.inv(cov + sigma ** 2 * torch.eye(16, dtype=torch.float64))
+    assert _relative_error(jacobian, wiener.expand(2, 16, 16)) < 1e-10 and symmetry_error(jacobian).max() < 1e-10
+    # blind over the training prior it is not linear, and the batched Jacobian still is its derivative
+    grid, log_prior = training_noise_prior()
+    blind = functools.partial(denoise, GaussianDenoiser(mean, cov, sigma_grid=grid, log_prior=log_prior))
+    assert _relative_error(denoiser_jacobian(blind, y, chunk_size=5), jacobian_by_rows(blind, y)) < 1e-10

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from gahb_scale.analysis import (EmpiricalOptimalDenoiser, distance_to_memorizer, memorization_fraction,
-                                 nearest_neighbours, training_noise_prior, unit_vectors)
+from gahb_scale.analysis import (EmpiricalOptimalDenoiser, distance_to_memorizer, independent_pair_similarity,
+                                 memorization_fraction, nearest_neighbours, shrunk_gaussian_fit, training_noise_prior,
+                                 unit_vectors)
+from gahb_scale.study.analyse import chance_columns, median_over_sigma
 from gahb_scale.study.spec_file import parse_spec
 from gahb_scale.study.summarise import transition_rows
 from gahb_scale.training import draw_noise_levels
@@ -158,15 +160,19 @@ def _spec():
 
 def _metrics(trial: str, n: int, **values) -> dict:
     base = dict(train_psnr=30.0, test_psnr=20.0, psnr_gap=10.0, nn_cosine_centered=0.9, memorizer_distance=0.1,
-                memorizer_distance_bias_free=0.05, effective_dim=2.0, symmetry_error=0.5, capped_samples=0,
+                memorizer_distance_bias_free=0.05, effective_dim=2.0, symmetry_error=0.5, symmetry_error_memorizer=0.9,
+                symmetry_error_gaussian=0.1, ab_cosine_chance=0.8, ab_cosine_centered_chance=0.3, ab_l2_chance=0.2,
+                nn_cosine_centered_chance=0.6, f_mem_chance=0.0, f_mem_scale_free_chance=0.0, capped_samples=0,
                 diverged_samples=0)
     return {"study_id": "t", "trial_id": trial, "dataset": "d", "architecture": "u", "n": n, **base, **values}
 
 
 def test_transition_rows_gather_every_measure_per_n():
     metrics = [_metrics("a1", 1, train_psnr=40.0, psnr_gap=20.0), _metrics("b1", 1, train_psnr=30.0, psnr_gap=10.0),
-               _metrics("a10", 10, memorizer_distance=2.0, symmetry_error=0.2, effective_dim=8.0, diverged_samples=1),
-               _metrics("b10", 10, memorizer_distance=4.0, symmetry_error=0.4, effective_dim=12.0, capped_samples=2)]
+               _metrics("a10", 10, memorizer_distance=2.0, symmetry_error=0.2, effective_dim=8.0, diverged_samples=1,
+                        nn_cosine_centered_chance=0.7, symmetry_error_memorizer=0.6, f_mem_scale_free_chance=0.1),
+               _metrics("b10", 10, memorizer_distance=4.0, symmetry_error=0.4, effective_dim=12.0, capped_samples=2,
+                        nn_cosine_centered_chance=0.8, symmetry_error_memorizer=0.8, f_mem_scale_free_chance=0.0)]
     nan = math.nan
     samples = [  # (trial, raw d1/d2, scale-free d1/d2, diverged)
         *[("a1", nan, nan, False)] * 2, *[("b1", nan, nan, False)] * 2,
@@ -180,8 +186,9 @@ def test_transition_rows_gather_every_measure_per_n():
                "l2_normalized": 0.1, "diverged": False} for c in (0.8, 0.6)]
     pairs.append({"pair_id": "p10", "dataset": "d", "architecture": "u", "n": 10, "cosine": math.nan,
                   "cosine_centered": math.nan, "l2_normalized": math.nan, "diverged": True})  # left out
-    bases = [{"pair_id": "p1", "basis_overlap": 0.1}, {"pair_id": "p10", "basis_overlap": 0.7},
-             {"pair_id": "p10", "basis_overlap": 0.5}, {"pair_id": "elsewhere", "basis_overlap": 0.0}]
+    bases = [{"pair_id": pair_id, "basis_overlap": overlap, "chance": chance}
+             for pair_id, overlap, chance in (("p1", 0.1, 0.01), ("p10", 0.7, 0.01), ("p10", 0.5, 0.01),
+                                              ("elsewhere", 0.0, 0.5))]
     rows = {r["n"]: r for r in transition_rows(_spec(), metrics, samples, pairs, bases)}
     one, ten = rows[1], rows[10]
     assert one["models"] == 2 and one["train_psnr"] == 35.0 and one["psnr_gap"] == 15.0 and one["psnr_gap_std"] == 5.0
@@ -197,6 +204,12 @@ def test_transition_rows_gather_every_measure_per_n():
     assert ten["ab_cosine_centered"] == pytest.approx(0.7) and ten["ab_basis_overlap"] == pytest.approx(0.6)
     assert (one["ab_samples"], ten["ab_samples"]) == (2, 2)
     assert (ten["capped_samples"], ten["diverged_samples"]) == (2, 1)
+    # beside each measure its chance level and, for the asymmetry, its two references (means over models)
+    assert one["nn_cosine_centered_chance"] == 0.6 and ten["nn_cosine_centered_chance"] == pytest.approx(0.75)
+    assert ten["f_mem_scale_free_chance"] == pytest.approx(0.05) and ten["f_mem_chance"] == 0.0
+    assert ten["ab_cosine_chance"] == 0.8 and ten["ab_cosine_centered_chance"] == 0.3 and ten["ab_l2_chance"] == 0.2
+    assert one["ab_basis_overlap_chance"] == ten["ab_basis_overlap_chance"] == 0.01  # not another pair's
+    assert ten["symmetry_error_memorizer"] == pytest.approx(0.7) and ten["symmetry_error_gaussian"] == 0.1
 
 
 def test_every_measure_in_the_readme_names_known_answer_tests_that_exist():
@@ -231,3 +244,53 @@ def test_a_flat_sample_is_not_memorized_and_voids_nothing():
     assert not sampled.diverged.any() and torch.allclose(sampled.samples, torch.full_like(sampled.samples, 0.4))
     assert matches.f_mem_scale_free.defined and matches.f_mem_scale_free.value == 0.0
     assert matches.f_mem.defined
+
+
+# --- chance levels: what fresh images of the data score -----------------------------------------
+
+def _pixels(*rows: list[float]) -> torch.Tensor:
+    """Images of 2×2 pixels, one per row of 4 values."""
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 1, 2, 2)
+
+
+def test_ab_chance_is_the_mean_similarity_of_disjoint_held_out_pairs():
+    held_out = _pixels([1, 0, 0, 0], [1, 1, 0, 0],  # raw cosine 1/√2, centred 1/√3, RMS difference 1/2
+                       [0, 1, 2, 3], [3, 2, 1, 0],  # raw 4/14, centred −1 (contrast reversed), RMS √5
+                       [9, 9, 9, 0])  # odd one out: in no pair
+    pairs = independent_pair_similarity(held_out)
+    assert torch.allclose(pairs["cosine"], torch.tensor([1 / math.sqrt(2), 4 / 14], dtype=torch.float64))
+    assert torch.allclose(pairs["cosine_centered"], torch.tensor([1 / math.sqrt(3), -1.0], dtype=torch.float64))
+    assert torch.allclose(pairs["l2_normalized"], torch.tensor([0.5, math.sqrt(5)], dtype=torch.float64))
+    chance = chance_columns(_spec(), _pixels([1, 0, 0, 0], [0, 1, 0, 0]), held_out)
+    assert chance["ab_cosine_chance"] == pytest.approx((1 / math.sqrt(2) + 4 / 14) / 2)
+    assert chance["ab_cosine_centered_chance"] == pytest.approx((1 / math.sqrt(3) - 1) / 2)
+    assert chance["ab_l2_chance"] == pytest.approx((0.5 + math.sqrt(5)) / 2)
+
+
+def test_nn_chance_of_held_out_copies_is_memorized_and_of_equidistant_images_is_not():
+    train = _pixels([1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1])
+    copies = chance_columns(_spec(), train, _pixels([1, 0, 0, 0], [0, 1, 0, 0]))  # a held-out image = a training image
+    assert copies["f_mem_chance"] == copies["f_mem_scale_free_chance"] == 1.0
+    assert copies["nn_cosine_centered_chance"] == pytest.approx(1.0)
+    # equally far from the first two training images (by raw and by scale-free distance): d1/d2 = 1
+    fresh = chance_columns(_spec(), train, _pixels([0, 0, 1, 0], [0, 0, 2, 0]))
+    assert fresh["f_mem_chance"] == fresh["f_mem_scale_free_chance"] == 0.0
+    assert fresh["nn_cosine_centered_chance"] == pytest.approx(-1 / 3)  # centred (-1,-1,3,-1) vs (3,-1,-1,-1): -4/12
+
+
+def test_median_over_an_even_sigma_grid_is_the_mean_of_the_two_middle_values():
+    assert median_over_sigma(torch.tensor([100.0, 1.0, 10.0, 2.0], dtype=torch.float64)) == 6.0  # not 2.0
+    assert median_over_sigma(torch.tensor([3.0, 1.0, 2.0])) == 2.0
+
+
+def test_shrunk_gaussian_fit_is_the_oracle_approximating_shrinkage_and_keeps_the_total_variance():
+    covariance = pytest.importorskip("sklearn.covariance")
+    for count in (2, 5, 200):  # far below, near and above n = 16 pixels
+        train = images(count, seed=count, size=4)
+        mean, cov = shrunk_gaussian_fit(train)
+        flat = train.flatten(1)
+        sample = (flat - flat.mean(0)).T @ (flat - flat.mean(0)) / count
+        assert torch.allclose(mean, flat.mean(0)) and torch.allclose(cov.trace(), sample.trace())
+        assert torch.allclose(cov, torch.from_numpy(covariance.oas(flat.numpy())[0]))
+        assert torch.linalg.eigvalsh(cov).min() > 0  # full rank even at N = 2
+    assert torch.equal(shrunk_gaussian_fit(images(1, seed=0, size=4))[1], torch.zeros(16, 16, dtype=torch.float64))

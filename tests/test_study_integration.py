@@ -83,6 +83,10 @@ def test_micro_study_end_to_end(micro, capsys):
         assert by_n[1][name] != by_n[1][name]  # NaN: undefined for N = 1, not invented
         assert 0 <= by_n[4][name] <= 1
     assert all(r["memorizer_distance"] >= 0 and 0 <= r["symmetry_error"] for r in rows["transition"])
+    for r in rows["transition"]:  # chance levels beside the measures, the same k/n as pair_bases
+        assert r["ab_basis_overlap_chance"] == a.eigenvector_images / spec.image_size**2
+        assert -1 <= r["ab_cosine_centered_chance"] <= 1 and r["ab_l2_chance"] > 0
+    assert 0 <= by_n[4]["f_mem_chance"] <= 1 and by_n[4]["symmetry_error_gaussian"] >= 0
     for r in rows["samples"]:
         assert r["steps"] >= 1 and -1 - 1e-6 <= r["nn_cosine_centered"] <= 1 + 1e-6
     for r in rows["pairs"]:

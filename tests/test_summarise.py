@@ -15,8 +15,9 @@ import torch
 from gahb_scale.analysis import memorization_fraction
 from gahb_scale.study.spec_file import parse_spec
 from gahb_scale.study.store import StudyStore
-from gahb_scale.study.summarise import (memorization_law_rows, memorization_tau_rows, memorization_time_rows,
-                                        onset_rows, shuffle_rows, slope_rows, summarise_study, transition_rows)
+from gahb_scale.study.summarise import (CHANCE_COLUMNS, REFERENCE_COLUMNS, memorization_law_rows,
+                                        memorization_tau_rows, memorization_time_rows, onset_rows, shuffle_rows,
+                                        slope_rows, summarise_study, transition_rows, with_switch_n)
 
 SPEC = parse_spec({"name": "t", "image_size": 12,
                    "datasets": [{"name": "plain", "kind": "discs"},
@@ -45,6 +46,7 @@ def _study(study: str = "t", seed: int = 0) -> dict[str, list[dict]]:
                         "nn_cosine_centered": math.nan if rng.random() < 0.2 else float(rng.random()),
                         "memorizer_distance": float(rng.random()), "memorizer_distance_bias_free": float(rng.random()),
                         "effective_dim": value(), "symmetry_error": float(rng.random()),
+                        **{column: float(rng.random()) for column in REFERENCE_COLUMNS + CHANCE_COLUMNS},
                         "capped_samples": int(rng.integers(3)), "diverged_samples": int(rng.integers(2))})
                     tables["samples"] += [{**trial, "diverged": bool(rng.random() < 0.1), "d1_d2": ratio(n),
                                            "d1_d2_scale_free": ratio(n)} for _ in range(8)]
@@ -59,8 +61,8 @@ def _study(study: str = "t", seed: int = 0) -> dict[str, list[dict]]:
                     tables["pairs"].append({**group, "pair_id": pair_id, "diverged": diverged,
                                             **{column: math.nan if diverged else float(rng.random())
                                                for column in ("cosine", "cosine_centered", "l2_normalized")}})
-                tables["pair_bases"] += [{"study_id": study, "pair_id": pair_id, "basis_overlap": float(rng.random())}
-                                         for _ in range(4)]
+                tables["pair_bases"] += [{"study_id": study, "pair_id": pair_id, "basis_overlap": float(rng.random()),
+                                          "chance": 2 / 144} for _ in range(4)]
     return {name: [rows[i] for i in rng.permutation(len(rows))] for name, rows in tables.items()}
 
 
@@ -108,7 +110,9 @@ def test_transition_pools_and_averages_each_group_in_row_order():
             **_fraction("f_mem", [sample["d1_d2"] for sample in usable]),
             **_fraction("f_mem_scale_free", [sample["d1_d2_scale_free"] for sample in usable]),
             "ab_samples": len(compared), "ab_cosine_centered": _mean([pair["cosine_centered"] for pair in compared]),
-            "ab_basis_overlap": _mean(overlaps), "capped_samples": sum(model["capped_samples"] for model in models)})
+            "ab_basis_overlap": _mean(overlaps), "ab_basis_overlap_chance": 2 / 144,
+            **{column: _mean([model[column] for model in models]) for column in REFERENCE_COLUMNS + CHANCE_COLUMNS},
+            "capped_samples": sum(model["capped_samples"] for model in models)})
     rows = transition_rows(SPEC, metrics, tables["samples"], pairs, tables["pair_bases"])
     assert [row["models"] for row in rows] == [12] * 4
     assert not math.isnan(rows[1]["f_mem"]) and rows[1]["f_mem_low"] < rows[1]["f_mem_high"]  # a real interval
@@ -177,3 +181,26 @@ def test_a_table_not_written_yet_leaves_its_columns_undefined(missing):
     rows = transition_rows(SPEC, tables["model_metrics"], inputs["samples"], inputs["pairs"], inputs["pair_bases"])
     column = {"samples": "f_mem", "pairs": "ab_cosine", "pair_bases": "ab_basis_overlap"}[missing]
     assert len(rows) == 4 and all(math.isnan(row[column]) for row in rows)
+
+
+def test_columns_an_older_version_did_not_write_are_undefined_not_an_error():
+    tables = _study()
+    new = list(REFERENCE_COLUMNS + CHANCE_COLUMNS)
+    older = pa.Table.from_pylist(tables["model_metrics"]).drop_columns(new)
+    rows = transition_rows(SPEC, older, tables["samples"], tables["pairs"], tables["pair_bases"])
+    assert len(rows) == 4 and all(math.isnan(row[column]) for row in rows for column in new)
+    assert not math.isnan(rows[0]["symmetry_error"])
+
+
+def test_switch_n_lies_between_the_largest_memorizing_n_and_the_next():
+    def table(dataset: str, f_mem: dict[int, float]) -> list[dict]:
+        return [{"dataset": dataset, "architecture": "u", "n": n, "f_mem_scale_free": f} for n, f in f_mem.items()]
+
+    rows = (table("switches", {1: math.nan, 2: 1.0, 8: 0.9, 32: 0.2, 128: 0.0})
+            + table("relapses", {32: 0.7, 2: 0.6, 8: 0.1, 128: 0.0})  # the largest memorizing N counts
+            + table("at_the_level", {2: 0.5, 8: 0.49}) + table("never", {2: 0.1, 8: 0.0})
+            + table("always", {2: 1.0, 8: 0.95}) + table("undefined", {1: math.nan}))
+    switch = {row["dataset"]: row["switch_n"] for row in with_switch_n(rows, 0.5)}
+    assert switch == {"switches": 16.0, "relapses": 64.0, "at_the_level": 4.0, "never": None, "always": None,
+                      "undefined": None}
+    assert [row["n"] for row in with_switch_n(rows, 0.5)] == [row["n"] for row in rows]  # rows kept in order

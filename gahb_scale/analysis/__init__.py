@@ -11,14 +11,15 @@ from .jacobian import (EigenSpectrum, denoiser_jacobian, effective_dimensionalit
 from .memorization import (MemorizationFraction, NearestNeighbours, distance_to_memorizer, memorization_fraction,
                            nearest_neighbours)
 from .psnr import psnr, psnr_curve
-from .reference import EmpiricalOptimalDenoiser, GaussianDenoiser, training_noise_prior
-from .similarity import cosine_similarity, split_pair_similarity, unit_vectors
+from .reference import EmpiricalOptimalDenoiser, GaussianDenoiser, shrunk_gaussian_fit, training_noise_prior
+from .similarity import cosine_similarity, independent_pair_similarity, split_pair_similarity, unit_vectors
 from .subspaces import disc_tangent_space, energy_in_subspace, orthonormal_basis, principal_angles
 
 __all__ = [
     "EigenSpectrum", "EmpiricalOptimalDenoiser", "GaussianDenoiser", "MemorizationFraction", "NearestNeighbours", "cosine_similarity",
-    "denoiser_jacobian", "distance_to_memorizer", "effective_dimensionality", "eigen_spectrum", "fit_psnr_slope", "jacobian_by_rows",
+    "denoiser_jacobian", "distance_to_memorizer", "effective_dimensionality", "eigen_spectrum", "fit_psnr_slope",
+    "independent_pair_similarity", "jacobian_by_rows",
     "memorization_fraction", "nearest_neighbours", "optimal_calpha_slope", "psnr", "psnr_curve",
     "split_pair_similarity", "symmetry_error", "unit_vectors", "disc_tangent_space", "energy_in_subspace",
-    "orthonormal_basis", "principal_angles", "training_noise_prior",
+    "orthonormal_basis", "principal_angles", "shrunk_gaussian_fit", "training_noise_prior",
 ]

@@ -25,10 +25,14 @@ def log_sigma_grid(low: float = 1e-3, high: float = 3.0, count: int = 96) -> tor
 
 
 class GaussianDenoiser(nn.Module):
-    """MMSE denoiser of a Gaussian prior N(mean, cov) on images of shape `image_shape`."""
+    """MMSE denoiser of a Gaussian prior N(mean, cov) on images of shape `image_shape`.
+
+    Blind unless `sigma` is given: the noise level is integrated out under a prior on `sigma_grid`
+    (`log_prior`, default uniform on the grid), as for `EmpiricalOptimalDenoiser`.
+    """
 
     def __init__(self, mean: torch.Tensor, cov: torch.Tensor, sigma: float | None = None,
-                 sigma_grid: torch.Tensor | None = None):
+                 sigma_grid: torch.Tensor | None = None, log_prior: torch.Tensor | None = None):
         super().__init__()
         eigenvalues, eigenvectors = torch.linalg.eigh(cov.double())
         self.register_buffer("mean", mean.double().reshape(-1))
@@ -37,16 +41,42 @@ class GaussianDenoiser(nn.Module):
         grid = torch.tensor([float(sigma)], dtype=torch.float64) if sigma is not None else (
             sigma_grid if sigma_grid is not None else log_sigma_grid())
         self.register_buffer("sigma_grid", grid.double())
+        self.register_buffer("log_prior", torch.zeros_like(self.sigma_grid) if log_prior is None or sigma is not None
+                             else log_prior.double())
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         coeffs = (y.double().flatten(1) - self.mean) @ self.eigenvectors  # (B, n) in the eigenbasis
         variances = self.eigenvalues + self.sigma_grid[:, None] ** 2  # (K, n): Var of y's coefficients at σ_k
-        # log p(y | σ_k) up to a constant; the grid is log-uniform so this is also the log posterior.
+        # log p(y | σ_k) up to a constant, plus the prior mass of σ_k: the log posterior of σ_k
         log_lik = -0.5 * (torch.log(variances).sum(1) + coeffs**2 @ (1 / variances).T)  # (B, K)
-        posterior = torch.softmax(log_lik, dim=1)
+        posterior = torch.softmax(log_lik + self.log_prior, dim=1)
         shrinkage = posterior @ (self.eigenvalues / variances)  # (B, n): E[λ/(λ+σ²) | y]
         denoised = self.mean + (shrinkage * coeffs) @ self.eigenvectors.T
         return (y.double().flatten(1) - denoised).reshape(y.shape).to(y.dtype)
+
+
+def shrunk_gaussian_fit(train_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (n,) and shrunk covariance (n, n) of `train_images` (N, C, H, W), in float64.
+
+    Below N = n the sample covariance S has rank N − 1: a Gaussian denoiser built on it projects
+    onto the affine span of the training images, which memorizes in its own way instead of being
+    the second-order (generalizing) reference it is meant to be. The oracle approximating shrinkage
+    of Chen, Wiesel, Eldar & Hero (2010) moves S toward (tr S / n) I by the weight that minimizes
+    the expected Frobenius error to the true covariance of Gaussian data — the model this reference
+    assumes — estimated from the images themselves: about 2/3 for two images, → 0 as N grows, so
+    no ridge size is chosen by hand, the total variance tr S is kept, and at large N it is the plain
+    fit. (Ledoit–Wolf's weight is 0 at N = 2, where two images are symmetric about their mean, and
+    would leave S singular.) A single image has S = 0 and stays so: its Gaussian is a point, J = 0.
+    """
+    x = train_images.flatten(1).double()
+    count, n = x.shape
+    mean = x.mean(0)
+    centred = x - mean
+    sample = centred.T @ centred / count
+    trace, frobenius = sample.trace(), sample.square().sum()
+    denominator = (count + 1) * (frobenius - trace ** 2 / n)
+    shrinkage = 1.0 if denominator <= 0 else min(float((frobenius + trace ** 2) / denominator), 1.0)
+    return mean, shrinkage * trace / n * torch.eye(n, dtype=x.dtype, device=x.device) + (1 - shrinkage) * sample
 
 
 def training_noise_prior(noise_range: tuple[float, float] = (0.0, 255.0), schedule: str = "quadratic",
@@ -108,20 +138,78 @@ class EmpiricalOptimalDenoiser(nn.Module):
                    + log_weight)
         return log_lik, scale
 
+    def _evidence(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass 1: the log evidence of each σ per image, a running log-sum-exp over chunks, (B, K);
+        and p(σ_k | y), (B, K)."""
+        log_sum = torch.full((len(flat), len(self.sigma_grid)), -math.inf, dtype=torch.float64, device=flat.device)
+        for chunk in self.train_images.split(self.chunk_size):
+            log_sum = torch.logaddexp(log_sum, torch.logsumexp(self._terms(flat, chunk.double())[0], dim=2))
+        return log_sum, torch.softmax(log_sum + self.log_prior, dim=1)
+
+    def _chunk_weights(self, flat: torch.Tensor, chunk: torch.Tensor, evidence: tuple[torch.Tensor, torch.Tensor],
+                       per_variance: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each training image's posterior weight Σ_k p(σ_k, i | y) (B, M) — with `per_variance`,
+        Σ_k p(σ_k, i | y) / σ_k² — and its scale (see `_terms`)."""
+        log_sum, sigma_posterior = evidence
+        log_lik, scale = self._terms(flat, chunk)
+        joint = sigma_posterior[..., None] * torch.exp(log_lik - log_sum[..., None])  # (B, K, M)
+        if per_variance:
+            joint = joint / self.sigma_grid[None, :, None] ** 2
+        return joint.sum(1), scale
+
+    def _denoised(self, flat: torch.Tensor, evidence: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Pass 2: E[x | y] = Σ_k p(σ_k | y) Σ_i p(i | y, σ_k) E[x | y, σ_k, i], with the σ mixture
+        folded into one weight per training image before the product with the images."""
+        denoised = torch.zeros_like(flat)
+        for chunk in self.train_images.split(self.chunk_size):
+            chunk = chunk.double()
+            weights, scale = self._chunk_weights(flat, chunk, evidence)
+            denoised += (weights * scale) @ chunk
+        return denoised
+
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         flat = y.double().flatten(1)
-        chunks = self.train_images.split(self.chunk_size)
-        # pass 1: the log evidence of each σ per image, a running log-sum-exp over chunks
-        log_sum = torch.full((len(flat), len(self.sigma_grid)), -math.inf, dtype=torch.float64, device=flat.device)
-        for chunk in chunks:
-            log_sum = torch.logaddexp(log_sum, torch.logsumexp(self._terms(flat, chunk.double())[0], dim=2))
-        sigma_posterior = torch.softmax(log_sum + self.log_prior, dim=1)  # (B, K): p(σ_k | y)
-        # pass 2: E[x | y] = Σ_k p(σ_k | y) Σ_i p(i | y, σ_k) E[x | y, σ_k, i], with the σ mixture folded
-        # into one weight per training image before the product with the images
-        denoised = torch.zeros_like(flat)
-        for chunk in chunks:
+        return (flat - self._denoised(flat, self._evidence(flat))).reshape(y.shape).to(y.dtype)
+
+    @torch.no_grad()
+    def jacobian(self, y: torch.Tensor) -> torch.Tensor:
+        """The Jacobian of the denoiser f(y) = E[x | y] (not of the residual) at each image of `y`,
+        (B, n, n) float64, rows = output pixels as in `denoiser_jacobian`, in closed form.
+
+        The joint posterior of (σ_k, i) is a softmax of ℓ_ki = −‖y − x_i‖²/2σ_k² + const_k, and
+        ∇ℓ_ki = (x_i − y)/σ_k², so J = Σ_i b_i (x_i − f(y))(x_i − y)ᵀ with b_i = Σ_k p(σ_k, i | y)/σ_k²
+        (at a known σ: the posterior covariance / σ², symmetric). Two more passes over the training
+        images, against n pullbacks through the whole forward pass for automatic differentiation:
+        at 16×16 and N = 1000, milliseconds instead of seconds per image.
+        x_i − f(y) is taken as (x_i − a) − (f(y) − a), a the nearest training image (the one of
+        largest weight: at every σ the weight falls with the distance), f(y) − a = Σ_i w_i (x_i − a):
+        where the posterior is sure of a, J is tiny and x_i − f(y) would be rounding noise that
+        makes J look asymmetric; this way a single training image gives J = 0 exactly.
+        """
+        if self.rescaled:
+            raise ValueError("the closed-form Jacobian is that of the plain memorizer (rescaled=False)")
+        flat = y.double().flatten(1)
+        evidence, anchor = self._evidence(flat), self._nearest(flat)
+        offset = torch.zeros_like(flat)  # f(y) − a
+        for chunk in self.train_images.split(self.chunk_size):
             chunk = chunk.double()
-            log_lik, scale = self._terms(flat, chunk)
-            weights = (sigma_posterior[..., None] * torch.exp(log_lik - log_sum[..., None])).sum(1)
-            denoised += (weights * scale) @ chunk
-        return (flat - denoised).reshape(y.shape).to(y.dtype)
+            weights, _ = self._chunk_weights(flat, chunk, evidence)
+            offset += (weights[:, :, None] * (chunk[None] - anchor[:, None])).sum(1)
+        jacobian = torch.zeros(len(flat), flat.shape[1], flat.shape[1], dtype=torch.float64, device=flat.device)
+        for chunk in self.train_images.split(self.chunk_size):
+            chunk = chunk.double()
+            b, _ = self._chunk_weights(flat, chunk, evidence, per_variance=True)
+            from_output = (chunk[None] - anchor[:, None]) - offset[:, None]  # x_i − f(y), (B, M, n)
+            jacobian += from_output.mT @ (b[..., None] * (chunk[None] - flat[:, None]))
+        return jacobian
+
+    def _nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """The nearest training image (L2) of each row of `flat`, (B, n) float64."""
+        best = torch.full((len(flat),), math.inf, dtype=torch.float64, device=flat.device)
+        nearest = torch.zeros_like(flat)
+        for chunk in self.train_images.split(self.chunk_size):
+            chunk = chunk.double()
+            distance, index = torch.cdist(flat, chunk).min(1)
+            closer = distance < best
+            best, nearest[closer] = torch.where(closer, distance, best), chunk[index[closer]]
+        return nearest

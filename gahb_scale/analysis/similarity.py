@@ -48,3 +48,15 @@ def split_pair_similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.T
         "cosine_centered": cosine_similarity(a, b, centered=True),
         "l2_normalized": torch.linalg.vector_norm((a - b).flatten(1), dim=1) / math.sqrt(n_pixels),
     }
+
+
+def independent_pair_similarity(images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`split_pair_similarity` of disjoint pairs of independent images (image 2i against 2i + 1),
+    each (len(images) // 2,): the chance level of the A/B measures.
+
+    Given held-out images of the data, this is what two models that share nothing but the data
+    distribution would score if each returned a fresh image of it: two aligned faces, or two discs,
+    are alike without either being a copy of the other. An odd last image is left out.
+    """
+    pairs = len(images) // 2
+    return split_pair_similarity(images[0:2 * pairs:2], images[1:2 * pairs:2])

@@ -14,14 +14,16 @@ import functools
 import io
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
-from ..analysis import (MemorizationFraction, NearestNeighbours, denoiser_jacobian, disc_tangent_space,
-                        distance_to_memorizer, effective_dimensionality, eigen_spectrum, energy_in_subspace,
-                        fit_psnr_slope, memorization_fraction, nearest_neighbours, optimal_calpha_slope,
-                        principal_angles, psnr_curve, symmetry_error, unit_vectors)
+from ..analysis import (EmpiricalOptimalDenoiser, GaussianDenoiser, MemorizationFraction, NearestNeighbours,
+                        denoiser_jacobian, disc_tangent_space, distance_to_memorizer, effective_dimensionality,
+                        eigen_spectrum, energy_in_subspace, fit_psnr_slope, independent_pair_similarity,
+                        memorization_fraction, nearest_neighbours, optimal_calpha_slope, principal_angles, psnr_curve,
+                        shrunk_gaussian_fit, symmetry_error, training_noise_prior, unit_vectors)
 from ..models import build_model, denoise
 from ..sampling import sample_kadkhodaie_simoncelli
 from . import figures
@@ -76,20 +78,61 @@ def _sample_and_match(net: torch.nn.Module, train: torch.Tensor, spec: StudySpec
     sampled = sample_kadkhodaie_simoncelli(net, train.shape[1:], seeds, h0=sampling.h0, beta=sampling.beta,
                                            sigma_0=sampling.sigma_0, sigma_L=sampling.sigma_L, mean=sampling.mean,
                                            max_steps=sampling.max_steps, device=device)
-    pixels = nearest_neighbours(sampled.samples, train)
-    scale_free = nearest_neighbours(_normalized(sampled.samples), _normalized(train))
-    # A flat sample has no shape once its mean is removed: it copies no (non-flat) training image, so
+    return seeds, sampled, _match(sampled.samples, train, spec, usable=~sampled.diverged)
+
+
+def _match(images: torch.Tensor, train: torch.Tensor, spec: StudySpec, usable: torch.Tensor) -> _Matches:
+    """Each image's nearest training images and both f_mem over the `usable` ones (a diverged sample
+    is reported, not counted as (non-)memorized). Given the model's samples these are its measures;
+    given held-out images, their chance levels: what a sample that is a fresh image of the data scores."""
+    pixels = nearest_neighbours(images, train)
+    scale_free = nearest_neighbours(_normalized(images), _normalized(train))
+    # A flat image has no shape once its mean is removed: it copies no (non-flat) training image, so
     # it counts as not memorized (ratio inf) instead of voiding f_mem_scale_free for every model.
-    flat = torch.isnan(scale_free.d1) & ~sampled.diverged.to(scale_free.d1.device)
+    flat = torch.isnan(scale_free.d1) & usable.to(scale_free.d1.device)
     scale_free.ratio = scale_free.ratio.masked_fill(flat, float("inf"))
-    usable = ~sampled.diverged  # a diverged sample is reported, not counted as (non-)memorized
+    usable = usable.cpu()
     fractions = [memorization_fraction(matches.ratio.cpu()[usable], threshold=spec.analysis.memorization_threshold,
                                        n_boot=spec.analysis.bootstrap, seed=0) for matches in (pixels, scale_free)]
-    return seeds, sampled, _Matches(pixels, scale_free, *fractions)
+    return _Matches(pixels, scale_free, *fractions)
+
+
+def chance_columns(spec: StudySpec, train: torch.Tensor, held_out: torch.Tensor) -> dict:
+    """The chance levels of the A/B and nearest-neighbour measures, from the pair's held-out images
+    (never trained on): disjoint pairs of them for the A/B cosines and L2 (N-independent), and the
+    held-out images matched against this model's training set for the NN cosine and both f_mem
+    (what a fresh image of the data scores: f_mem ≈ 0, the NN cosine rising with N)."""
+    ab = independent_pair_similarity(held_out)
+    matches = _match(held_out, train, spec, usable=torch.ones(len(held_out), dtype=torch.bool))
+    return {"ab_cosine_chance": float(ab["cosine"].nanmean()),
+            "ab_cosine_centered_chance": float(ab["cosine_centered"].nanmean()),
+            "ab_l2_chance": float(ab["l2_normalized"].mean()),
+            "nn_cosine_centered_chance": float(matches.scale_free.cosine.nanmean()),
+            "f_mem_chance": matches.f_mem.value, "f_mem_scale_free_chance": matches.f_mem_scale_free.value}
+
+
+def reference_jacobians(spec: StudySpec, train: torch.Tensor, chunk_size: int) -> dict[str, Callable]:
+    """Noisy images (B, C, H, W) → Jacobians (B, n, n) of the two analytic ends of the transition,
+    blind over the training noise prior: the exact empirical-optimal denoiser of the training set
+    (the memorizer, as `distance_to_memorizer` builds it; its Jacobian in closed form) and the MMSE
+    denoiser of the Gaussian fitted to the training images (`shrunk_gaussian_fit`), in float64:
+    their Jacobians are small where they are sure, and float32 rounding of y − residual would
+    swamp them."""
+    grid, log_prior = training_noise_prior(spec.training.noise_range, spec.training.noise_schedule)
+    memorizer = EmpiricalOptimalDenoiser(train, sigma_grid=grid, log_prior=log_prior).to(train.device)
+    gaussian = GaussianDenoiser(*shrunk_gaussian_fit(train), sigma_grid=grid, log_prior=log_prior).to(train.device)
+    return {"memorizer": memorizer.jacobian,
+            "gaussian": lambda y: denoiser_jacobian(functools.partial(denoise, gaussian), y.double(), chunk_size)}
 
 
 def fraction_columns(name: str, f: MemorizationFraction) -> dict:
     return {name: f.value, f"{name}_low": f.low, f"{name}_high": f.high}
+
+
+def median_over_sigma(values: torch.Tensor) -> float:
+    """The median of a curve over the σ grid: on an even-sized grid the mean of the two middle values
+    (torch's `median` returns the lower one, which is always one σ's value)."""
+    return float(np.median(values.cpu().numpy()))
 
 
 def optimal_slope(dataset: DatasetSpec) -> float:
@@ -146,21 +189,26 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str
         for i, row in enumerate(memorizer_rows):
             row.update({name: float(m["distance"][i]), f"{name}_std": float(m["distance_std"][i])})
 
-    # Jacobians at noisy held-out images; the noise is seeded so A and B see the same inputs.
+    # Jacobians at noisy held-out images; the noise is seeded so A and B see the same inputs. The
+    # two reference denoisers' Jacobians are taken at the same inputs, for their asymmetry.
     clean = test[:analysis.jacobian_images]
+    chunk_size = 256 if device.type == "cuda" else 64  # bounds memory
+    references = reference_jacobians(spec, train, chunk_size)
     tangent = _disc_tangent_basis(spec, trial, len(clean))
     generator = torch.Generator().manual_seed(0)
     jac_rows, eigen_rows, tangent_table, eigenvectors = [], [], [], []
     for sigma in analysis.jacobian_sigmas:
         noisy = clean + sigma / 255.0 * torch.randn(clean.shape, generator=generator).to(device)
-        jac = denoiser_jacobian(denoiser, noisy, chunk_size=256 if device.type == "cuda" else 64)  # bounds memory
+        jac = denoiser_jacobian(denoiser, noisy, chunk_size=chunk_size)
         spectrum = eigen_spectrum(jac)
         sym, dim = symmetry_error(jac), effective_dimensionality(jac)
+        reference_sym = {name: symmetry_error(jacobian_of(noisy)) for name, jacobian_of in references.items()}
         eigenvectors.append(spectrum.eigenvectors[:, :, :analysis.eigenvector_images].transpose(1, 2)
                             .reshape(len(clean), analysis.eigenvector_images, *clean.shape[1:]).cpu().numpy())
         for image in range(len(clean)):
             jac_rows.append({**base, "image": image, "sigma": float(sigma), "symmetry_error": float(sym[image]),
-                             "effective_dim": float(dim[image])})
+                             "effective_dim": float(dim[image]), **{f"symmetry_error_{name}": float(values[image])
+                                                                    for name, values in reference_sym.items()}})
             eigen_rows += [{**base, "image": image, "sigma": float(sigma), "k": k, "eigenvalue": float(value)}
                            for k, value in enumerate(spectrum.eigenvalues[image, :analysis.eigenvalues_kept].tolist())]
         if tangent is not None:
@@ -195,12 +243,13 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str
                "nn_l2_pixels": float(matches.pixels.d1[usable].mean()),
                **fraction_columns("f_mem", matches.f_mem), "f_mem_defined": matches.f_mem.defined,
                **fraction_columns("f_mem_scale_free", matches.f_mem_scale_free),
-               "memorizer_distance": float(memorizer["distance"]["distance"].median()),
-               "memorizer_distance_bias_free": float(memorizer["distance_bias_free"]["distance"].median()),
+               **{f"memorizer_{name}": median_over_sigma(m["distance"]) for name, m in memorizer.items()},
                "capped_samples": sampled.num_capped, "diverged_samples": sampled.num_diverged,
                "mean_sampler_steps": float(sampled.steps.float().mean()),
                "effective_dim": float(np.mean([r["effective_dim"] for r in jac_rows])),
-               "symmetry_error": float(np.mean([r["symmetry_error"] for r in jac_rows]))}
+               **{column: float(np.mean([r[column] for r in jac_rows]))
+                  for column in ("symmetry_error", "symmetry_error_memorizer", "symmetry_error_gaussian")},
+               **chance_columns(spec, train, test)}
     return {"model_metrics": [metrics], "psnr": psnr_rows, "samples": sample_rows, "jacobian": jac_rows,
             "eigen": eigen_rows, "disc_tangent": tangent_table, "snapshot_samples": over_time,
             "memorizer_distance": memorizer_rows}

@@ -38,7 +38,9 @@ def _errorbar_ci(ax, n, rows: list[dict], name: str, **style) -> None:
 
 def transition_figure(rows: list[dict]) -> bytes:
     """The phase transition against N: PSNR gap, memorization, distance to the memorizing solution,
-    A/B similarity, and the Jacobian's effective dimension beside its asymmetry."""
+    A/B similarity, and the Jacobian's effective dimension beside its asymmetry. Dashed grey-toned
+    lines are chance levels (what fresh held-out images of the data score), dotted ones the
+    asymmetry of the two analytic references; a vertical line marks each curve's switch N."""
     fig, axes = plt.subplots(1, 5, figsize=(23, 3.8))
     fig.subplots_adjust(wspace=0.35)
     asymmetry_axis = axes[4].twinx()
@@ -46,23 +48,40 @@ def transition_figure(rows: list[dict]) -> bytes:
         points = sorted(points, key=lambda row: row["n"])
         n = [row["n"] for row in points]
         label = f"{dataset} / {architecture}"
-        col = lambda key: np.array([row[key] for row in points], dtype=float)  # noqa: E731
+        # a column a table of an older version lacks is drawn as nothing (NaN)
+        col = lambda key: np.array([row.get(key) for row in points], dtype=float)  # noqa: E731
         axes[0].errorbar(n, col("psnr_gap"), yerr=col("psnr_gap_std"), marker="o", capsize=3, label=label)
         line = axes[1].plot(n, col("nn_cosine_centered"), marker="o", label=f"{label}: NN centred cosine")[0]
         _errorbar_ci(axes[1], n, points, "f_mem", marker="s", ls="--", color=line.get_color(),
                      label=f"{label}: f_mem (raw pixels)")
         _errorbar_ci(axes[1], n, points, "f_mem_scale_free", marker="D", ls=":", color=line.get_color(),
                      label=f"{label}: f_mem (scale-free)")
+        _chance(axes[1], n, col("nn_cosine_centered_chance"), line, f"{label}: NN centred cosine, chance")
+        _chance(axes[1], n, col("f_mem_scale_free_chance"), line, f"{label}: f_mem scale-free, chance")
         line = axes[2].plot(n, col("memorizer_distance"), marker="o", label=f"{label}: to the memorizer")[0]
         axes[2].plot(n, col("memorizer_distance_bias_free"), marker="D", ls="--", color=line.get_color(),
                      label=f"{label}: to the bias-free memorizer")
-        axes[3].errorbar(n, col("ab_cosine_centered"), yerr=col("ab_cosine_centered_std"), marker="o", capsize=3,
-                         label=f"{label}: centred cosine")
-        axes[3].plot(n, col("ab_cosine"), marker="^", ls=":", label=f"{label}: raw cosine")
-        axes[3].plot(n, col("ab_basis_overlap"), marker="s", ls="--", label=f"{label}: Jacobian eigenbasis overlap")
+        centred = axes[3].errorbar(n, col("ab_cosine_centered"), yerr=col("ab_cosine_centered_std"), marker="o",
+                                   capsize=3, label=f"{label}: centred cosine").lines[0]
+        raw = axes[3].plot(n, col("ab_cosine"), marker="^", ls=":", label=f"{label}: raw cosine")[0]
+        basis = axes[3].plot(n, col("ab_basis_overlap"), marker="s", ls="--",
+                             label=f"{label}: Jacobian eigenbasis overlap")[0]
+        for line, column, name in ((centred, "ab_cosine_centered_chance", "centred cosine"),
+                                   (raw, "ab_cosine_chance", "raw cosine"),
+                                   (basis, "ab_basis_overlap_chance", "basis overlap (k/n)")):
+            _chance(axes[3], n, col(column), line, f"{label}: {name}, chance")
         line = axes[4].plot(n, col("effective_dim"), marker="o", label=f"{label}: tr J")[0]
         asymmetry_axis.plot(n, col("symmetry_error"), marker="x", ls="--", color=line.get_color(),
                             label=f"{label}: ‖J − Jᵀ‖/‖J‖ (right)")
+        for column, name, marker in (("symmetry_error_memorizer", "memorizer", "v"),
+                                     ("symmetry_error_gaussian", "Gaussian MMSE", "^")):
+            asymmetry_axis.plot(n, col(column), marker=marker, ls=":", lw=1, color=line.get_color(), alpha=0.6,
+                                label=f"{label}: {name} reference (right)")
+        switch = points[0].get("switch_n")
+        if switch is not None:
+            for ax in axes:
+                ax.axvline(switch, color=line.get_color(), ls="-.", lw=1, alpha=0.7,
+                           label=f"{label}: switch N ≈ {switch:.3g}" if ax is axes[0] else None)
     axes[2].set_yscale("log")
     asymmetry_axis.set_ylim(bottom=0)
     asymmetry_axis.set_ylabel("‖J − Jᵀ‖/‖J‖ (0 for an MMSE denoiser)", fontsize=8)
@@ -79,6 +98,11 @@ def transition_figure(rows: list[dict]) -> bytes:
     axes[4].legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center",
                    bbox_to_anchor=(0.5, -0.16))
     return _png(fig)
+
+
+def _chance(ax, n, values: np.ndarray, line, label: str) -> None:
+    """A chance level: dashed, thin, in the colour of the measure it belongs to."""
+    ax.plot(n, values, ls=(0, (4, 3)), lw=1, color=line.get_color(), alpha=0.55, label=label)
 
 
 def memorizer_distance_figure(rows: list[dict], trials: dict[str, dict], title: str) -> bytes:

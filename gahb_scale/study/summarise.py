@@ -27,11 +27,18 @@ from .store import StudyStore
 # a table as the store reads it, or rows as dicts; None: a table nothing was written to yet
 Rows = pa.Table | list[dict] | None
 
+# per-model columns the transition averages beside the network's own: the Jacobian asymmetry of the
+# two analytic references, and the chance levels of the A/B and nearest-neighbour measures
+REFERENCE_COLUMNS = ("symmetry_error_memorizer", "symmetry_error_gaussian")
+CHANCE_COLUMNS = ("ab_cosine_chance", "ab_cosine_centered_chance", "ab_l2_chance", "nn_cosine_centered_chance",
+                  "f_mem_chance", "f_mem_scale_free_chance")
+
 
 def _table(rows: Rows, *columns: str) -> pa.Table:
     """`columns` of `rows`, and `row_index`: each row's place, the order a group's values are listed in."""
-    if isinstance(rows, pa.Table):
-        table = rows.select(list(columns))
+    if isinstance(rows, pa.Table):  # a column no file has yet (written by an older version) is null
+        table = pa.table({column: rows[column] if column in rows.column_names else pa.nulls(rows.num_rows)
+                          for column in columns})
     else:  # column by column, so that no rows still make a table with these columns
         table = pa.table({column: [row[column] for row in rows or []] for column in columns})
     return table.append_column("row_index", pa.array(range(table.num_rows), pa.int64()))
@@ -294,7 +301,8 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
     (PSNR, nearest neighbours, distance to the memorizer, Jacobian) or over sample pairs (A/B).
     """
     per_model = ("train_psnr", "test_psnr", "psnr_gap", "nn_cosine_centered", "memorizer_distance",
-                 "memorizer_distance_bias_free", "effective_dim", "symmetry_error")
+                 "memorizer_distance_bias_free", "effective_dim", "symmetry_error", *REFERENCE_COLUMNS,
+                 *CHANCE_COLUMNS)
     # a group is any (dataset, architecture, N) with models, compared samples or basis overlaps
     groups = _query(f"""
         WITH models AS (
@@ -310,7 +318,7 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
                    {_lists("cosine", "cosine_centered", "l2_normalized", prefix="ab_")}
             FROM pairs WHERE diverged IS NOT TRUE GROUP BY ALL),
         basis AS (
-            SELECT dataset, architecture, n, {_lists("basis_overlap", prefix="ab_")}
+            SELECT dataset, architecture, n, {_lists("basis_overlap", "chance", prefix="ab_")}
             FROM bases JOIN (SELECT DISTINCT pair_id, dataset, architecture, n FROM pairs) USING (pair_id)
             GROUP BY ALL)
         SELECT * FROM models FULL JOIN ratios USING (dataset, architecture, n)
@@ -321,7 +329,7 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
         samples=_table(samples, "trial_id", "diverged", "d1_d2", "d1_d2_scale_free"),
         pairs=_table(pairs, "pair_id", "dataset", "architecture", "n", "diverged", "cosine", "cosine_centered",
                      "l2_normalized"),
-        bases=_table(bases, "pair_id", "basis_overlap"))
+        bases=_table(bases, "pair_id", "basis_overlap", "chance"))
     rows = []
     for group in groups:
         gap, gap_std = _mean_std(group["psnr_gap"])
@@ -342,6 +350,28 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
             "ab_basis_overlap": _mean_std(group["ab_basis_overlap"])[0],
             "effective_dim": _mean_std(group["effective_dim"])[0],
             "symmetry_error": _mean_std(group["symmetry_error"])[0],
+            **{column: _mean_std(group[column])[0] for column in REFERENCE_COLUMNS + CHANCE_COLUMNS},
+            "ab_basis_overlap_chance": _mean_std(group["ab_chance"])[0],
             "capped_samples": group["capped_samples"] or 0, "diverged_samples": group["diverged_samples"] or 0,
         })
-    return rows
+    return with_switch_n(rows, spec.analysis.onset_f_mem)
+
+
+def with_switch_n(rows: list[dict], level: float) -> list[dict]:
+    """`rows` (a transition table) with `switch_n`: per (dataset, architecture), the N where the
+    regime switches from memorization to generalization, read off the table — the geometric mean of
+    the largest N whose scale-free f_mem reaches `level` and the next N above it (whose f_mem is
+    below, being above the largest). None when the table does not bracket it: no N memorizes, or
+    the largest N still does. N whose f_mem is undefined (N = 1, every sample diverged) are skipped."""
+    switch = {}
+    for row in rows:
+        switch.setdefault((row["dataset"], row["architecture"]), [])
+        if not math.isnan(row["f_mem_scale_free"]):
+            switch[row["dataset"], row["architecture"]].append((row["n"], row["f_mem_scale_free"]))
+    for group, points in switch.items():
+        points.sort()
+        memorizing = [i for i, (_, f_mem) in enumerate(points) if f_mem >= level]
+        last = memorizing[-1] if memorizing else None
+        switch[group] = (None if last is None or last + 1 == len(points)
+                         else math.sqrt(points[last][0] * points[last + 1][0]))
+    return [{**row, "switch_n": switch[row["dataset"], row["architecture"]]} for row in rows]
