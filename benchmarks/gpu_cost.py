@@ -75,7 +75,7 @@ def main() -> None:
             print(f"{spec.name:34} {arch.name:6} {spec.image_size:4d} {flops / 1e9:9.2f} {speed:8,.0f} {models:6d} "
                   f"{images_per_model / spec.training.batch_size:8,.0f} {images_per_model / AUTHORS_IMAGES:9.3f} {hours:11.1f} "
                   f"{hours * models:7.0f}")
-        print(f"{spec.name:34} total {total:,.0f} GPU-hours")
+        print(f"{spec.name:34} total {total:,.0f} GPU-hours ({total * 60:,.1f} GPU-minutes of training)")
 
 
 if __name__ == "__main__":

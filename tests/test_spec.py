@@ -99,6 +99,8 @@ def test_gpu_studies_state_their_budget_and_cite_a_measured_throughput(name, tmp
     if name.endswith("_short"):
         assert spec.description.startswith("SHORT BUDGET") and text.startswith("# SHORT BUDGET")
         assert "What it changes" in text
+    elif name.startswith("transition"):  # a showcase sized from the measured throughput, not a paper budget
+        assert "at most 4 minutes" in text and "Not yet measured on a GPU" in text
     elif name.startswith("memorization_time"):  # Bonnaire et al.'s longest runs
         assert (t.steps, t.batch_size) == (2_000_000, 512)
     else:  # the authors': 1000 epochs of 250k images at batch 512, lr halved every 100 epochs
@@ -480,7 +482,7 @@ def test_steps_per_train_size():
     config = mapped.training.config(seed=7, n=4)
     assert (config.steps, config.snapshot_steps, config.seed) == (100, (50,), 7)
     assert mapped.training.config(seed=7, n=1).snapshot_steps == (50, 200)
-    assert mapped.training.max_steps == 300 and "N = 4: 100 steps" in mapped.training.budget()
+    assert mapped.training.max_steps == 300 and "\n  N = 4: 100 steps" in mapped.training.budget()
     halving = parse_spec(variant(training={"steps": 300, "lr_halve_every": {1: 100, 4: 50}}))
     assert [halving.training.config(0, n).lr_halve_every for n in (1, 4)] == [100, 50]
     same_for_one = ids_by_key(parse_spec(variant(training={"steps": 300, "lr_halve_every": {1: 100, 4: 100}})))

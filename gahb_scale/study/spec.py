@@ -414,13 +414,17 @@ def _per_train_size(value: Any) -> int | dict[int, int]:
     checked by the study, which knows them)."""
     if not isinstance(value, dict):
         return _steps_count(value)
-    for n in value:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    mapping = {}
+    for n, steps in value.items():
+        size = int(n) if isinstance(n, str) and n.isdigit() and len(n) <= 20 else n
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"the keys of a mapping are train sizes N >= 1 (got {short_repr(n)})")
-    return {n: _steps_count(v, f"N = {n}: ") for n, v in value.items()}
+        mapping[size] = _steps_count(steps, f"N = {size}: ")
+    return mapping
 
 
-_PerTrainSize = Annotated[int | dict[int, int], PlainValidator(_per_train_size)]
+# Any: serialised as given (JSON makes the keys strings, which the validator reads back as N)
+_PerTrainSize = Annotated[Any, PlainValidator(_per_train_size)]
 
 
 def _value_for(value: int | dict[int, int], n: int) -> int:
@@ -476,7 +480,7 @@ class TrainingSpec(_Model):
         if any(isinstance(getattr(self, name), dict) for name in PER_TRAIN_SIZE):
             sizes = sorted({n for name in PER_TRAIN_SIZE if isinstance(getattr(self, name), dict)
                             for n in getattr(self, name)})
-            return "; ".join(f"N = {n}: " + self.model_copy(update=self.per_train_size(n)).budget() for n in sizes)
+            return "".join(f"\n  N = {n}: " + self.model_copy(update=self.per_train_size(n)).budget() for n in sizes)
         images = self.steps * self.batch_size
         return (f"{self.steps:,} steps of batch {self.batch_size} = {images / 1e6:.3g}M images per model = "
                 f"{images / AUTHORS_EPOCH_IMAGES:.4g} epochs of {AUTHORS_EPOCH_IMAGES:,} "
