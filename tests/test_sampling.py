@@ -99,7 +99,29 @@ def test_two_models_receive_identical_noise_streams():
         streams.append(torch.stack(noises))
     assert torch.allclose(streams[0], streams[1], atol=1e-4)
     # and the stream is what the seed alone dictates: sample i's first draw is randn from seed i
-    assert torch.allclose(streams[0][0, 2], torch.randn((1, 4, 4), generator=torch.Generator().manual_seed(7)))
+    for i, seed in enumerate(seeds):
+        assert torch.allclose(streams[0][0, i], torch.randn((1, 4, 4), generator=torch.Generator().manual_seed(seed)))
+    # different seeds, different streams: 96 draws per seed, so |correlation| of independent ones < 0.4
+    per_seed = streams[0].transpose(0, 1).flatten(1)
+    correlation = torch.corrcoef(per_seed)
+    assert (correlation - torch.eye(len(seeds))).abs().max() < 0.4
+
+
+def test_a_sample_is_the_same_alone_or_in_any_batch():
+    """Sample i's noise depends on its seed and step alone: not on the other samples in its batch,
+    their order, or which of them stopped earlier (the samples stop individually here)."""
+    mean, cov = gaussian_prior(n=16)
+    denoiser = GaussianDenoiser(mean, cov)
+    seeds = [4, 9, 2, 30, 17]
+    run = dict(image_shape=(1, 4, 4), beta=0.3, device="cpu")
+    batched = sample_kadkhodaie_simoncelli(denoiser, seeds=seeds, **run)
+    reordered = sample_kadkhodaie_simoncelli(denoiser, seeds=seeds[::-1], **run)
+    assert batched.steps.min() < batched.steps.max()  # the others leave the batch at different steps
+    for i, seed in enumerate(seeds):
+        alone = sample_kadkhodaie_simoncelli(denoiser, seeds=[seed], **run)
+        for other, row in ((batched, i), (reordered, len(seeds) - 1 - i)):
+            assert other.steps[row] == alone.steps[0]
+            assert torch.allclose(other.samples[row], alone.samples[0], atol=1e-5)
 
 
 def test_step_cap_is_reported():
