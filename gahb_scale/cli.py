@@ -40,7 +40,7 @@ def _fraction(row: dict, name: str) -> str:
 def format_transition(rows: list[dict]) -> str:
     """The transition's key columns, at most 120 characters wide for the names of the studies in
     studies/; every column is in the `transition` table (`query`) and the report."""
-    header = ["dataset", "arch", "N", "gap dB", "f_mem [95% CI]", "chance", "A/B cos ctr", "chance", "A/B basis",
+    header = ["dataset", "arch", "N", "gap dB", "f_mem [95% CI]", "chance", "A/B cos", "chance", "A/B basis",
               "chance", "switch N"]
     body = [[r["dataset"], r["architecture"], str(r["n"]), _num(r["psnr_gap"], 2), _fraction(r, "f_mem"),
              _num(r["f_mem_chance"], 2), _num(r["ab_cosine_centered"]), _num(r["ab_cosine_centered_chance"]),
