@@ -7,9 +7,13 @@ can fix ends in one message naming the field or file and exit status 2 — never
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import math
+import os
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 from .errors import UserInputError, printable
@@ -34,22 +38,14 @@ def _fraction(row: dict, name: str) -> str:
 
 
 def format_transition(rows: list[dict]) -> str:
-    header = ["dataset", "arch", "N", "PSNR train", "PSNR test", "gap dB", "f_mem [95% CI]", "(chance)",
-              "f_mem scale-free", "(chance)", "NN cos centred", "(chance)", "to memorizer", "to bias-free mem.",
-              "A/B cos", "(chance)", "A/B cos centred", "(chance)", "A/B L2", "(chance)", "A/B basis", "(k/n)", "tr J",
-              "J asym", "memorizer's", "Gaussian's", "switch N", "capped", "diverged"]
-    body = []
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["architecture"], r["n"])):
-        body.append([r["dataset"], r["architecture"], str(r["n"]), _num(r["train_psnr"], 2), _num(r["test_psnr"], 2),
-                     _num(r["psnr_gap"], 2), _fraction(r, "f_mem"), _num(r["f_mem_chance"], 2),
-                     _fraction(r, "f_mem_scale_free"), _num(r["f_mem_scale_free_chance"], 2),
-                     _num(r["nn_cosine_centered"]), _num(r["nn_cosine_centered_chance"]), _num(r["memorizer_distance"]),
-                     _num(r["memorizer_distance_bias_free"]), _num(r["ab_cosine"]), _num(r["ab_cosine_chance"]),
-                     _num(r["ab_cosine_centered"]), _num(r["ab_cosine_centered_chance"]), _num(r["ab_l2"]),
-                     _num(r["ab_l2_chance"]), _num(r["ab_basis_overlap"]), _num(r["ab_basis_overlap_chance"]),
-                     _num(r["effective_dim"], 1), _num(r["symmetry_error"], 2), _num(r["symmetry_error_memorizer"], 2),
-                     _num(r["symmetry_error_gaussian"], 2), _num(r["switch_n"], 1),
-                     str(r["capped_samples"]), str(r["diverged_samples"])])
+    """The transition's key columns, at most 120 characters wide for the names of the studies in
+    studies/; every column is in the `transition` table (`query`) and the report."""
+    header = ["dataset", "arch", "N", "gap dB", "f_mem [95% CI]", "chance", "A/B cos", "chance", "A/B basis",
+              "chance", "switch N"]
+    body = [[r["dataset"], r["architecture"], str(r["n"]), _num(r["psnr_gap"], 2), _fraction(r, "f_mem"),
+             _num(r["f_mem_chance"], 2), _num(r["ab_cosine_centered"]), _num(r["ab_cosine_centered_chance"]),
+             _num(r["ab_basis_overlap"]), _num(r["ab_basis_overlap_chance"]), _num(r["switch_n"], 1)]
+            for r in sorted(rows, key=lambda r: (r["dataset"], r["architecture"], r["n"]))]
     from .study.trials import format_table
 
     return format_table(header, body, align=">")
@@ -73,7 +69,7 @@ def cmd_run(args) -> int:
 
     show_progress()
     try:
-        result = run_study(spec, Path(args.spec).read_text(), address=args.address)
+        result = run_study(spec, Path(args.spec).read_text(), address=args.address, verbose=args.verbose)
     except StudyFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -83,12 +79,12 @@ def cmd_run(args) -> int:
         print(f"interrupted: {saved}", file=sys.stderr)
         return EXIT_INTERRUPTED
     print()
-    print(f"transition table of study {spec.name} (means over models; A/B = same-seed samples of the two "
-          "models of a split pair; to memorizer = distance to the memorizing solution (the training set's MMSE "
-          "denoiser, and its bias-free version), median over sigma; "
-          "J asym = ||J - J^T|| / ||J||, beside the blind memorizer's and Gaussian MMSE denoiser's; (chance) = the "
-          "measure for held-out images of the data; switch N = between the last N that memorizes and the next; "
-          "every measure is defined in the README):")
+    print(textwrap.fill(
+        f"transition of study {spec.name}, key columns (means over models; gap = train minus test PSNR; A/B = "
+        "same-seed samples of the two models of a split pair, cosine of centred images, and the overlap of their "
+        "Jacobian bases; chance = the measure for held-out images of the data, k/n for the bases; switch N = "
+        "between the last N that memorizes and the next). Every column, and every measure's definition: the "
+        "transition table (SQL below), the report and the README.", width=120))
     print(format_transition(result["transition"]))
     print()
     # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)
@@ -98,9 +94,12 @@ def cmd_run(args) -> int:
     print(f"SQL:               {bin_dir}/gahb-scale query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\" "
           f"--results {results}")
     print(f"progress:          {bin_dir}/gahb-scale status {shlex.quote(args.spec)} --results {results}")
-    if result["mlflow_uri"]:
-        ui = ui_command(result["mlflow_uri"])
-        print(f"MLflow UI:         {bin_dir}/{ui}" if ui.startswith("mlflow ") else f"MLflow UI:         {ui}")
+    ui = ui_command(result["mlflow_uri"])
+    if ui.startswith("mlflow "):
+        print(f"MLflow UI:         {bin_dir}/{ui}")
+        print(f"                   then open {result['mlflow_url']}")
+    else:
+        print(f"MLflow UI:         {result['mlflow_url']}")
     if result["report"]:
         print(f"report:            {result['report']}")
     return 0
@@ -128,9 +127,24 @@ def cmd_query(args) -> int:
     from .study.trials import format_table
 
     columns, rows = run_query(args.sql, args.results)
-    print(format_table(columns, [[_cell(v) for v in row] for row in rows], align=">"))
-    print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif args.format == "json":  # one object per row; NaN (not JSON) as null
+        print(json.dumps([{c: _json_value(v) for c, v in zip(columns, row)} for row in rows], default=str, indent=1))
+    else:
+        print(format_table(columns, [[_cell(v) for v in row] for row in rows], align=">"))
+        print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return 0
+
+
+def _json_value(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="study spec (YAML)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--results", default=None, help=results_help)
+    p.add_argument("--verbose", action="store_true", help="show Ray's own output here too (by default it goes "
+                                                          "to a log file whose path is printed)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("validate", help="check a spec and print its trial grid")
     p.add_argument("spec")
@@ -155,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.add_argument("--results", default="results", help="folder or URI holding the studies' results (default: "
                                                          "results)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table: aligned text (default); csv: a header row, then one row per result; json: an array "
+                        "of objects, NaN as null")
     p.set_defaults(func=cmd_query)
     p = sub.add_parser("report", help="(re)build a study's HTML report with its figures and log it to MLflow")
     p.add_argument("spec")
@@ -172,8 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
-        sys.stderr.close()
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: before OSError, its base
+        try:  # what is still buffered for stdout goes nowhere, not into a second error at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout that is no file
+            pass
         return 0
     except OSError as exc:  # the results location: unreachable store, missing bucket, a file where a folder is
         print(f"error: results location (--results or storage.results_dir): {printable(str(exc))}", file=sys.stderr)

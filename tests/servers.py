@@ -106,7 +106,8 @@ def mlflow_server(log_dir: Path, backend_store: str, artifacts_destination: str,
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
     try:
         uri = f"http://127.0.0.1:{port}"
-        _wait_http(f"{uri}/health", process, "the MLflow tracking server", log)
+        # 300 s: on a busy 2-CPU machine its first start (database migrations, imports) took over 120 s
+        _wait_http(f"{uri}/health", process, "the MLflow tracking server", log, timeout=300)
         yield uri
     finally:
         _stop(process)

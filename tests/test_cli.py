@@ -105,7 +105,7 @@ def test_an_unreachable_object_store_is_one_message(tmp_path, capsys, monkeypatc
     assert err.startswith("error: ") and "Traceback" not in err
 
 
-def test_transition_table_says_undefined_for_n_below_2():
+def _transition_row(**changes) -> dict:
     nan = float("nan")
     row = dict(dataset="d", architecture="a", n=1, train_psnr=30.0, test_psnr=20.0, psnr_gap=10.0,
                nn_cosine_centered=0.99, f_mem=nan, f_mem_low=nan, f_mem_high=nan, f_mem_scale_free=nan,
@@ -115,11 +115,62 @@ def test_transition_table_says_undefined_for_n_below_2():
                symmetry_error_memorizer=nan, symmetry_error_gaussian=nan, f_mem_chance=nan, f_mem_scale_free_chance=nan,
                nn_cosine_centered_chance=0.875, ab_cosine_chance=0.8, ab_cosine_centered_chance=0.3, ab_l2_chance=0.25,
                ab_basis_overlap_chance=0.0078125, switch_n=None, capped_samples=0, diverged_samples=0)
-    text = format_transition([row, {**row, "n": 10, "f_mem": 0.25, "f_mem_low": 0.1, "f_mem_high": 0.4,
-                                    "f_mem_scale_free": 0.5, "f_mem_scale_free_low": 0.3, "f_mem_scale_free_high": 0.7}])
-    assert text.count("undefined (N<2)") == 2  # both measures, N = 1 only
-    assert "0.25 [0.10, 0.40]" in text and "0.50 [0.30, 0.70]" in text
-    assert "0.875" in text and "0.008" in text  # chance levels beside the measures
+    return {**row, **changes}
+
+
+def test_transition_table_says_undefined_for_n_below_2():
+    text = format_transition([_transition_row(), _transition_row(n=10, f_mem=0.25, f_mem_low=0.1, f_mem_high=0.4,
+                                                                 f_mem_chance=0.125)])
+    assert text.count("undefined (N<2)") == 1  # N = 1 only
+    assert "0.25 [0.10, 0.40]" in text
+    assert "0.12" in text and "0.300" in text and "0.008" in text  # chance levels beside the measures
+
+
+def test_printed_transition_table_fits_120_columns_for_every_study():
+    """The widest names of the studies in studies/, with the widest values a column can hold."""
+    specs = [yaml.safe_load(path.read_text()) for path in (ROOT / "studies").glob("*.yaml")]
+    dataset = max((d["name"] for spec in specs for d in spec["datasets"]), key=len)
+    arch = max((a["name"] for spec in specs for a in spec["architectures"]), key=len)
+    row = _transition_row(dataset=dataset, architecture=arch, n=100000, psnr_gap=-12.34, f_mem=0.25, f_mem_low=0.1,
+                          f_mem_high=0.4, f_mem_chance=0.5, ab_cosine_centered=-0.123, switch_n=31622.8)
+    lines = format_transition([row]).splitlines()
+    assert max(map(len, lines)) <= 120, "\n".join(lines)
+
+
+@pytest.fixture
+def a_table(tmp_path) -> Path:
+    from gahb_scale.study.store import StudyStore
+
+    StudyStore(str(tmp_path / "results")).upsert("transition", [
+        {"study_id": "s", "n": 1, "f_mem": float("nan"), "dataset": "d, with a comma"},
+        {"study_id": "s", "n": 4, "f_mem": 0.25, "dataset": "d, with a comma"}])
+    return tmp_path / "results"
+
+
+def test_query_gives_csv_and_json_for_scripts(a_table, capsys):
+    import csv
+    import json
+
+    sql = "SELECT n, f_mem, dataset FROM transition ORDER BY n"
+    assert main(["query", sql, "--results", str(a_table), "--format", "csv"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert rows[0] == ["n", "f_mem", "dataset"] and rows[2] == ["4", "0.25", "d, with a comma"] and len(rows) == 3
+    assert main(["query", sql, "--results", str(a_table), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 1, "f_mem": None, "dataset": "d, with a comma"},
+                                                   {"n": 4, "f_mem": 0.25, "dataset": "d, with a comma"}]
+
+
+def test_query_into_a_pipe_that_closes_early_exits_0_quietly(a_table):
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "gahb_scale.cli", "query", "SELECT * FROM range(300000)",
+                                "--results", str(a_table), "--format", "csv"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdout.readline() == b"range\n"
+    process.stdout.close()  # like `| head -1`
+    assert process.wait(timeout=120) == 0
+    assert process.stderr.read() == b""
 
 
 def test_report_before_any_analysis_says_what_to_run(tmp_path, capsys):

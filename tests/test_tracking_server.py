@@ -107,10 +107,11 @@ def test_micro_study_logs_to_a_tracking_server_that_keeps_artifacts_on_s3(home, 
             results = tmp_path / "results" / "micro"
             spec_path = micro_spec(tmp_path, {"results_dir": str(results), "mlflow_tracking_uri": uri})
             assert main(["run", str(spec_path)]) == 0
-            assert f"MLflow UI:         open {uri} in a browser" in capsys.readouterr().out
+            out = capsys.readouterr().out
 
             client = MlflowClient(uri)
             experiment = client.get_experiment_by_name("gahb-scale/micro")
+            assert f"MLflow UI:         {uri}/#/experiments/{experiment.experiment_id}/runs" in out  # the runs table
             assert experiment.tags[KIND[0]] == KIND[1]
             assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server's choice, not ours
             runs = client.search_runs([experiment.experiment_id])

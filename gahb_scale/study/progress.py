@@ -1,16 +1,34 @@
 """Progress of a study run: the `gahb_scale.study` logger, every line stamped with the seconds since
-the study layer was loaded. The CLI shows it on stdout (`show_progress`); a notebook may too.
-A failure is told in one line (`innermost_error`)."""
+the study layer was loaded, and one progress bar per stage (`StageProgress`, drawn by tqdm on a
+terminal, plain lines otherwise). The CLI shows them on stdout (`show_progress`); a notebook may too.
+While the study runs, Ray's own output (Tune's banners, raylet warnings, its loggers) goes to a log
+file instead (`ray_output_to`). A failure is told in one line (`innermost_error`)."""
 
 from __future__ import annotations
 
 import logging
 import re
+import statistics
 import sys
 import time
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
 
 log = logging.getLogger("gahb_scale.study")
 _STARTED = time.time()
+# The terminal while Ray's output is sent to a log file (sys.stdout then points to the file).
+_terminal: TextIO | None = None
+# Loggers whose records are Ray's (and MLflow's) machinery, not the study's progress.
+MACHINERY_LOGGERS = ("ray", "mlflow", "alembic")
+# Seconds between plain progress lines of a stage, when the output is not a terminal.
+PLAIN_EVERY_S = 30.0
+
+
+def _out() -> TextIO:
+    return _terminal or sys.stdout
 
 
 class _Elapsed(logging.Formatter):
@@ -19,15 +37,22 @@ class _Elapsed(logging.Formatter):
 
 
 class _Stdout(logging.StreamHandler):
-    """Writes to whatever sys.stdout is when a line is logged (a redirect, a test's capture)."""
+    """Writes to the terminal as it is when a line is logged (a redirect, a test's capture), above
+    any progress bar."""
 
     @property
     def stream(self):
-        return sys.stdout
+        return _out()
 
     @stream.setter
     def stream(self, value) -> None:
         pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=_out())
+        except Exception:  # noqa: BLE001 - logging's own contract: a failed line must not stop the study
+            self.handleError(record)
 
 
 def show_progress() -> None:
@@ -38,6 +63,70 @@ def show_progress() -> None:
         log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+class StageProgress:
+    """One stage's progress, done/total with rate and ETA: a tqdm bar on a terminal; otherwise a
+    plain line at most every PLAIN_EVERY_S and one at the end."""
+
+    def __init__(self, stage: str, total: int, unit: str):
+        self.stage, self.total, self.unit = stage, total, unit
+        self.done, self.started, self.last_line = 0, time.monotonic(), time.monotonic()
+        terminal = _out()
+        self.bar = tqdm(total=total, desc=f"[{stage}]", unit=f" {unit}", file=terminal, dynamic_ncols=True,
+                        disable=not (hasattr(terminal, "isatty") and terminal.isatty()), leave=True)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.bar.disable and time.monotonic() - self.last_line >= PLAIN_EVERY_S:
+            self._line()
+
+    def _line(self) -> None:
+        self.last_line = time.monotonic()
+        seconds = self.last_line - self.started
+        rate = self.done / seconds if seconds > 0 else 0.0
+        eta = f", ETA {(self.total - self.done) / rate:.0f} s" if 0 < rate and self.done < self.total else ""
+        log.info(f"[{self.stage}] {self.done}/{self.total} {self.unit}s, {rate:.3g}/s{eta}")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.bar.disable:
+            self._line()
+
+
+@contextmanager
+def ray_output_to(path: Path | None):
+    """While inside, Ray's own output — what Tune and Ray's error listener print, and the records
+    of Ray's and MLflow's loggers — goes to the file at `path`; the study's progress still goes to
+    the terminal. `path=None` leaves everything where Ray puts it (`run --verbose`)."""
+    global _terminal
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", buffering=1) as file:
+        handler = logging.StreamHandler(file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        loggers = [logging.getLogger(name) for name in MACHINERY_LOGGERS]
+        saved = [(logger, logger.handlers[:], logger.propagate) for logger in loggers]
+        for logger in loggers:
+            logger.handlers, logger.propagate = [handler], False
+        _terminal = sys.stdout
+        try:
+            with redirect_stdout(file), redirect_stderr(file):
+                yield
+        finally:
+            _terminal = None
+            for logger, handlers, propagate in saved:
+                logger.handlers, logger.propagate = handlers, propagate
+
+
+def loss_summary(losses: list[float]) -> str:
+    """A pack's losses in a few numbers, whatever its size."""
+    if len(losses) == 1:
+        return f"loss {losses[0]:.4g}"
+    return f"loss min {min(losses):.4g} / median {statistics.median(losses):.4g} / max {max(losses):.4g}"
 
 
 def innermost_error(text: str) -> str:

@@ -18,7 +18,9 @@ import pickle
 import socket
 import time
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import ray
 import torch
@@ -30,12 +32,13 @@ from ..limits import MAX_RESULTS_PATH_LENGTH
 from .analyse import analyse_model
 from .compare import compare_pair
 from .prepare import prepare_datasets
-from .progress import innermost_error, log
+from .progress import StageProgress, innermost_error, log, ray_output_to
 from .report import REPORT_ALWAYS, report_dir, write_report
 from .spec import StudySpec
 from .store import StudyStore, model_path, training_record_path
-from .summarise import summarise_study
-from .track import store_notice, track_study
+from .summarise import summarise_study, transition_at
+from .track import (ANALYSIS_FIGURES, COMPARE_FIGURES, StudyTracker, experiment_url, model_figures, store_notice,
+                    track_study, ui_command)
 from .trials import Trial, analysis_id, expand_trials
 
 # Ray's environment: read by this process when ray.train is first imported (so `start_ray` sets it
@@ -129,9 +132,9 @@ def check_results_location(results: str) -> None:
         raise UserInputError(f"{where}: {printable(str(existing))} is not writable")
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, verbose: bool = False) -> None:
     """Join the cluster at `address`, or start a local Ray (None), with RAY_ENV set for the driver
-    and every worker."""
+    and every worker; the workers' output reaches this terminal only if `verbose`."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     # Object-store credentials are not put in here: Ray writes a job's runtime env into its logs on
@@ -144,8 +147,8 @@ def start_ray(address: str | None) -> None:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # "local", not None: None would join any Ray that `ray start` left running on this machine
     try:
-        ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False,
+                 log_to_driver=verbose, configure_logging=False)
     except ConnectionError as exc:
         raise UserInputError(f"no Ray cluster at {printable(address or 'local')}: {exc}") from None
 
@@ -168,24 +171,32 @@ class _Buffered:
         self.rows.clear()
 
 
-def _gather(refs: dict, what: str, buffer: _Buffered, flush_every: float = 20.0) -> list:
-    """Wait for Ray tasks, buffering each one's rows as they arrive; returns the keys that failed."""
-    failed, done, last_flush = [], 0, time.monotonic()
+def _gather(refs: dict, what: str, buffer: _Buffered, on_done: Callable[[object, dict], None],
+            on_failed: Callable[[object, str], None], flush_every: float = 20.0) -> list:
+    """Wait for Ray tasks, buffering each one's rows as they arrive and handing them to `on_done`
+    (key, tables), or the one-line reason to `on_failed` (key, reason); returns the keys that failed."""
+    failed, last_flush = [], time.monotonic()
     pending = dict(refs)
+    progress = StageProgress(what, len(refs), "task")
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         key = pending.pop(ready[0])
         try:
-            buffer.add(ray.get(ready[0]))
+            tables = ray.get(ready[0])
         except Exception as exc:  # a failed task must not lose the others' results
             failed.append(key)
             cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the task's own exception
-            log.info(f"[{what}] FAILED {key}: {innermost_error(f'{type(cause).__name__}: {cause}')}")
-        done += 1
-        log.info(f"[{what}] {done}/{len(refs)} done")
+            reason = innermost_error(f"{type(cause).__name__}: {cause}")
+            log.info(f"[{what}] FAILED {key}: {reason}")
+            on_failed(key, f"{what}: {reason}")
+        else:
+            buffer.add(tables)
+            on_done(key, tables)
+        progress.update()
         if time.monotonic() - last_flush > flush_every:
             buffer.flush()
             last_flush = time.monotonic()
+    progress.close()
     buffer.flush()
     return failed
 
@@ -255,15 +266,18 @@ def has_saved_work(spec: StudySpec) -> bool:
         return False
 
 
-def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> dict:
-    """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "results": ...,
-    "tables": ..., "report": ...}."""
+def ray_log_path(spec: StudySpec, store: StudyStore) -> Path:
+    """Where a run keeps Ray's own output: beside local results, else in this machine's home folder."""
+    folder = Path(store.path("logs")) if "://" not in store.results else Path.home() / ".gahb-scale" / "logs"
+    return folder / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}.log"
+
+
+def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbose: bool = False) -> dict:
+    """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "mlflow_url": ..., "results": ...,
+    "tables": ..., "report": ...}. Ray's own output goes to a log file unless `verbose`."""
     store = StudyStore(spec.storage.results_location())
-    trials = expand_trials(spec)
-    analysis_key = analysis_id(spec)
-    resources = spec.resources
     started = time.monotonic()
-    log.info(f"study {spec.name}: {len(trials)} models; results in {store.results}")
+    log.info(f"study {spec.name}: {len(expand_trials(spec))} models; results in {store.results}")
     if notice := store_notice(spec, store):
         log.info(notice)
     # Everything that can be known before Ray starts is checked first, and nothing is written
@@ -278,83 +292,144 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
             log.info(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing "
                      f"{row['duplicates_removed']} near-duplicates (|correlation| > "
                      f"{row['near_duplicate_threshold']:g} on copies pooled by int(side/20))")
-    start_ray(address)
-    try:
-        from .train import train_study  # only now: ray.train reads RAY_ENV when first imported in a process
-
-        check_resources(spec, ray.cluster_resources(), strict=address is None)
-        datasets.cache()
-        store.write_bytes(spec_path(spec), spec_text.encode())  # several studies may share a folder
-        _replace_study_rows(store, spec, "datasets", datasets.rows)
-
-        # 1. training (Tune grid of TorchTrainers, one per pack)
-        if any(not store.exists(model_path(trial.trial_id)) for trial in trials):
-            failed = train_study(spec, store, fixed_cluster=address is None)
-        else:
-            failed = []
-            log.info(f"[train] all {len(trials)} models already trained")
-        _register_trained(spec, trials, store)
-        trained = [trial for trial in trials if store.exists(model_path(trial.trial_id))]
-
-        # 2. per model: samples, PSNR curves, memorization, Jacobian spectra
-        analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": analysis_key})
-        pending = [trial for trial in trained if trial.trial_id not in analysed]
-        buffer = _Buffered(store)
-        if pending:
-            task = ray.remote(analyse_model).options(num_cpus=resources.cpus_per_trial,
-                                                     num_gpus=resources.gpus_per_trial,
-                                                     max_retries=resources.max_failures)
-            refs = {task.remote(spec, trial, store.results, analysis_key): trial.trial_id for trial in pending}
-            log.info(f"[analysis] {len(pending)} models to analyse")
-            failed_now = _gather(refs, "analysis", buffer)
-            analysed |= set(refs.values()) - set(failed_now)
-            failed += failed_now
-        else:
-            log.info(f"[analysis] all {len(trained)} models already analysed")
-
-        # 3. per split pair: A/B similarity of samples with shared seeds
-        compared = store.keys_present("pairs", "pair_id", {"study_id": spec.name, "analysis_id": analysis_key})
-        by_pair = defaultdict(dict)
-        for trial in trials:
-            by_pair[trial.pair_id][trial.split] = trial
-        ready = [(pair["A"], pair["B"]) for pair_id, pair in by_pair.items()
-                 if pair_id not in compared and pair["A"].trial_id in analysed and pair["B"].trial_id in analysed]
-        if ready:
-            task = ray.remote(compare_pair).options(num_cpus=min(1.0, resources.cpus_per_trial),
-                                                    max_retries=resources.max_failures)
-            refs = {task.remote(spec, trial_a, trial_b, store.results, analysis_key): trial_a.pair_id
-                    for trial_a, trial_b in ready}
-            failed_now = _gather(refs, "pairs", buffer)
-            compared |= set(refs.values()) - set(failed_now)
-            failed += failed_now
-        else:
-            log.info("[pairs] nothing new to compare")
-
-        # 4. per study: transition, slopes, shuffle drop, memorization over time
-        complete = all(trial.trial_id in analysed for trial in trials)
-        tables = ray.get(ray.remote(summarise_study).options(num_cpus=0, max_retries=resources.max_failures)
-                         .remote(spec, store.results))
-        changed = [name for name, rows in tables.items() if _replace_study_rows(store, spec, name, rows)]
-        transition = tables["transition"]
-    finally:
-        ray.shutdown()
-
-    # 5. report, once both models of a pair are analysed (rebuilt only when a table changed), then
-    # MLflow for the models whose pair is compared (a model's sample figure is drawn there); the
-    # study run shows the report's own transition figure
-    reported = [trial for trial in trials
-                if all(member.trial_id in analysed for member in by_pair[trial.pair_id].values())]
-    mlflow_uri = report = None
-    if reported:
-        stale = changed or not all(store.exists(f"{report_dir(spec)}/{name}") for name in REPORT_ALWAYS)
-        report_files = write_report(spec, store) if stale else None
-        tracked = [trial for trial in reported if trial.pair_id in compared]
-        mlflow_uri = track_study(spec, spec_text, tracked, store, analysis_key, transition, report_files).uri
-        report = store.uri(f"{report_dir(spec)}/index.html")
-        log.info(f"[report] {report}")
+    log_path = None if verbose else ray_log_path(spec, store)
+    if log_path is not None:
+        log.info(f"Ray's own output: {log_path} (run --verbose shows it here)")
+    tracker, status = None, "FAILED"
+    with ray_output_to(log_path):
+        try:
+            start_ray(address, verbose)
+            try:
+                check_resources(spec, ray.cluster_resources(), strict=address is None)
+                datasets.cache()
+                store.write_bytes(spec_path(spec), spec_text.encode())  # several studies may share a folder
+                tracker = StudyTracker(spec, store)
+                tracker.start(spec_text)
+                log.info(f"[mlflow] {experiment_url(tracker.uri, tracker.experiment_id)}  ({ui_command(tracker.uri)})")
+                _replace_study_rows(store, spec, "datasets", datasets.rows)
+                outcome = _run_stages(spec, store, tracker, address, verbose)
+            finally:
+                ray.shutdown()
+            outcome.update(_report(spec, store, tracker, outcome))
+            status = "FINISHED" if not outcome["failed"] and outcome["complete"] else "FAILED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            if tracker is not None:
+                tracker.finish(status)
     log.info(f"study {spec.name}: finished stages in {time.monotonic() - started:.0f} s")
-    if failed or not complete:
+    failed = outcome["failed"]
+    if status != "FINISHED":
         raise StudyFailed(f"{len(failed)} trial(s)/task(s) failed ({', '.join(map(str, failed[:5]))}); finished "
                           f"work is saved — fix the cause and run the same command again to continue")
-    return {"transition": transition, "mlflow_uri": mlflow_uri, "results": store.results,
-            "tables": store.uri("tables/"), "report": report}
+    return {"transition": outcome["transition"], "mlflow_uri": tracker.uri,
+            "mlflow_url": experiment_url(tracker.uri, tracker.experiment_id), "results": store.results,
+            "tables": store.uri("tables/"), "report": outcome["report"]}
+
+
+def _run_stages(spec: StudySpec, store: StudyStore, tracker: StudyTracker, address: str | None,
+                verbose: bool) -> dict:
+    """Stages 1-4 on Ray, each model's and N's results logged to MLflow as they come."""
+    from .train import train_study  # only now: ray.train reads RAY_ENV when first imported in a process
+
+    trials = expand_trials(spec)
+    by_id = {trial.trial_id: trial for trial in trials}
+    analysis_key = analysis_id(spec)
+    resources = spec.resources
+
+    # 1. training (Tune grid of TorchTrainers, one per pack)
+    if any(not store.exists(model_path(trial.trial_id)) for trial in trials):
+        failed = train_study(spec, store, fixed_cluster=address is None, tracker=tracker, verbose=verbose)
+    else:
+        failed = []
+        log.info(f"[train] all {len(trials)} models already trained")
+    _register_trained(spec, trials, store)
+    trained = [trial for trial in trials if store.exists(model_path(trial.trial_id))]
+    for trial in trained:  # a run made or streamed before a killed driver: its saved curve fills the gaps
+        if not tracker.trial_logged(trial, analysis_key):
+            tracker.fill_losses(trial, [(row["step"], row["loss"])
+                                        for row in store.key_rows("train_curves", spec.name, trial.trial_id)])
+
+    # 2. per model: samples, PSNR curves, memorization, Jacobian spectra
+    analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": analysis_key})
+    pending = [trial for trial in trained if trial.trial_id not in analysed]
+    buffer = _Buffered(store)
+
+    def analysis_done(trial_id: str, tables: dict) -> None:
+        trial = by_id[trial_id]
+        tracker.log_analysis(trial, tables["model_metrics"][0], model_figures(store, spec, trial, ANALYSIS_FIGURES))
+
+    if pending:
+        task = ray.remote(analyse_model).options(num_cpus=resources.cpus_per_trial,
+                                                 num_gpus=resources.gpus_per_trial,
+                                                 max_retries=resources.max_failures)
+        refs = {task.remote(spec, trial, store.results, analysis_key): trial.trial_id for trial in pending}
+        log.info(f"[analysis] {len(pending)} models to analyse")
+        failed_now = _gather(refs, "analysis", buffer, analysis_done,
+                             lambda trial_id, reason: tracker.model_failed(by_id[trial_id], reason))
+        analysed |= set(refs.values()) - set(failed_now)
+        failed += failed_now
+    else:
+        log.info(f"[analysis] all {len(trained)} models already analysed")
+
+    # 3. per split pair: A/B similarity of samples with shared seeds
+    compared = store.keys_present("pairs", "pair_id", {"study_id": spec.name, "analysis_id": analysis_key})
+    by_pair = defaultdict(dict)
+    for trial in trials:
+        by_pair[trial.pair_id][trial.split] = trial
+    ready = [(pair["A"], pair["B"]) for pair_id, pair in by_pair.items()
+             if pair_id not in compared and pair["A"].trial_id in analysed and pair["B"].trial_id in analysed]
+    pairs_left = defaultdict(set)  # per N, its pairs not compared yet
+    for trial_a, _ in ready:
+        pairs_left[trial_a.n].add(trial_a.pair_id)
+
+    def pair_done(pair_id: str, tables: dict) -> None:
+        for trial in by_pair[pair_id].values():
+            tracker.log_compared(trial, analysis_key, model_figures(store, spec, trial, COMPARE_FIGURES))
+        n = by_pair[pair_id]["A"].n
+        pairs_left[n].discard(pair_id)
+        if not pairs_left[n]:  # the transition curve gets this N's point now
+            buffer.flush()
+            tracker.log_transition(transition_at(spec, store.results, n))
+
+    def pair_failed(pair_id: str, reason: str) -> None:
+        for trial in by_pair[pair_id].values():
+            tracker.model_failed(trial, reason)
+
+    if ready:
+        task = ray.remote(compare_pair).options(num_cpus=min(1.0, resources.cpus_per_trial),
+                                                max_retries=resources.max_failures)
+        refs = {task.remote(spec, trial_a, trial_b, store.results, analysis_key): trial_a.pair_id
+                for trial_a, trial_b in ready}
+        failed_now = _gather(refs, "pairs", buffer, pair_done, pair_failed)
+        compared |= set(refs.values()) - set(failed_now)
+        failed += failed_now
+    else:
+        log.info("[pairs] nothing new to compare")
+
+    # 4. per study: transition, slopes, shuffle drop, memorization over time
+    tables = ray.get(ray.remote(summarise_study).options(num_cpus=0, max_retries=resources.max_failures)
+                     .remote(spec, store.results))
+    changed = [name for name, rows in tables.items() if _replace_study_rows(store, spec, name, rows)]
+    return {"trials": trials, "failed": failed, "complete": all(trial.trial_id in analysed for trial in trials),
+            "analysed": analysed, "compared": compared, "by_pair": by_pair, "changed": changed,
+            "transition": tables["transition"], "analysis_key": analysis_key}
+
+
+def _report(spec: StudySpec, store: StudyStore, tracker: StudyTracker, outcome: dict) -> dict:
+    """Stage 5: the report, once both models of a pair are analysed (rebuilt only when a table
+    changed), then what MLflow still lacks: the models whose pair is compared (each run complete,
+    its sample figure drawn by the compare stage) and the study run's results and report."""
+    by_pair, analysed = outcome["by_pair"], outcome["analysed"]
+    reported = [trial for trial in outcome["trials"]
+                if all(member.trial_id in analysed for member in by_pair[trial.pair_id].values())]
+    if not reported:
+        return {"report": None}
+    stale = outcome["changed"] or not all(store.exists(f"{report_dir(spec)}/{name}") for name in REPORT_ALWAYS)
+    report_files = write_report(spec, store) if stale else None
+    tracked = [trial for trial in reported if trial.pair_id in outcome["compared"]]
+    track_study(tracker, tracked, store, outcome["analysis_key"], outcome["transition"], report_files)
+    report = store.uri(f"{report_dir(spec)}/index.html")
+    log.info(f"[report] {report}")
+    return {"report": report}

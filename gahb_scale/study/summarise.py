@@ -89,6 +89,19 @@ def summarise_study(spec: StudySpec, results: str) -> dict[str, list[dict]]:
             "memorization_tau": tau, "memorization_law": memorization_law_rows(spec, tau)}
 
 
+def transition_at(spec: StudySpec, results: str, n: int) -> list[dict]:
+    """The transition rows of one N (every dataset and architecture) from the tables as they are
+    now: the study's transition curve, grown while its pairs are compared."""
+    store = StudyStore(results)
+    read = {name: store.read_table(name) for name in ("model_metrics", "samples", "pairs", "pair_bases")}
+    study, size = pc.field("study_id") == spec.name, pc.field("n") == n
+    # samples and pair bases carry no N: the joins with the models and pairs of this N select theirs
+    tables = {name: table.filter(study & size if name in ("model_metrics", "pairs") else study)
+              for name, table in read.items() if table is not None}
+    return transition_rows(spec, tables.get("model_metrics"), tables.get("samples"), tables.get("pairs"),
+                           tables.get("pair_bases"))
+
+
 def _slope_theory_applies(dataset: DatasetSpec | None) -> bool:
     """α/(α+1) is the optimal slope only for C^α images with α > 1: this recipe integrates 2-D white
     noise to order β = α for the backgrounds, which are not even continuous for β ≤ 1."""

@@ -1,11 +1,20 @@
-"""Stage 5, track — MLflow: one parent run per study, one nested run per trained model.
+"""MLflow, live: one study run and one nested run per model, each logged as the study goes.
 
-The parent run holds the spec, the transition metrics (logged with step = N, so MLflow draws
-them against N), the report's phase-transition figure and the report under report/; each nested
-run holds the trial's parameters, loss curve and the figures the analyse and compare stages drew
-(figures/<study>/<trial_id>/: PSNR curves, sample grid A | B | nearest training image, eigen
-spectrum, eigenvectors). Runs are found again by tag, so re-running a study updates its runs
-instead of adding new ones.
+The study run is created RUNNING when `run` starts, with the spec and MLflow's system metrics
+(CPU, memory; GPU utilisation and memory where there is a GPU, through `nvidia-ml-py`) of the
+driver's machine, and ends FINISHED, FAILED or KILLED (Ctrl-C). A model's run is created RUNNING
+when its pack starts training; the training loss, lr and images/s stream to it every `log_every`
+steps; its analysis metrics and figures (PSNR curves, eigen spectrum, eigenvectors) come as its
+analysis finishes, its sample figure (A | B | nearest training image) when its pair is compared,
+which ends it FINISHED. A model that fails ends FAILED with the reason as a tag. The transition
+metrics of an N go on the study run, with step = N, as soon as that N's pairs are compared.
+
+Everything reaches MLflow through the driver: the Train workers report to Tune anyway, and the
+driver's Tune callback forwards those reports. So only one process writes, a local sqlite store
+never sees two writers, and the workers of a cluster need no access to the tracking server.
+
+Runs are found again by tag (study id, trial id, role), so a re-run — after Ctrl-C or a killed
+driver — continues the same runs instead of adding new ones, and fills in what they lack.
 
 Where runs go: `storage.mlflow_tracking_uri`, else MLFLOW_TRACKING_URI, else an sqlite store beside
 local results, or (results on object storage, which cannot hold an sqlite file) one on this machine.
@@ -30,6 +39,7 @@ from .trials import Trial
 
 STUDY_TAG, TRIAL_TAG, ANALYSIS_TAG = "gahb.study_id", "gahb.trial_id", "gahb.analysis_id"
 ROLE_TAG = "gahb.role"  # "study" or "trial": trial runs carry the study tag too
+ERROR_TAG = "gahb.error"  # why a run ended FAILED, in one line
 # MLflow 3 opens an experiment without this tag in its GenAI view (traces, prompts), not runs and metrics.
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
@@ -66,6 +76,10 @@ def store_notice(spec: StudySpec, store: StudyStore) -> str | None:
             f"MLFLOW_TRACKING_URI) to a tracking server to share them")
 
 
+# `mlflow ui`'s own address, where the command below serves a local store
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
 def ui_command(uri: str) -> str:
     """How to see the runs: a tracking server has its UI at its own address; a local store needs `mlflow ui`."""
     if _is_server(uri):
@@ -73,7 +87,19 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
+def experiment_url(uri: str, experiment_id: str) -> str:
+    """The page of the experiment's runs (table and charts of the model-training view): MLflow 3
+    opens an experiment's bare address on its GenAI overview instead."""
+    return f"{uri.rstrip('/') if _is_server(uri) else LOCAL_UI}/#/experiments/{experiment_id}/runs"
+
+
 class StudyTracker:
+    """A study's MLflow runs, found again by tag or created; written by the driver only."""
+
+    # Seconds between writes of streamed training metrics: a large study's reports are batched
+    # instead of costing one request each.
+    FLUSH_EVERY_S = 2.0
+
     def __init__(self, spec: StudySpec, store: StudyStore):
         self.spec, self.store = spec, store
         self.uri = tracking_uri(spec, store)
@@ -90,7 +116,17 @@ class StudyTracker:
             self.experiment_id = experiment.experiment_id
             if KIND_TAG not in experiment.tags:  # made before the tag was set; a user's own choice stays
                 self.client.set_experiment_tag(self.experiment_id, KIND_TAG, MODEL_TRAINING)
-        self.parent_id = self._run({STUDY_TAG: spec.name, ROLE_TAG: "study"}, spec.name, parent=None)
+        study_tags = {STUDY_TAG: spec.name, ROLE_TAG: "study"}
+        found = self._search(study_tags)
+        self.parent_id = (found[0].info.run_id if found else
+                          self.client.create_run(self.experiment_id, run_name=spec.name, tags=study_tags).info.run_id)
+        # the study's model runs, by trial id: one search, not one per model
+        self.models = {run.data.tags[TRIAL_TAG]: run for run in self._search({STUDY_TAG: spec.name, ROLE_TAG: "trial"})}
+        self.last_step: dict[str, int] = {}  # per trial id: the last training step whose metrics are logged
+        self.pending: dict[str, list[Metric]] = {}
+        self.last_flush = 0.0
+        self.monitor = None
+        self.transition_logged: set[int] = set()  # the N whose transition metrics this run has logged
 
     def _artifact_location(self, machine: Path | None) -> str | None:
         if _is_server(self.uri):
@@ -99,17 +135,16 @@ class StudyTracker:
             return str(machine / "artifacts")
         return self.store.uri("mlflow-artifacts")
 
-    def _find(self, tags: dict[str, str]) -> str | None:
+    def _search(self, tags: dict[str, str]) -> list:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
-        return runs[0].info.run_id if runs else None
-
-    def _run(self, tags: dict[str, str], name: str, parent: str | None) -> str:
-        run_id = self._find(tags)
-        if run_id is None:
-            extra = {"mlflow.parentRunId": parent} if parent else {}
-            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, **extra}).info.run_id
-        return run_id
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000,
+                                           page_token=token)
+            runs += page
+            token = page.token
+            if not token:
+                return runs
 
     def _log_files(self, run_id: str, files: dict[str, bytes], artifact_path: str | None = None) -> None:
         """Files held as bytes, logged in one call (MLflow takes artifacts from local files only)."""
@@ -123,34 +158,40 @@ class StudyTracker:
         for start in range(0, len(finite), 1000):  # MLflow's batch limit
             self.client.log_batch(run_id, metrics=finite[start:start + 1000])
 
-    def trial_logged(self, trial: Trial, analysis_key: str) -> bool:
-        run_id = self._find({STUDY_TAG: self.spec.name, TRIAL_TAG: trial.trial_id, ROLE_TAG: "trial"})
-        return run_id is not None and self.client.get_run(run_id).data.tags.get(ANALYSIS_TAG) == analysis_key
+    # -- the study run ------------------------------------------------------------------------
 
-    def log_trial(self, trial: Trial, analysis_key: str, metrics: dict, losses: list[tuple[int, float]],
-                  figures: dict[str, bytes]) -> None:
-        name = f"{trial.dataset.name}-{trial.architecture.name}-N{trial.n}-p{trial.pair}-{trial.split}-s{trial.seed}"
-        run_id = self._run({STUDY_TAG: self.spec.name, TRIAL_TAG: trial.trial_id, ROLE_TAG: "trial"}, name,
-                           parent=self.parent_id)
-        params = {**{k: v for k, v in trial.as_row().items() if k != "study_id"},
-                  **{f"arch.{k}": v for k, v in trial.architecture.params.items()},
-                  **{f"data.{k}": v for k, v in trial.dataset.params.items()},
-                  **{f"train.{k}": v for k, v in self.spec.training.model_dump().items()}}
-        existing = self.client.get_run(run_id).data.params
-        new_params = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, params=new_params)
-        self._metrics(run_id, [Metric("loss", loss, now, step) for step, loss in losses]
-                      + [Metric(k, float(v), now, 0) for k, v in metrics.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)])
-        self._log_files(run_id, figures)
-        self.client.set_tag(run_id, ANALYSIS_TAG, analysis_key)  # last: marks the run complete
-        self.client.set_terminated(run_id)
+    def start(self, spec_text: str) -> None:
+        """The study run is RUNNING (again, on a re-run), holds the spec, and records the driver
+        machine's system metrics until `finish`."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    def log_study(self, spec_text: str, transition: list[dict], figure: bytes) -> None:
+        run = self.client.get_run(self.parent_id)
+        if run.info.status != "RUNNING":
+            self.client.update_run(self.parent_id, status="RUNNING")
+        self.client.log_text(self.parent_id, spec_text, "spec.yaml")
+        self.monitor = SystemMetricsMonitor(self.parent_id, resume_logging=run.info.status != "RUNNING" or
+                                            "system/cpu_utilization_percentage" in run.data.metrics,
+                                            tracking_uri=self.uri)
+        self.monitor.start()
+
+    def finish(self, status: str) -> None:
+        """End the study run: FINISHED, FAILED or KILLED, now; model runs still RUNNING were
+        stopped before their model was done (KILLED)."""
+        self.flush(force=True)
+        for run in self.models.values():
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
+        self.client.set_terminated(self.parent_id, status)
+
+    def log_transition(self, rows: list[dict]) -> None:
+        """Transition metrics on the study run, step = N (the charts' x axis; log scale in their settings)."""
         now = int(time.time() * 1000)
         metrics = []
-        for row in transition:
+        self.transition_logged |= {int(row["n"]) for row in rows}
+        for row in rows:
             prefix = f"{row['dataset']}/{row['architecture']}"
             for key in ("psnr_gap", "nn_cosine_centered", "f_mem", "f_mem_scale_free", "memorizer_distance",
                         "memorizer_distance_bias_free", "ab_cosine",
@@ -160,9 +201,19 @@ class StudyTracker:
                 if row.get(key) is not None:
                     metrics.append(Metric(f"{prefix}/{key}", float(row[key]), now, int(row["n"])))
         self._metrics(self.parent_id, metrics)
-        self.client.log_text(self.parent_id, spec_text, "spec.yaml")
-        self._log_files(self.parent_id, {"phase_transition.png": figure})
-        self.client.set_terminated(self.parent_id)
+
+    def study_logged(self, analysis_key: str) -> bool:
+        """Whether the study run holds the study's tables and report for these analysis settings."""
+        return self.client.get_run(self.parent_id).data.tags.get(ANALYSIS_TAG) == analysis_key
+
+    def log_study(self, analysis_key: str, transition: list[dict], law: list[dict], report: dict[str, bytes]) -> None:
+        """The study-level results once every stage has run: the transition's rows not logged while
+        the pairs were compared, the memorization-time law, the transition figure and the report."""
+        self.log_transition([row for row in transition if row["n"] not in self.transition_logged])
+        self.log_law(law)
+        self._log_files(self.parent_id, {"phase_transition.png": report["transition.png"]})
+        self.log_report(report)
+        self.client.set_tag(self.parent_id, ANALYSIS_TAG, analysis_key)  # last: marks it complete
 
     def log_law(self, law: list[dict]) -> None:
         """The memorization-time law on the study run: per dataset/architecture and f_mem measure, the
@@ -177,30 +228,138 @@ class StudyTracker:
         """The static report (index.html and its PNGs) as artifacts under report/ of the study run."""
         self._log_files(self.parent_id, files, artifact_path="report")
 
+    # -- the model runs -----------------------------------------------------------------------
 
-# A model's figures, drawn by the analyse and compare stages (samples need the partner model's).
-TRIAL_FIGURES = ("samples.png", "psnr_curves.png", "eigen_spectrum.png", "eigenvectors.png")
+    def model_run(self, trial: Trial) -> str:
+        """The model's run id; created RUNNING, with the trial's parameters, if it has none yet."""
+        run = self.models.get(trial.trial_id)
+        if run is None:
+            name = f"{trial.dataset.name}-{trial.architecture.name}-N{trial.n}-p{trial.pair}-{trial.split}-s{trial.seed}"
+            tags = {STUDY_TAG: self.spec.name, TRIAL_TAG: trial.trial_id, ROLE_TAG: "trial",
+                    "mlflow.parentRunId": self.parent_id}
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+            params = {**{k: v for k, v in trial.as_row().items() if k != "study_id"},
+                      **{f"arch.{k}": v for k, v in trial.architecture.params.items()},
+                      **{f"data.{k}": v for k, v in trial.dataset.params.items()},
+                      **{f"train.{k}": v for k, v in self.spec.training.model_dump().items()}}
+            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            self.models[trial.trial_id] = run
+            self.last_step[trial.trial_id] = 0
+        return run.info.run_id
+
+    def trial_logged(self, trial: Trial, analysis_key: str) -> bool:
+        """Whether the model's run is complete for these analysis settings."""
+        run = self.models.get(trial.trial_id)
+        return run is not None and run.data.tags.get(ANALYSIS_TAG) == analysis_key
+
+    def training_started(self, trials: tuple[Trial, ...]) -> None:
+        for trial in trials:
+            run_id = self.model_run(trial)
+            # failed or stopped before: training again (a finished model's pack partner may train again alone)
+            if self.models[trial.trial_id].info.status not in ("RUNNING", "FINISHED"):
+                self.client.update_run(run_id, status="RUNNING")
+                self.models[trial.trial_id] = self.client.get_run(run_id)
+
+    def _logged_loss_steps(self, trial: Trial) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.model_run(trial), "loss")}
+
+    def log_training(self, trials: tuple[Trial, ...], step: int, report: dict) -> None:
+        """One training report of a pack: each model's loss, and the pack's lr and images/s (and MFU).
+        Steps already logged (a resumed pack reports again from its checkpoint) are skipped."""
+        now = int(time.time() * 1000)
+        for trial, loss in zip(trials, report["losses"]):
+            run_id = self.model_run(trial)
+            if trial.trial_id not in self.last_step:  # a run from before: continue after its last point
+                self.last_step[trial.trial_id] = max(self._logged_loss_steps(trial), default=0)
+            if step <= self.last_step[trial.trial_id]:
+                continue
+            self.last_step[trial.trial_id] = step
+            values = {"loss": loss, "lr": report.get("lr"), "pack_images_per_s": report.get("images_per_s"),
+                      "mfu": report.get("mfu")}
+            self.pending.setdefault(run_id, []).extend(
+                Metric(key, float(value), now, step) for key, value in values.items() if value is not None)
+        self.flush()
+
+    def flush(self, force: bool = False) -> None:
+        """Write the streamed metrics held back, at most every FLUSH_EVERY_S unless forced."""
+        if not force and time.monotonic() - self.last_flush < self.FLUSH_EVERY_S:
+            return
+        pending, self.pending = self.pending, {}
+        for run_id, metrics in pending.items():
+            self._metrics(run_id, metrics)
+        self.last_flush = time.monotonic()
+
+    def fill_losses(self, trial: Trial, losses: list[tuple[int, float]]) -> None:
+        """The loss points of the model's saved curve that its run lacks (a driver killed before it
+        wrote them, or a run made after training)."""
+        logged = self._logged_loss_steps(trial)
+        now = int(time.time() * 1000)
+        self._metrics(self.model_run(trial), [Metric("loss", loss, now, step) for step, loss in losses
+                                              if step not in logged])
+
+    def log_analysis(self, trial: Trial, metrics: dict, figures: dict[str, bytes]) -> None:
+        now = int(time.time() * 1000)
+        run_id = self.model_run(trial)
+        logged = self.models[trial.trial_id].data.metrics  # as found: a re-run adds no second point
+        self._metrics(run_id, [Metric(k, float(v), now, 0) for k, v in metrics.items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in logged])
+        self._log_files(run_id, figures)
+
+    def log_compared(self, trial: Trial, analysis_key: str, figures: dict[str, bytes]) -> None:
+        """The last of a model: its sample figure; the run is then complete and FINISHED."""
+        run_id = self.model_run(trial)
+        self._log_files(run_id, figures)
+        if ERROR_TAG in self.models[trial.trial_id].data.tags:  # failed before, done now
+            self.client.delete_tag(run_id, ERROR_TAG)
+        self.client.set_tag(run_id, ANALYSIS_TAG, analysis_key)  # last: marks the run complete
+        self.client.set_terminated(run_id, "FINISHED")
+        self.models[trial.trial_id] = self.client.get_run(run_id)
+
+    def model_failed(self, trial: Trial, reason: str) -> None:
+        run_id = self.model_run(trial)
+        self.flush(force=True)
+        self.client.set_tag(run_id, ERROR_TAG, reason[:5000])
+        self.client.set_terminated(run_id, "FAILED")
+        self.models[trial.trial_id] = self.client.get_run(run_id)
 
 
-def track_study(spec: StudySpec, spec_text: str, trials: list[Trial], store: StudyStore, analysis_key: str,
-                transition: list[dict], report_files: dict[str, bytes] | None) -> StudyTracker:
-    """Stage 5, track: one nested run per model of `trials` not yet logged with these analysis
-    settings (metrics, loss curve, its figures; only those models' files are read); then, when a
-    model was logged or the report was rebuilt (`report_files`), the study run and the report."""
+# A model's figures, drawn by the analyse stage, then the compare stage (samples need the partner model's).
+ANALYSIS_FIGURES = ("psnr_curves.png", "eigen_spectrum.png", "eigenvectors.png")
+COMPARE_FIGURES = ("samples.png",)
+
+
+def model_figures(store: StudyStore, spec: StudySpec, trial: Trial, names: tuple[str, ...]) -> dict[str, bytes]:
+    paths = {name: figure_path(spec.name, trial.trial_id, name) for name in names}
+    return {name: store.read_bytes(path) for name, path in paths.items() if store.exists(path)}
+
+
+def log_model(tracker: StudyTracker, store: StudyStore, trial: Trial, analysis_key: str) -> None:
+    """Everything of one compared model from the store, for a run that lacks some of it (runs lost,
+    another tracking store, a driver killed before it logged them)."""
+    spec = tracker.spec
+    tracker.fill_losses(trial, [(row["step"], row["loss"])
+                                for row in store.key_rows("train_curves", spec.name, trial.trial_id)])
+    tracker.log_analysis(trial, store.key_rows("model_metrics", spec.name, trial.trial_id)[0],
+                         model_figures(store, spec, trial, ANALYSIS_FIGURES))
+    tracker.log_compared(trial, analysis_key, model_figures(store, spec, trial, COMPARE_FIGURES))
+
+
+def track_study(tracker: StudyTracker, trials: list[Trial], store: StudyStore, analysis_key: str,
+                transition: list[dict], report_files: dict[str, bytes] | None) -> None:
+    """The end of stage 5: each compared model of `trials` whose run is not complete (logged live,
+    every model's is) gets what it lacks from the store; then, when a model was logged, the report
+    was rebuilt (`report_files`) or the study run lacks them, the study-level results."""
+    from .progress import StageProgress
     from .report import read_report
 
-    tracker = StudyTracker(spec, store)
+    spec = tracker.spec
     todo = [trial for trial in trials if not tracker.trial_logged(trial, analysis_key)]
-    for i, trial in enumerate(todo, 1):
-        metrics = store.key_rows("model_metrics", spec.name, trial.trial_id)[0]
-        losses = [(row["step"], row["loss"]) for row in store.key_rows("train_curves", spec.name, trial.trial_id)]
-        paths = {name: figure_path(spec.name, trial.trial_id, name) for name in TRIAL_FIGURES}
-        tracker.log_trial(trial, analysis_key, metrics, losses,
-                          {name: store.read_bytes(path) for name, path in paths.items() if store.exists(path)})
-        log.info(f"[mlflow] trial runs {i}/{len(todo)} logged")
-    if todo or report_files:
-        report_files = report_files or read_report(spec, store)  # a run that failed to log it logs it now
-        tracker.log_law(store.key_rows("memorization_law", spec.name, "study"))
-        tracker.log_study(spec_text, transition, report_files["transition.png"])
-        tracker.log_report(report_files)
-    return tracker
+    if todo:
+        progress = StageProgress("mlflow", len(todo), "run")
+        for trial in todo:
+            log_model(tracker, store, trial, analysis_key)
+            progress.update()
+        progress.close()
+    if todo or report_files or not tracker.study_logged(analysis_key):
+        tracker.log_study(analysis_key, transition, store.key_rows("memorization_law", spec.name, "study"),
+                          report_files or read_report(spec, store))  # a run that failed to log it logs it now

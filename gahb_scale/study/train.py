@@ -34,6 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 import ray
@@ -46,11 +47,14 @@ from ..models import build_model, count_parameters
 from ..packing import ModelPack
 from ..training import TrainConfig, train_pack, training_flops_per_image
 from .prepare import split_images
-from .progress import innermost_error, log
+from .progress import StageProgress, innermost_error, log, loss_summary
 from .spec import StudySpec
 from .store import (CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, model_path, pack_path, snapshot_path,
                     training_record_path)
 from .trials import Trial, expand_trials
+
+if TYPE_CHECKING:  # MLflow stays out of the Train workers, which import this module
+    from .track import StudyTracker
 
 TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes: a Python process with torch imported, roughly
 
@@ -212,29 +216,35 @@ def ray_storage(store: StudyStore) -> dict:
     return {"storage_path": store.path("ray"), "storage_filesystem": store.fs}
 
 
-def train_study(spec: StudySpec, store: StudyStore, fixed_cluster: bool) -> list[str]:
-    """Train every model of the study that has no model file yet, pack by pack, with a Tune grid;
-    returns the ids of the trials that still have none (the store is the ground truth: a pack that
-    failed before its first report has no config in Tune's results)."""
+def train_study(spec: StudySpec, store: StudyStore, fixed_cluster: bool, tracker: StudyTracker,
+                verbose: bool = False) -> list[str]:
+    """Train every model of the study that has no model file yet, pack by pack, with a Tune grid,
+    each model's progress streamed to its MLflow run; returns the ids of the trials that still have
+    none (the store is the ground truth: a pack that failed before its first report has no config
+    in Tune's results). `verbose` lets Tune print its own status too."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if fixed_cluster else None)
     packs = packs_to_train(spec, store, concurrency)
     payloads = {pack.pack_id: {"spec": spec, "pack": pack, "results": store.results} for pack in packs}
     sizes = "/".join(sorted({str(len(p.trials)) for p in packs}))
     log.info(f"[train] {sum(len(p.trials) for p in packs)} models to train in {len(packs)} pack(s) of {sizes}, "
              f"{min(concurrency, len(packs))} at a time")
+    progress = TrainProgress(spec, {p.pack_id: p for p in packs}, tracker)
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads),
                                 {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
         param_space={"pack_id": ray.tune.grid_search(list(payloads))},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
-        run_config=ray.tune.RunConfig(name=f"train-{int(time.time())}", verbose=0,
-                                      callbacks=[TrainProgress(spec, {p.pack_id: p for p in packs})],
+        run_config=ray.tune.RunConfig(name=f"train-{int(time.time())}", verbose=1 if verbose else 0,
+                                      callbacks=[progress],
                                       # a trial whose driver died with its node starts again, and its
                                       # TorchTrainer (same name, same storage) resumes from the checkpoint
                                       failure_config=ray.tune.FailureConfig(max_failures=spec.resources.max_failures),
                                       **ray_storage(store)),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        progress.close()
     return [t.trial_id for p in packs for t in p.trials if not store.exists(model_path(t.trial_id))]
 
 
@@ -265,35 +275,59 @@ def _record_packs(store: StudyStore, plan: list[Pack], to_train: list[Pack], tri
 
 
 class TrainProgress(ray.tune.Callback):
-    """A terminal line per pack every few reports: which models, how far, their losses, images/s
-    and (on a GPU of known peak) MFU."""
+    """The training stage as it happens, on the driver: a progress bar of the study's training
+    steps, a line per pack every PACK_LINE_EVERY_S (how far, its losses as min / median / max,
+    images/s and, on a GPU of known peak, MFU), and every report forwarded to the models' MLflow runs."""
 
-    def __init__(self, spec: StudySpec, packs: dict[str, Pack]):
-        self.packs = packs
+    PACK_LINE_EVERY_S = 10.0
+
+    def __init__(self, spec: StudySpec, packs: dict[str, Pack], tracker: StudyTracker):
+        self.packs, self.tracker = packs, tracker
         self.steps = {pack_id: spec.training.steps_for(pack.trials[0].n) for pack_id, pack in packs.items()}
-        self.finished = 0
+        self.reached = dict.fromkeys(packs, 0)  # the last step each pack reported
+        self.bar = StageProgress("train", sum(self.steps.values()), "step")
         self.last_print: dict[str, float] = {}
+
+    def __getstate__(self) -> dict:
+        # Tune saves its run configuration, callbacks included, for a restore this study never asks
+        # for (it resumes from its own store): the live tracker and progress bar stay out of it.
+        return {**self.__dict__, "tracker": None, "bar": None}
 
     def _name(self, trial) -> str:
         pack = self.packs[trial.config["pack_id"]]
         models = ", ".join(f"{t.dataset.name} N={t.n} pair={t.pair} {t.split} seed={t.seed}" for t in pack.trials)
         return f"{pack.pack_id} {pack.trials[0].architecture.name} [{models}]"
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.tracker.training_started(self.packs[trial.config["pack_id"]].trials)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        now = time.monotonic()
-        steps = self.steps[trial.config["pack_id"]]
-        if now - self.last_print.get(trial.trial_id, 0) < 5 and result.get("step") != steps:
+        pack_id = trial.config["pack_id"]
+        step = result.get("step")
+        if "losses" not in result or step is None:
             return
-        self.last_print[trial.trial_id] = now
-        if "losses" in result:
-            losses = " ".join(f"{value:.4g}" for value in result["losses"])
-            speed = f", {result['images_per_s']:,.0f} img/s" + (f", MFU {result['mfu']:.1%}" if "mfu" in result else "")
-            log.info(f"[train] {trial.config['pack_id']}: step {result.get('step')}/{steps} loss {losses}{speed}")
+        self.tracker.log_training(self.packs[pack_id].trials, step, result)
+        if step <= self.reached[pack_id]:  # the same step again, with its checkpoint
+            return
+        self.bar.update(step - self.reached[pack_id])
+        self.reached[pack_id] = step
+        now, steps = time.monotonic(), self.steps[pack_id]
+        if now - self.last_print.get(pack_id, 0) < self.PACK_LINE_EVERY_S and step != steps:
+            return
+        self.last_print[pack_id] = now
+        speed = f", {result['images_per_s']:,.0f} img/s" + (f", MFU {result['mfu']:.1%}" if "mfu" in result else "")
+        log.info(f"[train] {pack_id}: step {step}/{steps} {loss_summary(result['losses'])}{speed}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.finished += 1
-        log.info(f"[train] done {self.finished}/{len(self.packs)}: {self._name(trial)}")
+        self.tracker.flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
-        log.info(f"[train] FAILED: {self._name(trial)}: {innermost_error(text)}")
+        reason = innermost_error(text)
+        log.info(f"[train] FAILED: {self._name(trial)}: {reason}")
+        for model in self.packs[trial.config["pack_id"]].trials:
+            self.tracker.model_failed(model, f"training: {reason}")
+
+    def close(self) -> None:
+        self.tracker.flush(force=True)
+        self.bar.close()
