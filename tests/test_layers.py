@@ -85,7 +85,9 @@ def test_a_pack_holds_one_architecture_and_the_papers_unet_at_80_trains_alone():
 
 
 # Declared for what they do inside another dependency, not imported by gahb_scale itself.
-INDIRECT_DEPENDENCIES = {"boto3": "MLflow's S3 artifact store (pyarrow has its own S3 client)"}
+INDIRECT_DEPENDENCIES = {"boto3": "MLflow's S3 artifact store (pyarrow has its own S3 client)",
+                         "psutil": "MLflow's system metrics (CPU, memory) on the study run",
+                         "nvidia-ml-py": "MLflow's system metrics of GPUs (pynvml)"}
 
 
 def test_every_declared_dependency_is_imported_by_the_package():

@@ -54,7 +54,7 @@ def test_shared_init_ablation_reproduces_the_shared_set_up_exactly():
     for t in expand_trials(s):
         net, config = initial_model(s, t)
         # the set-up before models became independent: everything seeded with the pair's seed
-        assert config == s.training.config(t.seed)
+        assert config == s.training.config(t.seed, t.n)
         assert torch.equal(weights(net), weights(build_model("unet", seed=t.seed, width=4, blocks=1)))
     a, b = expand_trials(s)[:2]
     assert torch.equal(weights(initial_model(s, a)[0]), weights(initial_model(s, b)[0]))

@@ -402,7 +402,9 @@ PER_TRAIN_SIZE = ("steps", "lr_halve_every")
 
 
 def _steps_count(value: Any, where: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool):
+        raise ValueError(f"{where}a number is needed, not a boolean (got {str(value).lower()})")
+    if not isinstance(value, int):
         raise ValueError(f"{where}a whole number of steps is needed (got {short_repr(value)})")
     if not 1 <= value <= MAX_STEPS:
         raise ValueError(f"{where}must be in [1, {MAX_STEPS:,}] (got {value})")
