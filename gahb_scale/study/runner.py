@@ -33,7 +33,7 @@ from .prepare import prepare_datasets
 from .progress import innermost_error, log
 from .report import REPORT_ALWAYS, report_dir, write_report
 from .spec import StudySpec
-from .store import StudyStore, model_path, training_record_path
+from .store import StudyStore, model_path, spec_path, training_record_path
 from .summarise import summarise_study
 from .track import store_notice, track_study
 from .trials import Trial, analysis_id, expand_trials
@@ -232,8 +232,11 @@ def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -
         rows.append({**trial.as_row(), "steps": record["steps"], "final_loss": record["losses"][-1][1],
                      "num_parameters": record["num_parameters"], "train_seconds": record["train_seconds"],
                      "resumed_from_step": record["resumed_from"], "device": record["device"],
-                     "workers": record["workers"], "model_path": store.uri(model_path(trial.trial_id)),
-                     # train_seconds is the pack's: its models trained in the same steps
+                     # relative to the results folder, so the folder can move
+                     "workers": record["workers"], "model_path": model_path(trial.trial_id),
+                     # train_seconds is the pack's: its models trained in the same steps, so each
+                     # model's share is the pack's time over its models
+                     "model_train_seconds": record["train_seconds"] / record["pack_size"],
                      "pack_id": record["pack_id"], "pack_size": record["pack_size"]})
         curves += [{"study_id": spec.name, "trial_id": trial.trial_id, "step": step, "loss": loss}
                    for step, loss in record["losses"]]
@@ -241,16 +244,11 @@ def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -
     store.upsert("trials", rows)
 
 
-def spec_path(spec: StudySpec) -> str:
-    """Where a run keeps its spec: the first file it writes, once every check has passed."""
-    return f"specs/{spec.name}.yaml"
-
-
 def has_saved_work(spec: StudySpec) -> bool:
     """Whether a run of this study got past its checks (now or before), so an interrupted run
     leaves work that the same command continues from."""
     try:
-        return StudyStore(spec.storage.results_location()).exists(spec_path(spec))
+        return StudyStore(spec.storage.results_location()).exists(spec_path(spec.name))
     except (OSError, UserInputError):
         return False
 
@@ -284,7 +282,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None) -> di
 
         check_resources(spec, ray.cluster_resources(), strict=address is None)
         datasets.cache()
-        store.write_bytes(spec_path(spec), spec_text.encode())  # several studies may share a folder
+        store.write_bytes(spec_path(spec.name), spec_text.encode())  # several studies may share a folder
         _replace_study_rows(store, spec, "datasets", datasets.rows)
 
         # 1. training (Tune grid of TorchTrainers, one per pack)
