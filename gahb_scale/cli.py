@@ -55,14 +55,50 @@ def cmd_validate(args) -> int:
     from .study.spec_file import load_spec
     from .study.trials import describe_trials
 
-    print(describe_trials(load_spec(args.spec)))
+    missing: list[str] = []  # a preview needs no data: the grid and budget do not depend on it
+    print(describe_trials(load_spec(args.spec, missing_folders=missing)))
+    for folder in missing:
+        print(f"\nnote: dataset folder {printable(folder)} does not exist (relative paths resolve against the current "
+              f"directory); `gahb-scale run` will refuse to start until it does")
     return 0
 
 
-def cmd_run(args) -> int:
+def study_spec(args, must_hold_results: bool):
+    """The spec with its results folder: ROOT/<folder name> for --results ROOT, else the spec's
+    storage.results_dir. Where --results itself holds the study (a study folder given as
+    --results, its meaning up to version 0.5), that folder is used, with a note. With
+    `must_hold_results` (status, report) a folder holding nothing of the study is an error
+    naming it, not an empty study."""
+    from .study.spec import results_folder_name
     from .study.spec_file import load_spec
+    from .study.status import holds_results
 
-    spec = load_spec(args.spec, args.results)  # validate before Ray starts: a bad spec writes nothing
+    spec = load_spec(args.spec, results_root=args.results)
+    if args.results is None and not must_hold_results:
+        return spec
+    try:
+        if holds_results(spec):
+            return spec
+        if args.results is not None:
+            given = load_spec(args.spec, results_dir=args.results)
+            if holds_results(given):
+                print(f"note: {printable(args.results)} holds study {spec.name} itself and is used as its folder; "
+                      f"--results now names the results root, which holds the study in "
+                      f"{printable(spec.storage.results_location())}", file=sys.stderr)
+                return given
+    except OSError:
+        if must_hold_results:
+            raise
+        return spec  # `run` checks a location it cannot read itself, and refuses it in its own words
+    if must_hold_results:
+        raise UserInputError(f"{printable(spec.storage.results_location())} holds no results of study {spec.name} "
+                             f"(--results names the results root; the study's folder is <root>/"
+                             f"{results_folder_name(spec.storage.results_location())})")
+    return spec
+
+
+def cmd_run(args) -> int:
+    spec = study_spec(args, must_hold_results=False)  # validate before Ray starts: a bad spec writes nothing
     from .study.progress import show_progress
     from .study.runner import StudyFailed, has_saved_work, run_study
     from .study.track import ui_command
@@ -89,7 +125,7 @@ def cmd_run(args) -> int:
     print()
     # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)
     bin_dir = Path(sys.executable).parent
-    results = shlex.quote(result["results"])
+    results = shlex.quote(args.results or spec.storage.results_root())
     print(f"tables (Parquet):  {result['tables']}")
     print(f"SQL:               {bin_dir}/gahb-scale query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\" "
           f"--results {results}")
@@ -107,18 +143,15 @@ def cmd_run(args) -> int:
 
 def cmd_report(args) -> int:
     from .study.report import build_and_log_report
-    from .study.spec_file import load_spec
 
-    spec = load_spec(args.spec, args.results)
-    print(f"report: {build_and_log_report(spec)}")
+    print(f"report: {build_and_log_report(study_spec(args, must_hold_results=True))}")
     return 0
 
 
 def cmd_status(args) -> int:
-    from .study.spec_file import load_spec
     from .study.status import study_status
 
-    print(study_status(load_spec(args.spec, args.results)))
+    print(study_status(study_spec(args, must_hold_results=True)))
     return 0
 
 
@@ -151,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gahb-scale", description="Scaling studies of memorization and "
                                      "generalization in bias-free diffusion denoisers, on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
-    results_help = ("results location, a folder or a URI such as s3://bucket/prefix (default: the spec's "
-                    "storage.results_dir)")
+    results_help = ("results root, a folder or a URI such as s3://bucket/prefix, holding the study in "
+                    "<root>/<last part of storage.results_dir, by default the study's name> (default: the spec's "
+                    "storage.results_dir itself)")
     p = sub.add_parser("run", help="run (or continue) a study")
     p.add_argument("spec", help="study spec (YAML)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
@@ -169,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("query", help="SQL over the Parquet tables of all studies under a results location")
     p.add_argument("sql")
-    p.add_argument("--results", default="results", help="folder or URI holding the studies' results (default: "
-                                                         "results)")
+    p.add_argument("--results", default="results", help="results root, a folder or URI: every study at or below "
+                                                         "it is queried (default: results)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="table: aligned text (default); csv: a header row, then one row per result; json: an array "
                         "of objects, NaN as null")

@@ -174,12 +174,59 @@ def test_query_into_a_pipe_that_closes_early_exits_0_quietly(a_table):
 
 
 def test_report_before_any_analysis_says_what_to_run(tmp_path, capsys):
+    from gahb_scale.study.store import StudyStore, spec_path
+
     spec = tmp_path / "micro.yaml"
     spec.write_text(yaml.safe_dump(micro(tmp_path)))
+    StudyStore(str(tmp_path / "out")).write_bytes(spec_path("micro"), spec.read_bytes())  # a run got this far
     assert main(["report", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "study micro" in err and "gahb-scale run" in err
-    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["specs"]
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_a_folder_without_the_study_is_named_not_reported_empty(tmp_path, capsys, command):
+    """--results is the results root: the study is in <root>/<its folder's name>. A root holding
+    nothing of it is an error naming the folder looked in, not "0 trained" or advice to run."""
+    spec = tmp_path / "micro.yaml"
+    spec.write_text(yaml.safe_dump(micro(tmp_path)))
+    (tmp_path / "results" / "other").mkdir(parents=True)
+    assert main([command, str(spec), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'results' / 'out'} holds no results of study micro" in err
+    assert "0 trained" not in err and "gahb-scale run" not in err
+    assert main([command, str(spec)]) == 2  # the spec's own folder, never created
+    assert f"{tmp_path / 'out'} holds no results of study micro" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["micro.yaml", "results"]  # nothing written
+
+
+def test_results_names_the_root_and_a_study_folder_given_still_works(tmp_path, capsys):
+    from gahb_scale.study.store import StudyStore, spec_path
+
+    spec = tmp_path / "micro.yaml"
+    spec.write_text(yaml.safe_dump(micro(tmp_path)))
+    StudyStore(str(tmp_path / "root" / "out")).write_bytes(spec_path("micro"), spec.read_bytes())
+    assert main(["status", str(spec), "--results", str(tmp_path / "root")]) == 0
+    out, err = capsys.readouterr()
+    assert f"study micro ({tmp_path / 'root' / 'out'}): 4 models — 0 trained" in out and not err
+    # the study's own folder as --results (its meaning up to version 0.5): used, with a note
+    assert main(["status", str(spec), "--results", str(tmp_path / "root" / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert f"study micro ({tmp_path / 'root' / 'out'})" in out and "now names the results root" in err
+
+
+def test_validate_previews_a_spec_whose_data_folder_is_missing(tmp_path, capsys, monkeypatch):
+    """The grid and budget do not depend on the images: shown, with the missing folder named and
+    `run` said to refuse; `run` still refuses, writing nothing."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(ROOT / "studies" / "memorization_celeba40_gpu.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "24 trials" in out and "training budget: 488,282 steps" in out
+    assert "dataset folder data/celeba/img_align_celeba does not exist" in out and "will refuse" in out
+    assert main(["run", str(ROOT / "studies" / "memorization_celeba40_gpu.yaml")]) == 2
+    assert "data/celeba/img_align_celeba" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def _folder_of(tmp_path, count: int, copies: int) -> Path:

@@ -77,7 +77,8 @@ def write_spec(folder: Path, name: str, **changes) -> Path:
 
 
 def submit(cluster: RayCluster, spec: Path, results: str) -> str:
-    """`ray job submit` as the README shows it; returns the submission id without waiting."""
+    """`ray job submit` as the README shows it, with the results root `results` (the study's folder
+    is `<results>/micro`, after its spec's results_dir); returns the submission id without waiting."""
     job = f"gahb-{uuid.uuid4().hex[:8]}"
     command = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
                "--submission-id", job, "--no-wait", "--", "gahb-scale", "run", str(spec), "--address", "auto",
@@ -115,17 +116,18 @@ def wait_for_job(cluster: RayCluster, job: str, timeout: float = 900) -> str:
 
 
 def test_job_submit_runs_a_study_on_the_cluster(cluster, read_s3, tmp_path):
-    results = "s3://gahb/cluster/micro"
+    root = "s3://gahb/cluster"
+    results = f"{root}/micro"
     spec = write_spec(tmp_path, "micro")
     started = time.monotonic()
-    job = submit(cluster, spec, results)
+    job = submit(cluster, spec, root)
     status = wait_for_job(cluster, job)
     logs = job_logs(cluster, job)
     assert status == "SUCCEEDED", logs[-4000:]
     print(f"micro study on the 3-node cluster: {time.monotonic() - started:.0f} s from submit to finish")
     rows = assert_every_row_once(results, load_spec(spec, results))
     assert {r["workers"] for r in rows["trials"]} == {1}
-    assert f"--results {results}" in logs  # the follow-up commands read the same results
+    assert f"--results {root}" in logs  # the follow-up commands read the same results
 
 
 def _train_long(tmp_path: Path, name: str, models_per_pack: int) -> Path:
@@ -162,9 +164,10 @@ def _training_worker_after_checkpoint(cluster: RayCluster, spec: Path, results: 
 
 
 def test_training_worker_killed_mid_run_restarts_from_checkpoint(cluster, read_s3, tmp_path):
-    results = "s3://gahb/cluster/worker-killed"
+    root = "s3://gahb/cluster/worker-killed"
+    results = f"{root}/micro"
     spec = _train_long(tmp_path, "worker_killed", models_per_pack=2)  # the worker of a pack of both models
-    job = submit(cluster, spec, results)
+    job = submit(cluster, spec, root)
     _, pid = _training_worker_after_checkpoint(cluster, spec, results, job)
     os.kill(pid, 9)
     status = wait_for_job(cluster, job)
@@ -176,9 +179,10 @@ def test_training_worker_killed_mid_run_restarts_from_checkpoint(cluster, read_s
 
 def test_worker_node_lost_mid_study_is_survived(cluster, read_s3, tmp_path):
     """Last in this file: it leaves the cluster one worker node short."""
-    results = "s3://gahb/cluster/node-lost"
+    root = "s3://gahb/cluster/node-lost"
+    results = f"{root}/micro"
     spec = _train_long(tmp_path, "node_lost", models_per_pack=1)  # two worker groups, one per node
-    job = submit(cluster, spec, results)
+    job = submit(cluster, spec, root)
     node, _ = _training_worker_after_checkpoint(cluster, spec, results, job)
     cluster.kill(node)
     status = wait_for_job(cluster, job)

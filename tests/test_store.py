@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from gahb_scale.study.store import StudyStore
 
@@ -43,3 +44,41 @@ def test_study_level_tables_have_one_file_per_study(tmp_path):
     store.upsert("transition", [{"study_id": "s", "n": 1, "f_mem": 0.0}])
     assert sorted(p.name for p in (tmp_path / "tables" / "transition").rglob("*.parquet")) == ["study.parquet"] * 2
     assert sorted((r["study_id"], r["n"]) for r in store.rows("transition")) == [("s", 1), ("t", 1)]
+
+
+def test_a_moved_results_folder_logs_to_mlflow_in_its_new_place_only(tmp_path, monkeypatch):
+    """The sqlite store beside the results records absolute artifact locations; copied elsewhere
+    and the original removed, logging follows the copy and never recreates the old folder (even in
+    the same process, where MLflow keeps each run's artifact store)."""
+    import shutil
+
+    from gahb_scale.study.spec_file import load_spec
+    from gahb_scale.study.track import StudyTracker
+
+    monkeypatch.chdir(tmp_path)
+    spec_file = tmp_path / "micro.yaml"
+    spec_file.write_text((Path(__file__).resolve().parents[1] / "studies" / "micro.yaml").read_text())
+    spec = load_spec(spec_file, results_root=str(tmp_path / "old"))
+    StudyTracker(spec, StudyStore(spec.storage.results_location())).log_report({"index.html": b"first"})
+    shutil.copytree(tmp_path / "old", tmp_path / "new")
+    shutil.rmtree(tmp_path / "old")
+
+    spec = load_spec(spec_file, results_root=str(tmp_path / "new"))
+    tracker = StudyTracker(spec, StudyStore(spec.storage.results_location()))
+    tracker.log_report({"index.html": b"second"})
+    assert not (tmp_path / "old").exists()
+    logged = list((tmp_path / "new" / "micro" / "mlflow-artifacts").rglob("report/index.html"))
+    assert [p.read_bytes() for p in logged] == [b"second"]
+    location = tracker.client.get_experiment(tracker.experiment_id).artifact_location
+    assert location == str(tmp_path / "new" / "micro" / "mlflow-artifacts")
+
+
+def test_a_results_root_names_each_study_folder_by_its_last_part():
+    from gahb_scale.study.spec import StorageSpec, results_below, results_folder_name
+
+    assert results_folder_name("results/paper_cpu") == "paper_cpu"  # studies sharing a folder share it below any root
+    assert results_folder_name("s3://b/p/smoke/?endpoint_override=h:9000") == "smoke"
+    assert results_below("s3://b/p?endpoint_override=h:9000", "smoke") == "s3://b/p/smoke?endpoint_override=h:9000"
+    assert results_below("/data/results", "smoke") == "/data/results/smoke"
+    assert StorageSpec(results_dir="s3://b/p/smoke?scheme=http").results_root() == "s3://b/p?scheme=http"
+    assert StorageSpec(results_dir="/data/results/smoke").results_root() == "/data/results"

@@ -142,6 +142,46 @@ def _open_headless(page: Path) -> None:
     assert not console, console
 
 
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_a_copied_results_folder_works_in_its_new_place_and_writes_only_there(micro, tmp_path, monkeypatch, capsys):
+    """A finished study's results root copied elsewhere, the original gone: status, query and
+    report on the copy succeed and write nothing outside it (the original is moved aside and put
+    back afterwards, for the tests that follow)."""
+    from mlflow.tracking import MlflowClient
+
+    spec_path, results = micro
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(results.parent, copy)
+    aside = results.parent.with_name("results-aside")
+    results.parent.rename(aside)
+    try:
+        monkeypatch.chdir(tmp_path)
+        outside = _tree(spec_path.parent)
+        assert main(["status", str(spec_path), "--results", str(copy)]) == 0
+        assert f"study micro ({copy / 'micro'}): 4 models — 4 trained" in capsys.readouterr().out
+        assert main(["query", "SELECT model_path FROM trials WHERE study_id = 'micro'", "--results", str(copy)]) == 0
+        paths = re.findall(r"models/\S+/model\.pt", capsys.readouterr().out)
+        assert len(paths) == 4 and all((copy / "micro" / path).is_file() for path in paths)  # relative to the folder
+        assert main(["report", str(spec_path), "--results", str(copy)]) == 0
+        assert f"report: {copy / 'micro' / 'reports' / 'micro' / 'index.html'}" in capsys.readouterr().out
+
+        assert not results.parent.exists()  # the old place is not recreated
+        assert _tree(spec_path.parent) == outside and sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
+        client = MlflowClient(f"sqlite:///{copy / 'micro' / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("gahb-scale/micro")
+        assert experiment.artifact_location == str(copy / "micro" / "mlflow-artifacts")
+        study_run = next(r for r in client.search_runs([experiment.experiment_id])
+                         if "mlflow.parentRunId" not in r.data.tags)
+        assert {"report/index.html"} <= {f.path for f in client.list_artifacts(study_run.info.run_id, "report")}
+    finally:
+        if results.parent.exists():  # written by mistake: the assertion above has failed already
+            shutil.rmtree(results.parent)
+        aside.rename(results.parent)
+
+
 def test_rerun_trains_nothing_and_adds_no_row(micro, capsys, tmp_path, monkeypatch):
     spec_path, results = micro
     before = table_text(results)

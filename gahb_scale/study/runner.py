@@ -35,7 +35,7 @@ from .prepare import prepare_datasets
 from .progress import StageProgress, innermost_error, log, ray_output_to
 from .report import REPORT_ALWAYS, report_dir, write_report
 from .spec import StudySpec
-from .store import StudyStore, model_path, training_record_path
+from .store import StudyStore, model_path, spec_path, training_record_path
 from .summarise import summarise_study, transition_at
 from .track import (ANALYSIS_FIGURES, COMPARE_FIGURES, StudyTracker, experiment_url, model_figures, store_notice,
                     track_study, ui_command)
@@ -243,8 +243,11 @@ def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -
         rows.append({**trial.as_row(), "steps": record["steps"], "final_loss": record["losses"][-1][1],
                      "num_parameters": record["num_parameters"], "train_seconds": record["train_seconds"],
                      "resumed_from_step": record["resumed_from"], "device": record["device"],
-                     "workers": record["workers"], "model_path": store.uri(model_path(trial.trial_id)),
-                     # train_seconds is the pack's: its models trained in the same steps
+                     # relative to the results folder, so the folder can move
+                     "workers": record["workers"], "model_path": model_path(trial.trial_id),
+                     # train_seconds is the pack's: its models trained in the same steps, so each
+                     # model's share is the pack's time over its models
+                     "model_train_seconds": record["train_seconds"] / record["pack_size"],
                      "pack_id": record["pack_id"], "pack_size": record["pack_size"]})
         curves += [{"study_id": spec.name, "trial_id": trial.trial_id, "step": step, "loss": loss}
                    for step, loss in record["losses"]]
@@ -252,16 +255,11 @@ def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -
     store.upsert("trials", rows)
 
 
-def spec_path(spec: StudySpec) -> str:
-    """Where a run keeps its spec: the first file it writes, once every check has passed."""
-    return f"specs/{spec.name}.yaml"
-
-
 def has_saved_work(spec: StudySpec) -> bool:
     """Whether a run of this study got past its checks (now or before), so an interrupted run
     leaves work that the same command continues from."""
     try:
-        return StudyStore(spec.storage.results_location()).exists(spec_path(spec))
+        return StudyStore(spec.storage.results_location()).exists(spec_path(spec.name))
     except (OSError, UserInputError):
         return False
 
@@ -302,7 +300,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
             try:
                 check_resources(spec, ray.cluster_resources(), strict=address is None)
                 datasets.cache()
-                store.write_bytes(spec_path(spec), spec_text.encode())  # several studies may share a folder
+                store.write_bytes(spec_path(spec.name), spec_text.encode())  # several studies may share a folder
                 tracker = StudyTracker(spec, store)
                 tracker.start(spec_text)
                 log.info(f"[mlflow] {experiment_url(tracker.uri, tracker.experiment_id)}  ({ui_command(tracker.uri)})")

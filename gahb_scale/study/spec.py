@@ -150,11 +150,11 @@ def _booleans_refused(cls: type[BaseModel], data: Any) -> Any:
 
 
 def _validate_params(model: type[BaseModel], params: dict, what: str,
-                     fixed: dict[str, str] | None = None) -> dict:
+                     fixed: dict[str, str] | None = None, context: Any = None) -> dict:
     """Validate kind-specific params with `model`; return them normalised, defaults filled in.
     An unknown or missing parameter is named with its kind; other errors keep pydantic's words."""
     try:
-        return model.model_validate(params).model_dump(mode="json")
+        return model.model_validate(params, context=context).model_dump(mode="json")
     except ValidationError as exc:
         known = list(model.model_fields)
         errors = []
@@ -210,7 +210,7 @@ class DatasetSpec(_Model):
 def _params_of(model: type[DatasetParams]) -> Any:
     """The type of one kind's `params`: checked by `model`, stored as a dict with defaults filled in."""
     def validate(v: dict, info: ValidationInfo) -> dict:
-        return _validate_params(model, v, f"dataset kind {info.data['kind']!r}")
+        return _validate_params(model, v, f"dataset kind {info.data['kind']!r}", context=info.context)
     return Annotated[dict[str, Any], BeforeValidator(_none_to_empty), AfterValidator(validate),
                      Field(default_factory=dict, validate_default=True)]
 
@@ -219,12 +219,17 @@ class _FolderOnTheDriver(FolderParams):
     """A folder's parameters as the spec gives them, checked where the spec is read: the folder
     must exist there, and relative paths resolve against the current directory and are stored
     absolute, because workers run in other directories. `cache_dir` defaults to
-    <results_dir>/datasets (`StudySpec`)."""
+    <results_dir>/datasets (`StudySpec`). A preview (`gahb-scale validate`) passes a list as
+    `missing_folders` in the validation context: a folder that does not exist is added to it
+    instead of refused, so a spec's grid can be read before its data is on disk."""
 
     @field_validator("path")
     @classmethod
-    def _existing_folder(cls, v: str) -> str:
+    def _existing_folder(cls, v: str, info: ValidationInfo) -> str:
         p = Path(v).expanduser()
+        if not p.exists() and isinstance(missing := (info.context or {}).get("missing_folders"), list):
+            missing.append(v)
+            return str(p.resolve())
         if not p.exists():
             raise ValueError(f"folder {v!r} does not exist (relative paths resolve against the current directory)")
         if not p.is_dir():
@@ -616,9 +621,32 @@ class ResourceSpec(_Model):
         return v
 
 
+def _without_query(location: str) -> tuple[str, str]:
+    """A URI's part before its query (`?endpoint_override=...`), and the query with its `?`."""
+    base, query = location.split("?", 1) if "?" in location else (location, "")
+    return base.rstrip("/"), f"?{query}" if query else ""
+
+
+def results_folder_name(location: str) -> str:
+    """The last part of a results folder's path or URI: its name below the results root."""
+    if "://" in location:
+        return _without_query(location)[0].rsplit("/", 1)[-1]
+    return Path(location).expanduser().resolve().name
+
+
+def results_below(root: str, name: str) -> str:
+    """The folder `name` in the results root `root` (a path or a URI, whose query it keeps)."""
+    if "://" in root:
+        base, query = _without_query(root)
+        return f"{base}/{name}{query}"
+    return str(Path(root) / name)
+
+
 class StorageSpec(_Model):
-    """Where results go. `results_dir` is a local path (relative: against the current directory)
-    or a URI such as s3://bucket/prefix; default results/<study name>."""
+    """Where results go. `results_dir` is the study's results folder: a local path (relative:
+    against the current directory) or a URI such as s3://bucket/prefix; default results/<study
+    name>. Its parent is the results root; `--results ROOT` moves the folder to ROOT/<its name>
+    (`spec_file.load_spec`), so every command's --results names the same root."""
     results_dir: str | None = Field(default=None, min_length=1)
     mlflow_tracking_uri: str | None = Field(
         default=None, description="a tracking server (http://...) or store URI; None: MLFLOW_TRACKING_URI, else an "
@@ -631,6 +659,14 @@ class StorageSpec(_Model):
         if "://" in self.results_dir:
             return self.results_dir
         return str(Path(self.results_dir).expanduser().resolve())
+
+    def results_root(self) -> str:
+        """The results root holding this study's folder (what --results names)."""
+        location = self.results_location()
+        if "://" in location:
+            base, query = _without_query(location)
+            return base.rsplit("/", 1)[0] + query
+        return str(Path(location).parent)
 
 
 # --------------------------------------------------------------------------------------------

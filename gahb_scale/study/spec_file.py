@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from ..dataset_params import DATASET_KINDS
 from ..errors import UserInputError, printable, short_repr
 from ..limits import MAX_INT_DIGITS, MAX_SPEC_BYTES, MAX_SPEC_NODES
-from .spec import PATTERN_HINTS, StudySpec, did_you_mean
+from .spec import PATTERN_HINTS, StudySpec, did_you_mean, results_below, results_folder_name
 
 __all__ = ["SpecError", "load_spec", "parse_spec"]
 
@@ -115,14 +115,15 @@ class SpecError(UserInputError):
         return cls(source, errors)
 
 
-def parse_spec(data: Any, source: str = "<spec>") -> StudySpec:
-    """Validate an already-parsed spec (a mapping); raise SpecError listing every problem."""
+def parse_spec(data: Any, source: str = "<spec>", missing_folders: list[str] | None = None) -> StudySpec:
+    """Validate an already-parsed spec (a mapping); raise SpecError listing every problem. With a
+    list as `missing_folders`, dataset folders that do not exist are added to it, not refused."""
     if not isinstance(data, dict):
         got = "an empty document" if data is None else f"a {type(data).__name__}"
         raise SpecError(source, problem=f"the top level must be a mapping of spec fields (name, image_size, "
                                         f"datasets, ...), got {got}")
     try:
-        return StudySpec.model_validate(data)
+        return StudySpec.model_validate(data, context={"missing_folders": missing_folders})
     except ValidationError as exc:
         raise SpecError.from_validation(exc, source) from None
 
@@ -215,10 +216,13 @@ def _load_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def load_spec(path: str | Path, results_dir: str | None = None) -> StudySpec:
+def load_spec(path: str | Path, results_dir: str | None = None, results_root: str | None = None,
+              missing_folders: list[str] | None = None) -> StudySpec:
     """Read and validate a study spec YAML file; raise SpecError (naming the file) on any problem.
-    `results_dir` replaces the spec's `storage.results_dir` (the CLI's --results) before validation,
-    so defaults that depend on it follow it."""
+    `results_dir` replaces the spec's `storage.results_dir` before validation, so defaults that
+    depend on it follow it; `results_root` (the CLI's --results) does so with the folder of the same
+    name in that root: ROOT/<last part of results_dir, by default the study's name>. With a list as
+    `missing_folders`, dataset folders that do not exist are listed there instead of refused."""
     path = Path(path)
     source = printable(str(path))
     if not path.exists():
@@ -243,9 +247,14 @@ def load_spec(path: str | Path, results_dir: str | None = None) -> StudySpec:
         raise SpecError(source, problem=f"not valid YAML at {where}: {what}") from None
     except yaml.YAMLError as exc:
         raise SpecError(source, problem=f"not valid YAML: {exc}") from None
-    if results_dir is not None and isinstance(data, dict) and isinstance(data.get("storage") or {}, dict):
-        data["storage"] = {**(data.get("storage") or {}), "results_dir": results_dir}
+    if isinstance(data, dict) and isinstance(storage := data.get("storage") or {}, dict):
+        if results_root is not None:
+            given = storage.get("results_dir") if isinstance(storage.get("results_dir"), str) else None
+            name = (results_folder_name(given) if given else None) or data.get("name")
+            results_dir = results_below(results_root, name) if isinstance(name, str) and name else results_dir
+        if results_dir is not None:
+            data["storage"] = {**storage, "results_dir": results_dir}
     try:
-        return parse_spec(data, source)
+        return parse_spec(data, source, missing_folders)
     except RecursionError:
         raise SpecError(source, problem="nested too deeply to be a study spec") from None

@@ -8,7 +8,7 @@ import json
 import pyarrow.fs as pafs
 
 from .spec import StudySpec
-from .store import CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, model_path
+from .store import CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, model_path, spec_path
 from .trials import analysis_id, expand_trials
 
 
@@ -41,6 +41,18 @@ def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:
             for trial_id in members:
                 steps[trial_id] = max(step, steps.get(trial_id, 0))
     return steps
+
+
+def holds_results(spec: StudySpec) -> bool:
+    """Whether the study's results folder holds anything of it: the spec a run keeps there, or a
+    model's folder of its grid (trained by this study or by another sharing the folder). One
+    listing, not a request per model: on an object store a study of thousands of models is
+    checked at once."""
+    store = StudyStore(spec.storage.results_location())
+    if store.exists(spec_path(spec.name)):
+        return True
+    models = store.fs.get_file_info(pafs.FileSelector(store.path("models"), allow_not_found=True))
+    return not {info.base_name for info in models}.isdisjoint(t.trial_id for t in expand_trials(spec))
 
 
 def study_status(spec: StudySpec) -> str:

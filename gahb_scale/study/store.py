@@ -57,6 +57,11 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
 _TABLE_FILE = re.compile(r"(?:^|/)tables/(?P<name>[^/]+)/[^/]+/[^/]+\.parquet$")
 
 
+def spec_path(study: str) -> str:
+    """Where a run keeps its study's spec: the first file it writes, once every check has passed."""
+    return f"specs/{study}.yaml"
+
+
 def model_path(trial_id: str) -> str:
     """A trained model's weights (and final step), written once its training finished: the mark
     of a trained model."""

@@ -22,8 +22,10 @@ local results, or (results on object storage, which cannot hold an sqlite file) 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -114,6 +116,7 @@ class StudyTracker:
                 name, artifact_location=self._artifact_location(machine), tags={KIND_TAG: MODEL_TRAINING})
         else:
             self.experiment_id = experiment.experiment_id
+            self._follow_moved_results(experiment.artifact_location)
             if KIND_TAG not in experiment.tags:  # made before the tag was set; a user's own choice stays
                 self.client.set_experiment_tag(self.experiment_id, KIND_TAG, MODEL_TRAINING)
         study_tags = {STUDY_TAG: spec.name, ROLE_TAG: "study"}
@@ -134,6 +137,28 @@ class StudyTracker:
         if machine is not None:
             return str(machine / "artifacts")
         return self.store.uri("mlflow-artifacts")
+
+    def _follow_moved_results(self, recorded: str) -> None:
+        """The sqlite store beside local results records its artifact locations as absolute paths
+        (MLflow makes them so), which name the old place once the results folder is copied or moved.
+        They are rewritten to this folder's, in this folder's own store only, so logging here never
+        writes to the old place. A store given by the user is left as it is."""
+        here = self.store.uri("mlflow-artifacts")
+        if recorded == here or self.uri != f"sqlite:///{self.store.path('mlflow.db')}" or \
+                Path(recorded).name != "mlflow-artifacts":
+            return
+        moved = (here, len(recorded) + 1, len(recorded) + 1, f"{recorded}/")
+        with contextlib.closing(sqlite3.connect(self.store.path("mlflow.db"))) as db, db:
+            runs = [row[0] for row in db.execute("SELECT run_uuid FROM runs WHERE substr(artifact_uri, 1, ?) = ?",
+                                                 moved[2:])]
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (here, recorded))
+            db.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE substr(artifact_uri, 1, ?) = ?",
+                       moved)
+        # MLflow keeps each run's artifact store for the life of the process: forget the old ones
+        from mlflow.tracking._tracking_service import utils
+
+        for run_id in runs:
+            getattr(utils, "_artifact_repos_cache", {}).pop(run_id, None)
 
     def _search(self, tags: dict[str, str]) -> list:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
