@@ -216,6 +216,14 @@ def test_rerun_trains_nothing_and_adds_no_row(micro, capsys, tmp_path, monkeypat
     report = {f.path for f in client.list_artifacts(parents[0], "report")}
     assert {"report/index.html", "report/transition.png"} <= report
 
+    # `report` into a store no run has logged to: its new study run is ended, not left RUNNING
+    third = f"sqlite:///{tmp_path / 'third.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", third)
+    assert main(["report", str(spec_path)]) == 0
+    client = MlflowClient(third)
+    [study_run] = client.search_runs([client.get_experiment_by_name("gahb-scale/micro").experiment_id])
+    assert study_run.info.status == "FINISHED" and "report" in {f.path for f in client.list_artifacts(study_run.info.run_id)}
+
 
 def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys):
     """Kill a run mid-training (SIGKILL, no clean-up), then run again: it continues from the checkpoint."""

@@ -383,5 +383,8 @@ def build_and_log_report(spec: StudySpec) -> str:
                              f"sampling/analysis settings and gahb-scale {__version__} yet; run `gahb-scale run` on "
                              f"this spec first (it analyses again without retraining)")
     files = write_report(spec, store)
-    StudyTracker(spec, store).log_report(files)
+    tracker = StudyTracker(spec, store)
+    tracker.log_report(files)
+    if tracker.created:  # no `run` had logged this study here (e.g. another tracking store): not left RUNNING
+        tracker.client.set_terminated(tracker.parent_id, "FINISHED")
     return store.uri(f"{report_dir(spec)}/index.html")

@@ -121,6 +121,7 @@ class StudyTracker:
                 self.client.set_experiment_tag(self.experiment_id, KIND_TAG, MODEL_TRAINING)
         study_tags = {STUDY_TAG: spec.name, ROLE_TAG: "study"}
         found = self._search(study_tags)
+        self.created = not found  # a study run made here, not by `run`: whoever made it ends it
         self.parent_id = (found[0].info.run_id if found else
                           self.client.create_run(self.experiment_id, run_name=spec.name, tags=study_tags).info.run_id)
         # the study's model runs, by trial id: one search, not one per model
