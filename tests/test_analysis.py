@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gahb_scale.analysis import (cosine_similarity, fit_psnr_slope, memorization_fraction,
+from gahb_scale.analysis import (cosine_similarity, fit_psnr_slope, memorization_fraction, memorized_share,
                                  nearest_neighbours, optimal_calpha_slope, psnr, psnr_curve, split_pair_similarity)
 
 
@@ -152,6 +152,13 @@ def test_memorization_fraction_of_known_ratios():
 def test_memorization_fraction_threshold_is_strict():
     ratio = torch.tensor([0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     assert memorization_fraction(ratio, threshold=0.5).value == pytest.approx(0.25)
+
+
+def test_memorized_share_is_the_fractions_value_and_undefined_with_a_nan_ratio():
+    ratio = torch.tensor([0.1, 0.2, 0.5, 0.9], dtype=torch.float64)
+    assert memorized_share(ratio) == memorization_fraction(ratio).value == 0.5
+    assert math.isnan(memorized_share(torch.tensor([0.1, float("nan")])))
+    assert math.isnan(memorized_share(torch.tensor([])))
 
 
 # --- C^alpha PSNR slope ---------------------------------------------------------------------------

@@ -96,6 +96,15 @@ def _distance_to(flat_samples: torch.Tensor, train_images: torch.Tensor, index: 
     return torch.linalg.vector_norm(flat_samples - chosen.flatten(1), dim=1)
 
 
+def memorized_share(ratio: torch.Tensor, threshold: float = 1.0 / 3.0) -> float:
+    """Share of samples with d1/d2 < `threshold`, without its interval (the value of
+    `memorization_fraction`); NaN when undefined: no samples, or any NaN ratio."""
+    ratio = torch.as_tensor(ratio).detach().flatten().cpu().double().numpy()
+    if len(ratio) == 0 or np.isnan(ratio).any():
+        return float("nan")
+    return float((ratio < threshold).astype(float).mean())
+
+
 def memorization_fraction(ratio: torch.Tensor, threshold: float = 1.0 / 3.0, n_boot: int = 1000, seed: int = 0,
                           confidence: float = 0.95) -> MemorizationFraction:
     """Share of samples with d1/d2 < `threshold` and its percentile-bootstrap `confidence` interval.
@@ -107,12 +116,10 @@ def memorization_fraction(ratio: torch.Tensor, threshold: float = 1.0 / 3.0, n_b
     guessing how they count. `scipy.stats.bootstrap` resamples the samples `n_boot` times from a
     generator seeded by `seed`; a single sample has no spread, so its interval is the value itself.
     """
-    ratio = torch.as_tensor(ratio).detach().flatten().cpu().double().numpy()
-    if len(ratio) == 0 or np.isnan(ratio).any():
-        nan = float("nan")
-        return MemorizationFraction(value=nan, low=nan, high=nan, defined=False)
-    memorized = (ratio < threshold).astype(float)
-    value = float(memorized.mean())
+    value = memorized_share(ratio, threshold)
+    if np.isnan(value):
+        return MemorizationFraction(value=value, low=value, high=value, defined=False)
+    memorized = (torch.as_tensor(ratio).detach().flatten().cpu().double().numpy() < threshold).astype(float)
     if len(memorized) < 2:
         return MemorizationFraction(value=value, low=value, high=value, defined=True)
     interval = scipy.stats.bootstrap((memorized,), np.mean, n_resamples=n_boot, confidence_level=confidence,

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from ..analysis import MemorizationFraction, memorization_fraction
+from ..analysis import MemorizationFraction, memorization_fraction, memorized_share
 from .analyse import fraction_columns, optimal_slope
 from .spec import DatasetSpec, StudySpec
 from .store import StudyStore
@@ -239,7 +239,9 @@ def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> 
     for group in groups:
         steps = group["steps"]
         for measure, column in LAW_MEASURES:
-            curve = [_pooled_fraction(spec, ratios).value for ratios in group[column]]
+            # the value alone: an interval per snapshot would go unused
+            curve = [memorized_share(torch.tensor(step_ratios, dtype=torch.float64),
+                                     spec.analysis.memorization_threshold) for step_ratios in group[column]]
             first, below, tau = level_crossing(steps, curve, level)
             defined = [value for value in curve if not math.isnan(value)]
             rows.append({"study_id": spec.name, **{key: group[key] for key in (
