@@ -248,7 +248,7 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str
                "mean_sampler_steps": float(sampled.steps.float().mean()),
                "effective_dim": float(np.mean([r["effective_dim"] for r in jac_rows])),
                **{column: float(np.mean([r[column] for r in jac_rows]))
-                  for column in ("symmetry_error", "symmetry_error_memorizer", "symmetry_error_gaussian")},
+                  for column in ("symmetry_error", *(f"symmetry_error_{name}" for name in references))},
                **chance_columns(spec, train, test)}
     return {"model_metrics": [metrics], "psnr": psnr_rows, "samples": sample_rows, "jacobian": jac_rows,
             "eigen": eigen_rows, "disc_tangent": tangent_table, "snapshot_samples": over_time,
