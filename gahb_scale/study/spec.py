@@ -438,6 +438,10 @@ def _value_for(value: int | dict[int, int], n: int) -> int:
     return value[n] if isinstance(value, dict) else value
 
 
+def _largest(value: int | dict[int, int]) -> int:
+    return max(value.values()) if isinstance(value, dict) else value
+
+
 class TrainingSpec(_Model):
     """One blind-denoiser training run: a fixed number of Adam steps, the same for every N. The
     fields of `TrainConfig` (and its defaults), minus the seed, which each model draws."""
@@ -464,7 +468,7 @@ class TrainingSpec(_Model):
 
     @property
     def max_steps(self) -> int:
-        return max(self.steps.values()) if isinstance(self.steps, dict) else self.steps
+        return _largest(self.steps)
 
     def snapshot_steps_for(self, n: int) -> list[int]:
         """The snapshots a model of N = `n` takes: those within its training."""
@@ -514,7 +518,7 @@ class TrainingSpec(_Model):
     @classmethod
     def _within_training(cls, v: list[int], info: ValidationInfo) -> list[int]:
         steps = info.data.get("steps")
-        last = max(steps.values()) if isinstance(steps, dict) else steps
+        last = None if steps is None else _largest(steps)
         late = [s for s in v if last is not None and s > last]
         if late:
             raise ValueError(f"steps {late} are after the end of training (training.steps = {last})")
