@@ -73,3 +73,8 @@ def test_transition_gpu_study_runs_end_to_end_on_cpu_at_toy_size(tmp_path, capsy
         assert {s for t, s in steps if t == trial.trial_id} == {10, 20, spec.training.steps_for(trial.n)}
     assert [row["measure"] for row in store.rows("memorization_law")]
     assert "transition table" in capsys.readouterr().out
+    from mlflow.tracking import MlflowClient  # each model's MLflow run names its own N's schedule
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("gahb-scale/transition_gpu").experiment_id])
+    assert {(r.data.params["n"], r.data.params["train.steps"], r.data.params["train.lr_halve_every"])
+            for r in runs if "n" in r.data.params} == {("2", "30", "15"), ("16", "20", "10")}

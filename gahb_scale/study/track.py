@@ -267,7 +267,9 @@ class StudyTracker:
             params = {**{k: v for k, v in trial.as_row().items() if k != "study_id"},
                       **{f"arch.{k}": v for k, v in trial.architecture.params.items()},
                       **{f"data.{k}": v for k, v in trial.dataset.params.items()},
-                      **{f"train.{k}": v for k, v in self.spec.training.model_dump().items()}}
+                      # the model's own schedule where the spec gives one per N
+                      **{f"train.{k}": v for k, v in {**self.spec.training.model_dump(),
+                                                      **self.spec.training.per_train_size(trial.n)}.items()}}
             self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
             self.models[trial.trial_id] = run
             self.last_step[trial.trial_id] = 0
