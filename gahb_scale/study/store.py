@@ -126,7 +126,7 @@ class StudyStore:
 
     def uri(self, relative: str) -> str:
         """Where Ray and users can find a file: a local path or a URI."""
-        if isinstance(self.fs, pafs.LocalFileSystem):
+        if "://" not in self.results:
             return self.path(relative)
         base, query = self.results.split("?", 1) if "?" in self.results else (self.results, "")
         return f"{base.rstrip('/')}/{relative}" + (f"?{query}" if query else "")
