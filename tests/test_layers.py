@@ -114,18 +114,18 @@ def test_every_declared_dependency_is_imported_by_the_package():
     assert not unused, f"declared in pyproject.toml but never imported by gahb_scale: {unused}"
 
 
-def test_the_readme_map_names_every_module_and_only_existing_ones():
+def test_the_module_map_names_every_module_and_only_existing_ones():
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("## Architecture"):]
+    internals = (root / "docs" / "internals.md").read_text()
+    section = internals[internals.index("## Architecture"):]
     section = section[:section.index("\n## ", 1)]
     named = set(re.findall(r"`(gahb_scale/[\w/]+\.py)`", section))
     modules = {str(p.relative_to(root)) for p in (root / "gahb_scale").rglob("*.py") if p.name != "__init__.py"}
-    assert sorted(modules - named) == [], "modules missing from the README's map"
-    assert sorted(named - modules) == [], "the README's map names files that do not exist"
+    assert sorted(modules - named) == [], "modules missing from the map in docs/internals.md"
+    assert sorted(named - modules) == [], "the map in docs/internals.md names files that do not exist"
 
 
 def test_a_restarted_study_resumes_the_packs_it_planned_and_status_forgets_other_plans(tmp_path):

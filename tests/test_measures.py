@@ -1,4 +1,4 @@
-"""Known answers for the memorization measures of the README's measure table, and for the table that
+"""Known answers for the memorization measures of docs/measures.md, and for the table that
 gathers every measure into one row per (dataset, architecture, N): `transition_rows`.
 
 Bonnaire et al.'s f_mem is checked against their own formula (`Evaluation/compute_fmem.py`: raw
@@ -212,22 +212,23 @@ def test_transition_rows_gather_every_measure_per_n():
     assert ten["symmetry_error_memorizer"] == pytest.approx(0.7) and ten["symmetry_error_gaussian"] == 0.1
 
 
-def test_every_measure_in_the_readme_names_known_answer_tests_that_exist():
-    """The README's measure table names, for every measure, the tests that check it on known answers."""
+def test_every_measure_in_the_docs_names_known_answer_tests_that_exist():
+    """docs/measures.md names, for every measure, the tests that check it on known answers."""
     from pathlib import Path
     import re
 
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    table = readme[readme.index("### Every measure"):].split("\n\n")[2]
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| measure")]
-    assert len(rows) >= 15
-    for row in rows:
-        cited = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)`", row.split("|")[-2])
-        assert cited, row
+    sections = re.split(r"^### ", (root / "docs" / "measures.md").read_text(), flags=re.M)[1:]
+    assert len(sections) >= 15
+    for section in sections:
+        measure = section.splitlines()[0]
+        known = section.split("- **Known answers:**", 1)
+        assert len(known) == 2, measure
+        cited = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)`", known[1])
+        assert cited, measure
         for file, name in cited:
             files = [root / "tests" / file] if file else list((root / "tests").glob("test_*.py"))
-            assert any(f"def {name}(" in f.read_text() for f in files), (row.split("|")[1], name)
+            assert any(f"def {name}(" in f.read_text() for f in files), (measure, name)
 
 
 def test_a_flat_sample_is_not_memorized_and_voids_nothing():

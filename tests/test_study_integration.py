@@ -142,6 +142,14 @@ def _open_headless(page: Path) -> None:
     assert not console, console
 
 
+def test_the_docs_name_the_tables_and_columns_a_finished_study_writes(micro):
+    """docs/tables.md against the micro study's tables, and every query the docs show run on them."""
+    import test_docs
+
+    _, results = micro
+    assert test_docs.problems_against_results(results.parent) == []
+
+
 def _tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
 
