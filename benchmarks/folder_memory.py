@@ -64,11 +64,11 @@ def main() -> None:
                 "datasets": [{"name": "faces", "kind": "folder",
                               "params": {"path": str(faces), "crop": "celeba", "cache_dir": str(cache)}}],
                 "architectures": [{"name": "u", "kind": "unet", "params": {"width": 4, "blocks": 1}}]}
-        from gahb_scale.study.prepare import load_folder
+        from gahb_scale.study.prepare import finite_pool
         from gahb_scale.study.spec_file import parse_spec
 
         started = time.perf_counter()
-        pool_images = load_folder(parse_spec(spec).datasets[0], SIZE)
+        pool_images = finite_pool(parse_spec(spec).datasets[0], SIZE)
         prepared = time.perf_counter() - started
         float_pool = len(pool_images) * SIZE * SIZE * 4
         print(f"{args.images} JPEGs of 178x218: prepared at {SIZE}x{SIZE} in {prepared:.0f} s "

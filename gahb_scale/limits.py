@@ -43,6 +43,8 @@ MAX_PARAMETERS = 10**10
 # Seeds (training, sampling, pixel shuffles): every generator used takes them (numpy's, torch's up
 # to 2^64 - 1), and seed + sample index stays far inside all of them.
 MAX_SEED = 2**32 - 1
+# Halvings of a disc drawn on a finer grid: 2**4 times finer is already 256 fine pixels per pixel.
+MAX_DISC_ANTIALIASING = 4
 
 # --- names and paths the results use -----------------------------------------------------------
 # Study, dataset and architecture names become file and folder names (with a suffix); most file

@@ -16,7 +16,7 @@ import copy
 import io
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -116,9 +116,9 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 def _shared_settings(configs: list[TrainConfig]) -> TrainConfig:
     """The pack's one schedule: its models may differ in their seed only."""
-    first = {k: v for k, v in asdict(configs[0]).items() if k != "seed"}
+    first = configs[0].model_dump(exclude={"seed"})
     for config in configs[1:]:
-        if {k: v for k, v in asdict(config).items() if k != "seed"} != first:
+        if config.model_dump(exclude={"seed"}) != first:
             raise ValueError("the models of a pack must share every training setting but the seed")
     return configs[0]
 
@@ -171,7 +171,7 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
     batches = [TiledBatches(x.shape[0], c.seed) for x, c in zip(images, configs)]
     noise_rngs = [torch.Generator(device=device).manual_seed(c.seed + 1) for c in configs]
     step, losses = 0, [[] for _ in configs]
-    saved_configs = [asdict(c) for c in configs]
+    saved_configs = [c.model_dump() for c in configs]
 
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         # on the CPU: the batch-order generators and orders live there (the optimizer and the

@@ -1,42 +1,63 @@
-"""The settings of one blind-denoiser training run (no torch here: the study spec reads its defaults)."""
+"""The settings of blind-denoiser training, and the one place their defaults and checks live
+(pydantic models; no torch here: the study spec derives its `training` section from them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from .limits import MAX_BATCH_SIZE, MAX_STEPS
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one run, and the one place their defaults live (a study's `training`
-    section takes them from here). Batch size and learning rate are the paper's; the step counts are
-    a laptop-sized default — the paper counts epochs of 250k tiled images at batch 512 (1000 of them,
-    the learning rate halved every 100), here everything is in gradient steps.
+class TrainSettings(BaseModel):
+    """Every hyper-parameter of one run but its seed. Batch size and learning rate are the paper's;
+    the step counts are a laptop-sized default — the paper counts epochs of 250k tiled images at
+    batch 512 (1000 of them, the learning rate halved every 100), here everything is in gradient steps.
     """
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    steps: int = 2_000
-    batch_size: int = 512
-    lr: float = 1e-3
-    lr_halve_every: int = 1_000
-    noise_range: tuple[float, float] = (0.0, 255.0)  # σ range in grey levels (/255)
-    noise_schedule: str = "quadratic"  # quadratic: denser at low σ; or linear
-    precision: str = "fp32"  # bf16 = bf16 autocast, used on CUDA only
-    checkpoint_every: int = 500
-    log_every: int = 50
-    seed: int = 0  # batch order and noise
-    snapshot_steps: tuple[int, ...] = ()  # steps whose weights are handed to `on_snapshot`
+    steps: int = Field(default=2_000, ge=1, le=MAX_STEPS, description="gradient steps")
+    batch_size: int = Field(default=512, ge=1, le=MAX_BATCH_SIZE, description="global batch (split evenly over the workers)")
+    lr: float = Field(default=1e-3, gt=0)
+    lr_halve_every: int = Field(default=1_000, ge=1, le=MAX_STEPS, description="Adam lr halved every this many steps")
+    noise_range: tuple[float, float] = Field(default=(0.0, 255.0), description="sigma range, grey levels /255")
+    noise_schedule: Literal["quadratic", "linear"] = Field(default="quadratic", description="quadratic: denser at low sigma")
+    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16 autocast is used only on CUDA")
+    checkpoint_every: int = Field(default=500, ge=1, le=MAX_STEPS)
+    log_every: int = Field(default=50, ge=1, le=MAX_STEPS)
+    snapshot_steps: tuple[Annotated[int, Field(ge=1, le=MAX_STEPS)], ...] = Field(
+        default=(), description="steps whose weights are kept, for memorization over training time")
 
-    def __post_init__(self):
-        object.__setattr__(self, "noise_range", tuple(float(v) for v in self.noise_range))  # YAML gives lists
-        object.__setattr__(self, "snapshot_steps", tuple(sorted({int(s) for s in self.snapshot_steps})))
-        a, b = self.noise_range
-        if not 0 <= a < b:
-            raise ValueError(f"noise_range must satisfy 0 <= a < b, got {self.noise_range}")
-        if self.noise_schedule not in ("quadratic", "linear"):
-            raise ValueError(f"noise_schedule must be 'quadratic' or 'linear', got {self.noise_schedule!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        for name in ("steps", "batch_size", "lr_halve_every", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.snapshot_steps and not 1 <= self.snapshot_steps[0] <= self.snapshot_steps[-1] <= self.steps:
-            raise ValueError(f"snapshot_steps must lie in [1, steps = {self.steps}], got {list(self.snapshot_steps)}")
+    @staticmethod
+    def last_step(steps: Any) -> int:
+        """The last step of training given `steps` (a subclass may give steps per train size)."""
+        return steps
+
+    @field_validator("noise_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] < 0 or v[0] >= v[1]:
+            raise ValueError(f"needs 0 <= low < high (got [{v[0]:g}, {v[1]:g}])")
+        return v
+
+    @field_validator("snapshot_steps")
+    @classmethod
+    def _within_training(cls, v: Any, info: ValidationInfo) -> Any:
+        steps = info.data.get("steps")
+        last = None if steps is None else cls.last_step(steps)
+        late = [s for s in v if last is not None and s > last]
+        if late:
+            raise ValueError(f"steps {late} are after the end of training (steps = {last})")
+        return v
+
+
+class TrainConfig(TrainSettings):
+    """The settings of one run: its study's settings and its own seed (batch order and noise).
+    `snapshot_steps` are the steps whose weights are handed to `on_snapshot`, stored sorted."""
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("snapshot_steps")
+    @classmethod
+    def _sorted(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(sorted(set(v)))

@@ -12,12 +12,12 @@ import torch
 
 from gahb_scale.data import (
     PHOTO_NAMES,
-    build_pool,
     calpha_images,
     disc_images,
     load_image_folder,
     near_duplicates,
     photo_patches,
+    photo_pool,
     photo_pool_size,
     pixel_permutation,
     pool_size_needed,
@@ -31,7 +31,7 @@ from gahb_scale.data.calpha import _box_smooth_2x2, _contour, _mask_below
 from gahb_scale.data.embedded import _grid_tiles
 from gahb_scale.data.discs import DB2_OFFSET
 from gahb_scale.data.image_folder import CachedImages
-from gahb_scale.dataset_params import DATASET_KINDS
+from gahb_scale.dataset_kinds import DATASET_KINDS, CalphaParams, build_pool
 from gahb_scale.errors import UserInputError
 
 
@@ -110,6 +110,15 @@ def test_calpha_rejects_bad_parameters(kwargs):
     arguments = dict(n=2, size=16) | kwargs
     with pytest.raises(UserInputError):
         calpha_images(**arguments)
+
+
+def test_calpha_bounds_agree_with_its_parameter_model():
+    """alpha = 0 (a white-noise boundary) is refused by the generator as by the spec's model; beta = 0 by neither."""
+    with pytest.raises(UserInputError, match="alpha"):
+        calpha_images(2, alpha=0.0, size=16)
+    with pytest.raises(ValueError, match="alpha"):
+        CalphaParams(alpha=0.0)
+    assert CalphaParams(alpha=1.0, beta=0.0).beta == 0 and calpha_images(2, alpha=1.0, size=16, beta=0.0).shape[0] == 2
 
 
 # ---------------------------------------------------------------- discs
@@ -212,6 +221,8 @@ def test_render_discs_rejects_bad_params():
         render_discs(torch.zeros(3, 4), 16)
     with pytest.raises(UserInputError, match="antialiasing"):
         render_discs(torch.zeros(3, 5), 16, antialiasing=-1)
+    with pytest.raises(UserInputError, match="antialiasing"):  # the bound the discs' parameter model has
+        render_discs(torch.zeros(3, 5), 16, antialiasing=5)
 
 
 # ---------------------------------------------------------------- transforms
@@ -470,6 +481,14 @@ def test_photo_pool_is_finite_and_overdrawing_is_an_error():
     with pytest.raises(UserInputError) as error:
         photo_patches(pool + 1, 80)
     assert str(pool + 1) in str(error.value) and str(pool) in str(error.value)
+
+
+def test_photo_pool_is_the_seed_0_order_kept_uint8():
+    """Splits of the photographs index this pool: the tiles `photo_patches` gives with seed 0."""
+    pool = photo_pool(40)
+    assert len(pool) == photo_pool_size(40) and pool.duplicates_removed is None
+    assert pool.uint8_images().dtype == torch.uint8
+    assert torch.equal(pool.float_images(), photo_patches(len(pool), 40, seed=0))
 
 
 def test_grid_tiles_never_share_pixels():

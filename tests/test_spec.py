@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gahb_scale.dataset_params import DATASET_KINDS, DATASET_PARAMS
+from gahb_scale.dataset_kinds import DATASET_KINDS
 from gahb_scale.errors import UserInputError
 from gahb_scale.study.spec import ArchitectureSpec, StudySpec
 from gahb_scale.study.spec_file import SpecError, load_spec, parse_spec
@@ -168,7 +168,7 @@ def test_every_dataset_kind_is_a_spec_model(tmp_path):
                                         for kind in DATASET_KINDS]))
     assert [d.kind for d in spec.datasets] == list(DATASET_KINDS)
     for d in spec.datasets:  # stored as a dict, defaults filled in by the kind's model
-        assert d.params == DATASET_PARAMS[d.kind].model_validate(d.params).model_dump(mode="json")
+        assert d.params == DATASET_KINDS[d.kind].params.model_validate(d.params).model_dump(mode="json")
 
 
 def test_lists_are_sorted_and_params_none_is_empty():

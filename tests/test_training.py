@@ -139,3 +139,18 @@ def test_uint8_images_train_exactly_as_their_float_conversion():
     for a, b in zip(*(r.net.state_dict().values() for r in runs)):
         assert torch.equal(a, b)
     assert runs[0].losses == runs[1].losses
+
+
+def test_training_settings_are_checked_once_for_a_run_and_a_study():
+    """A run's TrainConfig and a study's `training` section share one model of the settings: the
+    same defaults and the same bounds, each error naming the field."""
+    from gahb_scale.study.spec import TrainingSpec
+
+    assert TrainingSpec().config(seed=0, n=1) == TrainConfig()
+    for bad in ({"lr": 0}, {"noise_range": (5, 5)}, {"batch_size": 0}, {"steps": 4, "snapshot_steps": (5,)}):
+        with pytest.raises(ValueError) as run_error:
+            TrainConfig(**bad)
+        with pytest.raises(ValueError) as study_error:
+            TrainingSpec(**bad)
+        name = next(iter(bad)) if "snapshot_steps" not in bad else "snapshot_steps"
+        assert name in str(run_error.value) and name in str(study_error.value)

@@ -13,8 +13,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from ..data import render_discs
-from ..dataset_params import DISC_ANTIALIASING
+from ..data.discs import DISC_ANTIALIASING, render_discs
 
 
 def orthonormal_basis(vectors: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,8 @@ PyTorch/numpy: nothing here imports Ray or MLflow.
 
 from .calpha import calpha_images
 from .discs import disc_images, render_discs
-from .embedded import PHOTO_NAMES, photo_patches, photo_pool_size
+from .embedded import PHOTO_NAMES, photo_patches, photo_pool, photo_pool_size
 from .image_folder import FolderImages, load_image_folder, near_duplicates
-from .registry import build_pool
 from .splits import SplitPair, pool_size_needed, split_pair
 from .transforms import pixel_permutation, shuffle_pixels, to_float_images, unshuffle_pixels
 
@@ -17,12 +16,12 @@ __all__ = [
     "FolderImages",
     "PHOTO_NAMES",
     "SplitPair",
-    "build_pool",
     "calpha_images",
     "disc_images",
     "load_image_folder",
     "near_duplicates",
     "photo_patches",
+    "photo_pool",
     "photo_pool_size",
     "pixel_permutation",
     "pool_size_needed",

@@ -20,9 +20,20 @@ def int_at_least(name: str, value: object, minimum: int) -> int:
 
 def non_negative_float(name: str, value: object) -> float:
     """Return `value` as a float, or raise UserInputError naming `name` unless it is finite and >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise UserInputError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    if _finite_real(value) and value >= 0:
+        return float(value)
+    raise UserInputError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def positive_float(name: str, value: object) -> float:
+    """Return `value` as a float, or raise UserInputError naming `name` unless it is finite and > 0."""
+    if _finite_real(value) and value > 0:
+        return float(value)
+    raise UserInputError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _finite_real(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def seeded_rng(seed: object) -> np.random.Generator:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import int_at_least, non_negative_float, seeded_rng
+from ._validate import int_at_least, non_negative_float, positive_float, seeded_rng
 
 # Images are generated this many at a time to bound the size of the FFT temporaries.
 _CHUNK = 256
@@ -28,7 +28,7 @@ def calpha_images(n: int, alpha: float, size: int = 80, seed: int = 0, beta: flo
     n = int_at_least("n", n, 1)
     # The zero-frequency fix borrows the next frequency, so a side needs at least two pixels.
     size = int_at_least("size", size, 2)
-    alpha = non_negative_float("alpha", alpha)
+    alpha = positive_float("alpha", alpha)  # α = 0 would make the boundary white noise, no C^α curve
     beta = alpha if beta is None else non_negative_float("beta", beta)
     rng = seeded_rng(seed)
     chunks = []

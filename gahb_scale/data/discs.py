@@ -19,9 +19,12 @@ import pywt
 import torch
 from torch import Tensor
 
-from ..dataset_params import DISC_ANTIALIASING
+from ..errors import UserInputError
+from ..limits import MAX_DISC_ANTIALIASING
 from ._validate import int_at_least, seeded_rng
 
+# The authors' discs: drawn on a 2**2 times finer grid, then low-passed and halved twice.
+DISC_ANTIALIASING = 2
 MIN_RADIUS = 3.0  # pixels; the largest radius is (size - 3) / 2
 MIN_IMAGE_SIZE = 10  # the smallest size whose radius range [3, (size - 3) / 2) is not empty
 # Each db2 halving puts output pixel k at input position 2k + 1 + (2 - √3)/2 instead of 2k + 1.
@@ -64,6 +67,8 @@ def render_discs(params: Tensor, size: int, antialiasing: int = DISC_ANTIALIASIN
     """
     size = int_at_least("size", size, 1)
     antialiasing = int_at_least("antialiasing", antialiasing, 0)
+    if antialiasing > MAX_DISC_ANTIALIASING:
+        raise UserInputError(f"antialiasing must be at most {MAX_DISC_ANTIALIASING}, got {antialiasing}")
     if params.ndim != 2 or params.shape[1] != len(PARAMETER_NAMES) or not params.is_floating_point():
         raise ValueError(f"disc params must be a float tensor of shape (n, 5), got {params.dtype} {tuple(params.shape)}")
     fine = size * 2 ** antialiasing

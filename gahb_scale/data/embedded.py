@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..errors import UserInputError
 from ._validate import int_at_least, seeded_rng
+from .image_folder import FolderImages
 from .transforms import to_float_images
 
 # Natural photographs bundled in the scikit-image wheel (all load offline). Fixed on purpose:
@@ -39,8 +40,19 @@ def photo_patches(n: int, size: int, seed: int = 0) -> Tensor:
     if n > len(pool):
         raise UserInputError(f"asked for n={n} photo patches of size {size}, but the embedded photographs "
                              f"give only {len(pool)} non-overlapping tiles of that size")
-    order = seeded_rng(seed).permutation(len(pool))[:n]
-    return to_float_images(torch.from_numpy(pool[order])).unsqueeze(1)
+    return to_float_images(torch.from_numpy(_shuffled_tiles(size, seed)[:n])).unsqueeze(1)
+
+
+def photo_pool(size: int) -> FolderImages:
+    """Every tile as one fixed pool (the order of `photo_patches` with seed 0), uint8, for splits.
+    Tiles share no pixel, so nothing is de-duplicated (`duplicates_removed` is None)."""
+    tiles = _shuffled_tiles(int_at_least("size", size, 1), seed=0)
+    return FolderImages(tiles[:, None], files=(), duplicates_removed=None)
+
+
+def _shuffled_tiles(size: int, seed: int) -> np.ndarray:
+    pool = _tile_pool(size)
+    return pool[seeded_rng(seed).permutation(len(pool))]
 
 
 def photo_pool_size(size: int) -> int:

@@ -89,12 +89,13 @@ class CachedImages:
 
 @dataclass(frozen=True)
 class FolderImages:
-    """A prepared folder: its (n, 1, size, size) uint8 images, in memory or in the cache
-    (`CachedImages`); `files` the relative paths kept (pool order); `duplicates_removed`."""
+    """A prepared pool of images (a folder's, or the embedded photographs' tiles): its (n, 1, size,
+    size) uint8 images, in memory or in the cache (`CachedImages`); `files` the relative paths kept
+    (pool order); `duplicates_removed` (None: the pool is not de-duplicated)."""
 
     source: np.ndarray | CachedImages
     files: tuple[str, ...]
-    duplicates_removed: int
+    duplicates_removed: int | None
     cache_files: tuple[Path, Path] | None = None  # (images, files kept) where it is or would be cached
 
     @property

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..data import (FolderImages, build_pool, disc_images, load_image_folder, photo_pool_size, pool_size_needed,
-                    shuffle_pixels, split_pair)
+from ..data import FolderImages, disc_images, pool_size_needed, shuffle_pixels, split_pair
 from ..data.image_folder import cache_image_folder
+from ..dataset_kinds import DATASET_KINDS
 from ..errors import UserInputError
 from .spec import DatasetSpec, StudySpec
 
@@ -31,23 +31,25 @@ def _stream_seed(pair: int, part: str) -> int:
     return 3 * pair + _STREAMS[part]
 
 
-def load_folder(dataset: DatasetSpec, size: int, write_cache: bool = True) -> FolderImages:
-    """A folder dataset prepared by the authors' recipe (cached under `params.cache_dir`)."""
-    params = dataset.params
-    return load_image_folder(params["path"], size, cache_dir=params.get("cache_dir"), crop=params["crop"],
-                             near_duplicate_threshold=params["near_duplicate_threshold"], write_cache=write_cache)
+def finite_pool(dataset: DatasetSpec, size: int, write_cache: bool = True) -> FolderImages | None:
+    """The whole pool of a finite dataset (a folder prepared by the authors' recipe and cached under
+    `params.cache_dir`, or the embedded photographs' tiles); None for a synthetic one."""
+    kind = DATASET_KINDS[dataset.kind]
+    if not kind.finite:
+        return None
+    return kind.pool(size, kind.params.model_validate(dataset.params), write_cache=write_cache)
 
 
 @dataclass(frozen=True)
 class PreparedDatasets:
-    """The `datasets` table rows of a study, and its folders decoded but not yet cached."""
+    """The `datasets` table rows of a study, and its finite pools decoded but not yet cached."""
     rows: list[dict]
-    folders: list[FolderImages]
+    pools: list[FolderImages]
 
     def cache(self) -> None:
         """Write the folders' caches (which tasks read): called once every check of the study passed."""
-        for folder in self.folders:
-            cache_image_folder(folder)
+        for pool in self.pools:
+            cache_image_folder(pool)
 
 
 def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
@@ -55,17 +57,13 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
     near-duplicates) and check that every finite pool holds the largest split pair. Nothing is
     written: a pool too small is a UserInputError naming it, and the caches are written by
     `PreparedDatasets.cache` once the study's other checks have passed too."""
-    rows, folders = [], []
+    rows, pools = [], []
     for dataset in spec.datasets:
         row = {"study_id": spec.name, "dataset": dataset.name, "kind": dataset.kind, "pool_images": None,
-               "duplicates_removed": None, "near_duplicate_threshold": None}
-        if dataset.kind == "folder":
-            folder = load_folder(dataset, spec.image_size, write_cache=False)
-            folders.append(folder)
-            row.update(pool_images=len(folder), duplicates_removed=folder.duplicates_removed,
-                       near_duplicate_threshold=dataset.params["near_duplicate_threshold"])
-        elif dataset.kind == "photos":
-            row["pool_images"] = photo_pool_size(spec.image_size)
+               "duplicates_removed": None, "near_duplicate_threshold": dataset.params.get("near_duplicate_threshold")}
+        if (pool := finite_pool(dataset, spec.image_size, write_cache=False)) is not None:
+            pools.append(pool)
+            row.update(pool_images=len(pool), duplicates_removed=pool.duplicates_removed)
         needed = pool_size_needed(max(spec.train_sizes), spec.test_images)
         if row["pool_images"] is not None and row["pool_images"] < needed:
             removed = f" after removing {row['duplicates_removed']} near-duplicates" if row["duplicates_removed"] else ""
@@ -73,7 +71,7 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
                                  f"{row['pool_images']} images{removed}, but N = {max(spec.train_sizes)} needs "
                                  f"2 x N + test_images = {needed} (two disjoint splits and the held-out set)")
         rows.append(row)
-    return PreparedDatasets(rows, folders)
+    return PreparedDatasets(rows, pools)
 
 
 def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int,
@@ -84,19 +82,15 @@ def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int
     Only the requested images of a folder are read from its prepared pool; with
     `keep_uint8` they stay uint8 (0…255), a quarter of float32, for a trainer that converts batch
     by batch."""
-    if dataset.kind in ("calpha", "discs"):
-        counts = {"A": n, "B": n, "test": n_test}
-        images = {name: build_pool(dataset.kind, counts[name], size, seed=_stream_seed(pair, name), **dataset.params)
-                  for name in parts}
-    else:  # only the images of the requested parts become float
-        if dataset.kind == "photos":
-            pool = build_pool("photos", photo_pool_size(size), size, seed=0)
-            as_float, count = (lambda index: pool[index]), len(pool)
-        else:
-            folder = load_folder(dataset, size)
-            as_float, count = (folder.uint8_images if keep_uint8 else folder.float_images), len(folder)
-        split = split_pair(count, n, n_test, seed=pair)
-        images = {name: as_float(index) for name, index in (("A", split.a), ("B", split.b), ("test", split.test))
+    pool = finite_pool(dataset, size)
+    if pool is None:
+        kind = DATASET_KINDS[dataset.kind]
+        params, counts = kind.params.model_validate(dataset.params), {"A": n, "B": n, "test": n_test}
+        images = {name: kind.build(counts[name], size, _stream_seed(pair, name), params) for name in parts}
+    else:  # only the images of the requested parts are read, and become float unless kept uint8
+        convert = pool.uint8_images if keep_uint8 else pool.float_images
+        split = split_pair(len(pool), n, n_test, seed=pair)
+        images = {name: convert(index) for name, index in (("A", split.a), ("B", split.b), ("test", split.test))
                   if name in parts}
     if dataset.pixel_shuffle_seed is not None:
         images = {name: shuffle_pixels(x, dataset.pixel_shuffle_seed) for name, x in images.items()}

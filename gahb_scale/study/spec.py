@@ -12,14 +12,13 @@ architecture's hyper-parameters are checked by building the network.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import inspect
 import math
 import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import (
     AfterValidator,
@@ -37,21 +36,17 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..dataset_params import DATASET_KINDS, CalphaParams, DatasetParams, DiscsParams, FolderParams, PhotosParams
+from ..dataset_kinds import DATASET_KINDS
 from ..errors import UserInputError, short_repr
-from ..limits import (MAX_BATCH_SIZE, MAX_BOOTSTRAP, MAX_HELD_PIXELS, MAX_IMAGE_SIZE, MAX_MODELS, MAX_NAME_LENGTH,
+from ..limits import (MAX_BOOTSTRAP, MAX_HELD_PIXELS, MAX_IMAGE_SIZE, MAX_MODELS, MAX_NAME_LENGTH,
                       MAX_PARAMETERS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_WORKERS)
-from ..training_config import TrainConfig
+from ..training_config import TrainConfig, TrainSettings
 
 __all__ = [
     "PATTERN_HINTS",
     "AnalysisSpec",
     "ArchitectureSpec",
-    "CalphaDataset",
     "DatasetSpec",
-    "DiscsDataset",
-    "FolderDataset",
-    "PhotosDataset",
     "ResourceSpec",
     "SamplingSpec",
     "StorageSpec",
@@ -189,12 +184,12 @@ def _none_to_empty(v: Any) -> Any:
 
 
 class DatasetSpec(_Model):
-    """One image distribution, validated as the model of its kind (`CalphaDataset`, ...): `params`
-    are checked by the kind's model in `gahb_scale.dataset_params` and stored as a dict with
-    defaults filled in, so `gahb_scale.data` can be called as `build_pool(kind, n, size, seed, **params)`."""
+    """One image distribution: `params` are checked by its kind's model (`gahb_scale.dataset_kinds`)
+    and stored as a dict with defaults filled in, so `gahb_scale.dataset_kinds.build_pool(kind, n,
+    size, seed, **params)` can be called with them."""
     name: str = Field(pattern=_LABEL, max_length=MAX_NAME_LENGTH, description="label used in tables and figures")
     kind: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     pixel_shuffle_seed: int | None = Field(
         default=None, ge=0, le=MAX_SEED, description="apply one fixed random pixel permutation drawn from this seed")
 
@@ -206,76 +201,18 @@ class DatasetSpec(_Model):
                              f"known: {', '.join(DATASET_KINDS)}")
         return v
 
-
-def _params_of(model: type[DatasetParams]) -> Any:
-    """The type of one kind's `params`: checked by `model`, stored as a dict with defaults filled in."""
-    def validate(v: dict, info: ValidationInfo) -> dict:
-        return _validate_params(model, v, f"dataset kind {info.data['kind']!r}", context=info.context)
-    return Annotated[dict[str, Any], BeforeValidator(_none_to_empty), AfterValidator(validate),
-                     Field(default_factory=dict, validate_default=True)]
-
-
-class _FolderOnTheDriver(FolderParams):
-    """A folder's parameters as the spec gives them, checked where the spec is read: the folder
-    must exist there, and relative paths resolve against the current directory and are stored
-    absolute, because workers run in other directories. `cache_dir` defaults to
-    <results_dir>/datasets (`StudySpec`). A preview (`gahb-scale validate`) passes a list as
-    `missing_folders` in the validation context: a folder that does not exist is added to it
-    instead of refused, so a spec's grid can be read before its data is on disk."""
-
-    @field_validator("path")
+    @field_validator("params", mode="before")
     @classmethod
-    def _existing_folder(cls, v: str, info: ValidationInfo) -> str:
-        p = Path(v).expanduser()
-        if not p.exists() and isinstance(missing := (info.context or {}).get("missing_folders"), list):
-            missing.append(v)
-            return str(p.resolve())
-        if not p.exists():
-            raise ValueError(f"folder {v!r} does not exist (relative paths resolve against the current directory)")
-        if not p.is_dir():
-            raise ValueError(f"{v!r} is not a directory")
-        return str(p.resolve())
+    def _params_none(cls, v: Any) -> Any:
+        return _none_to_empty(v)
 
-    @field_validator("cache_dir")
+    @field_validator("params")
     @classmethod
-    def _absolute_cache(cls, v: str | None) -> str | None:
-        if v is None or "://" in v:
+    def _params_of_kind(cls, v: dict, info: ValidationInfo) -> dict:
+        kind = info.data.get("kind")
+        if kind is None:
             return v
-        return str(Path(v).expanduser().resolve())
-
-
-class CalphaDataset(DatasetSpec):
-    kind: Literal["calpha"]
-    params: _params_of(CalphaParams)
-
-
-class DiscsDataset(DatasetSpec):
-    kind: Literal["discs"]
-    params: _params_of(DiscsParams)
-
-
-class FolderDataset(DatasetSpec):
-    kind: Literal["folder"]
-    params: _params_of(_FolderOnTheDriver)
-
-
-class PhotosDataset(DatasetSpec):
-    kind: Literal["photos"]
-    params: _params_of(PhotosParams)
-
-
-def _shared_fields_first(data: Any) -> Any:
-    """Anything but a mapping with a known kind matches none of the models, which pydantic reports
-    as one error at the dataset; validating the fields every kind shares instead names the problem
-    (an unknown kind, and any other field's error with it)."""
-    if not isinstance(data, dict) or data.get("kind") not in DATASET_KINDS:
-        DatasetSpec.model_validate(data)
-    return data
-
-
-# pydantic picks the model by `kind` (a discriminated union)
-_AnyDataset = Annotated[Union[CalphaDataset, DiscsDataset, FolderDataset, PhotosDataset],
-                        Field(discriminator="kind"), BeforeValidator(_shared_fields_first)]
+        return _validate_params(DATASET_KINDS[kind].params, v, f"dataset kind {kind!r}", context=info.context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,8 +336,8 @@ class ArchitectureSpec(_Model):
 # training, sampling, analysis, resources, storage
 
 
-_TRAIN = TrainConfig()  # every training default lives in the core's TrainConfig
-_TRAIN_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - {"seed"}
+# The core's fields every run shares (its seed is each model's own).
+_TRAIN_CONFIG_FIELDS = frozenset(TrainSettings.model_fields)
 # Training settings a study may give per train size: a model's schedule can follow its N (e.g. the
 # small N trained long enough to memorize) while every model of one N is trained alike.
 PER_TRAIN_SIZE = ("steps", "lr_halve_every")
@@ -442,25 +379,22 @@ def _largest(value: int | dict[int, int]) -> int:
     return max(value.values()) if isinstance(value, dict) else value
 
 
-class TrainingSpec(_Model):
-    """One blind-denoiser training run: a fixed number of Adam steps, the same for every N. The
-    fields of `TrainConfig` (and its defaults), minus the seed, which each model draws."""
-    steps: _PerTrainSize = Field(default=_TRAIN.steps, description="gradient steps: one number for every N (the "
-                                                                  "paper's recipe), or a mapping {N: steps}")
-    batch_size: int = Field(default=_TRAIN.batch_size, ge=1, le=MAX_BATCH_SIZE, description="global batch (split evenly over the workers)")
-    lr: float = Field(default=_TRAIN.lr, gt=0)
-    lr_halve_every: _PerTrainSize = Field(default=_TRAIN.lr_halve_every, description="Adam lr halved every this many "
-                                                                                    "steps (or a mapping {N: steps})")
-    noise_range: tuple[float, float] = Field(default=_TRAIN.noise_range, description="sigma range, grey levels /255")
-    noise_schedule: Literal["quadratic", "linear"] = _TRAIN.noise_schedule
-    precision: Literal["fp32", "bf16"] = Field(default=_TRAIN.precision, description="bf16 autocast is used only on CUDA")
-    checkpoint_every: int = Field(default=_TRAIN.checkpoint_every, ge=1, le=MAX_STEPS)
-    log_every: int = Field(default=_TRAIN.log_every, ge=1, le=MAX_STEPS)
-    workers: int = Field(default=1, ge=1, le=MAX_WORKERS, validate_default=True, description="Ray Train workers per trial (> 1: DDP)")
+class TrainingSpec(TrainSettings, _Model):
+    """The training of every model of the study: the core's `TrainSettings` (their defaults and
+    checks), with `steps` and `lr_halve_every` given for every N or per N, and how a model is
+    spread over workers."""
+    steps: _PerTrainSize = Field(default=TrainSettings.model_fields["steps"].default,
+                                 description="gradient steps: one number for every N (the paper's recipe), "
+                                             "or a mapping {N: steps}")
+    lr_halve_every: _PerTrainSize = Field(default=TrainSettings.model_fields["lr_halve_every"].default,
+                                          description="Adam lr halved every this many steps (or a mapping {N: steps})")
     snapshot_steps: _SnapshotSteps = Field(
         default_factory=list, description="steps whose weights are kept, for memorization over training time")
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS, validate_default=True, description="Ray Train workers per trial (> 1: DDP)")
     shared_init: bool = Field(default=False, description="ablation: models A and B of a pair start from the same "
                                                          "weights and share sigma draws, noise and batch order")
+
+    last_step = staticmethod(_largest)
 
     def steps_for(self, n: int) -> int:
         """The gradient steps of a model trained on N = `n` images."""
@@ -499,29 +433,12 @@ class TrainingSpec(_Model):
                 f"lr halved every {self.lr_halve_every * self.batch_size / AUTHORS_EPOCH_IMAGES:.3g} epochs "
                 f"(the authors: every 100)")
 
-    @field_validator("noise_range")
-    @classmethod
-    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if v[0] < 0 or v[0] >= v[1]:
-            raise ValueError(f"needs 0 <= low < high (got [{v[0]:g}, {v[1]:g}])")
-        return v
-
     @field_validator("workers")
     @classmethod
     def _splits_batch(cls, v: int, info: ValidationInfo) -> int:
         batch = info.data.get("batch_size")
         if batch is not None and batch % v:
             raise ValueError(f"training.batch_size = {batch} cannot be split evenly over {v} workers")
-        return v
-
-    @field_validator("snapshot_steps")
-    @classmethod
-    def _within_training(cls, v: list[int], info: ValidationInfo) -> list[int]:
-        steps = info.data.get("steps")
-        last = None if steps is None else _largest(steps)
-        late = [s for s in v if last is not None and s > last]
-        if late:
-            raise ValueError(f"steps {late} are after the end of training (training.steps = {last})")
         return v
 
 
@@ -689,7 +606,7 @@ class StudySpec(_Model):
     (it is checked against them) and `resources` after `training`."""
     name: str = Field(pattern=_STUDY_NAME, max_length=MAX_NAME_LENGTH, description="the study id")
     description: str = ""
-    datasets: list[_AnyDataset] = Field(min_length=1)
+    datasets: list[DatasetSpec] = Field(min_length=1)
     architectures: list[ArchitectureSpec] = Field(min_length=1)
     image_size: int = Field(ge=4, le=MAX_IMAGE_SIZE, description="images are image_size x image_size, greyscale")
     train_sizes: _TrainSizes = Field(min_length=1, description="N; sorted ascending")

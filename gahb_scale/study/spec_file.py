@@ -15,7 +15,6 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..dataset_params import DATASET_KINDS
 from ..errors import UserInputError, printable, short_repr
 from ..limits import MAX_INT_DIGITS, MAX_SPEC_BYTES, MAX_SPEC_NODES
 from .spec import PATTERN_HINTS, StudySpec, did_you_mean, results_below, results_folder_name
@@ -44,14 +43,6 @@ def _message(err: dict, known: list[str] | None = None) -> str:
     return f"{msg} (got {short_repr(err.get('input'))})"
 
 
-def _field_path(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    """`loc` without the tag pydantic adds for a discriminated union: a dataset's errors are
-    located at `datasets[0].calpha.params...`, but the spec has no field `calpha`."""
-    if len(loc) > 2 and loc[0] == "datasets" and loc[2] in DATASET_KINDS:
-        return loc[:2] + loc[3:]
-    return loc
-
-
 def _loc_str(loc: typing.Iterable[str | int]) -> str:
     out = ""
     for part in loc:
@@ -63,7 +54,7 @@ def _loc_str(loc: typing.Iterable[str | int]) -> str:
 
 
 def _unwrap(ann: Any) -> Any:
-    """list[X] / X | None / Annotated[X, ...] -> X (a union of models: its first, they share their fields)."""
+    """list[X] / X | None / Annotated[X, ...] -> X."""
     while True:
         origin = typing.get_origin(ann)
         if origin in (list, tuple, Union, types.UnionType, Annotated):
@@ -109,7 +100,7 @@ class SpecError(UserInputError):
     def from_validation(cls, exc: ValidationError, source: str) -> SpecError:
         errors = []
         for err in exc.errors():
-            loc = _field_path(tuple(err["loc"]))
+            loc = tuple(err["loc"])
             known = _known_fields(loc[:-1]) if err["type"] == "extra_forbidden" else None
             errors.append((_loc_str(loc), _message(err, known)))
         return cls(source, errors)
