@@ -25,7 +25,6 @@ study (which plans the same packs) finds its last reported checkpoint through
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -51,7 +50,7 @@ from .progress import StageProgress, innermost_error, log, loss_summary
 from .spec import StudySpec
 from .store import (CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, model_path, pack_path, snapshot_path,
                     training_record_path)
-from .trials import Trial, expand_trials
+from .trials import Trial, expand_trials, short_id
 
 if TYPE_CHECKING:  # MLflow stays out of the Train workers, which import this module
     from .track import StudyTracker
@@ -160,7 +159,7 @@ class Pack:
 
     @property
     def pack_id(self) -> str:
-        return "pack-" + hashlib.sha256(",".join(t.trial_id for t in self.trials).encode()).hexdigest()[:12]
+        return "pack-" + short_id(",".join(t.trial_id for t in self.trials))
 
 
 # A pack's step costs at most about one step of the paper's UNet at 80x80, batch 512 (20.1 GFLOP
