@@ -40,13 +40,14 @@ import ray
 import ray.train
 import ray.tune
 import torch
+from ray import cloudpickle
 from ray.train.torch import TorchTrainer
 
 from ..models import build_model, count_parameters
 from ..packing import ModelPack
 from ..training import TrainConfig, train_pack, training_flops_per_image
 from .prepare import split_images
-from .progress import StageProgress, innermost_error, log, loss_summary
+from .progress import StageProgress, failure_reason, log, loss_summary
 from .spec import StudySpec
 from .store import (CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, model_path, pack_path, snapshot_path,
                     training_record_path)
@@ -321,8 +322,11 @@ class TrainProgress(ray.tune.Callback):
         self.tracker.flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
-        reason = innermost_error(text)
+        # the trial's exception as Tune keeps it (and `ResultGrid.errors` gives it), read from the
+        # driver's copy: the one in the study's storage may not be synced yet
+        pickled, text = trial.pickled_error_file, trial.error_file
+        reason = failure_reason(cloudpickle.loads(Path(pickled).read_bytes()) if pickled and Path(pickled).exists()
+                                else Path(text).read_text() if text and Path(text).exists() else None)
         log.info(f"[train] FAILED: {self._name(trial)}: {reason}")
         for model in self.packs[trial.config["pack_id"]].trials:
             self.tracker.model_failed(model, f"training: {reason}")
