@@ -21,34 +21,22 @@ from .errors import UserInputError, printable
 EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
-def _num(value, digits=3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
 def _cell(value) -> str:
-    return _num(value, 4) if isinstance(value, float) else str(value)
+    from .study.transition_columns import number
 
-
-def _fraction(row: dict, name: str) -> str:
-    if math.isnan(row[name]):
-        return "undefined (N<2)"
-    return f"{row[name]:.2f} [{row[name + '_low']:.2f}, {row[name + '_high']:.2f}]"
+    return number(value, 4) if isinstance(value, float) else str(value)
 
 
 def format_transition(rows: list[dict]) -> str:
     """The transition's key columns, at most 120 characters wide for the names of the studies in
     studies/; every column is in the `transition` table (`query`) and the report."""
-    header = ["dataset", "arch", "N", "gap dB", "f_mem [95% CI]", "chance", "A/B cos", "chance", "A/B basis",
-              "chance", "switch N"]
-    body = [[r["dataset"], r["architecture"], str(r["n"]), _num(r["psnr_gap"], 2), _fraction(r, "f_mem"),
-             _num(r["f_mem_chance"], 2), _num(r["ab_cosine_centered"]), _num(r["ab_cosine_centered_chance"]),
-             _num(r["ab_basis_overlap"]), _num(r["ab_basis_overlap_chance"]), _num(r["switch_n"], 1)]
-            for r in sorted(rows, key=lambda r: (r["dataset"], r["architecture"], r["n"]))]
+    from .study.transition_columns import printed_columns
     from .study.trials import format_table
 
-    return format_table(header, body, align=">")
+    columns = printed_columns()
+    body = [[column.text(r) for column in columns]
+            for r in sorted(rows, key=lambda r: (r["dataset"], r["architecture"], r["n"]))]
+    return format_table([column.short for column in columns], body, align=">")
 
 
 def cmd_validate(args) -> int:

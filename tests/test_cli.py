@@ -276,18 +276,22 @@ def test_a_corrupt_image_is_named_before_anything_runs_or_is_written(tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
-def test_a_failed_trial_is_told_in_one_line_from_rays_nested_trace():
-    from gahb_scale.study.progress import innermost_error
+def test_a_failed_trial_is_told_in_one_line_from_the_exception_ray_wraps():
+    """Ray's layers as a failed Train run reaches the Tune driver (pickled, as Tune keeps it): the
+    trial's task error, around the worker group's error, around rank 1's exception with its trace."""
+    from ray import cloudpickle
+    from ray.exceptions import RayTaskError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+    from ray.train.v2.api.exceptions import WorkerGroupError
 
-    trace = """Failure # 1 (occurred at 2026-11-26_18-33-32)
-ray::ImplicitFunc.train() (pid=23668, ip=192.0.2.2, actor_id=71f0, repr=tune_trial)
-  File "trainer.py", line 12, in fit
-ray.train.WorkerGroupError: Training failed due to worker errors:
-[Rank 0 Error Snippet]:
-Traceback (most recent call last):
-  File "image_folder.py", line 120, in _image_files
-    raise UserInputError(f"image folder not found: {root}")
-gahb_scale.errors.UserInputError: image folder not found: /data/faces
-"""
-    assert innermost_error(trace) == "gahb_scale.errors.UserInputError: image folder not found: /data/faces"
-    assert innermost_error("") == "no error trace was saved"
+    from gahb_scale.errors import UserInputError
+    from gahb_scale.study.progress import failure_reason
+
+    worker = UserExceptionWithTraceback(UserInputError("image folder not found: /data/faces"),
+                                        "Traceback (most recent call last):\n  ...\nUserInputError: ...")
+    group = WorkerGroupError("[Rank 1 Error Snippet]: ...", {3: RuntimeError("a later rank"), 1: worker})
+    trial = cloudpickle.loads(cloudpickle.dumps(RayTaskError("tune_trial", "Traceback ...", group)))
+    assert failure_reason(trial) == "gahb_scale.errors.UserInputError: image folder not found: /data/faces"
+    assert failure_reason(ValueError("two\nlines")) == "ValueError: two lines"
+    assert failure_reason("Failure # 1\nray.tune.TuneError: no resources\n") == "ray.tune.TuneError: no resources"
+    assert failure_reason(None) == "no error was saved"

@@ -235,6 +235,18 @@ def test_ids_stable_across_loads(tmp_path):
     assert [t.trial_id for t in expand_trials(load_spec(path))] == [t.trial_id for t in expand_trials(load_spec(path))]
 
 
+def test_ids_of_a_shipped_spec_are_those_its_results_were_written_under():
+    """Known answers: the smoke study's first model, its split pair and its packs of 4 as 0.6 named
+    them (a model file is found again only under its id)."""
+    from gahb_scale.study.train import plan_packs
+
+    spec = load_spec(STUDIES / "smoke.yaml")
+    trials = expand_trials(spec)
+    assert (trials[0].trial_id, trials[0].pair_id, trials[1].trial_id) == ("7d093d3b0fdc", "3e74649d99a4",
+                                                                         "75c9e2bf953f")
+    assert [p.pack_id for p in plan_packs(spec, trials, concurrency=2)] == ["pack-e7c0f62dfc67", "pack-e53dd8ab23b2"]
+
+
 def test_ids_independent_of_list_order():
     data = grid_spec()
     shuffled = copy.deepcopy(data)

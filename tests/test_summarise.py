@@ -18,6 +18,7 @@ from gahb_scale.study.store import StudyStore
 from gahb_scale.study.summarise import (CHANCE_COLUMNS, REFERENCE_COLUMNS, memorization_law_rows,
                                         memorization_tau_rows, memorization_time_rows, onset_rows, shuffle_rows,
                                         slope_rows, summarise_study, transition_rows, with_switch_n)
+from gahb_scale.study.transition_columns import TRANSITION_COLUMNS, logged_columns, markdown_table, report_headers
 
 SPEC = parse_spec({"name": "t", "image_size": 12,
                    "datasets": [{"name": "plain", "kind": "discs"},
@@ -117,6 +118,19 @@ def test_transition_pools_and_averages_each_group_in_row_order():
     assert [row["models"] for row in rows] == [12] * 4
     assert not math.isnan(rows[1]["f_mem"]) and rows[1]["f_mem_low"] < rows[1]["f_mem_high"]  # a real interval
     assert _agree(rows, expected)
+
+
+def test_every_transition_column_is_described_once_and_the_readme_table_lists_each():
+    tables = _study()
+    row = transition_rows(SPEC, tables["model_metrics"], tables["samples"], tables["pairs"], tables["pair_bases"])[0]
+    names = [column.name for column in TRANSITION_COLUMNS]
+    assert sorted(names) == sorted(row)  # no column undescribed, none described that the table lacks
+    table = markdown_table().splitlines()
+    assert [line.split("`")[1] for line in table[2:]] == names
+    assert all(column.description in line for column, line in zip(TRANSITION_COLUMNS, table[2:]))
+    # what the report shows and MLflow logs are columns of the table, every measure logged beside its chance level
+    assert set(report_headers()) <= set(row) and set(logged_columns()) <= set(row)
+    assert {f"{name}_chance" for name in logged_columns() if f"{name}_chance" in row} <= set(logged_columns())
 
 
 def test_memorization_over_time_onset_shuffle_and_slopes_match_the_reference():

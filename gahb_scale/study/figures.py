@@ -20,13 +20,31 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _finish(fig, ax, xlabel: str, ylabel: str, title: str) -> bytes:
+def _label(ax, xlabel: str, ylabel: str | None, title: str) -> None:
+    """A panel's axis labels, title, grid and legend."""
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str) -> bytes:
+    _label(ax, xlabel, ylabel, title)
     return _png(fig)
+
+
+def _sigma_axis(ax, sigmas: list[float]) -> None:
+    """A log σ axis ticked at the measured levels, not log-minor clutter."""
+    ax.set_xscale("log")
+    ax.set_xticks(sigmas, [f"{sigma:g}" for sigma in sigmas])
+    ax.minorticks_off()
+
+
+def _with_n(rows: list[dict], trials: dict[str, dict]) -> list[dict]:
+    """Per-model rows, each with its model's N."""
+    return [{**row, "n": trials[row["trial_id"]]["n"]} for row in rows]
 
 
 def _errorbar_ci(ax, n, rows: list[dict], name: str, **style) -> None:
@@ -109,7 +127,7 @@ def memorizer_distance_figure(rows: list[dict], trials: dict[str, dict], title: 
     """Distance to the memorizing solution against σ, one colour per N (mean ±1 sd over models):
     to the training set's MMSE denoiser (left) and to its bias-free version (right)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    by_n = group_rows([{**row, "n": trials[row["trial_id"]]["n"]} for row in rows], "n")
+    by_n = group_rows(_with_n(rows, trials), "n")
     sigmas = sorted({row["sigma"] for row in rows})
     for ax, column, name in ((axes[0], "distance", "to the training set's MMSE denoiser"),
                              (axes[1], "distance_bias_free", "to the MMSE denoiser of the training images at every "
@@ -120,14 +138,9 @@ def memorizer_distance_figure(rows: list[dict], trials: dict[str, dict], title: 
             ax.errorbar([sigma for (sigma,) in per_sigma], [np.mean(values) for values in distances],
                         yerr=[np.std(values) for values in distances], marker="o", capsize=2, color=colour,
                         label=f"N={n}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(sigmas, [f"{sigma:g}" for sigma in sigmas])
-        ax.minorticks_off()
-        ax.set_xlabel("noise level σ (grey levels)")
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.set_yscale("log")  # before the σ axis, whose minor ticks go on both axes
+        _sigma_axis(ax, sigmas)
+        _label(ax, "noise level σ (grey levels)", None, name)
     axes[0].set_ylabel("‖f(y) − f_mem(y)‖² / ‖y − x‖²")
     fig.suptitle(title, fontsize=9)
     return _png(fig)
@@ -238,7 +251,7 @@ def psnr_by_n_figure(psnr_rows: list[dict], trials: dict[str, dict], title: str)
     """Output vs input PSNR, one colour per N: held-out images (solid, ±1 sd over models) and the
     model's own training images (dashed). Memorization shows as train ≫ test."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    by_n = group_rows([{**row, "n": trials[row["trial_id"]]["n"]} for row in psnr_rows], "n")
+    by_n = group_rows(_with_n(psnr_rows, trials), "n")
     for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
         for images, style in (("test", "-"), ("train", "--")):
             per_sigma = group_rows([row for row in rows_of_n if row["images"] == images], "sigma")
@@ -275,10 +288,9 @@ def spectra_by_n_figure(eigen_rows: list[dict], jacobian_rows: list[dict], trial
     """Jacobian eigenvalues against rank, one panel per σ, one colour per N (mean over images and
     models), each N labelled with the mean asymmetry ‖J − Jᵀ‖/‖J‖ of those Jacobians. Optionally
     marks the dimension of a known tangent space."""
-    with_n = lambda rows: [{**row, "n": trials[row["trial_id"]]["n"]} for row in rows]  # noqa: E731
     asymmetry = {key: np.mean([row["symmetry_error"] for row in group])
-                 for key, group in group_rows(with_n(jacobian_rows), "sigma", "n").items()}
-    by_sigma = group_rows(with_n(eigen_rows), "sigma")
+                 for key, group in group_rows(_with_n(jacobian_rows, trials), "sigma", "n").items()}
+    by_sigma = group_rows(_with_n(eigen_rows, trials), "sigma")
     fig, axes = plt.subplots(1, len(by_sigma), figsize=(4.2 * len(by_sigma), 3.6), squeeze=False)
     for ax, ((sigma,), rows_of_sigma) in zip(axes[0], by_sigma.items()):
         by_n = group_rows(rows_of_sigma, "n")
@@ -290,11 +302,7 @@ def spectra_by_n_figure(eigen_rows: list[dict], jacobian_rows: list[dict], trial
         if tangent_dims:
             ax.axvline(tangent_dims, color="red", ls=":", label=f"{tangent_dims} tangent dimensions")
         ax.set_xscale("log")
-        ax.set_xlabel("rank k")
-        ax.set_ylabel("eigenvalue λ_k of (J + Jᵀ)/2")
-        ax.set_title(f"σ = {sigma:g}/255", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, "rank k", "eigenvalue λ_k of (J + Jᵀ)/2", f"σ = {sigma:g}/255")
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 
@@ -371,7 +379,7 @@ def slope_figure(rows: list[dict], title: str) -> bytes:
 def disc_tangent_figure(rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
     """Against σ, one colour per N: share of the Jacobian's energy inside the 5-D tangent space,
     the trace inside it vs in total, and the count of eigenvalues above the threshold."""
-    rows = [{**row, "n": trials[row["trial_id"]]["n"]} for row in rows]
+    rows = _with_n(rows, trials)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     by_n = group_rows(rows, "n")
     for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
@@ -390,14 +398,8 @@ def disc_tangent_figure(rows: list[dict], trials: dict[str, dict], title: str) -
               (f"eigenvalues above {threshold:g}", "count")]
     sigmas = sorted({row["sigma"] for row in rows})
     for ax, (name, ylabel) in zip(axes, labels):
-        ax.set_xscale("log")
-        ax.set_xticks(sigmas, [f"{sigma:g}" for sigma in sigmas])  # the measured levels, not log-minor clutter
-        ax.minorticks_off()
-        ax.set_xlabel("noise level σ (grey levels)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _sigma_axis(ax, sigmas)
+        _label(ax, "noise level σ (grey levels)", ylabel, name)
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 

@@ -2,19 +2,22 @@
 the study layer was loaded, and one progress bar per stage (`StageProgress`, drawn by tqdm on a
 terminal, plain lines otherwise). The CLI shows them on stdout (`show_progress`); a notebook may too.
 While the study runs, Ray's own output (Tune's banners, raylet warnings, its loggers) goes to a log
-file instead (`ray_output_to`). A failure is told in one line (`innermost_error`)."""
+file instead (`ray_output_to`). A failure is told in one line (`failure_reason`)."""
 
 from __future__ import annotations
 
 import logging
-import re
 import statistics
 import sys
 import time
+import traceback
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import TextIO
 
+from ray.exceptions import RayTaskError
+from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
 from tqdm import tqdm
 
 log = logging.getLogger("gahb_scale.study")
@@ -129,9 +132,29 @@ def loss_summary(losses: list[float]) -> str:
     return f"loss min {min(losses):.4g} / median {statistics.median(losses):.4g} / max {max(losses):.4g}"
 
 
-def innermost_error(text: str) -> str:
-    """The last "SomeError: message" line of an error trace (Ray wraps the worker's own error in
-    several layers), on one line; the trace's last line if there is none."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
-    return (errors or lines or ["no error trace was saved"])[-1][:300]
+def _wrapped(error: BaseException) -> BaseException | None:
+    """The exception `error` was raised for, if it is one of Ray's wrappers."""
+    if isinstance(error, RayTaskError):  # a task's or actor's exception, re-raised where it is awaited
+        return error.cause
+    if isinstance(error, WorkerGroupError) and error.worker_failures:  # a Train run: its lowest failed rank's
+        return error.worker_failures[min(error.worker_failures)]
+    if isinstance(error, ControllerError):
+        return error.controller_failure
+    if isinstance(error, UserExceptionWithTraceback):  # a Train worker's exception with its trace as text
+        return error._base_exc  # the exception itself, which Ray names by no public attribute
+    return None
+
+
+def failure_reason(error: BaseException | str | None) -> str:
+    """Why a Ray task or Tune trial failed, in one line: the innermost exception inside Ray's wrappers
+    (a task's RayTaskError, a Train run's worker or controller error) as a traceback ends,
+    "module.Error: message". Tune keeps only the text of an error that is no exception of the trial's
+    task: then its last line."""
+    if error is None:
+        return "no error was saved"
+    if isinstance(error, str):
+        lines = [line.strip() for line in error.splitlines() if line.strip()]
+        return (lines or ["no error was saved"])[-1][:300]
+    while (inner := _wrapped(error)) is not None:
+        error = inner
+    return " ".join(traceback.format_exception_only(error)[0].split())[:300]

@@ -21,6 +21,7 @@ from ..data.discs import PARAMETER_NAMES
 from . import figures
 from .spec import StudySpec
 from .store import StudyStore, arrays_path, load_arrays
+from .transition_columns import report_headers
 from .trials import analysis_id
 
 DISC_DIMS = len(PARAMETER_NAMES)  # the disc family's tangent space is 5-dimensional
@@ -136,22 +137,7 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
                 "of the data score (A/B: disjoint pairs of them; NN and f_mem: against the model's training set). "
                 "Dash-dotted vertical line: the switch N, between the largest N whose scale-free f_mem reaches "
                 f"{spec.analysis.onset_f_mem:g} and the next. Every measure is defined in the README's measure table.")
-    page.table(transition, {"dataset": "dataset", "architecture": "architecture", "n": "N", "models": "models",
-                            "train_psnr": "PSNR train", "test_psnr": "PSNR test", "psnr_gap": "gap dB",
-                            "f_mem": "f_mem", "f_mem_low": "f_mem low", "f_mem_high": "f_mem high",
-                            "f_mem_scale_free": "f_mem scale-free", "f_mem_scale_free_low": "low",
-                            "f_mem_scale_free_high": "high", "nn_cosine_centered": "NN cos centred",
-                            "memorizer_distance": "distance to memorizer",
-                            "memorizer_distance_bias_free": "to bias-free memorizer",
-                            "nn_cosine_centered_chance": "chance", "f_mem_chance": "f_mem chance",
-                            "f_mem_scale_free_chance": "scale-free chance",
-                            "ab_cosine_centered": "A/B cos centred", "ab_cosine_centered_chance": "chance",
-                            "ab_cosine": "A/B cos", "ab_cosine_chance": "chance",
-                            "ab_l2": "A/B L2", "ab_l2_chance": "chance", "ab_basis_overlap": "A/B basis overlap",
-                            "ab_basis_overlap_chance": "chance (k/n)", "effective_dim": "tr J",
-                            "symmetry_error": "‖J−Jᵀ‖/‖J‖", "symmetry_error_memorizer": "memorizer's",
-                            "symmetry_error_gaussian": "Gaussian's", "switch_n": "switch N",
-                            "capped_samples": "capped", "diverged_samples": "diverged"})
+    page.table(transition, report_headers())
     _per_group_sections(page, spec, store, tables, trials)
     _basis_section(page, tables, trials)
     _slope_section(page, spec, tables["slopes"])

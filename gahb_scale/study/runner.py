@@ -32,7 +32,7 @@ from ..limits import MAX_RESULTS_PATH_LENGTH
 from .analyse import analyse_model
 from .compare import compare_pair
 from .prepare import prepare_datasets
-from .progress import StageProgress, innermost_error, log, ray_output_to
+from .progress import StageProgress, failure_reason, log, ray_output_to
 from .report import REPORT_ALWAYS, report_dir, write_report
 from .spec import StudySpec
 from .store import StudyStore, model_path, spec_path, training_record_path
@@ -185,8 +185,7 @@ def _gather(refs: dict, what: str, buffer: _Buffered, on_done: Callable[[object,
             tables = ray.get(ready[0])
         except Exception as exc:  # a failed task must not lose the others' results
             failed.append(key)
-            cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps the task's own exception
-            reason = innermost_error(f"{type(cause).__name__}: {cause}")
+            reason = failure_reason(exc)
             log.info(f"[{what}] FAILED {key}: {reason}")
             on_failed(key, f"{what}: {reason}")
         else:

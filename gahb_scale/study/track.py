@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from .progress import log
 from .spec import StudySpec
 from .store import StudyStore, figure_path
-from .summarise import CHANCE_COLUMNS, REFERENCE_COLUMNS
+from .transition_columns import logged_columns
 from .trials import Trial
 
 STUDY_TAG, TRIAL_TAG, ANALYSIS_TAG = "gahb.study_id", "gahb.trial_id", "gahb.analysis_id"
@@ -219,11 +219,7 @@ class StudyTracker:
         self.transition_logged |= {int(row["n"]) for row in rows}
         for row in rows:
             prefix = f"{row['dataset']}/{row['architecture']}"
-            for key in ("psnr_gap", "nn_cosine_centered", "f_mem", "f_mem_scale_free", "memorizer_distance",
-                        "memorizer_distance_bias_free", "ab_cosine",
-                        "ab_cosine_centered", "ab_l2", "ab_basis_overlap", "effective_dim", "symmetry_error",
-                        "train_psnr", "test_psnr", *REFERENCE_COLUMNS, *CHANCE_COLUMNS,
-                        "ab_basis_overlap_chance"):
+            for key in logged_columns():
                 if row.get(key) is not None:
                     metrics.append(Metric(f"{prefix}/{key}", float(row[key]), now, int(row["n"])))
         self._metrics(self.parent_id, metrics)

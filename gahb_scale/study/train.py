@@ -25,7 +25,6 @@ study (which plans the same packs) finds its last reported checkpoint through
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -41,17 +40,18 @@ import ray
 import ray.train
 import ray.tune
 import torch
+from ray import cloudpickle
 from ray.train.torch import TorchTrainer
 
 from ..models import build_model, count_parameters
 from ..packing import ModelPack
 from ..training import TrainConfig, train_pack, training_flops_per_image
 from .prepare import split_images
-from .progress import StageProgress, innermost_error, log, loss_summary
+from .progress import StageProgress, failure_reason, log, loss_summary
 from .spec import StudySpec
 from .store import (CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, model_path, pack_path, snapshot_path,
                     training_record_path)
-from .trials import Trial, expand_trials
+from .trials import Trial, expand_trials, short_id
 
 if TYPE_CHECKING:  # MLflow stays out of the Train workers, which import this module
     from .track import StudyTracker
@@ -160,7 +160,7 @@ class Pack:
 
     @property
     def pack_id(self) -> str:
-        return "pack-" + hashlib.sha256(",".join(t.trial_id for t in self.trials).encode()).hexdigest()[:12]
+        return "pack-" + short_id(",".join(t.trial_id for t in self.trials))
 
 
 # A pack's step costs at most about one step of the paper's UNet at 80x80, batch 512 (20.1 GFLOP
@@ -322,8 +322,11 @@ class TrainProgress(ray.tune.Callback):
         self.tracker.flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
-        reason = innermost_error(text)
+        # the trial's exception as Tune keeps it (and `ResultGrid.errors` gives it), read from the
+        # driver's copy: the one in the study's storage may not be synced yet
+        pickled, text = trial.pickled_error_file, trial.error_file
+        reason = failure_reason(cloudpickle.loads(Path(pickled).read_bytes()) if pickled and Path(pickled).exists()
+                                else Path(text).read_text() if text and Path(text).exists() else None)
         log.info(f"[train] FAILED: {self._name(trial)}: {reason}")
         for model in self.packs[trial.config["pack_id"]].trials:
             self.tracker.model_failed(model, f"training: {reason}")

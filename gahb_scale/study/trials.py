@@ -25,7 +25,8 @@ from .. import __version__
 from .spec import ArchitectureSpec, DatasetSpec, StudySpec
 from .spec_file import SpecError
 
-__all__ = ["Trial", "analysis_id", "describe_trials", "expand_trials", "format_table", "trial_identity"]
+__all__ = ["Trial", "analysis_id", "describe_trials", "expand_trials", "format_table", "short_id",
+           "trial_identity"]
 
 # Bump when the meaning of a hashed field changes, so old trained models are not reused by mistake.
 # 2: the A and B models of a pair are independent (own weights and streams); discs by the authors' recipe.
@@ -101,9 +102,15 @@ def trial_identity(spec: StudySpec, dataset: DatasetSpec, architecture: Architec
     return identity
 
 
-def _digest(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+def short_id(text: str) -> str:
+    """The one id recipe, of trials, pairs, packs and analyses: the first 12 hex digits of the SHA-256
+    of `text`. Each id hashes its own canonical text, kept byte for byte: a new text for an old
+    id would orphan the results written under it."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _identity_id(identity: dict[str, Any]) -> str:
+    return short_id(json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False))
 
 
 def expand_trials(spec: StudySpec) -> list[Trial]:
@@ -114,9 +121,9 @@ def expand_trials(spec: StudySpec) -> list[Trial]:
             for n in spec.train_sizes:
                 for pair in range(spec.split_pairs):
                     for seed in spec.seeds:
-                        pair_id = _digest(trial_identity(spec, dataset, arch, n, pair, None, seed))
+                        pair_id = _identity_id(trial_identity(spec, dataset, arch, n, pair, None, seed))
                         for split in ("A", "B"):
-                            trial_id = _digest(trial_identity(spec, dataset, arch, n, pair, split, seed))
+                            trial_id = _identity_id(trial_identity(spec, dataset, arch, n, pair, split, seed))
                             trials.append(Trial(spec.name, dataset, arch, n, pair, split, seed, trial_id, pair_id))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):  # only reachable through a hash collision
@@ -129,7 +136,7 @@ def analysis_id(spec: StudySpec) -> str:
     change what is measured): analysed rows are valid for these only."""
     settings = {"sampling": spec.sampling.model_dump(mode="json"), "analysis": spec.analysis.model_dump(mode="json"),
                 "test_images": spec.test_images, "version": __version__}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return short_id(json.dumps(settings, sort_keys=True))  # json's default separators, as ids have always used
 
 
 def _plural(k: int, word: str) -> str:
