@@ -142,7 +142,9 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
     pack's training images per second and, on a device whose peak is known, the model FLOP
     utilisation ("mfu"); `on_checkpoint(step, path)` is called after each checkpoint is written;
     `on_snapshot(step, k, net)` receives network k (a copy) at each of `snapshot_steps`, before
-    that step's checkpoint, so a resumed run never skips a snapshot.
+    that step's checkpoint, so a resumed run never skips a snapshot. With `average_last` > 0 the
+    networks end with the mean of their weights over the last steps; snapshots hold the weights
+    of their own step.
 
     Data-parallel training passes `shard=(rank, world_size)` and a DDP-wrapped pack: every rank
     draws the same global batches and noise from the same generators and keeps its slice, and a
@@ -171,7 +173,11 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
     batches = [TiledBatches(x.shape[0], c.seed) for x, c in zip(images, configs)]
     noise_rngs = [torch.Generator(device=device).manual_seed(c.seed + 1) for c in configs]
     step, losses = 0, [[] for _ in configs]
-    saved_configs = [c.model_dump() for c in configs]
+    saved_configs = [c.recorded() for c in configs]
+    # Polyak averaging: the running mean of every floating-point weight and buffer (BF batch-norm's
+    # running std included) over the last steps; one extra copy of the pack
+    average_from = config.steps - round(config.average_last * config.steps)
+    averaged = None
 
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         # on the CPU: the batch-order generators and orders live there (the optimizer and the
@@ -188,6 +194,8 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
             rng.set_state(saved)
         step, losses = state["step"], state["losses"]
         running, since_log = state["running_loss"].to(device), state["since_log"]
+        if state.get("averaged") is not None:
+            averaged = {name: value.to(device) for name, value in state["averaged"].items()}
     else:
         running = torch.zeros(k_models, device=device)  # summed on device: no host sync every step
         since_log = 0
@@ -217,6 +225,13 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
         step += 1
         running += loss.detach().float()
         since_log += 1
+        if step > average_from:
+            current = {name: value.detach() for name, value in module.state_dict().items() if value.is_floating_point()}
+            if averaged is None:
+                averaged = {name: value.clone() for name, value in current.items()}
+            else:
+                for name, value in averaged.items():
+                    value.lerp_(current[name], 1.0 / (step - average_from))
 
         if step % config.log_every == 0 or step == config.steps:
             mean_losses = (running / since_log).tolist()  # the one host sync per log interval
@@ -240,10 +255,13 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
                 "pack": module.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "batches": [b.state_dict() for b in batches], "noise_rngs": [rng.get_state() for rng in noise_rngs],
                 "losses": losses, "running_loss": running, "since_log": since_log, "configs": saved_configs,
+                "averaged": averaged,
             })
             if on_checkpoint is not None:
                 on_checkpoint(step, Path(checkpoint_path))
 
+    if averaged is not None:  # snapshots above kept the trajectory's own weights
+        module.load_state_dict({**module.state_dict(), **averaged})
     pack.eval()
     return [TrainResult(net=module.network(k).eval(), steps_done=step, losses=losses[k], resumed_from=resumed_from)
             for k in range(k_models)]

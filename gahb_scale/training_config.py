@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from .limits import MAX_BATCH_SIZE, MAX_STEPS
 
 
+# settings added after 0.6, and their value that trains as before they existed
+_ADDED_OFF = {"average_last": 0.0}
+
+
 class TrainSettings(BaseModel):
     """Every hyper-parameter of one run but its seed. Batch size and learning rate are the paper's;
     the step counts are a laptop-sized default — the paper counts epochs of 250k tiled images at
@@ -28,6 +32,16 @@ class TrainSettings(BaseModel):
     log_every: int = Field(default=50, ge=1, le=MAX_STEPS)
     snapshot_steps: tuple[Annotated[int, Field(ge=1, le=MAX_STEPS)], ...] = Field(
         default=(), description="steps whose weights are kept, for memorization over training time")
+    average_last: float = Field(
+        default=0.0, ge=0, lt=1, description="the final model is the mean of the weights after each of the last "
+        "this fraction of the steps (Polyak averaging); 0: the last step's weights, as in the paper")
+
+    def recorded(self, **dump: Any) -> dict:
+        """The settings as a checkpoint and a trial id record them: `model_dump(**dump)` less any
+        setting added since models were first saved that still holds the value under which training
+        is what it was before it existed, so those models and checkpoints keep their identity."""
+        return {name: value for name, value in self.model_dump(**dump).items()
+                if name not in _ADDED_OFF or value != _ADDED_OFF[name]}
 
     @staticmethod
     def last_step(steps: Any) -> int:

@@ -100,6 +100,41 @@ def test_snapshots_hold_the_weights_of_a_run_stopped_there(tmp_path):
         assert torch.equal(snapshots[8][name], value), name
 
 
+def test_polyak_averaging_ends_with_the_mean_of_the_last_steps_weights_and_resumes_exactly(tmp_path):
+    """average_last = 0.5 of 12 steps: the final weights (and BF batch-norm buffers) are the mean of
+    the weights after steps 7 ... 12, which snapshots of the same run hold; a run resumed from its
+    step-5 checkpoint (before averaging began) and one from step 10 (in the middle of it) end alike."""
+    images = tiny_images()
+    settings = dict(steps=12, batch_size=5, log_every=4, lr_halve_every=6, average_last=0.5)
+    snapshots = {}
+    averaged = train_denoiser(build_model("unet", seed=1, width=4, blocks=1), images,
+                              TrainConfig(**settings, checkpoint_every=5, snapshot_steps=range(7, 13)), device="cpu",
+                              on_snapshot=lambda s, n: snapshots.update({s: n.state_dict()}))
+    assert sorted(snapshots) == list(range(7, 13))
+    for name, value in averaged.net.state_dict().items():
+        if value.is_floating_point():
+            mean = torch.stack([snapshots[s][name] for s in snapshots]).mean(0)
+            assert torch.allclose(value, mean, atol=1e-6), name
+            assert not torch.allclose(value, snapshots[12][name]) or name.endswith("num_batches_tracked"), name
+    for every in (5, 10):
+        checkpoint = tmp_path / f"every{every}.pt"
+        config = TrainConfig(**settings, checkpoint_every=every)
+        train_until_first_checkpoint(train_denoiser, build_model("unet", seed=1, width=4, blocks=1), images, config,
+                                     device="cpu", checkpoint_path=checkpoint)
+        resumed = train_denoiser(build_model("unet", seed=2, width=4, blocks=1), images, config, device="cpu",
+                                 checkpoint_path=checkpoint)
+        assert resumed.resumed_from == every
+        for (name, p), q in zip(averaged.net.state_dict().items(), resumed.net.state_dict().values()):
+            assert torch.allclose(p, q, atol=1e-6), (every, name)
+
+
+def test_averaging_off_leaves_checkpoint_records_and_trial_ids_as_before_it_existed():
+    """A setting added later is recorded only when on, so models and checkpoints made before it
+    keep their identity."""
+    assert "average_last" not in TrainConfig(steps=3).recorded()
+    assert TrainConfig(steps=3, average_last=0.25).recorded()["average_last"] == 0.25
+
+
 def test_snapshot_steps_outside_training_are_refused():
     with pytest.raises(ValueError, match="snapshot_steps"):
         TrainConfig(steps=10, snapshot_steps=(5, 11))

@@ -94,7 +94,7 @@ def trial_identity(spec: StudySpec, dataset: DatasetSpec, architecture: Architec
         "seed": seed,
         "test_images": spec.test_images,
         # the model's own schedule: with settings per N, a change for one N retrains that N only
-        "training": {**spec.training.model_dump(mode="json", exclude=set(_TRAINING_NOT_IN_ID)),
+        "training": {**spec.training.recorded(mode="json", exclude=set(_TRAINING_NOT_IN_ID)),
                      **spec.training.per_train_size(n)},
     }
     if split is not None:
