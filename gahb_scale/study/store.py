@@ -276,6 +276,8 @@ class StudyTables:
         for (study_id, key), table in self.store.upsert(name, rows).items():
             if study_id == self.study_id:
                 self.files[name][key] = table
+                if len(TABLE_KEYS[name]) == 1:  # a study-level table is one file: now known whole
+                    self.listed.add(name)
 
     def key_table(self, name: str, key: str) -> pa.Table | None:
         """The rows of one trial, pair or "study" (one file, read only if not known)."""

@@ -123,12 +123,13 @@ def train_worker(payload: dict) -> None:
     seconds = time.perf_counter() - started
     for trial, result in zip(pack.trials, results):
         if rank == 0 and trial.trial_id not in payload["trained"]:
-            # the record first: a model file is what marks a model trained
+            # the record first: a model file is what marks a model trained (so a half-written
+            # record is never trusted, and needs no temporary file)
             store.write_bytes(training_record_path(trial.trial_id), json.dumps({
                 "trial": trial.as_row(), "losses": result.losses, "steps": result.steps_done,
                 "resumed_from": result.resumed_from, "train_seconds": seconds, "pack_id": pack.pack_id,
                 "pack_size": len(pack.trials), "device": str(device), "workers": world,
-                "num_parameters": count_parameters(result.net)}).encode())
+                "num_parameters": count_parameters(result.net)}).encode(), atomic=False)
             save_weights(store, model_path(trial.trial_id), result.net, result.steps_done)
     shutil.rmtree(workdir, ignore_errors=True)
 
