@@ -130,9 +130,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .study.report import build_and_log_report
+    from .study.runner import report_study
 
-    print(f"report: {build_and_log_report(study_spec(args, must_hold_results=True))}")
+    print(f"report: {report_study(study_spec(args, must_hold_results=True))}")
     return 0
 
 

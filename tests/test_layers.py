@@ -128,25 +128,33 @@ def test_the_module_map_names_every_module_and_only_existing_ones():
     assert sorted(named - modules) == [], "the map in docs/internals.md names files that do not exist"
 
 
-def test_a_restarted_study_resumes_the_packs_it_planned_and_status_forgets_other_plans(tmp_path):
+def test_a_restarted_study_resumes_the_packs_it_recorded_and_packs_only_untrained_models(tmp_path):
     import json
 
-    from gahb_scale.study.store import StudyStore, model_path, pack_path
+    from gahb_scale.study.store import StudyStore, pack_path
     from gahb_scale.study.train import packs_to_train, plan_packs
     from gahb_scale.study.trials import expand_trials
 
     spec = study([SMALL])
     store = StudyStore(str(tmp_path))
-    first, second = plan_packs(spec, expand_trials(spec), concurrency=2)
+    trials = expand_trials(spec)
+    first, second = plan_packs(spec, trials, concurrency=2)
     store.write_bytes(pack_path("pack-of-another-plan"), json.dumps([first.trials[0].trial_id]).encode())
     store.write_bytes(pack_path("pack-of-another-study"), json.dumps(["x"]).encode())
-    for t in first.trials:  # the first pack finished; the second was interrupted
-        store.write_bytes(model_path(t.trial_id), b"trained")
+    store.write_bytes(pack_path(second.pack_id), json.dumps([t.trial_id for t in second.trials]).encode())
+    trained = {t.trial_id for t in first.trials}  # the first pack finished; the second was interrupted
     # four models are left, but they are still the second pack (its checkpoints are under its id),
     # not two new packs of two
-    assert [p.pack_id for p in packs_to_train(spec, store, concurrency=2)] == [second.pack_id]
+    assert [p.pack_id for p in packs_to_train(spec, store, trials, trained, concurrency=2)] == [second.pack_id]
     assert store.exists(pack_path(second.pack_id)) and store.exists(pack_path("pack-of-another-study"))
-    assert not store.exists(pack_path("pack-of-another-plan"))
+    assert not store.exists(pack_path("pack-of-another-plan"))  # its models are trained: nothing to resume
+
+    # the second pack finished too, and the study grew: only the new models train, packed among themselves
+    grown = study([SMALL], sizes=(1, 10, 20, 100, 1000))
+    new = [t for t in expand_trials(grown) if t.trial_id not in {t.trial_id for t in trials}]
+    packs = packs_to_train(grown, store, expand_trials(grown), {t.trial_id for t in trials}, concurrency=2)
+    assert sorted(t.trial_id for p in packs for t in p.trials) == sorted(t.trial_id for t in new)
+    assert not store.exists(pack_path(second.pack_id)) and all(store.exists(pack_path(p.pack_id)) for p in packs)
 
 
 def test_a_model_file_of_an_earlier_version_is_registered_and_a_broken_one_is_one_clear_error(tmp_path):
@@ -158,8 +166,8 @@ def test_a_model_file_of_an_earlier_version_is_registered_and_a_broken_one_is_on
     import torch
 
     from gahb_scale.errors import UserInputError
-    from gahb_scale.study.runner import _register_trained
-    from gahb_scale.study.store import StudyStore, model_path, training_record_path
+    from gahb_scale.study.store import StudyStore, StudyTables, model_path, training_record_path
+    from gahb_scale.study.train import register_trained
     from gahb_scale.study.trials import expand_trials
 
     spec = study([SMALL], sizes=(1,))
@@ -169,7 +177,7 @@ def test_a_model_file_of_an_earlier_version_is_registered_and_a_broken_one_is_on
     torch.save({"state_dict": {}, "losses": [(10, 0.5), (20, 0.25)], "steps": 20, "resumed_from": 0,
                 "train_seconds": 3.0, "device": "cpu", "workers": 1, "num_parameters": 7}, buffer)
     store.write_bytes(model_path(earlier.trial_id), buffer.getvalue())
-    _register_trained(spec, [earlier], store)
+    register_trained(spec, StudyTables(store, spec.name), [earlier])
     assert store.exists(training_record_path(earlier.trial_id))
     [row] = store.rows("trials")
     assert (row["trial_id"], row["final_loss"], row["pack_size"], row["pack_id"]) == \
@@ -178,4 +186,4 @@ def test_a_model_file_of_an_earlier_version_is_registered_and_a_broken_one_is_on
 
     store.write_bytes(model_path(broken.trial_id), b"not a model file")
     with pytest.raises(UserInputError, match=f"{broken.trial_id}/model.pt has no training record"):
-        _register_trained(spec, [broken], store)
+        register_trained(spec, StudyTables(store, spec.name), [broken])

@@ -32,8 +32,7 @@ def test_files_of_different_versions_read_as_one_table(tmp_path):
     store.upsert("psnr", rows("s", "new", [31, 21], psnr_out_std=0.5))  # a column added later
     table = {(r["trial_id"], r["sigma"]): r for r in store.rows("psnr")}
     assert table[("new", 5.0)]["psnr_out_std"] == 0.5 and table[("old", 5.0)]["psnr_out_std"] is None
-    assert store.keys_present("psnr", "trial_id", {"study_id": "s"}) == {"old", "new"}
-    assert store.keys_present("psnr", "trial_id", {"analysis_id": "x"}) == set()  # no such column
+    assert store.table_keys("psnr", "s") == ["new", "old"] and store.table_keys("psnr", "t") == []
     assert store.read_table("nothing") is None and store.rows("nothing") == []
 
 
@@ -82,3 +81,19 @@ def test_a_results_root_names_each_study_folder_by_its_last_part():
     assert results_below("/data/results", "smoke") == "/data/results/smoke"
     assert StorageSpec(results_dir="s3://b/p/smoke?scheme=http").results_root() == "s3://b/p?scheme=http"
     assert StorageSpec(results_dir="/data/results/smoke").results_root() == "/data/results"
+
+
+def test_a_study_s_tables_read_each_file_once_and_keep_what_they_write(tmp_path):
+    from gahb_scale.study.store import StudyTables
+
+    store = StudyStore(str(tmp_path))
+    store.upsert("psnr", rows("s", "b", [31, 21]) + rows("other", "a", [1, 2]))
+    reads = []
+    read_file = store.read_table_file
+    store.read_table_file = lambda relative, columns=None: reads.append(relative) or read_file(relative, columns)
+    tables = StudyTables(store, "s")
+    tables.put("psnr", rows("s", "a", [30, 20]))
+    assert [(r["trial_id"], r["psnr_out"]) for r in tables.rows("psnr")] == [("a", 30), ("a", 20), ("b", 31), ("b", 21)]
+    assert reads == ["tables/psnr/s/b.parquet"]  # the file written here is kept, not read back
+    assert tables.rows("psnr") == [r for r in store.rows("psnr") if r["study_id"] == "s"]  # the store's order
+    assert tables.key_rows("psnr", "missing") == [] and tables.rows("transition") == []

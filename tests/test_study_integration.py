@@ -233,6 +233,33 @@ def test_rerun_trains_nothing_and_adds_no_row(micro, capsys, tmp_path, monkeypat
     assert study_run.info.status == "FINISHED" and "report" in {f.path for f in client.list_artifacts(study_run.info.run_id)}
 
 
+def test_extending_a_finished_study_trains_only_its_new_models(micro, tmp_path, capsys):
+    """A new N added to the finished micro study (a copy of it): exactly the new N's two models
+    train; the finished models' files and training records stay as they were."""
+    spec_path, results = micro
+    copy = tmp_path / "results"
+    shutil.copytree(results.parent, copy)
+    data = yaml.safe_load(spec_path.read_text())
+    data["storage"] = {"results_dir": str(copy / "micro")}
+    data["train_sizes"] = [1, 2, 4]
+    grown = tmp_path / "micro_grown.yaml"
+    grown.write_text(yaml.safe_dump(data))
+    finished = {p.parent.name: (p.stat().st_mtime_ns, (p.parent / "training.json").read_bytes())
+                for p in (copy / "micro" / "models").glob("*/model.pt")}
+    assert len(finished) == 4
+
+    assert main(["run", str(grown)]) == 0
+    assert "[train] 2 models to train in " in capsys.readouterr().out
+    spec = load_spec(grown)
+    new = {t.trial_id for t in expand_trials(spec) if t.n == 2}
+    trained = {p.parent.name: (p.stat().st_mtime_ns, (p.parent / "training.json").read_bytes())
+               for p in (copy / "micro" / "models").glob("*/model.pt")}
+    assert trained.keys() == finished.keys() | new and {k: trained[k] for k in finished} == finished
+    packs = {row["trial_id"]: row["pack_id"] for row in StudyStore(str(copy / "micro")).rows("trials")}
+    assert len(packs) == 6 and {packs[t] for t in new}.isdisjoint(packs[t] for t in finished)
+    study_checks.assert_every_row_once(str(copy / "micro"), spec)
+
+
 def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys):
     """Kill a run mid-training (SIGKILL, no clean-up), then run again: it continues from the checkpoint."""
     spec_path, results = micro

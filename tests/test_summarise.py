@@ -14,7 +14,7 @@ import torch
 
 from gahb_scale.analysis import memorization_fraction
 from gahb_scale.study.spec_file import parse_spec
-from gahb_scale.study.store import StudyStore
+from gahb_scale.study.store import StudyStore, StudyTables
 from gahb_scale.study.summarise import (CHANCE_COLUMNS, REFERENCE_COLUMNS, memorization_law_rows,
                                         memorization_tau_rows, memorization_time_rows, onset_rows, shuffle_rows,
                                         slope_rows, summarise_study, transition_rows, with_switch_n)
@@ -170,12 +170,16 @@ def test_memorization_over_time_onset_shuffle_and_slopes_match_the_reference():
 
 
 def test_the_store_path_keeps_only_the_study_and_the_order_of_its_files(tmp_path):
-    """summarise_study reads Arrow tables (files in path order) where the functions above got dicts."""
-    store = StudyStore(str(tmp_path))
+    """summarise_study reads Arrow tables (files in path order) where the functions above got dicts,
+    and gets the same bits from tables kept in memory as written as from tables read back."""
+    store, kept = StudyStore(str(tmp_path / "read")), StudyTables(StudyStore(str(tmp_path / "kept")), "t")
     for study, seed in (("t", 0), ("other", 1)):
         for name, rows in _study(study, seed).items():
             store.upsert(name, rows)
-    tables = summarise_study(SPEC, str(tmp_path))
+            kept.put(name, rows)
+    tables = summarise_study(SPEC, StudyTables(store, "t"))
+    assert {name: _bits(rows) for name, rows in summarise_study(SPEC, kept).items()} == \
+        {name: _bits(rows) for name, rows in tables.items()}
     read = {name: [row for row in store.rows(name) if row["study_id"] == "t"]
             for name in ("model_metrics", "samples", "pairs", "pair_bases", "psnr", "snapshot_samples")}
     assert _bits(tables["transition"]) == _bits(transition_rows(SPEC, read["model_metrics"], read["samples"],

@@ -4,8 +4,9 @@ training images of every sample and both f_mem, the distance to the memorizing s
 spectra at noisy held-out images, on discs the Jacobian against the family's tangent space, and
 with weight snapshots the samples of every snapshot.
 
-Returns table rows (dicts) and leaves in the store the arrays the figures need and this model's
-figures for MLflow (PSNR curves, spectrum, eigenvectors); the driver alone writes the tables.
+Returns table rows (dicts) and this model's figures for MLflow (PSNR curves, spectrum,
+eigenvectors), and leaves in the store the arrays the figures need and the figures (for a later
+run that logs them again); the driver alone writes the tables.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def trial_title(trial: Trial) -> str:
     return f"{trial.dataset.name} / {trial.architecture.name}, N={trial.n}, pair {trial.pair}, seed {trial.seed}"
 
 
-def save_figures(store: StudyStore, spec: StudySpec, trial: Trial, pngs: dict[str, bytes]) -> None:
-    for name, png in pngs.items():
-        store.write_bytes(figure_path(spec.name, trial.trial_id, name), png)
+def save_figures(store: StudyStore, spec: StudySpec, trial: Trial, pngs: dict[str, bytes]) -> dict[str, bytes]:
+    """Leave a model's figures in the store, where a later run finds them to log them again; returns them."""
+    for name, png in pngs.items():  # trusted only once the model's rows are written: no temporary file
+        store.write_bytes(figure_path(spec.name, trial.trial_id, name), png, atomic=False)
+    return pngs
 
 
 def _normalized(images: torch.Tensor) -> torch.Tensor:
@@ -143,9 +146,10 @@ def optimal_slope(dataset: DatasetSpec) -> float:
     return optimal_calpha_slope(params["alpha"])
 
 
-def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str) -> dict[str, list[dict]]:
+def analyse_model(spec: StudySpec, trial: Trial, results: str,
+                  analysis_key: str) -> tuple[dict[str, list[dict]], dict[str, bytes]]:
     """Every per-model table's rows of one trained model (analysed with the settings whose id is
-    `analysis_key`); its arrays and per-model figures are left in the store at `results`."""
+    `analysis_key`), and its figures; its arrays and figures are left in the store at `results`."""
     store = StudyStore(results)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = load_model(store, trial, device)
@@ -222,7 +226,7 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str
               "eigenvectors": np.stack(eigenvectors)}
     save_arrays(store, arrays_path(spec.name, trial.trial_id), **arrays)
     title = trial_title(trial)  # this model's figures are drawn here, where its rows and arrays are
-    save_figures(store, spec, trial, {
+    pngs = save_figures(store, spec, trial, {
         "psnr_curves.png": figures.psnr_figure(psnr_rows, title),
         "eigen_spectrum.png": figures.spectrum_figure(eigen_rows, jac_rows, title),
         "eigenvectors.png": figures.eigenvector_figure(arrays["eigenvectors"], arrays["jacobian_sigmas"],
@@ -252,7 +256,7 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str
                **chance_columns(spec, train, test)}
     return {"model_metrics": [metrics], "psnr": psnr_rows, "samples": sample_rows, "jacobian": jac_rows,
             "eigen": eigen_rows, "disc_tangent": tangent_table, "snapshot_samples": over_time,
-            "memorizer_distance": memorizer_rows}
+            "memorizer_distance": memorizer_rows}, pngs
 
 
 def _disc_tangent_basis(spec: StudySpec, trial: Trial, count: int) -> torch.Tensor | None:

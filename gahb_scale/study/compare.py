@@ -19,9 +19,10 @@ from .trials import Trial
 
 
 def compare_pair(spec: StudySpec, trial_a: Trial, trial_b: Trial, results: str,
-                 analysis_key: str) -> dict[str, list[dict]]:
+                 analysis_key: str) -> tuple[dict[str, list[dict]], dict[str, dict[str, bytes]]]:
     """Sample-by-sample similarity of models A and B, which were given identical noise seeds (rows
-    of `pairs` and `pair_bases`); each model's sample figure, beside the other's, is left in the store."""
+    of `pairs` and `pair_bases`), and each model's sample figure beside the other's, by trial id
+    (also left in the store)."""
     store = StudyStore(results)
     arrays_a, arrays_b = (load_arrays(store, arrays_path(spec.name, t.trial_id)) for t in (trial_a, trial_b))
     if not np.array_equal(arrays_a["sample_seeds"], arrays_b["sample_seeds"]):
@@ -34,16 +35,17 @@ def compare_pair(spec: StudySpec, trial_a: Trial, trial_b: Trial, results: str,
     base = {"study_id": spec.name, "pair_id": trial_a.pair_id, "analysis_id": analysis_key,
             "trial_id_a": trial_a.trial_id, "trial_id_b": trial_b.trial_id, "dataset": trial_a.dataset.name,
             "architecture": trial_a.architecture.name, "n": trial_a.n, "pair": trial_a.pair, "seed": trial_a.seed}
-    for this, other in ((trial_a, arrays_a), (trial_b, arrays_b)), ((trial_b, arrays_b), (trial_a, arrays_a)):
-        _save_sample_figure(store, spec, this, other)
+    pngs = {this[0].trial_id: _save_sample_figure(store, spec, this, other) for this, other in
+            (((trial_a, arrays_a), (trial_b, arrays_b)), ((trial_b, arrays_b), (trial_a, arrays_a)))}
     return {"pairs": [{**base, "sample_seed": int(seed), "diverged": bool(diverged[i]),
                        **{name: math.nan if diverged[i] else float(values[i]) for name, values in similarity.items()}}
                       for i, seed in enumerate(arrays_a["sample_seeds"])],
             "pair_bases": _basis_overlaps(arrays_a, arrays_b,
-                                          {k: base[k] for k in ("study_id", "pair_id", "analysis_id")})}
+                                          {k: base[k] for k in ("study_id", "pair_id", "analysis_id")})}, pngs
 
 
-def _save_sample_figure(store: StudyStore, spec: StudySpec, this: tuple[Trial, dict], other: tuple[Trial, dict]) -> None:
+def _save_sample_figure(store: StudyStore, spec: StudySpec, this: tuple[Trial, dict],
+                        other: tuple[Trial, dict]) -> dict[str, bytes]:
     """A model's samples beside its partner's (same seeds) and its nearest training images."""
     (trial, arrays), (partner, partner_arrays) = this, other
     shown = min(8, len(arrays["sample_seeds"]))
@@ -51,7 +53,7 @@ def _save_sample_figure(store: StudyStore, spec: StudySpec, this: tuple[Trial, d
                f"nearest training image of {trial.split}": arrays["nearest"]}
     png = figures.sample_grid_figure({name: images[:shown] for name, images in columns.items()},
                                      arrays["sample_seeds"][:shown], trial_title(trial))
-    save_figures(store, spec, trial, {"samples.png": png})
+    return save_figures(store, spec, trial, {"samples.png": png})
 
 
 def _basis_overlaps(arrays_a: dict, arrays_b: dict, base: dict) -> list[dict]:

@@ -1,7 +1,7 @@
 """`gahb-scale report`: one static HTML page per study, with its figures as PNG files beside it.
 
-Everything on the page is read back from the study's Parquet tables and arrays, so the report of
-a finished study can be rebuilt at any time (and shows whatever part of a study has finished).
+Everything on the page comes from the study's tables (`StudyTables`: as this run wrote them, or
+read back) and arrays, so the report of a finished study can be rebuilt at any time (and shows whatever part of a study has finished).
 Sections appear only when the study measured what they show: the C^α slope table needs C^α
 data, the tangent-space section discs, the shuffle section a pixel-shuffled twin dataset, the
 memorization-over-time section `training.snapshot_steps`.
@@ -14,24 +14,17 @@ import math
 import time
 
 import numpy as np
-import pyarrow.fs as pafs
 
-from .. import __version__
 from ..data.discs import PARAMETER_NAMES
 from . import figures
 from .spec import StudySpec
-from .store import StudyStore, arrays_path, load_arrays
+from .store import StudyStore, StudyTables, arrays_path, load_arrays, report_dir
 from .transition_columns import report_headers
 from .trials import analysis_id
 
 DISC_DIMS = len(PARAMETER_NAMES)  # the disc family's tangent space is 5-dimensional
 # what a report holds once any model is analysed: a folder without them is rebuilt
 REPORT_ALWAYS = ("index.html", "transition.png")
-
-
-def report_dir(spec: StudySpec) -> str:
-    """Under the results folder; per study, because studies may share a folder (and their models)."""
-    return f"reports/{spec.name}"
 
 
 def _cell(value) -> str:
@@ -83,10 +76,6 @@ class _Page:
                 + "\n".join(self.parts) + f"\n{check}\n</body></html>\n").encode()
 
 
-def _rows(store: StudyStore, name: str, study: str) -> list[dict]:
-    return [row for row in store.rows(name) if row["study_id"] == study]
-
-
 def _with_group(rows: list[dict], owners: dict[str, dict], key: str) -> list[dict]:
     """The rows whose `key` (trial_id or pair_id) is one of `owners`, each with its owner's N,
     dataset and architecture."""
@@ -94,7 +83,7 @@ def _with_group(rows: list[dict], owners: dict[str, dict], key: str) -> list[dic
             for row in rows if row[key] in owners]
 
 
-def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
+def build_report(spec: StudySpec, store: StudyStore, study_tables: StudyTables) -> dict[str, bytes]:
     """The report's files: {"index.html": ..., "<figure>.png": ...}."""
     page = _Page(f"gahb-scale study {spec.name}")
     page.heading(f"Study {spec.name}", 1)
@@ -102,8 +91,8 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
         page.text(spec.description)
     # Only models analysed with this spec's settings and this version: their arrays are the ones on disk.
     analysis_key = analysis_id(spec)
-    trials = {row["trial_id"]: row for row in _rows(store, "model_metrics", spec.name) if row["analysis_id"] == analysis_key}
-    trained = [row for row in _rows(store, "trials", spec.name) if row["trial_id"] in trials]
+    trials = {row["trial_id"]: row for row in study_tables.rows("model_metrics") if row["analysis_id"] == analysis_key}
+    trained = [row for row in study_tables.rows("trials") if row["trial_id"] in trials]
     devices = ", ".join(sorted({row["device"] for row in trained})) or "–"
     page.text(f"{len(trials)} analysed models; images {spec.image_size}×{spec.image_size}; training budget: "
               f"{spec.training.budget()}; {spec.sampling.num_samples} samples per model; training took "
@@ -116,7 +105,7 @@ def build_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
         return {"index.html": page.render()}
 
     # every table the sections below show, read once
-    tables = {name: _rows(store, name, spec.name) for name in (
+    tables = {name: study_tables.rows(name) for name in (
         "datasets", "transition", "psnr", "train_curves", "memorizer_distance", "eigen", "jacobian", "pairs",
         "pair_bases", "slopes", "disc_tangent", "shuffle_psnr", "memorization_time", "memorization_onset",
         "memorization_tau", "memorization_law")}
@@ -336,41 +325,12 @@ def _law_section(page: _Page, spec: StudySpec, tau_rows: list[dict], law: list[d
                      "seeds": "seeds", "resampled_over": "resampled over"})
 
 
-def write_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
+def write_report(spec: StudySpec, store: StudyStore, tables: StudyTables) -> dict[str, bytes]:
     """Build the report and write it under `reports/<study>/` of the results; returns its files."""
-    files = build_report(spec, store)
-    for name, data in files.items():
-        store.write_bytes(f"{report_dir(spec)}/{name}", data)
+    files = build_report(spec, store, tables)
+    for name, data in files.items():  # trusted only once the report's stamp is written: no temporary file
+        store.write_bytes(f"{report_dir(spec.name)}/{name}", data, atomic=False)
     # figures of an earlier build that this one no longer has (e.g. a section that moved)
-    listing = pafs.FileSelector(store.path(report_dir(spec)), allow_not_found=True)
-    for info in store.fs.get_file_info(listing):
-        if info.type == pafs.FileType.File and info.base_name not in files:
-            store.fs.delete_file(info.path)
+    for name in set(store.files_below(report_dir(spec.name), recursive=False)) - files.keys():
+        store.fs.delete_file(store.path(f"{report_dir(spec.name)}/{name}"))
     return files
-
-
-def read_report(spec: StudySpec, store: StudyStore) -> dict[str, bytes]:
-    """The files of the report last written (to log them again)."""
-    listing = pafs.FileSelector(store.path(report_dir(spec)), allow_not_found=True)
-    return {info.base_name: store.read_bytes(f"{report_dir(spec)}/{info.base_name}")
-            for info in store.fs.get_file_info(listing) if info.type == pafs.FileType.File}
-
-
-def build_and_log_report(spec: StudySpec) -> str:
-    """Write the report of a study (run or part-run) and log it to the study's MLflow run;
-    returns where index.html is."""
-    from ..errors import UserInputError
-    from .track import StudyTracker
-
-    store = StudyStore(spec.storage.results_location())
-    analysis_key = analysis_id(spec)
-    if not store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": analysis_key}):
-        raise UserInputError(f"study {spec.name}: no model under {store.results} is analysed with this spec's "
-                             f"sampling/analysis settings and gahb-scale {__version__} yet; run `gahb-scale run` on "
-                             f"this spec first (it analyses again without retraining)")
-    files = write_report(spec, store)
-    tracker = StudyTracker(spec, store)
-    tracker.log_report(files)
-    if tracker.created:  # no `run` had logged this study here (e.g. another tracking store): not left RUNNING
-        tracker.client.set_terminated(tracker.parent_id, "FINISHED")
-    return store.uri(f"{report_dir(spec)}/index.html")

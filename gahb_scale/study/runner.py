@@ -2,19 +2,20 @@
 (Ray Train, packs) → analyse each model → compare each pair → summarise the study (Ray tasks) →
 report → track (MLflow; the driver).
 
-Every stage skips what is already done, judged from the store: a model file per trained trial,
-rows tagged with the analysis settings' id per analysed model and pair. So re-running a finished
-study trains and writes nothing, and a study stopped at any point continues where it was.
+Every stage skips what is already done, judged from the study's state in the store, worked out
+once per run (`study_state`): a model file per trained trial, rows tagged with the analysis
+settings' id per analysed model and pair; the study tables and report are made again only when
+what they were made from changed (their stamp). So re-running a finished study trains and writes
+nothing, and a study stopped at any point continues where it was. Each stage hands its rows and
+figures on in memory (`StudyTables`), so nothing written in a run is read back by it.
 The driver is the only writer of the Parquet tables and of MLflow; tasks leave model files,
 arrays and figures in the store.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
 import socket
 import time
 from collections import defaultdict
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Callable
 
 import ray
-import torch
 
 import gahb_scale
 
@@ -33,13 +33,13 @@ from .analyse import analyse_model
 from .compare import compare_pair
 from .prepare import prepare_datasets
 from .progress import StageProgress, failure_reason, log, ray_output_to
-from .report import REPORT_ALWAYS, report_dir, write_report
+from .report import REPORT_ALWAYS, write_report
 from .spec import StudySpec
-from .store import StudyStore, model_path, spec_path, training_record_path
+from .status import study_state
+from .store import StudyStore, StudyTables, read_report, report_dir, report_stamp_path, spec_path
 from .summarise import summarise_study, transition_at
-from .track import (ANALYSIS_FIGURES, COMPARE_FIGURES, StudyTracker, experiment_url, model_figures, store_notice,
-                    track_study, ui_command)
-from .trials import Trial, analysis_id, expand_trials
+from .track import StudyTracker, experiment_url, store_notice, track_models, ui_command
+from .trials import expand_trials
 
 # Ray's environment: read by this process when ray.train is first imported (so `start_ray` sets it
 # before the training stage is imported) and by every worker (the job's runtime env carries it).
@@ -50,6 +50,11 @@ RAY_ENV = {
     # requests are refused before the study starts (check_resources); on an existing cluster they
     # are only warned about, and a group that no node can hold waits until stopped.
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(24 * 3600),
+    # Tune's own records of its trials (result.json, progress.csv, params, TensorBoard events) and
+    # its periodic experiment snapshots are for a Tuner.restore this study never asks for (it
+    # resumes from its own store): each is a write to the results store. The packs' checkpoints stay.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_GLOBAL_CHECKPOINT_S": str(24 * 3600),
 }
 # Seconds to wait for a cluster address to accept a connection: ray.init retries one that never
 # answers forever, silently.
@@ -156,8 +161,8 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
 class _Buffered:
     """Rows collected from tasks and written to their tables in batches (one writer per table)."""
 
-    def __init__(self, store: StudyStore):
-        self.store, self.rows = store, defaultdict(list)
+    def __init__(self, tables: StudyTables):
+        self.tables, self.rows = tables, defaultdict(list)
 
     def add(self, tables: dict[str, list[dict]]) -> None:
         for name, rows in tables.items():
@@ -167,14 +172,15 @@ class _Buffered:
         # The stage markers last: model_metrics rows mark a model analysed and pairs rows a pair
         # compared, so a kill between two writes never leaves a marker without the rows it vouches for.
         for name in sorted(self.rows, key=lambda n: n in ("model_metrics", "pairs")):
-            self.store.upsert(name, self.rows[name])
+            self.tables.put(name, self.rows[name])
         self.rows.clear()
 
 
-def _gather(refs: dict, what: str, buffer: _Buffered, on_done: Callable[[object, dict], None],
+def _gather(refs: dict, what: str, buffer: _Buffered, on_done: Callable[[object, dict, dict], None],
             on_failed: Callable[[object, str], None], flush_every: float = 20.0) -> list:
-    """Wait for Ray tasks, buffering each one's rows as they arrive and handing them to `on_done`
-    (key, tables), or the one-line reason to `on_failed` (key, reason); returns the keys that failed."""
+    """Wait for Ray tasks, each returning (tables, figures), buffering each one's rows as they
+    arrive and handing them to `on_done` (key, tables, figures), or the one-line reason to
+    `on_failed` (key, reason); returns the keys that failed."""
     failed, last_flush = [], time.monotonic()
     pending = dict(refs)
     progress = StageProgress(what, len(refs), "task")
@@ -182,7 +188,7 @@ def _gather(refs: dict, what: str, buffer: _Buffered, on_done: Callable[[object,
         ready, _ = ray.wait(list(pending), num_returns=1)
         key = pending.pop(ready[0])
         try:
-            tables = ray.get(ready[0])
+            tables, pngs = ray.get(ready[0])
         except Exception as exc:  # a failed task must not lose the others' results
             failed.append(key)
             reason = failure_reason(exc)
@@ -190,7 +196,7 @@ def _gather(refs: dict, what: str, buffer: _Buffered, on_done: Callable[[object,
             on_failed(key, f"{what}: {reason}")
         else:
             buffer.add(tables)
-            on_done(key, tables)
+            on_done(key, tables, pngs)
         progress.update()
         if time.monotonic() - last_flush > flush_every:
             buffer.flush()
@@ -198,60 +204,6 @@ def _gather(refs: dict, what: str, buffer: _Buffered, on_done: Callable[[object,
     progress.close()
     buffer.flush()
     return failed
-
-
-def _replace_study_rows(store: StudyStore, spec: StudySpec, name: str, rows: list[dict]) -> bool:
-    """Write a study-level table only if its rows changed (a finished study's re-run rewrites
-    nothing); returns whether it wrote."""
-    old = [r for r in store.rows(name) if r["study_id"] == spec.name]
-    canonical = lambda rs: repr([sorted(r.items()) for r in rs])  # noqa: E731 - repr: NaN != NaN
-    if not rows or canonical(old) == canonical(rows):
-        return False
-    store.upsert(name, rows)
-    return True
-
-
-def _training_record(store: StudyStore, trial_id: str) -> dict:
-    """How a model was trained (its `training.json`). A model file of version 0.4 and earlier held
-    that record beside its weights: it is copied out once, so results folders shared with models of
-    an earlier version keep working."""
-    path = training_record_path(trial_id)
-    if not store.exists(path):
-        try:
-            saved = torch.load(io.BytesIO(store.read_bytes(model_path(trial_id))), map_location="cpu",
-                               weights_only=False)
-        except (pickle.UnpicklingError, EOFError, RuntimeError):
-            saved = None
-        if not isinstance(saved, dict) or "losses" not in saved:
-            raise UserInputError(f"{store.uri(model_path(trial_id))} has no training record beside it and holds none "
-                                 f"itself: delete its folder to train that model again")
-        record = {key: saved[key] for key in ("losses", "steps", "resumed_from", "train_seconds", "device",
-                                              "workers", "num_parameters")}
-        store.write_bytes(path, json.dumps({**record, "pack_id": saved.get("pack_id", trial_id),
-                                            "pack_size": saved.get("pack_size", 1)}).encode())
-    return json.loads(store.read_bytes(path))
-
-
-def _register_trained(spec: StudySpec, trials: list[Trial], store: StudyStore) -> None:
-    registered = store.keys_present("trials", "trial_id", {"study_id": spec.name})
-    rows, curves = [], []
-    for trial in trials:
-        if trial.trial_id in registered or not store.exists(model_path(trial.trial_id)):
-            continue
-        record = _training_record(store, trial.trial_id)
-        rows.append({**trial.as_row(), "steps": record["steps"], "final_loss": record["losses"][-1][1],
-                     "num_parameters": record["num_parameters"], "train_seconds": record["train_seconds"],
-                     "resumed_from_step": record["resumed_from"], "device": record["device"],
-                     # relative to the results folder, so the folder can move
-                     "workers": record["workers"], "model_path": model_path(trial.trial_id),
-                     # train_seconds is the pack's: its models trained in the same steps, so each
-                     # model's share is the pack's time over its models
-                     "model_train_seconds": record["train_seconds"] / record["pack_size"],
-                     "pack_id": record["pack_id"], "pack_size": record["pack_size"]})
-        curves += [{"study_id": spec.name, "trial_id": trial.trial_id, "step": step, "loss": loss}
-                   for step, loss in record["losses"]]
-    store.upsert("train_curves", curves)
-    store.upsert("trials", rows)
 
 
 def has_saved_work(spec: StudySpec) -> bool:
@@ -303,11 +255,13 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
                 tracker = StudyTracker(spec, store)
                 tracker.start(spec_text)
                 log.info(f"[mlflow] {experiment_url(tracker.uri, tracker.experiment_id)}  ({ui_command(tracker.uri)})")
-                _replace_study_rows(store, spec, "datasets", datasets.rows)
-                outcome = _run_stages(spec, store, tracker, address, verbose)
+                tables = StudyTables(store, spec.name)
+                if datasets.rows != tables.key_rows("datasets", "study"):
+                    tables.put("datasets", datasets.rows)
+                outcome = _run_stages(spec, store, tables, tracker, address, verbose)
             finally:
                 ray.shutdown()
-            outcome.update(_report(spec, store, tracker, outcome))
+            outcome.update(_report(spec, store, tables, tracker, outcome))
             status = "FINISHED" if not outcome["failed"] and outcome["complete"] else "FAILED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -325,37 +279,37 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
             "tables": store.uri("tables/"), "report": outcome["report"]}
 
 
-def _run_stages(spec: StudySpec, store: StudyStore, tracker: StudyTracker, address: str | None,
-                verbose: bool) -> dict:
+def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: StudyTracker,
+                address: str | None, verbose: bool) -> dict:
     """Stages 1-4 on Ray, each model's and N's results logged to MLflow as they come."""
-    from .train import train_study  # only now: ray.train reads RAY_ENV when first imported in a process
+    from .train import register_trained, train_study  # only now: ray.train reads RAY_ENV when first imported
 
-    trials = expand_trials(spec)
+    state = study_state(spec, store, tables)
+    trials, analysis_key, resources = state.trials, state.analysis_key, spec.resources
     by_id = {trial.trial_id: trial for trial in trials}
-    analysis_key = analysis_id(spec)
-    resources = spec.resources
 
-    # 1. training (Tune grid of TorchTrainers, one per pack)
-    if any(not store.exists(model_path(trial.trial_id)) for trial in trials):
-        failed = train_study(spec, store, fixed_cluster=address is None, tracker=tracker, verbose=verbose)
+    # 1. training (Tune grid of TorchTrainers, one per pack), then each trained model's rows
+    failed = []
+    if len(state.trained) < len(trials):
+        state.trained |= train_study(spec, store, state, fixed_cluster=address is None, tracker=tracker, verbose=verbose)
+        failed = [trial.trial_id for trial in trials if trial.trial_id not in state.trained]
     else:
-        failed = []
         log.info(f"[train] all {len(trials)} models already trained")
-    _register_trained(spec, trials, store)
-    trained = [trial for trial in trials if store.exists(model_path(trial.trial_id))]
+    register_trained(spec, tables, [trial for trial in trials
+                                    if trial.trial_id in state.trained - state.registered])
+    trained = [trial for trial in trials if trial.trial_id in state.trained]
     for trial in trained:  # a run made or streamed before a killed driver: its saved curve fills the gaps
         if not tracker.trial_logged(trial, analysis_key):
             tracker.fill_losses(trial, [(row["step"], row["loss"])
-                                        for row in store.key_rows("train_curves", spec.name, trial.trial_id)])
+                                        for row in tables.key_rows("train_curves", trial.trial_id)])
 
     # 2. per model: samples, PSNR curves, memorization, Jacobian spectra
-    analysed = store.keys_present("model_metrics", "trial_id", {"study_id": spec.name, "analysis_id": analysis_key})
+    analysed = state.analysed
     pending = [trial for trial in trained if trial.trial_id not in analysed]
-    buffer = _Buffered(store)
+    buffer = _Buffered(tables)
 
-    def analysis_done(trial_id: str, tables: dict) -> None:
-        trial = by_id[trial_id]
-        tracker.log_analysis(trial, tables["model_metrics"][0], model_figures(store, spec, trial, ANALYSIS_FIGURES))
+    def analysis_done(trial_id: str, rows: dict, pngs: dict) -> None:
+        tracker.log_analysis(by_id[trial_id], rows["model_metrics"][0], pngs)
 
     if pending:
         task = ray.remote(analyse_model).options(num_cpus=resources.cpus_per_trial,
@@ -371,24 +325,21 @@ def _run_stages(spec: StudySpec, store: StudyStore, tracker: StudyTracker, addre
         log.info(f"[analysis] all {len(trained)} models already analysed")
 
     # 3. per split pair: A/B similarity of samples with shared seeds
-    compared = store.keys_present("pairs", "pair_id", {"study_id": spec.name, "analysis_id": analysis_key})
-    by_pair = defaultdict(dict)
-    for trial in trials:
-        by_pair[trial.pair_id][trial.split] = trial
+    compared, by_pair = state.compared, state.by_pair
     ready = [(pair["A"], pair["B"]) for pair_id, pair in by_pair.items()
              if pair_id not in compared and pair["A"].trial_id in analysed and pair["B"].trial_id in analysed]
     pairs_left = defaultdict(set)  # per N, its pairs not compared yet
     for trial_a, _ in ready:
         pairs_left[trial_a.n].add(trial_a.pair_id)
 
-    def pair_done(pair_id: str, tables: dict) -> None:
+    def pair_done(pair_id: str, rows: dict, pngs: dict) -> None:
         for trial in by_pair[pair_id].values():
-            tracker.log_compared(trial, analysis_key, model_figures(store, spec, trial, COMPARE_FIGURES))
+            tracker.log_compared(trial, analysis_key, pngs[trial.trial_id])
         n = by_pair[pair_id]["A"].n
         pairs_left[n].discard(pair_id)
         if not pairs_left[n]:  # the transition curve gets this N's point now
             buffer.flush()
-            tracker.log_transition(transition_at(spec, store.results, n))
+            tracker.log_transition(transition_at(spec, tables, n))
 
     def pair_failed(pair_id: str, reason: str) -> None:
         for trial in by_pair[pair_id].values():
@@ -404,29 +355,53 @@ def _run_stages(spec: StudySpec, store: StudyStore, tracker: StudyTracker, addre
         failed += failed_now
     else:
         log.info("[pairs] nothing new to compare")
-
-    # 4. per study: transition, slopes, shuffle drop, memorization over time
-    tables = ray.get(ray.remote(summarise_study).options(num_cpus=0, max_retries=resources.max_failures)
-                     .remote(spec, store.results))
-    changed = [name for name, rows in tables.items() if _replace_study_rows(store, spec, name, rows)]
-    return {"trials": trials, "failed": failed, "complete": all(trial.trial_id in analysed for trial in trials),
-            "analysed": analysed, "compared": compared, "by_pair": by_pair, "changed": changed,
-            "transition": tables["transition"], "analysis_key": analysis_key}
+    return {"state": state, "failed": failed, "complete": all(trial.trial_id in analysed for trial in trials)}
 
 
-def _report(spec: StudySpec, store: StudyStore, tracker: StudyTracker, outcome: dict) -> dict:
-    """Stage 5: the report, once both models of a pair are analysed (rebuilt only when a table
-    changed), then what MLflow still lacks: the models whose pair is compared (each run complete,
-    its sample figure drawn by the compare stage) and the study run's results and report."""
-    by_pair, analysed = outcome["by_pair"], outcome["analysed"]
-    reported = [trial for trial in outcome["trials"]
-                if all(member.trial_id in analysed for member in by_pair[trial.pair_id].values())]
+def _report(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: StudyTracker, outcome: dict) -> dict:
+    """Stages 4 and 5, once both models of a pair are analysed: the study tables (transition,
+    slopes, shuffle drop, memorization over time) and the report, made again only when the models
+    and pairs they are made from changed; then what MLflow still lacks: the models whose pair is
+    compared (each run complete, its sample figure drawn by the compare stage) and the study run's
+    results and report."""
+    state = outcome["state"]
+    reported = [trial for trial in state.trials
+                if all(member.trial_id in state.analysed for member in state.by_pair[trial.pair_id].values())]
+    stamp = json.dumps({"analysis_id": state.analysis_key, "analysed": sorted(state.analysed),
+                        "compared": sorted(state.compared)}).encode()
+    report_files = None
+    if state.analysed and (store.read_if_present(report_stamp_path(spec.name)) != stamp or not reported or
+                           not set(REPORT_ALWAYS) <= set(store.files_below(report_dir(spec.name), recursive=False))):
+        for name, rows in summarise_study(spec, tables).items():
+            tables.put(name, rows)
+        if reported:
+            report_files = write_report(spec, store, tables)
+            store.write_bytes(report_stamp_path(spec.name), stamp)  # last: the tables and report are whole
+    transition = tables.key_rows("transition", "study")
     if not reported:
-        return {"report": None}
-    stale = outcome["changed"] or not all(store.exists(f"{report_dir(spec)}/{name}") for name in REPORT_ALWAYS)
-    report_files = write_report(spec, store) if stale else None
-    tracked = [trial for trial in reported if trial.pair_id in outcome["compared"]]
-    track_study(tracker, tracked, store, outcome["analysis_key"], outcome["transition"], report_files)
-    report = store.uri(f"{report_dir(spec)}/index.html")
+        return {"report": None, "transition": transition}
+    tracked = [trial for trial in reported if trial.pair_id in state.compared]
+    logged = track_models(tracker, tracked, tables, state.analysis_key)
+    if logged or report_files or not tracker.study_logged(state.analysis_key):
+        tracker.log_study(state.analysis_key, transition, tables.key_rows("memorization_law", "study"),
+                          report_files or read_report(store, spec.name))  # a run that failed to log it logs it now
+    report = store.uri(f"{report_dir(spec.name)}/index.html")
     log.info(f"[report] {report}")
-    return {"report": report}
+    return {"report": report, "transition": transition}
+
+
+def report_study(spec: StudySpec) -> str:
+    """`gahb-scale report`: write the report of a study (run or part-run) and log it to the study's
+    MLflow run; returns where index.html is."""
+    store = StudyStore(spec.storage.results_location())
+    tables = StudyTables(store, spec.name)
+    if not study_state(spec, store, tables).analysed:
+        raise UserInputError(f"study {spec.name}: no model under {store.results} is analysed with this spec's "
+                             f"sampling/analysis settings and gahb-scale {gahb_scale.__version__} yet; run "
+                             f"`gahb-scale run` on this spec first (it analyses again without retraining)")
+    files = write_report(spec, store, tables)
+    tracker = StudyTracker(spec, store)
+    tracker.log_report(files)
+    if tracker.created:  # no `run` had logged this study here (e.g. another tracking store): not left RUNNING
+        tracker.client.set_terminated(tracker.parent_id, "FINISHED")
+    return store.uri(f"{report_dir(spec.name)}/index.html")

@@ -9,7 +9,12 @@ over it, so a reader — or a run killed mid-write — never sees half a table.
 A table is a folder of Parquet files, one per key: `tables/<table>/<study>/<trial, pair or
 "study">.parquet`. Writing rows for a trial replaces that trial's file and touches no other, which is
 why re-running a study never duplicates a row and why a flush costs the size of its own rows. The
-schema of every table is in the README.
+schema of every table is in the README. `StudyTables` is the one reader of a study's tables: each
+file is read at most once per run, and rows written in the run are kept, not read back.
+
+On object storage every read, existence check and write is a request: folders are made once per
+store, an object store's single PUT is already atomic (no temporary file and move), and what a
+stage needs of the store's state is found by one listing, not a check per file.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -84,6 +88,18 @@ def pack_path(pack_id: str) -> str:
 STATE_FILE, CHECKPOINT_STEP_FILE = "train_state.pt", "step.txt"
 
 
+def report_dir(study: str) -> str:
+    """The study's report (index.html and its PNGs): per study, because studies may share a folder
+    (and their models)."""
+    return f"reports/{study}"
+
+
+def report_stamp_path(study: str) -> str:
+    """What the study's tables and report were last made from (analysis settings, analysed models,
+    compared pairs), written after the report: a run that finds the same needs neither again."""
+    return f"reports/{study}.json"
+
+
 def snapshot_path(trial_id: str, step: int) -> str:
     """The weights of a trial at one of `training.snapshot_steps` (for memorization over time), in
     the format of its model file."""
@@ -119,6 +135,9 @@ class StudyStore:
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(results).resolve())
         # Nothing is created until something is written: a rejected study leaves no trace.
+        self.made: set[str] = set()  # folders made (or found) by this store: each is made once
+        # an object store's PUT replaces an object whole; a file elsewhere is written beside and moved
+        self.atomic_put = results.split("://", 1)[0].lower() in ("s3", "gs", "gcs") if "://" in results else False
 
     # ---- files ---------------------------------------------------------------------------------
     def path(self, relative: str) -> str:
@@ -139,9 +158,18 @@ class StudyStore:
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
 
-    def write_bytes(self, relative: str, data: bytes) -> None:
+    def write_bytes(self, relative: str, data: bytes, atomic: bool = True) -> None:
+        """Write a file whole. `atomic`: never seen half-written, even by a run killed meanwhile;
+        a file that nothing trusts before its marker is written (a figure, a model's arrays) need not be."""
         target = self.path(relative)
-        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        folder = target.rsplit("/", 1)[0]
+        if folder not in self.made:
+            self.fs.create_dir(folder, recursive=True)
+            self.made.add(folder)
+        if not atomic or self.atomic_put:
+            with self.fs.open_output_stream(target) as out:
+                out.write(data)
+            return
         tmp = f"{target}.{uuid.uuid4().hex}.tmp"
         with self.fs.open_output_stream(tmp) as out:
             out.write(data)
@@ -150,6 +178,21 @@ class StudyStore:
     def read_bytes(self, relative: str) -> bytes:
         with self.fs.open_input_stream(self.path(relative)) as f:
             return f.read()
+
+    def read_if_present(self, relative: str) -> bytes | None:
+        """A file's bytes, or None where there is none: one request either way."""
+        try:
+            return self.read_bytes(relative)
+        except FileNotFoundError:
+            return None
+
+    def files_below(self, relative: str, recursive: bool = True) -> list[str]:
+        """The files at or below a folder, relative to it, by one listing (none: no such folder)."""
+        base = self.path(relative)
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=recursive, allow_not_found=True))
+        if infos:
+            self.made.add(base)
+        return sorted(info.path[len(base) + 1:] for info in infos if info.type == pafs.FileType.File)
 
     # ---- tables --------------------------------------------------------------------------------
     def table_file(self, name: str, study_id: str, key: str) -> str:
@@ -166,66 +209,111 @@ class StudyStore:
                 files[match["name"]].append(info.path)
         return {name: sorted(paths) for name, paths in files.items()}
 
-    def _table_files(self, name: str) -> list[str]:
-        selector = pafs.FileSelector(self.path(f"tables/{name}"), recursive=True, allow_not_found=True)
-        return sorted(info.path for info in self.fs.get_file_info(selector)
-                      if info.type == pafs.FileType.File and info.path.endswith(".parquet"))
+    def read_table_file(self, relative: str, columns: list[str] | None = None) -> pa.Table | None:
+        """One file of a table (None where there is none); only `columns` it has, if given, are decoded."""
+        data = self.read_if_present(relative)
+        if data is None:
+            return None
+        file = pq.ParquetFile(io.BytesIO(data))
+        return file.read(columns=None if columns is None else [c for c in columns if c in file.schema_arrow.names])
+
+    def table_keys(self, name: str, study_id: str) -> list[str]:
+        """The keys (trial, pair or "study") with a file in table `name` of a study, by one listing."""
+        return [file.removesuffix(".parquet") for file in self.files_below(f"tables/{name}/{study_id}", False)
+                if file.endswith(".parquet")]
 
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table | None:
-        """Every file of a table as one table (columns unified: a file written by an older version
-        may lack a newer column); only `columns`, if given, are decoded."""
-        parts = []
-        for path in self._table_files(name):
-            with self.fs.open_input_stream(path) as f:
-                file = pq.ParquetFile(io.BytesIO(f.read()))
-            parts.append(file.read(columns=None if columns is None else
-                                   [c for c in columns if c in file.schema_arrow.names]))
-        return pa.concat_tables(parts, promote_options="permissive") if parts else None
+        """Every file of a table, in every study, as one table (columns unified: a file written by an
+        older version may lack a newer column); only `columns`, if given, are decoded."""
+        parts = [self.read_table_file(f"tables/{name}/{file}", columns) for file in self.files_below(f"tables/{name}")
+                 if file.endswith(".parquet")]
+        return concat(parts)
 
     def rows(self, name: str) -> list[dict]:
         table = self.read_table(name)
         return [] if table is None else table.to_pylist()
 
-    def key_rows(self, name: str, study_id: str, key: str) -> list[dict]:
-        """The rows of one trial or pair (one file): what a stage needs of a single model."""
-        relative = self.table_file(name, study_id, key)
-        return pq.read_table(io.BytesIO(self.read_bytes(relative))).to_pylist() if self.exists(relative) else []
-
-    def upsert(self, name: str, rows: list[dict]) -> None:
+    def upsert(self, name: str, rows: list[dict]) -> dict[tuple[str, str], pa.Table]:
         """Write `rows`, one file per key (study and trial, pair or nothing for a study-level table),
-        each replacing that key's earlier file atomically. The cost of a write is the size of its
-        rows, not of the table: 2,000 models' bookkeeping costs the same per model at the end as
-        at the start."""
+        each replacing that key's earlier file atomically; returns each key's table as written. The
+        cost of a write is the size of its rows, not of the table: 2,000 models' bookkeeping costs
+        the same per model at the end as at the start."""
         groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
         for row in rows:
             groups[self._key(name, row)].append(row)
+        written = {}
         for (study_id, key), group in groups.items():
             buffer = io.BytesIO()
-            pq.write_table(pa.Table.from_pylist(group), buffer)
+            written[study_id, key] = pa.Table.from_pylist(group)
+            pq.write_table(written[study_id, key], buffer)
             self.write_bytes(self.table_file(name, study_id, key), buffer.getvalue())
+        return written
 
     @staticmethod
     def _key(name: str, row: dict) -> tuple[str, str]:
         keys = TABLE_KEYS[name]
         return row["study_id"], row[keys[1]] if len(keys) > 1 else "study"
 
-    def keys_present(self, name: str, column: str, where: dict | None = None) -> set:
-        """Values of `column` in table `name`, optionally filtered by equality on other columns."""
-        where = where or {}
-        table = self.read_table(name, columns=[column, *where])
-        if table is None:
-            return set()
-        for col, value in where.items():
-            if col not in table.column_names:
-                return set()
-            table = table.filter(pc.equal(table.column(col), value))
-        return set(table.column(column).to_pylist())
+
+def concat(parts: list[pa.Table | None]) -> pa.Table | None:
+    """Files of a table as one table, columns unified (None: no file)."""
+    parts = [part for part in parts if part is not None]
+    return pa.concat_tables(parts, promote_options="permissive") if parts else None
+
+
+class StudyTables:
+    """The tables of one study as this run knows them: each file read from the store at most once,
+    when first needed, and the rows this run writes kept as written. Every stage reads its tables
+    here (the driver's stages from one instance), in the store's order: by key, as the files sort."""
+
+    def __init__(self, store: StudyStore, study_id: str):
+        self.store, self.study_id = store, study_id
+        self.files: dict[str, dict[str, pa.Table]] = defaultdict(dict)  # table -> key -> its rows
+        self.listed: set[str] = set()  # tables whose every file is in `files`
+
+    def put(self, name: str, rows: list[dict]) -> None:
+        """Write rows (replacing their keys' files) and keep them."""
+        for (study_id, key), table in self.store.upsert(name, rows).items():
+            if study_id == self.study_id:
+                self.files[name][key] = table
+                if len(TABLE_KEYS[name]) == 1:  # a study-level table is one file: now known whole
+                    self.listed.add(name)
+
+    def key_table(self, name: str, key: str) -> pa.Table | None:
+        """The rows of one trial, pair or "study" (one file, read only if not known)."""
+        if key not in self.files[name] and name not in self.listed:
+            table = self.store.read_table_file(self.store.table_file(name, self.study_id, key))
+            if table is not None:
+                self.files[name][key] = table
+        return self.files[name].get(key)
+
+    def key_rows(self, name: str, key: str) -> list[dict]:
+        table = self.key_table(name, key)
+        return [] if table is None else table.to_pylist()
+
+    def table(self, name: str) -> pa.Table | None:
+        """Every row of the study's table (None: no file)."""
+        if name not in self.listed:
+            for key in self.store.table_keys(name, self.study_id):
+                self.key_table(name, key)
+            self.listed.add(name)
+        known = self.files[name]
+        return concat([known[key] for key in sorted(known, key=lambda key: f"{key}.parquet")])
+
+    def rows(self, name: str) -> list[dict]:
+        table = self.table(name)
+        return [] if table is None else table.to_pylist()
+
+
+def read_report(store: StudyStore, study: str) -> dict[str, bytes]:
+    """The files of the study's report as last written (index.html and its PNGs)."""
+    return {name: store.read_bytes(f"{report_dir(study)}/{name}") for name in store.files_below(report_dir(study), False)}
 
 
 def save_arrays(store: StudyStore, relative: str, **arrays: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    store.write_bytes(relative, buffer.getvalue())
+    store.write_bytes(relative, buffer.getvalue(), atomic=False)  # trusted only once its model is marked analysed
 
 
 def load_arrays(store: StudyStore, relative: str) -> dict[str, np.ndarray]:

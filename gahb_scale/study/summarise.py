@@ -22,7 +22,7 @@ import torch
 from ..analysis import MemorizationFraction, memorization_fraction, memorized_share
 from .analyse import fraction_columns, optimal_slope
 from .spec import DatasetSpec, StudySpec
-from .store import StudyStore
+from .store import StudyTables
 
 # a table as the store reads it, or rows as dicts; None: a table nothing was written to yet
 Rows = pa.Table | list[dict] | None
@@ -71,35 +71,28 @@ def _pooled_fraction(spec: StudySpec, ratios: list[float] | None) -> Memorizatio
                                  threshold=spec.analysis.memorization_threshold, n_boot=spec.analysis.bootstrap, seed=0)
 
 
-def summarise_study(spec: StudySpec, results: str) -> dict[str, list[dict]]:
-    """Every study-level table, from the per-model and per-pair tables of the whole study (each
-    read once; the functions below get only this study's rows)."""
-    store = StudyStore(results)
-    read = {name: store.read_table(name)
+def summarise_study(spec: StudySpec, tables: StudyTables) -> dict[str, list[dict]]:
+    """Every study-level table, from the study's per-model and per-pair tables."""
+    read = {name: tables.table(name)
             for name in ("model_metrics", "samples", "pairs", "pair_bases", "psnr", "snapshot_samples")}
-    tables = {name: table.filter(pc.field("study_id") == spec.name)
-              for name, table in read.items() if table is not None}
-    metrics = tables.get("model_metrics")
-    over_time = memorization_time_rows(spec, metrics, tables.get("snapshot_samples"))
-    tau = memorization_tau_rows(spec, metrics, tables.get("snapshot_samples"))
-    return {"transition": transition_rows(spec, metrics, tables.get("samples"), tables.get("pairs"),
-                                          tables.get("pair_bases")),
-            "slopes": slope_rows(spec, metrics), "shuffle_psnr": shuffle_rows(spec, metrics, tables.get("psnr")),
+    metrics = read["model_metrics"]
+    over_time = memorization_time_rows(spec, metrics, read["snapshot_samples"])
+    tau = memorization_tau_rows(spec, metrics, read["snapshot_samples"])
+    return {"transition": transition_rows(spec, metrics, read["samples"], read["pairs"], read["pair_bases"]),
+            "slopes": slope_rows(spec, metrics), "shuffle_psnr": shuffle_rows(spec, metrics, read["psnr"]),
             "memorization_time": over_time, "memorization_onset": onset_rows(spec, over_time),
             "memorization_tau": tau, "memorization_law": memorization_law_rows(spec, tau)}
 
 
-def transition_at(spec: StudySpec, results: str, n: int) -> list[dict]:
+def transition_at(spec: StudySpec, tables: StudyTables, n: int) -> list[dict]:
     """The transition rows of one N (every dataset and architecture) from the tables as they are
     now: the study's transition curve, grown while its pairs are compared."""
-    store = StudyStore(results)
-    read = {name: store.read_table(name) for name in ("model_metrics", "samples", "pairs", "pair_bases")}
-    study, size = pc.field("study_id") == spec.name, pc.field("n") == n
+    read = {name: tables.table(name) for name in ("model_metrics", "samples", "pairs", "pair_bases")}
+    size = pc.field("n") == n
     # samples and pair bases carry no N: the joins with the models and pairs of this N select theirs
-    tables = {name: table.filter(study & size if name in ("model_metrics", "pairs") else study)
-              for name, table in read.items() if table is not None}
-    return transition_rows(spec, tables.get("model_metrics"), tables.get("samples"), tables.get("pairs"),
-                           tables.get("pair_bases"))
+    read = {name: table.filter(size) if table is not None and name in ("model_metrics", "pairs") else table
+            for name, table in read.items()}
+    return transition_rows(spec, read["model_metrics"], read["samples"], read["pairs"], read["pair_bases"])
 
 
 def _slope_theory_applies(dataset: DatasetSpec | None) -> bool:

@@ -33,9 +33,9 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from .progress import log
+from .progress import StageProgress
 from .spec import StudySpec
-from .store import StudyStore, figure_path
+from .store import StudyStore, StudyTables, figure_path
 from .transition_columns import logged_columns
 from .trials import Trial
 
@@ -353,37 +353,29 @@ COMPARE_FIGURES = ("samples.png",)
 
 
 def model_figures(store: StudyStore, spec: StudySpec, trial: Trial, names: tuple[str, ...]) -> dict[str, bytes]:
-    paths = {name: figure_path(spec.name, trial.trial_id, name) for name in names}
-    return {name: store.read_bytes(path) for name, path in paths.items() if store.exists(path)}
+    """A model's figures as the analyse and compare stages left them in the store."""
+    pngs = {name: store.read_if_present(figure_path(spec.name, trial.trial_id, name)) for name in names}
+    return {name: png for name, png in pngs.items() if png is not None}
 
 
-def log_model(tracker: StudyTracker, store: StudyStore, trial: Trial, analysis_key: str) -> None:
+def log_model(tracker: StudyTracker, tables: StudyTables, trial: Trial, analysis_key: str) -> None:
     """Everything of one compared model from the store, for a run that lacks some of it (runs lost,
     another tracking store, a driver killed before it logged them)."""
-    spec = tracker.spec
-    tracker.fill_losses(trial, [(row["step"], row["loss"])
-                                for row in store.key_rows("train_curves", spec.name, trial.trial_id)])
-    tracker.log_analysis(trial, store.key_rows("model_metrics", spec.name, trial.trial_id)[0],
+    spec, store = tracker.spec, tables.store
+    tracker.fill_losses(trial, [(row["step"], row["loss"]) for row in tables.key_rows("train_curves", trial.trial_id)])
+    tracker.log_analysis(trial, tables.key_rows("model_metrics", trial.trial_id)[0],
                          model_figures(store, spec, trial, ANALYSIS_FIGURES))
     tracker.log_compared(trial, analysis_key, model_figures(store, spec, trial, COMPARE_FIGURES))
 
 
-def track_study(tracker: StudyTracker, trials: list[Trial], store: StudyStore, analysis_key: str,
-                transition: list[dict], report_files: dict[str, bytes] | None) -> None:
+def track_models(tracker: StudyTracker, trials: list[Trial], tables: StudyTables, analysis_key: str) -> bool:
     """The end of stage 5: each compared model of `trials` whose run is not complete (logged live,
-    every model's is) gets what it lacks from the store; then, when a model was logged, the report
-    was rebuilt (`report_files`) or the study run lacks them, the study-level results."""
-    from .progress import StageProgress
-    from .report import read_report
-
-    spec = tracker.spec
+    every model's is) gets what it lacks from the store; returns whether any did."""
     todo = [trial for trial in trials if not tracker.trial_logged(trial, analysis_key)]
     if todo:
         progress = StageProgress("mlflow", len(todo), "run")
         for trial in todo:
-            log_model(tracker, store, trial, analysis_key)
+            log_model(tracker, tables, trial, analysis_key)
             progress.update()
         progress.close()
-    if todo or report_files or not tracker.study_logged(analysis_key):
-        tracker.log_study(analysis_key, transition, store.key_rows("memorization_law", spec.name, "study"),
-                          report_files or read_report(spec, store))  # a run that failed to log it logs it now
+    return bool(todo)

@@ -17,10 +17,12 @@ Failures: a worker that dies takes its group down and Ray Train restarts the gro
 checkpoint (`FailureConfig`); a trial whose driver died with its node is restarted by Tune, and its
 TorchTrainer — same name, same storage — resumes the same way. Both up to `resources.max_failures`.
 
-Resume: each TorchTrainer is named by its pack's id under the study's storage, so a re-started
-study (which plans the same packs) finds its last reported checkpoint through
-`ray.train.get_checkpoint()` and continues from it; a finished model leaves
-`models/<trial_id>/model.pt`, and a pack whose models all have one is not started again.
+Resume: each TorchTrainer is named by its pack's id under the study's storage, and every pack
+planned is recorded (`packs/<pack_id>.json`), so a re-started study resumes a recorded pack as it
+was, from its last reported checkpoint (`ray.train.get_checkpoint()`). A finished model leaves
+`models/<trial_id>/model.pt` and is never trained again: the models left that no recorded pack holds
+(those of a new N, seed or dataset added to a finished study) are packed among themselves. Once
+trained, each model is registered (its rows in `trials` and `train_curves`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 import shutil
 import tempfile
 import time
@@ -35,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.tune
@@ -49,9 +51,11 @@ from ..training import TrainConfig, train_pack, training_flops_per_image
 from .prepare import split_images
 from .progress import StageProgress, failure_reason, log, loss_summary
 from .spec import StudySpec
-from .store import (CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, model_path, pack_path, snapshot_path,
+from ..errors import UserInputError
+from .status import StudyState, trained_models
+from .store import (CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, StudyTables, model_path, pack_path, snapshot_path,
                     training_record_path)
-from .trials import Trial, expand_trials, short_id
+from .trials import Trial, short_id
 
 if TYPE_CHECKING:  # MLflow stays out of the Train workers, which import this module
     from .track import StudyTracker
@@ -80,7 +84,7 @@ def save_weights(store: StudyStore, relative: str, net: torch.nn.Module, step: i
 
 def train_worker(payload: dict) -> None:
     """Ray Train worker loop: train one pack of denoisers, report progress, checkpoint, save each
-    model that has no model file yet."""
+    model that has no model file yet (a pack resumed after a kill between its models' files)."""
     spec, pack, store = payload["spec"], payload["pack"], StudyStore(payload["results"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -118,13 +122,14 @@ def train_worker(payload: dict) -> None:
                          on_checkpoint=on_checkpoint, on_snapshot=on_snapshot, shard=(rank, world))
     seconds = time.perf_counter() - started
     for trial, result in zip(pack.trials, results):
-        if rank == 0 and not store.exists(model_path(trial.trial_id)):
-            # the record first: a model file is what marks a model trained
+        if rank == 0 and trial.trial_id not in payload["trained"]:
+            # the record first: a model file is what marks a model trained (so a half-written
+            # record is never trusted, and needs no temporary file)
             store.write_bytes(training_record_path(trial.trial_id), json.dumps({
                 "trial": trial.as_row(), "losses": result.losses, "steps": result.steps_done,
                 "resumed_from": result.resumed_from, "train_seconds": seconds, "pack_id": pack.pack_id,
                 "pack_size": len(pack.trials), "device": str(device), "workers": world,
-                "num_parameters": count_parameters(result.net)}).encode())
+                "num_parameters": count_parameters(result.net)}).encode(), atomic=False)
             save_weights(store, model_path(trial.trial_id), result.net, result.steps_done)
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -181,10 +186,8 @@ def models_per_pack(spec: StudySpec, group: list[Trial], concurrency: int) -> in
 
 
 def plan_packs(spec: StudySpec, trials: list[Trial], concurrency: int) -> list[Pack]:
-    """The study's packs: models of one architecture and one training schedule (settings may be
-    given per N), in the study's order, `models_per_pack` at a time. Planned from all of the study's
-    trials (not only those left to train), so a re-started study forms the same packs and resumes
-    them from their checkpoints."""
+    """Packs of `trials`: models of one architecture and one training schedule (settings may be
+    given per N), in the study's order, `models_per_pack` at a time."""
     groups: dict[tuple, list[Trial]] = {}
     for trial in trials:
         schedule = tuple(sorted(spec.training.per_train_size(trial.n).items()))
@@ -216,17 +219,19 @@ def ray_storage(store: StudyStore) -> dict:
     return {"storage_path": store.path("ray"), "storage_filesystem": store.fs}
 
 
-def train_study(spec: StudySpec, store: StudyStore, fixed_cluster: bool, tracker: StudyTracker,
-                verbose: bool = False) -> list[str]:
+def train_study(spec: StudySpec, store: StudyStore, state: StudyState, fixed_cluster: bool, tracker: StudyTracker,
+                verbose: bool = False) -> set[str]:
     """Train every model of the study that has no model file yet, pack by pack, with a Tune grid,
-    each model's progress streamed to its MLflow run; returns the ids of the trials that still have
-    none (the store is the ground truth: a pack that failed before its first report has no config
-    in Tune's results). `verbose` lets Tune print its own status too."""
+    each model's progress streamed to its MLflow run; returns the ids of the models trained now
+    (the store is the ground truth: a pack that failed before its first report has no config in
+    Tune's results). `verbose` lets Tune print its own status too."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if fixed_cluster else None)
-    packs = packs_to_train(spec, store, concurrency)
-    payloads = {pack.pack_id: {"spec": spec, "pack": pack, "results": store.results} for pack in packs}
+    packs = packs_to_train(spec, store, state.trials, state.trained, concurrency)
+    payloads = {pack.pack_id: {"spec": spec, "pack": pack, "results": store.results,
+                               "trained": {t.trial_id for t in pack.trials} & state.trained} for pack in packs}
     sizes = "/".join(sorted({str(len(p.trials)) for p in packs}))
-    log.info(f"[train] {sum(len(p.trials) for p in packs)} models to train in {len(packs)} pack(s) of {sizes}, "
+    todo = {t.trial_id for p in packs for t in p.trials} - state.trained
+    log.info(f"[train] {len(todo)} models to train in {len(packs)} pack(s) of {sizes}, "
              f"{min(concurrency, len(packs))} at a time")
     progress = TrainProgress(spec, {p.pack_id: p for p in packs}, tracker)
     tuner = ray.tune.Tuner(
@@ -245,33 +250,72 @@ def train_study(spec: StudySpec, store: StudyStore, fixed_cluster: bool, tracker
         tuner.fit()
     finally:
         progress.close()
-    return [t.trial_id for p in packs for t in p.trials if not store.exists(model_path(t.trial_id))]
+    return todo & trained_models(store)
 
 
-def packs_to_train(spec: StudySpec, store: StudyStore, concurrency: int) -> list[Pack]:
-    """The packs with a model still to train. They are planned from all of the study's trials,
-    finished or not, so a re-started study forms the packs it formed before and resumes them from
-    their checkpoints. Recorded under packs/ for `status`."""
-    trials = expand_trials(spec)
-    plan = plan_packs(spec, trials, concurrency)
-    packs = [p for p in plan if not all(store.exists(model_path(t.trial_id)) for t in p.trials)]
-    _record_packs(store, plan, packs, {t.trial_id for t in trials})
-    return packs
-
-
-def _record_packs(store: StudyStore, plan: list[Pack], to_train: list[Pack], trial_ids: set[str]) -> None:
-    """packs/<pack_id>.json for each pack about to train, for `status` (which cannot know the packing:
-    it depends on the cluster); the files of this study's packs from another plan (another cluster
-    size) go, so `status` never reports a checkpoint no run will resume."""
-    planned = {p.pack_id for p in plan}
-    for info in store.fs.get_file_info(pafs.FileSelector(store.path("packs"), allow_not_found=True)):
-        if info.base_name.removesuffix(".json") in planned or not info.base_name.endswith(".json"):
-            continue
-        with store.fs.open_input_stream(info.path) as f:
-            if set(json.loads(f.read())) & trial_ids:
-                store.fs.delete_file(info.path)
-    for p in to_train:
+def packs_to_train(spec: StudySpec, store: StudyStore, trials: list[Trial], trained: set[str],
+                   concurrency: int) -> list[Pack]:
+    """The packs that train the study's models without a model file: each recorded pack holding
+    one, as it was (it resumes from its checkpoints), then the models no recorded pack holds, packed
+    among themselves (new ones get their records here, for the next run and for `status`). A record
+    of this study's models that no run will resume (its models all trained, or some no longer in the
+    study) goes, so `status` never reports a checkpoint no run will resume."""
+    by_id = {t.trial_id: t for t in trials}
+    resumed = []
+    for file in store.files_below("packs", recursive=False):
+        members = json.loads(store.read_bytes(f"packs/{file}"))
+        if by_id.keys().isdisjoint(members):
+            continue  # another study's
+        if set(members) <= by_id.keys() and not set(members) <= trained:
+            resumed.append(Pack(tuple(by_id[trial_id] for trial_id in members)))
+        else:
+            store.fs.delete_file(store.path(f"packs/{file}"))
+    held = {t.trial_id for p in resumed for t in p.trials}
+    new = plan_packs(spec, [t for t in trials if t.trial_id not in trained | held], concurrency)
+    for p in new:
         store.write_bytes(pack_path(p.pack_id), json.dumps([t.trial_id for t in p.trials]).encode())
+    return resumed + new
+
+
+def _training_record(store: StudyStore, trial_id: str) -> dict:
+    """How a model was trained (its `training.json`). A model file of version 0.4 and earlier held
+    that record beside its weights: it is copied out once, so results folders shared with models of
+    an earlier version keep working."""
+    path = training_record_path(trial_id)
+    if (data := store.read_if_present(path)) is not None:
+        return json.loads(data)
+    try:
+        saved = torch.load(io.BytesIO(store.read_bytes(model_path(trial_id))), map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError):
+        saved = None
+    if not isinstance(saved, dict) or "losses" not in saved:
+        raise UserInputError(f"{store.uri(model_path(trial_id))} has no training record beside it and holds none "
+                             f"itself: delete its folder to train that model again")
+    record = {key: saved[key] for key in ("losses", "steps", "resumed_from", "train_seconds", "device", "workers",
+                                          "num_parameters")}
+    record.update(pack_id=saved.get("pack_id", trial_id), pack_size=saved.get("pack_size", 1))
+    store.write_bytes(path, json.dumps(record).encode())
+    return record
+
+
+def register_trained(spec: StudySpec, tables: StudyTables, trials: list[Trial]) -> None:
+    """The rows of trained models in `trials` and `train_curves`, from their training records."""
+    rows, curves = [], []
+    for trial in trials:
+        record = _training_record(tables.store, trial.trial_id)
+        rows.append({**trial.as_row(), "steps": record["steps"], "final_loss": record["losses"][-1][1],
+                     "num_parameters": record["num_parameters"], "train_seconds": record["train_seconds"],
+                     "resumed_from_step": record["resumed_from"], "device": record["device"],
+                     # relative to the results folder, so the folder can move
+                     "workers": record["workers"], "model_path": model_path(trial.trial_id),
+                     # train_seconds is the pack's: its models trained in the same steps, so each
+                     # model's share is the pack's time over its models
+                     "model_train_seconds": record["train_seconds"] / record["pack_size"],
+                     "pack_id": record["pack_id"], "pack_size": record["pack_size"]})
+        curves += [{"study_id": spec.name, "trial_id": trial.trial_id, "step": step, "loss": loss}
+                   for step, loss in record["losses"]]
+    tables.put("train_curves", curves)
+    tables.put("trials", rows)
 
 
 class TrainProgress(ray.tune.Callback):
