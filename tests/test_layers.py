@@ -114,6 +114,54 @@ def test_every_declared_dependency_is_imported_by_the_package():
     assert not unused, f"declared in pyproject.toml but never imported by gahb_scale: {unused}"
 
 
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the gahb_scale modules it imports, anywhere in it (inside functions too)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (root / "gahb_scale").rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                # `from . import figures` names a module; `from .store import x` names one too
+                candidates = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            elif isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            else:
+                continue
+            targets |= {c for c in candidates if c in modules and c != name}
+        graph[name] = targets
+    return graph
+
+
+def test_no_import_circle_in_the_package_counting_imports_inside_functions():
+    graph = _package_imports()
+    assert graph["gahb_scale.study.runner"] >= {"gahb_scale.study.store", "gahb_scale.study.track"}  # the walk sees imports
+
+    def cycle_from(start, path, seen):
+        for target in sorted(graph[path[-1]]):
+            if target == start:
+                return path + [target]
+            if target not in seen:
+                seen.add(target)
+                if found := cycle_from(start, path + [target], seen):
+                    return found
+        return None
+
+    # a package's __init__ importing its own modules is not a circle of the code
+    circles = [c for m in graph if (c := cycle_from(m, [m], set())) and not any(
+        a.startswith(b + ".") or b.startswith(a + ".") for a, b in zip(c, c[1:]))]
+    assert circles == [], f"import circles: {circles[:3]}"
+
+
 def test_the_module_map_names_every_module_and_only_existing_ones():
     import re
     from pathlib import Path
