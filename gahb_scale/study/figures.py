@@ -1,4 +1,5 @@
-"""Figures of a study as PNG bytes (matplotlib, no display needed)."""
+"""Figures of a study as PNG bytes (matplotlib, no display needed). The per-model rows the study-level
+figures draw carry their model's N (`n`)."""
 
 from __future__ import annotations
 
@@ -50,11 +51,6 @@ def _mean_sd(rows: list[dict], key: str, column: str) -> tuple[list, list[float]
     groups = group_rows(rows, key)
     values = [[row[column] for row in group] for group in groups.values()]
     return [value for (value,) in groups], [np.mean(v) for v in values], [np.std(v) for v in values]
-
-
-def _with_n(rows: list[dict], trials: dict[str, dict]) -> list[dict]:
-    """Per-model rows, each with its model's N."""
-    return [{**row, "n": trials[row["trial_id"]]["n"]} for row in rows]
 
 
 def _errorbar_ci(ax, n, rows: list[dict], name: str, **style) -> None:
@@ -127,11 +123,11 @@ def _chance(ax, n, values: np.ndarray, line, label: str) -> None:
     ax.plot(n, values, ls=(0, (4, 3)), lw=1, color=line.get_color(), alpha=0.55, label=label)
 
 
-def memorizer_distance_figure(rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
+def memorizer_distance_figure(rows: list[dict], title: str) -> bytes:
     """Distance to the memorizing solution against σ, one colour per N (mean ±1 sd over models):
     to the training set's MMSE denoiser (left) and to its bias-free version (right)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    by_n = group_rows(_with_n(rows, trials), "n")
+    by_n = group_rows(rows, "n")
     sigmas = sorted({row["sigma"] for row in rows})
     for ax, column, name in ((axes[0], "distance", "to the training set's MMSE denoiser"),
                              (axes[1], "distance_bias_free", "to the MMSE denoiser of the training images at every "
@@ -253,11 +249,11 @@ def _image(ax, image: np.ndarray, signed: bool = False, stretch: bool = False) -
     ax.set_yticks([])
 
 
-def psnr_by_n_figure(psnr_rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
+def psnr_by_n_figure(psnr_rows: list[dict], title: str) -> bytes:
     """Output vs input PSNR, one colour per N: held-out images (solid, ±1 sd over models) and the
     model's own training images (dashed). Memorization shows as train ≫ test."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    by_n = group_rows(_with_n(psnr_rows, trials), "n")
+    by_n = group_rows(psnr_rows, "n")
     for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
         for images, style in (("test", "-"), ("train", "--")):
             of_images = [row for row in rows_of_n if row["images"] == images]
@@ -287,14 +283,14 @@ def samples_by_n_figure(rows: list[tuple[int, dict[str, np.ndarray]]], seeds: np
     return _png(fig)
 
 
-def spectra_by_n_figure(eigen_rows: list[dict], jacobian_rows: list[dict], trials: dict[str, dict], title: str,
+def spectra_by_n_figure(eigen_rows: list[dict], jacobian_rows: list[dict], title: str,
                         tangent_dims: int | None = None) -> bytes:
     """Jacobian eigenvalues against rank, one panel per σ, one colour per N (mean over images and
     models), each N labelled with the mean asymmetry ‖J − Jᵀ‖/‖J‖ of those Jacobians. Optionally
     marks the dimension of a known tangent space."""
     asymmetry = {key: np.mean([row["symmetry_error"] for row in group])
-                 for key, group in group_rows(_with_n(jacobian_rows, trials), "sigma", "n").items()}
-    by_sigma = group_rows(_with_n(eigen_rows, trials), "sigma")
+                 for key, group in group_rows(jacobian_rows, "sigma", "n").items()}
+    by_sigma = group_rows(eigen_rows, "sigma")
     fig, axes = plt.subplots(1, len(by_sigma), figsize=(4.2 * len(by_sigma), 3.6), squeeze=False)
     for ax, ((sigma,), rows_of_sigma) in zip(axes[0], by_sigma.items()):
         by_n = group_rows(rows_of_sigma, "n")
@@ -364,10 +360,9 @@ def slope_figure(rows: list[dict], title: str) -> bytes:
     return _finish(fig, ax, "regularity α", "slope of output vs input PSNR", title)
 
 
-def disc_tangent_figure(rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
+def disc_tangent_figure(rows: list[dict], title: str) -> bytes:
     """Against σ, one colour per N: share of the Jacobian's energy inside the 5-D tangent space,
     the trace inside it vs in total, and the count of eigenvalues above the threshold."""
-    rows = _with_n(rows, trials)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     by_n = group_rows(rows, "n")
     for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
@@ -444,16 +439,13 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
     return _png(fig)
 
 
-def loss_curves_figure(curves: list[dict], trials: dict[str, dict], title: str) -> bytes:
+def loss_curves_figure(curves: list[dict], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    by_trial = group_rows(curves, "trial_id")
-    ns = sorted({trials[trial_id]["n"] for (trial_id,) in by_trial if trial_id in trials})
+    ns = sorted({row["n"] for row in curves})
     colour = dict(zip(ns, _colours(len(ns))))
     labelled = set()
-    for (trial_id,), curve in by_trial.items():
-        if trial_id not in trials:
-            continue
-        n = trials[trial_id]["n"]
+    for curve in group_rows(curves, "trial_id").values():
+        n = curve[0]["n"]
         curve = sorted(curve, key=lambda row: row["step"])
         ax.plot([row["step"] for row in curve], [row["loss"] for row in curve], color=colour[n], alpha=0.8,
                 label=None if n in labelled else f"N={n}")
