@@ -55,10 +55,6 @@ def save_figures(store: StudyStore, spec: StudySpec, trial: Trial, pngs: dict[st
     return pngs
 
 
-def _normalized(images: torch.Tensor) -> torch.Tensor:
-    return unit_vectors(images, centered=True).reshape(images.shape)
-
-
 @dataclass
 class _Matches:
     """Each sample's nearest training images, by two measures (see the README's measure table).
@@ -89,7 +85,7 @@ def _match(images: torch.Tensor, train: torch.Tensor, spec: StudySpec, usable: t
     is reported, not counted as (non-)memorized). Given the model's samples these are its measures;
     given held-out images, their chance levels: what a sample that is a fresh image of the data scores."""
     pixels = nearest_neighbours(images, train)
-    scale_free = nearest_neighbours(_normalized(images), _normalized(train))
+    scale_free = nearest_neighbours(*(unit_vectors(x, centered=True).reshape(x.shape) for x in (images, train)))
     # A flat image has no shape once its mean is removed: it copies no (non-flat) training image, so
     # it counts as not memorized (ratio inf) instead of voiding f_mem_scale_free for every model.
     flat = torch.isnan(scale_free.d1) & usable.to(scale_free.d1.device)
@@ -175,8 +171,9 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str,
     final_sigma = [float(row[~row.isnan()][-1]) if (~row.isnan()).any() else math.nan for row in sampled.sigmas]
     sample_rows = [{**base, "sample_seed": seed, "steps": int(sampled.steps[i]), "hit_cap": bool(sampled.hit_cap[i]),
                     "diverged": bool(sampled.diverged[i]), "final_sigma": final_sigma[i],
-                    "nn_index": int(matches.pixels.index_l2[i]), "d1": float(matches.pixels.d1[i]), "d2": float(matches.pixels.d2[i]),
-                    "d1_d2": float(matches.pixels.ratio[i]), "nn_index_scale_free": int(matches.scale_free.index_l2[i]),
+                    "nn_index": int(matches.pixels.index_l2[i]), "d1": float(matches.pixels.d1[i]),
+                    "d2": float(matches.pixels.d2[i]), "d1_d2": float(matches.pixels.ratio[i]),
+                    "nn_index_scale_free": int(matches.scale_free.index_l2[i]),
                     "d1_d2_scale_free": float(matches.scale_free.ratio[i]),
                     "nn_cosine_centered": float(matches.scale_free.cosine[i])}
                    for i, seed in enumerate(seeds)]
@@ -188,10 +185,10 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str,
                                              noise_range=spec.training.noise_range,
                                              noise_schedule=spec.training.noise_schedule, rescaled=rescaled)
                  for name, rescaled in (("distance", False), ("distance_bias_free", True))}
-    memorizer_rows = [{**base, "sigma": float(s * 255)} for s in sigmas]
-    for name, m in memorizer.items():
-        for i, row in enumerate(memorizer_rows):
-            row.update({name: float(m["distance"][i]), f"{name}_std": float(m["distance_std"][i])})
+    memorizer_rows = [{**base, "sigma": float(s * 255),
+                       **{column: float(m[key][i]) for name, m in memorizer.items()
+                          for column, key in ((name, "distance"), (f"{name}_std", "distance_std"))}}
+                      for i, s in enumerate(sigmas)]
 
     # Jacobians at noisy held-out images; the noise is seeded so A and B see the same inputs. The
     # two reference denoisers' Jacobians are taken at the same inputs, for their asymmetry.
@@ -234,14 +231,12 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str,
 
     over_time = _memorization_over_time(spec, trial, store, train, device, base)
     if over_time:  # the final model closes the curve
-        over_time += [{**base, "step": spec.training.steps_for(trial.n),
-                       **{k: r[k] for k in ("sample_seed", "d1_d2", "d1_d2_scale_free", "nn_cosine_centered", "diverged")}}
-                      for r in sample_rows]
+        over_time += _snapshot_rows(base, spec.training.steps_for(trial.n), seeds, sampled, matches)
 
     gap = float(np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "train"])
                 - np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "test"]))
     metrics = {**base, **trial.as_row(), "analysis_id": analysis_key,
-               "train_psnr": float(curves["train"]["psnr_out"].mean()), "test_psnr": float(curves["test"]["psnr_out"].mean()),
+               **{f"{name}_psnr": float(curves[name]["psnr_out"].mean()) for name in ("train", "test")},
                "psnr_gap": gap, "psnr_slope": slope, "optimal_slope": optimal_slope(trial.dataset),
                "nn_cosine_centered": float(matches.scale_free.cosine[usable].nanmean()),
                "nn_l2_pixels": float(matches.pixels.d1[usable].mean()),
@@ -293,9 +288,15 @@ def _memorization_over_time(spec: StudySpec, trial: Trial, store: StudyStore, tr
     its nearest training image, with the same seeds as the final model's samples."""
     rows = []
     for step in spec.training.snapshot_steps_for(trial.n):
-        seeds, sampled, matches = _sample_and_match(load_model(store, trial, device, step), train, spec, device)
-        rows += [{**base, "step": step, "sample_seed": seed, "d1_d2": float(matches.pixels.ratio[i]),
-                  "d1_d2_scale_free": float(matches.scale_free.ratio[i]), "nn_cosine_centered": float(matches.scale_free.cosine[i]),
-                  "diverged": bool(sampled.diverged[i])}
-                 for i, seed in enumerate(seeds)]
+        net = load_model(store, trial, device, step)
+        rows += _snapshot_rows(base, step, *_sample_and_match(net, train, spec, device))
     return rows
+
+
+def _snapshot_rows(base: dict, step: int, seeds: list[int], sampled, matches: _Matches) -> list[dict]:
+    """The `snapshot_samples` rows of the weights at `step`: each sample's d1/d2 and similarity to its
+    nearest training image."""
+    return [{**base, "step": step, "sample_seed": seed, "d1_d2": float(matches.pixels.ratio[i]),
+             "d1_d2_scale_free": float(matches.scale_free.ratio[i]),
+             "nn_cosine_centered": float(matches.scale_free.cosine[i]), "diverged": bool(sampled.diverged[i])}
+            for i, seed in enumerate(seeds)]

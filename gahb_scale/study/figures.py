@@ -1,4 +1,5 @@
-"""Figures of a study as PNG bytes (matplotlib, no display needed)."""
+"""Figures of a study as PNG bytes (matplotlib, no display needed). The per-model rows the study-level
+figures draw carry their model's N (`n`)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,17 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _label(ax, xlabel: str, ylabel: str | None, title: str) -> None:
+BELOW = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.16)}  # a legend below its panel: curves stay visible
+
+
+def _label(ax, xlabel: str, ylabel: str | None, title: str, **legend) -> None:
     """A panel's axis labels, title, grid and legend."""
     ax.set_xlabel(xlabel)
     if ylabel is not None:
         ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, **legend)
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str) -> bytes:
@@ -35,16 +39,18 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str) -> bytes:
     return _png(fig)
 
 
-def _sigma_axis(ax, sigmas: list[float]) -> None:
-    """A log σ axis ticked at the measured levels, not log-minor clutter."""
+def _measured_ticks(ax, values: list, fmt: str = "") -> None:
+    """A log x axis ticked at the measured values (σ levels, N), not log-minor clutter."""
     ax.set_xscale("log")
-    ax.set_xticks(sigmas, [f"{sigma:g}" for sigma in sigmas])
+    ax.set_xticks(values, [format(value, fmt) for value in values])
     ax.minorticks_off()
 
 
-def _with_n(rows: list[dict], trials: dict[str, dict]) -> list[dict]:
-    """Per-model rows, each with its model's N."""
-    return [{**row, "n": trials[row["trial_id"]]["n"]} for row in rows]
+def _mean_sd(rows: list[dict], key: str, column: str) -> tuple[list, list[float], list[float]]:
+    """The values of `key` in order, and for each the mean and sd of `column` over its rows."""
+    groups = group_rows(rows, key)
+    values = [[row[column] for row in group] for group in groups.values()]
+    return [value for (value,) in groups], [np.mean(v) for v in values], [np.std(v) for v in values]
 
 
 def _errorbar_ci(ax, n, rows: list[dict], name: str, **style) -> None:
@@ -105,16 +111,10 @@ def transition_figure(rows: list[dict]) -> bytes:
     asymmetry_axis.set_ylabel("‖J − Jᵀ‖/‖J‖ (0 for an MMSE denoiser)", fontsize=8)
     titles = ["train − test PSNR (dB)", "memorization (f_mem: 95% bootstrap CI)", "distance to the memorizing "
               "solution\n‖f − f_mem‖² / noise energy, median over σ", "model A vs model B", "effective dimension tr J"]
-    for ax, title in zip(axes, titles):
-        ax.set_xscale("log")
-        ax.set_xlabel("training-set size N")
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-    for ax in axes[:4]:
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: curves stay visible
     handles = [h for ax in (axes[4], asymmetry_axis) for h in ax.get_legend_handles_labels()[0]]
-    axes[4].legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center",
-                   bbox_to_anchor=(0.5, -0.16))
+    for i, (ax, title) in enumerate(zip(axes, titles)):
+        ax.set_xscale("log")
+        _label(ax, "training-set size N", None, title, **BELOW, **({"handles": handles} if i == 4 else {}))
     return _png(fig)
 
 
@@ -123,23 +123,20 @@ def _chance(ax, n, values: np.ndarray, line, label: str) -> None:
     ax.plot(n, values, ls=(0, (4, 3)), lw=1, color=line.get_color(), alpha=0.55, label=label)
 
 
-def memorizer_distance_figure(rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
+def memorizer_distance_figure(rows: list[dict], title: str) -> bytes:
     """Distance to the memorizing solution against σ, one colour per N (mean ±1 sd over models):
     to the training set's MMSE denoiser (left) and to its bias-free version (right)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    by_n = group_rows(_with_n(rows, trials), "n")
+    by_n = group_rows(rows, "n")
     sigmas = sorted({row["sigma"] for row in rows})
     for ax, column, name in ((axes[0], "distance", "to the training set's MMSE denoiser"),
                              (axes[1], "distance_bias_free", "to the MMSE denoiser of the training images at every "
                                                              "scale (bias-free)")):
         for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
-            per_sigma = group_rows(rows_of_n, "sigma")
-            distances = [[row[column] for row in group] for group in per_sigma.values()]
-            ax.errorbar([sigma for (sigma,) in per_sigma], [np.mean(values) for values in distances],
-                        yerr=[np.std(values) for values in distances], marker="o", capsize=2, color=colour,
-                        label=f"N={n}")
+            levels, mean, sd = _mean_sd(rows_of_n, "sigma", column)
+            ax.errorbar(levels, mean, yerr=sd, marker="o", capsize=2, color=colour, label=f"N={n}")
         ax.set_yscale("log")  # before the σ axis, whose minor ticks go on both axes
-        _sigma_axis(ax, sigmas)
+        _measured_ticks(ax, sigmas, "g")
         _label(ax, "noise level σ (grey levels)", None, name)
     axes[0].set_ylabel("‖f(y) − f_mem(y)‖² / ‖y − x‖²")
     fig.suptitle(title, fontsize=9)
@@ -203,11 +200,8 @@ def eigenvector_figure(eigenvectors: np.ndarray, sigmas: np.ndarray, inputs: np.
                              squeeze=False)
     for s in range(n_sigma):
         for i in range(n_images):
-            row = axes[s * n_images + i]
-            _image(row[0], inputs[i, 0])
-            row[0].set_ylabel(f"σ={sigmas[s]:g}\nasym {asymmetry[(float(sigmas[s]), i)]:.2f}", fontsize=7)
-            for j in range(k):
-                _image(row[j + 1], eigenvectors[s, i, j, 0], signed=True)
+            _eigenvector_row(axes[s * n_images + i], inputs[i, 0], eigenvectors[s, i],
+                             f"σ={sigmas[s]:g}\nasym {asymmetry[(float(sigmas[s]), i)]:.2f}")
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 
@@ -232,6 +226,14 @@ def _colours(count: int):
     return plt.cm.viridis(np.linspace(0, 0.9, max(count, 1)))
 
 
+def _eigenvector_row(row, clean: np.ndarray, vectors: np.ndarray, ylabel: str, stretch: bool = False) -> None:
+    """A row of panels: the clean image, then each eigenvector (one channel) on a diverging map."""
+    _image(row[0], clean, stretch=stretch)
+    row[0].set_ylabel(ylabel, fontsize=7)
+    for ax, vector in zip(row[1:], vectors):
+        _image(ax, vector[0], signed=True)
+
+
 def _image(ax, image: np.ndarray, signed: bool = False, stretch: bool = False) -> None:
     """signed: a diverging map centred on 0 (eigenvectors); stretch: grey from the image's own min
     to max — a bias-free model's samples are images up to gain, so contrast is not comparable."""
@@ -247,19 +249,17 @@ def _image(ax, image: np.ndarray, signed: bool = False, stretch: bool = False) -
     ax.set_yticks([])
 
 
-def psnr_by_n_figure(psnr_rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
+def psnr_by_n_figure(psnr_rows: list[dict], title: str) -> bytes:
     """Output vs input PSNR, one colour per N: held-out images (solid, ±1 sd over models) and the
     model's own training images (dashed). Memorization shows as train ≫ test."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    by_n = group_rows(_with_n(psnr_rows, trials), "n")
+    by_n = group_rows(psnr_rows, "n")
     for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
         for images, style in (("test", "-"), ("train", "--")):
-            per_sigma = group_rows([row for row in rows_of_n if row["images"] == images], "sigma")
-            x = [np.mean([row["psnr_in"] for row in group]) for group in per_sigma.values()]
-            y = np.array([[row["psnr_out"] for row in group] for group in per_sigma.values()], dtype=object)
-            mean = [np.mean(outputs) for outputs in y]
-            std = [np.std(outputs) for outputs in y]
-            ax.errorbar(x, mean, yerr=std if images == "test" else None, ls=style, marker="o", ms=3, color=colour,
+            of_images = [row for row in rows_of_n if row["images"] == images]
+            x = _mean_sd(of_images, "sigma", "psnr_in")[1]
+            _, mean, sd = _mean_sd(of_images, "sigma", "psnr_out")
+            ax.errorbar(x, mean, yerr=sd if images == "test" else None, ls=style, marker="o", ms=3, color=colour,
                         capsize=2, label=f"N={n} {images}")
     lo, hi = ax.get_xlim()
     ax.plot([lo, hi], [lo, hi], color="grey", ls=":", label="identity")
@@ -283,22 +283,20 @@ def samples_by_n_figure(rows: list[tuple[int, dict[str, np.ndarray]]], seeds: np
     return _png(fig)
 
 
-def spectra_by_n_figure(eigen_rows: list[dict], jacobian_rows: list[dict], trials: dict[str, dict], title: str,
+def spectra_by_n_figure(eigen_rows: list[dict], jacobian_rows: list[dict], title: str,
                         tangent_dims: int | None = None) -> bytes:
     """Jacobian eigenvalues against rank, one panel per σ, one colour per N (mean over images and
     models), each N labelled with the mean asymmetry ‖J − Jᵀ‖/‖J‖ of those Jacobians. Optionally
     marks the dimension of a known tangent space."""
     asymmetry = {key: np.mean([row["symmetry_error"] for row in group])
-                 for key, group in group_rows(_with_n(jacobian_rows, trials), "sigma", "n").items()}
-    by_sigma = group_rows(_with_n(eigen_rows, trials), "sigma")
+                 for key, group in group_rows(jacobian_rows, "sigma", "n").items()}
+    by_sigma = group_rows(eigen_rows, "sigma")
     fig, axes = plt.subplots(1, len(by_sigma), figsize=(4.2 * len(by_sigma), 3.6), squeeze=False)
     for ax, ((sigma,), rows_of_sigma) in zip(axes[0], by_sigma.items()):
         by_n = group_rows(rows_of_sigma, "n")
         for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
-            per_k = group_rows(rows_of_n, "k")
-            ax.plot([k + 1 for (k,) in per_k],
-                    [np.mean([row["eigenvalue"] for row in group]) for group in per_k.values()], color=colour,
-                    label=f"N={n} (‖J−Jᵀ‖/‖J‖ {asymmetry[(sigma, n)]:.2f})")
+            ranks, mean, _ = _mean_sd(rows_of_n, "k", "eigenvalue")
+            ax.plot([k + 1 for k in ranks], mean, color=colour, label=f"N={n} (‖J−Jᵀ‖/‖J‖ {asymmetry[(sigma, n)]:.2f})")
         if tangent_dims:
             ax.axvline(tangent_dims, color="red", ls=":", label=f"{tangent_dims} tangent dimensions")
         ax.set_xscale("log")
@@ -316,13 +314,9 @@ def eigenvectors_ab_figure(rows: list[tuple[int, np.ndarray, np.ndarray, float, 
     fig, axes = plt.subplots(2 * len(rows), k + 1, figsize=(1.0 * (k + 1), 1.0 * 2 * len(rows) + 0.5), squeeze=False)
     for i, (n, vectors_a, vectors_b, asymmetry_a, asymmetry_b) in enumerate(rows):
         for r, (name, vectors, asymmetry) in enumerate((("A", vectors_a, asymmetry_a), ("B", vectors_b, asymmetry_b))):
-            row = axes[2 * i + r]
-            _image(row[0], clean[0], stretch=True)
-            row[0].set_ylabel(f"N={n} {name}\nasym {asymmetry:.2f}", fontsize=7)
-            for j in range(k):
-                _image(row[j + 1], vectors[j, 0], signed=True)
-                if i == 0 and r == 0:
-                    row[j + 1].set_title(f"e{j + 1}", fontsize=7)
+            _eigenvector_row(axes[2 * i + r], clean[0], vectors, f"N={n} {name}\nasym {asymmetry:.2f}", stretch=True)
+    for j, ax in enumerate(axes[0, 1:]):
+        ax.set_title(f"e{j + 1}", fontsize=7)
     fig.suptitle(f"{title}: leading eigenvectors at σ = {sigma:g}/255 (first column: the clean image, stretched)",
                  fontsize=9)
     return _png(fig)
@@ -336,29 +330,19 @@ def basis_overlap_figure(rows: list[dict], asymmetry: list[dict], title: str) ->
     by_sigma = group_rows(rows, "sigma")
     colours = dict(zip([sigma for (sigma,) in by_sigma], _colours(len(by_sigma))))
     for i, ((sigma,), rows_of_sigma) in enumerate(by_sigma.items()):
-        per_n = group_rows(rows_of_sigma, "n")
-        n = [size for (size,) in per_n]
-        overlaps = [[row["basis_overlap"] for row in group] for group in per_n.values()]
-        axes[0].errorbar(n, [np.mean(values) for values in overlaps], yerr=[np.std(values) for values in overlaps],
-                         marker="o", capsize=3, color=colours[sigma], label=f"σ = {sigma:g}/255")
-        chance = [group[0]["chance"] for group in per_n.values()]  # the same for every σ: labelled once
+        n, mean, sd = _mean_sd(rows_of_sigma, "n", "basis_overlap")
+        axes[0].errorbar(n, mean, yerr=sd, marker="o", capsize=3, color=colours[sigma], label=f"σ = {sigma:g}/255")
+        chance = _mean_sd(rows_of_sigma, "n", "chance")[1]  # the same for every σ: labelled once
         axes[0].plot(n, chance, color="grey", ls=":", label="chance (k/n)" if i == 0 else None)
     for (sigma,), rows_of_sigma in group_rows(asymmetry, "sigma").items():
-        per_n = group_rows(rows_of_sigma, "n")
-        errors = [[row["symmetry_error"] for row in group] for group in per_n.values()]
-        axes[1].errorbar([size for (size,) in per_n], [np.mean(values) for values in errors],
-                         yerr=[np.std(values) for values in errors], marker="x", capsize=3, color=colours.get(sigma),
-                         label=f"σ = {sigma:g}/255")
+        n, mean, sd = _mean_sd(rows_of_sigma, "n", "symmetry_error")
+        axes[1].errorbar(n, mean, yerr=sd, marker="x", capsize=3, color=colours.get(sigma), label=f"σ = {sigma:g}/255")
     axes[0].set_ylim(0, 1.02)
     axes[1].set_ylim(bottom=0)
     for ax, (ylabel, name) in zip(axes, [("overlap of A and B eigen-subspaces", title),
                                          ("‖J − Jᵀ‖ / ‖J‖", "asymmetry of those Jacobians (0 for an MMSE denoiser)")]):
         ax.set_xscale("log")
-        ax.set_xlabel("training-set size N")
-        ax.set_ylabel(ylabel)
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, "training-set size N", ylabel, name)
     return _png(fig)
 
 
@@ -376,16 +360,14 @@ def slope_figure(rows: list[dict], title: str) -> bytes:
     return _finish(fig, ax, "regularity α", "slope of output vs input PSNR", title)
 
 
-def disc_tangent_figure(rows: list[dict], trials: dict[str, dict], title: str) -> bytes:
+def disc_tangent_figure(rows: list[dict], title: str) -> bytes:
     """Against σ, one colour per N: share of the Jacobian's energy inside the 5-D tangent space,
     the trace inside it vs in total, and the count of eigenvalues above the threshold."""
-    rows = _with_n(rows, trials)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     by_n = group_rows(rows, "n")
     for colour, ((n,), rows_of_n) in zip(_colours(len(by_n)), by_n.items()):
-        per_sigma = group_rows(rows_of_n, "sigma")
-        levels = [sigma for (sigma,) in per_sigma]
-        mean = lambda key: [np.mean([row[key] for row in group]) for group in per_sigma.values()]  # noqa: E731
+        levels = [sigma for (sigma,) in group_rows(rows_of_n, "sigma")]
+        mean = lambda column: _mean_sd(rows_of_n, "sigma", column)[1]  # noqa: E731
         axes[0].plot(levels, mean("energy_inside"), marker="o", color=colour, label=f"N={n}")
         axes[1].plot(levels, mean("trace_total"), marker="o", color=colour, label=f"N={n}: tr J")
         axes[1].plot(levels, mean("trace_inside"), marker="s", ls="--", color=colour, label=f"N={n}: tr inside tangent")
@@ -398,7 +380,7 @@ def disc_tangent_figure(rows: list[dict], trials: dict[str, dict], title: str) -
               (f"eigenvalues above {threshold:g}", "count")]
     sigmas = sorted({row["sigma"] for row in rows})
     for ax, (name, ylabel) in zip(axes, labels):
-        _sigma_axis(ax, sigmas)
+        _measured_ticks(ax, sigmas, "g")
         _label(ax, "noise level σ (grey levels)", ylabel, name)
     fig.suptitle(title, fontsize=9)
     return _png(fig)
@@ -449,31 +431,21 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
     axes[0].set_ylim(-0.02, 1.02)
     for ax, (xl, yl, name) in zip(axes, [("training step", "f_mem", "memorized share of samples"),
                                          ("training-set size N", "step", "onset of memorization")]):
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[1].set_xscale("log")
-    ns = sorted({row["n"] for row in onset})
-    axes[1].set_xticks(ns, [str(n) for n in ns])  # the measured N, not log-minor clutter
-    axes[1].minorticks_off()
+        _label(ax, xl, yl, name)
+    _measured_ticks(axes[1], sorted({row["n"] for row in onset}))
     if reached_any:
         axes[1].set_yscale("log")
     fig.suptitle(title, fontsize=9)
     return _png(fig)
 
 
-def loss_curves_figure(curves: list[dict], trials: dict[str, dict], title: str) -> bytes:
+def loss_curves_figure(curves: list[dict], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    by_trial = group_rows(curves, "trial_id")
-    ns = sorted({trials[trial_id]["n"] for (trial_id,) in by_trial if trial_id in trials})
+    ns = sorted({row["n"] for row in curves})
     colour = dict(zip(ns, _colours(len(ns))))
     labelled = set()
-    for (trial_id,), curve in by_trial.items():
-        if trial_id not in trials:
-            continue
-        n = trials[trial_id]["n"]
+    for curve in group_rows(curves, "trial_id").values():
+        n = curve[0]["n"]
         curve = sorted(curve, key=lambda row: row["step"])
         ax.plot([row["step"] for row in curve], [row["loss"] for row in curve], color=colour[n], alpha=0.8,
                 label=None if n in labelled else f"N={n}")
@@ -498,14 +470,14 @@ def memorization_law_figure(tau_rows: list[dict], law: list[dict], title: str) -
             units = [unit for unit in units if unit["measure"] == measure]
             timed = [unit for unit in units if not np.isnan(unit["tau"])]
             label = f"{dataset}/{architecture}"
-            bounds = [([u["n"] for u in units if u["censored"] is True], [u["last_step"] for u in units
-                       if u["censored"] is True], "^", "never reached: later than the last snapshot"),
-                      ([u["n"] for u in units if u["first_step"] is not None and u["step_below"] is None],
-                       [u["first_step"] for u in units if u["first_step"] is not None and u["step_below"] is None],
-                       "v", "reached by the first snapshot: earlier")]
-            for n, steps, marker, what in bounds:
-                if n:
-                    ax.scatter(n, steps, marker=marker, facecolors="none", edgecolors=colour, label=f"{label}: {what}")
+            censored = [unit for unit in units if unit["censored"] is True]
+            early = [unit for unit in units if unit["first_step"] is not None and unit["step_below"] is None]
+            bounds = {"^": (censored, "last_step", "never reached: later than the last snapshot"),
+                      "v": (early, "first_step", "reached by the first snapshot: earlier")}
+            for marker, (bound, step, what) in bounds.items():
+                if bound:
+                    ax.scatter([unit["n"] for unit in bound], [unit[step] for unit in bound], marker=marker,
+                               facecolors="none", edgecolors=colour, label=f"{label}: {what}")
                     drawn = True
             if not timed:
                 continue
@@ -522,12 +494,9 @@ def memorization_law_figure(tau_rows: list[dict], law: list[dict], title: str) -
             centre = np.exp(np.mean(np.log(tau)) - np.mean(np.log(n)))
             ax.plot(line, centre * line, color=colour, ls=":", label=f"{label}: slope 1, τ_mem ∝ N")
         if drawn:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ns = sorted({unit["n"] for unit in tau_rows if unit["measure"] == measure})
-            ax.set_xticks(ns, [str(n) for n in ns])  # the measured N, not log-minor clutter
-            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: points stay visible
+            _measured_ticks(ax, sorted({unit["n"] for unit in tau_rows if unit["measure"] == measure}))
+            ax.set_yscale("log")  # after the ticks, which leave no minor ticks: τ_mem's stay
+            ax.legend(fontsize=7, **BELOW)
         else:  # N = 1 alone: f_mem is undefined, there is no τ to draw
             ax.text(0.5, 0.5, "no model has a defined f_mem", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("training-set size N")

@@ -35,13 +35,6 @@ def _cell(value) -> str:
     return html.escape(str(value))
 
 
-def _table(rows: list[dict], columns: dict[str, str]) -> str:
-    """An HTML table of `rows`; `columns` maps row keys to header text."""
-    head = "".join(f"<th>{html.escape(header)}</th>" for header in columns.values())
-    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(key))}</td>" for key in columns) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 class _Page:
     def __init__(self, title: str):
         self.title, self.parts, self.files = title, [], {}
@@ -58,7 +51,10 @@ class _Page:
                           f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
     def table(self, rows: list[dict], columns: dict[str, str]) -> None:
-        self.parts.append(_table(rows, columns))
+        """An HTML table of `rows`; `columns` maps row keys to header text."""
+        head = "".join(f"<th>{html.escape(header)}</th>" for header in columns.values())
+        body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(key))}</td>" for key in columns) + "</tr>" for row in rows)
+        self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
     def render(self) -> bytes:
         style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
@@ -127,10 +123,13 @@ def build_report(spec: StudySpec, store: StudyStore, study_tables: StudyTables) 
                 "Dash-dotted vertical line: the switch N, between the largest N whose scale-free f_mem reaches "
                 f"{spec.analysis.onset_f_mem:g} and the next. Every measure is defined in the README's measure table.")
     page.table(transition, report_headers())
-    _per_group_sections(page, spec, store, tables, trials)
-    _basis_section(page, tables, trials)
+    # each per-model table's rows of the analysed models, with their model's N, by (dataset, architecture)
+    per_group = {name: figures.group_rows(_with_group(tables[name], trials, "trial_id"), "dataset", "architecture")
+                 for name in ("psnr", "train_curves", "memorizer_distance", "eigen", "jacobian", "disc_tangent")}
+    _per_group_sections(page, spec, store, tables["jacobian"], per_group, trials)
+    _basis_section(page, tables, per_group["jacobian"])
     _slope_section(page, spec, tables["slopes"])
-    _tangent_section(page, spec, tables["disc_tangent"], trials)
+    _tangent_section(page, spec, per_group["disc_tangent"])
     _shuffle_section(page, spec, tables["shuffle_psnr"])
     _time_section(page, spec, tables["memorization_time"], tables["memorization_onset"])
     _law_section(page, spec, tables["memorization_tau"], tables["memorization_law"])
@@ -141,24 +140,21 @@ def _slug(*parts) -> str:
     return "-".join(str(p) for p in parts).replace("/", "_").replace(" ", "_")
 
 
-def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, tables: dict[str, list[dict]],
-                        trials: dict[str, dict]) -> None:
-    asymmetry = {(row["trial_id"], row["sigma"], row["image"]): row["symmetry_error"] for row in tables["jacobian"]}
+def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, jacobian: list[dict],
+                        per_group: dict[str, dict[tuple, list[dict]]], trials: dict[str, dict]) -> None:
+    asymmetry = {(row["trial_id"], row["sigma"], row["image"]): row["symmetry_error"] for row in jacobian}
     discs = {dataset.name for dataset in spec.datasets
              if dataset.kind == "discs" and dataset.pixel_shuffle_seed is None}
     for (dataset, architecture), models in figures.group_rows(list(trials.values()), "dataset", "architecture").items():
-        ids = {model["trial_id"] for model in models}
-        of_group = {name: [row for row in tables[name] if row["trial_id"] in ids]
-                    for name in ("psnr", "train_curves", "memorizer_distance", "eigen", "jacobian")}
+        of_group = {name: groups.get((dataset, architecture), []) for name, groups in per_group.items()}
         slug, title = _slug(dataset, architecture), f"{dataset} / {architecture}"
         page.heading(title)
-        page.figure(f"psnr-{slug}", figures.psnr_by_n_figure(of_group["psnr"], trials, title),
+        page.figure(f"psnr-{slug}", figures.psnr_by_n_figure(of_group["psnr"], title),
                     "Denoising performance per N on held-out images (solid) and on the model's own training images "
                     "(dashed).")
-        page.figure(f"loss-{slug}", figures.loss_curves_figure(of_group["train_curves"], trials, title),
+        page.figure(f"loss-{slug}", figures.loss_curves_figure(of_group["train_curves"], title),
                     "Training loss per model.")
-        page.figure(f"memorizer-{slug}",
-                    figures.memorizer_distance_figure(of_group["memorizer_distance"], trials, title),
+        page.figure(f"memorizer-{slug}", figures.memorizer_distance_figure(of_group["memorizer_distance"], title),
                     "Distance to the memorizing solution against noise level: ‖f(y) − f_mem(y)‖² / ‖y − x‖² on noisy "
                     "held-out images (±1 sd over models), where f_mem is the exact blind MMSE denoiser of the "
                     "model's own training set (left), or of its training images at every scale (right: the "
@@ -198,19 +194,18 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, tables:
                                     f"Geometry-adaptive harmonic basis: leading eigenvectors of the symmetric part "
                                     f"of the Jacobian of A and of B at the same noisy held-out image {image} "
                                     f"(σ = {float(sigma):g}/255); 'asym' is ‖J − Jᵀ‖/‖J‖ of that Jacobian.")
-        page.figure(f"spectra-{slug}", figures.spectra_by_n_figure(of_group["eigen"], of_group["jacobian"], trials,
-                                                                   title, DISC_DIMS if dataset in discs else None),
+        page.figure(f"spectra-{slug}", figures.spectra_by_n_figure(of_group["eigen"], of_group["jacobian"], title,
+                                                                   DISC_DIMS if dataset in discs else None),
                     "Eigenvalues of the symmetric part of the Jacobian against rank (mean over images and models), "
                     "with the Jacobians' mean asymmetry ‖J − Jᵀ‖/‖J‖: an MMSE denoiser's Jacobian is symmetric, so "
                     "the spectrum describes the network only where that number is small.")
 
 
-def _basis_section(page: _Page, tables: dict[str, list[dict]], trials: dict[str, dict]) -> None:
+def _basis_section(page: _Page, tables: dict[str, list[dict]], asymmetry: dict[tuple, list[dict]]) -> None:
     rows = _with_group(tables["pair_bases"], {pair["pair_id"]: pair for pair in tables["pairs"]}, "pair_id")
     if not rows:
         return
     page.heading("Generalization in the basis: model A vs model B")
-    asymmetry = figures.group_rows(_with_group(tables["jacobian"], trials, "trial_id"), "dataset", "architecture")
     for (dataset, architecture), overlaps in figures.group_rows(rows, "dataset", "architecture").items():
         page.figure(f"basis-overlap-{_slug(dataset, architecture)}",
                     figures.basis_overlap_figure(overlaps, asymmetry.get((dataset, architecture), []),
@@ -239,19 +234,18 @@ def _slope_section(page: _Page, spec: StudySpec, slopes: list[dict]) -> None:
                   "order β = α) are not continuous for β ≤ 1, so α/(α+1) is not the optimal slope there.")
 
 
-def _tangent_section(page: _Page, spec: StudySpec, rows: list[dict], trials: dict[str, dict]) -> None:
-    if not rows:
+def _tangent_section(page: _Page, spec: StudySpec, groups: dict[tuple, list[dict]]) -> None:
+    if not groups:
         return
     page.heading("Discs: the Jacobian and the 5-D tangent space of the family")
-    analysed = _with_group(rows, trials, "trial_id")
     measures = ("energy_inside", "trace_inside", "trace_total", "leading_alignment", "eigenvalues_above")
     table = [{"dataset": dataset, "architecture": architecture, "n": n, "sigma": sigma,
-              **{measure: float(np.mean([row[measure] for row in group])) for measure in measures}}
-             for (dataset, architecture, n, sigma), group
-             in figures.group_rows(analysed, "dataset", "architecture", "n", "sigma").items()]
-    for (dataset, architecture), group in figures.group_rows(analysed, "dataset", "architecture").items():
+              **{measure: float(np.mean([row[measure] for row in rows])) for measure in measures}}
+             for (dataset, architecture), group in groups.items()
+             for (n, sigma), rows in figures.group_rows(group, "n", "sigma").items()]
+    for (dataset, architecture), group in groups.items():
         page.figure(f"tangent-{_slug(dataset, architecture)}",
-                    figures.disc_tangent_figure(group, trials, f"{dataset} / {architecture}"),
+                    figures.disc_tangent_figure(group, f"{dataset} / {architecture}"),
                     "The optimal denoiser at low noise projects onto the 5-D tangent space (energy inside 1, trace "
                     "5, five eigenvalues near 1). What the network keeps beyond it are its GAHB components.")
     page.table(table, {"dataset": "dataset", "architecture": "architecture", "n": "N", "sigma": "σ",
