@@ -155,15 +155,9 @@ class _KindSpec(_Model):
     params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
 
     kind_label: typing.ClassVar[str]  # names the kind in messages
+    known_kinds: typing.ClassVar[Callable[[], list[str]]]  # in the order messages list them
+    params_model: typing.ClassVar[Callable[[str], type[BaseModel]]]  # a kind's parameters
     fixed_params: typing.ClassVar[dict[str, str]] = {}  # parameters the study fixes, and why
-
-    @classmethod
-    def known_kinds(cls) -> list[str]:
-        raise NotImplementedError
-
-    @classmethod
-    def params_model(cls, kind: str) -> type[BaseModel]:
-        raise NotImplementedError
 
     @field_validator("kind")
     @classmethod
@@ -196,14 +190,8 @@ class DatasetSpec(_KindSpec):
         default=None, ge=0, le=MAX_SEED, description="apply one fixed random pixel permutation drawn from this seed")
 
     kind_label = "dataset kind"
-
-    @classmethod
-    def known_kinds(cls) -> list[str]:
-        return list(DATASET_KINDS)
-
-    @classmethod
-    def params_model(cls, kind: str) -> type[BaseModel]:
-        return DATASET_KINDS[kind].params
+    known_kinds = staticmethod(lambda: list(DATASET_KINDS))
+    params_model = staticmethod(lambda kind: DATASET_KINDS[kind].params)
 
 
 def _architectures() -> dict[str, type]:
@@ -232,15 +220,9 @@ class ArchitectureSpec(_KindSpec):
     _num_parameters: int = PrivateAttr(default=0)
 
     kind_label = "architecture kind"
+    known_kinds = staticmethod(lambda: sorted(_architectures()))
+    params_model = staticmethod(_arch_params_model)
     fixed_params = _FIXED_ARCH_PARAMS
-
-    @classmethod
-    def known_kinds(cls) -> list[str]:
-        return sorted(_architectures())
-
-    @classmethod
-    def params_model(cls, kind: str) -> type[BaseModel]:
-        return _arch_params_model(kind)
 
     @model_validator(mode="after")
     def _buildable(self) -> ArchitectureSpec:
