@@ -20,19 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    PrivateAttr,
-    ValidationError,
-    ValidationInfo,
-    create_model,
-    field_validator,
-    model_validator,
-)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, ValidationError,
+                      ValidationInfo, create_model, field_validator, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..dataset_kinds import DATASET_KINDS
@@ -41,18 +30,8 @@ from ..limits import (MAX_BOOTSTRAP, MAX_HELD_PIXELS, MAX_IMAGE_SIZE, MAX_MODELS
                       MAX_PARAMETERS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_WORKERS)
 from ..training_config import TrainConfig, TrainSettings
 
-__all__ = [
-    "PATTERN_HINTS",
-    "AnalysisSpec",
-    "ArchitectureSpec",
-    "DatasetSpec",
-    "ResourceSpec",
-    "SamplingSpec",
-    "StorageSpec",
-    "StudySpec",
-    "TrainingSpec",
-    "did_you_mean",
-]
+__all__ = ["PATTERN_HINTS", "AnalysisSpec", "ArchitectureSpec", "DatasetSpec", "ResourceSpec", "SamplingSpec",
+           "StorageSpec", "StudySpec", "TrainingSpec", "did_you_mean"]
 
 # Constructor arguments of the architectures that the study fixes (images are greyscale).
 _FIXED_ARCH_PARAMS = {"channels": "images are greyscale, so the channel count is fixed to 1"}
@@ -68,10 +47,6 @@ PATTERN_HINTS = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# helpers for precise errors
-
-
 def _error(loc: tuple[str | int, ...], message: str, value: Any = None,
            error_type: str = "spec") -> InitErrorDetails:
     """A validation error with this message at `loc`, relative to where it is raised (inside a
@@ -80,8 +55,10 @@ def _error(loc: tuple[str | int, ...], message: str, value: Any = None,
     return InitErrorDetails(type=PydanticCustomError(error_type, "{detail}", {"detail": message}), loc=loc, input=value)
 
 
-def _fail(errors: list[InitErrorDetails]) -> typing.NoReturn:
-    raise ValidationError.from_exception_data("StudySpec", errors)
+def _fail(errors: list[InitErrorDetails]) -> None:
+    """Raise these errors together, if there are any."""
+    if errors:
+        raise ValidationError.from_exception_data("StudySpec", errors)
 
 
 def did_you_mean(word: Any, choices: typing.Iterable[str]) -> str:
@@ -105,9 +82,7 @@ def _unique_sorted_ints(what: str, minimum: int, maximum: int) -> Any:
     """The type of a list of distinct integers >= `minimum`, stored sorted (trial ids must not
     depend on the order they are written in); a repeat is an error naming both positions."""
     def distinct(values: list[int]) -> list[int]:
-        errors = _duplicates(values, lambda v: f"{what} {v}")
-        if errors:
-            _fail(errors)
+        _fail(_duplicates(values, lambda v: f"{what} {v}"))
         return sorted(values)
     return Annotated[list[Annotated[int, Field(ge=minimum, le=maximum)]], AfterValidator(distinct)]
 
@@ -138,13 +113,11 @@ def _booleans_refused(cls: type[BaseModel], data: Any) -> Any:
         items = value if isinstance(value, (list, tuple)) else [value]
         if field is not None and _numeric(field.annotation) and any(isinstance(item, bool) for item in items):
             errors.append(_error((name,), f"a number is needed, not a boolean (got {str(value).lower()[:40]})", value))
-    if errors:
-        _fail(errors)
+    _fail(errors)
     return data
 
 
-def _validate_params(model: type[BaseModel], params: dict, what: str,
-                     fixed: dict[str, str] | None = None, context: Any = None) -> dict:
+def _validate_params(model: type[BaseModel], params: dict, what: str, fixed: dict[str, str], context: Any) -> dict:
     """Validate kind-specific params with `model`; return them normalised, defaults filled in.
     An unknown or missing parameter is named with its kind; other errors keep pydantic's words."""
     try:
@@ -155,7 +128,7 @@ def _validate_params(model: type[BaseModel], params: dict, what: str,
         for err in exc.errors():
             name = err["loc"][0] if err["loc"] else "?"
             error_type, msg = "spec", err["msg"]
-            if err["type"] == "extra_forbidden" and fixed and name in fixed:
+            if err["type"] == "extra_forbidden" and name in fixed:
                 msg = f"cannot be set: {fixed[name]}"
             elif err["type"] == "extra_forbidden":
                 allowed = ", ".join(known) if known else "none"
@@ -174,36 +147,31 @@ class _Model(BaseModel):
     _numbers_not_booleans = model_validator(mode="before")(classmethod(_booleans_refused))
 
 
-def _none_to_empty(v: Any) -> Any:
-    return {} if v is None else v
-
-
-# --------------------------------------------------------------------------------------------
-# datasets
-
-
-class DatasetSpec(_Model):
-    """One image distribution: `params` are checked by its kind's model (`gahb_scale.dataset_kinds`)
-    and stored as a dict with defaults filled in, so `gahb_scale.dataset_kinds.build_pool(kind, n,
-    size, seed, **params)` can be called with them."""
+class _KindSpec(_Model):
+    """A named thing of one kind (a dataset, an architecture): `params` are checked by the kind's own
+    model and stored as a dict with its defaults filled in."""
     name: str = Field(pattern=_LABEL, max_length=MAX_NAME_LENGTH, description="label used in tables and figures")
     kind: str
     params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
-    pixel_shuffle_seed: int | None = Field(
-        default=None, ge=0, le=MAX_SEED, description="apply one fixed random pixel permutation drawn from this seed")
+
+    kind_label: typing.ClassVar[str]  # names the kind in messages
+    known_kinds: typing.ClassVar[Callable[[], list[str]]]  # in the order messages list them
+    params_model: typing.ClassVar[Callable[[str], type[BaseModel]]]  # a kind's parameters
+    fixed_params: typing.ClassVar[dict[str, str]] = {}  # parameters the study fixes, and why
 
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        if v not in DATASET_KINDS:
-            raise ValueError(f"unknown dataset kind {short_repr(v)}{did_you_mean(v, DATASET_KINDS)}; "
-                             f"known: {', '.join(DATASET_KINDS)}")
+        known = cls.known_kinds()
+        if v not in known:
+            raise ValueError(f"unknown {cls.kind_label} {short_repr(v)}{did_you_mean(v, known)}; "
+                             f"known: {', '.join(known)}")
         return v
 
     @field_validator("params", mode="before")
     @classmethod
     def _params_none(cls, v: Any) -> Any:
-        return _none_to_empty(v)
+        return {} if v is None else v
 
     @field_validator("params")
     @classmethod
@@ -211,11 +179,19 @@ class DatasetSpec(_Model):
         kind = info.data.get("kind")
         if kind is None:
             return v
-        return _validate_params(DATASET_KINDS[kind].params, v, f"dataset kind {kind!r}", context=info.context)
+        return _validate_params(cls.params_model(kind), v, f"{cls.kind_label} {kind!r}", cls.fixed_params,
+                                info.context)
 
 
-# --------------------------------------------------------------------------------------------
-# architectures
+class DatasetSpec(_KindSpec):
+    """One image distribution: its params are checked by its kind's model (`gahb_scale.dataset_kinds`),
+    so `gahb_scale.dataset_kinds.build_pool(kind, n, size, seed, **params)` can be called with them."""
+    pixel_shuffle_seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="apply one fixed random pixel permutation drawn from this seed")
+
+    kind_label = "dataset kind"
+    known_kinds = staticmethod(lambda: list(DATASET_KINDS))
+    params_model = staticmethod(lambda kind: DATASET_KINDS[kind].params)
 
 
 def _architectures() -> dict[str, type]:
@@ -227,59 +203,26 @@ def _architectures() -> dict[str, type]:
 def _arch_params_model(kind: str) -> type[BaseModel]:
     """A pydantic model of the constructor keywords of an architecture (types from its annotations)."""
     cls = _architectures()[kind]
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # unresolvable annotation: fall back to Any
-        hints = {}
-    fields: dict[str, Any] = {}
-    extra = "forbid"
-    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
-        if p.kind is p.VAR_KEYWORD:
-            extra = "allow"
-            continue
-        if p.kind is p.VAR_POSITIONAL or p.name in _FIXED_ARCH_PARAMS:
-            continue
-        default = ... if p.default is p.empty else p.default
-        fields[p.name] = (hints.get(p.name, Any), default)
-    return create_model(f"{cls.__name__}Params", __config__=ConfigDict(extra=extra, frozen=True, allow_inf_nan=False),
-                        __validators__={"numbers_not_booleans": model_validator(mode="before")(classmethod(_booleans_refused))},
-                        **fields)
+    hints = typing.get_type_hints(cls.__init__)
+    keywords = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    fields = {p.name: (hints[p.name], ... if p.default is p.empty else p.default)
+              for p in keywords if p.name not in _FIXED_ARCH_PARAMS}
+    return create_model(f"{cls.__name__}Params", __base__=_Model, **fields)
 
 
-class ArchitectureSpec(_Model):
+class ArchitectureSpec(_KindSpec):
     """One network: a key of `gahb_scale.models.ARCHITECTURES` and its constructor hyper-parameters.
 
     Validation builds the network once on the CPU, so any hyper-parameter the constructor rejects
     is a spec error; `params` is stored with the constructor's defaults filled in.
     """
-    name: str = Field(pattern=_LABEL, max_length=MAX_NAME_LENGTH, description="label used in tables and figures")
-    kind: str
-    params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
-
     _size_multiple: int = PrivateAttr(default=1)
     _num_parameters: int = PrivateAttr(default=0)
 
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, v: str) -> str:
-        known = _architectures()
-        if v not in known:
-            raise ValueError(f"unknown architecture kind {short_repr(v)}{did_you_mean(v, known)}; "
-                             f"known: {', '.join(sorted(known))}")
-        return v
-
-    @field_validator("params", mode="before")
-    @classmethod
-    def _params_none(cls, v: Any) -> Any:
-        return _none_to_empty(v)
-
-    @field_validator("params")
-    @classmethod
-    def _params_of_kind(cls, v: dict, info: ValidationInfo) -> dict:
-        kind = info.data.get("kind")
-        if kind is None:
-            return v
-        return _validate_params(_arch_params_model(kind), v, f"architecture kind {kind!r}", _FIXED_ARCH_PARAMS)
+    kind_label = "architecture kind"
+    known_kinds = staticmethod(lambda: sorted(_architectures()))
+    params_model = staticmethod(_arch_params_model)
+    fixed_params = _FIXED_ARCH_PARAMS
 
     @model_validator(mode="after")
     def _buildable(self) -> ArchitectureSpec:
@@ -329,10 +272,6 @@ class ArchitectureSpec(_Model):
     @property
     def num_parameters(self) -> int:
         return self._num_parameters
-
-
-# --------------------------------------------------------------------------------------------
-# training, sampling, analysis, resources, storage
 
 
 # The core's fields every run shares (its seed is each model's own).
@@ -470,8 +409,7 @@ def _sigma_grid(values: list[float]) -> list[float]:
     errors = [_error((i,), f"noise levels are grey levels in (0, 255] (got {s:g})", s)
               for i, s in enumerate(values) if not 0 < s <= 255]
     errors += _duplicates(values, lambda s: f"noise level {s:g}")
-    if errors:
-        _fail(errors)
+    _fail(errors)
     return sorted(values)
 
 
@@ -589,17 +527,6 @@ class StorageSpec(_Model):
         return str(Path(location).parent)
 
 
-# --------------------------------------------------------------------------------------------
-# the study
-
-
-def _unique_names(items: list, what: str) -> list:
-    errors = _duplicates([item.name for item in items], lambda name: f"{what} name {name!r}", "name")
-    if errors:
-        _fail(errors)
-    return items
-
-
 class StudySpec(_Model):
     """A whole study. Fields are declared in validation order: `image_size` after `architectures`
     (it is checked against them) and `resources` after `training`."""
@@ -618,15 +545,12 @@ class StudySpec(_Model):
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec, validate_default=True)
 
-    @field_validator("datasets")
+    @field_validator("datasets", "architectures")
     @classmethod
-    def _unique_datasets(cls, v: list[DatasetSpec]) -> list[DatasetSpec]:
-        return _unique_names(v, "dataset")
-
-    @field_validator("architectures")
-    @classmethod
-    def _unique_architectures(cls, v: list[ArchitectureSpec]) -> list[ArchitectureSpec]:
-        return _unique_names(v, "architecture")
+    def _unique_names(cls, v: list[_KindSpec], info: ValidationInfo) -> list[_KindSpec]:
+        what = info.field_name[:-1]  # "dataset", "architecture"
+        _fail(_duplicates([item.name for item in v], lambda name: f"{what} name {name!r}", "name"))
+        return v
 
     @field_validator("image_size")
     @classmethod
@@ -657,8 +581,7 @@ class StudySpec(_Model):
                 said = "; ".join(part for part in (f"no value for N = {missing}" if missing else "",
                                                    f"N = {extra} not in train_sizes" if extra else "") if part)
                 errors.append(_error((name,), f"a mapping {{N: value}} must name every train size once: {said}"))
-        if errors:
-            _fail(errors)
+        _fail(errors)
         return v
 
     @field_validator("resources")
@@ -696,8 +619,7 @@ class StudySpec(_Model):
         for i, architecture in enumerate(self.architectures):
             if problem := architecture.shape_error(self.image_size):
                 errors.append(_error(("architectures", i, "params"), f"{architecture.kind} {problem}"))
-        if errors:
-            _fail(errors)
+        _fail(errors)
         return self
 
     @model_validator(mode="after")
@@ -710,8 +632,7 @@ class StudySpec(_Model):
                              f"results are remote ({self.storage.results_dir}), so set cache_dir to a folder every "
                              f"node can read (e.g. beside the images on the shared volume)")
                       for i, d in enumerate(self.datasets) if d.kind == "folder" and d.params.get("cache_dir") is None]
-            if errors:
-                _fail(errors)
+            _fail(errors)
             return self
         cache = str(Path(self.storage.results_location()) / "datasets")
         datasets = [d.model_copy(update={"params": {**d.params, "cache_dir": cache}})

@@ -38,8 +38,6 @@ def _message(err: dict, known: list[str] | None = None) -> str:
         return f"unknown field{did_you_mean(name, known)}; allowed: {', '.join(known)}"
     if msg.startswith("Value error, "):  # a ValueError raised by one of the spec's validators
         return msg[len("Value error, "):]
-    if msg.startswith("Assertion failed, "):
-        return msg[len("Assertion failed, "):]
     return f"{msg} (got {short_repr(err.get('input'))})"
 
 
