@@ -66,7 +66,8 @@ def initial_model(spec: StudySpec, trial: Trial) -> tuple[torch.nn.Module, Train
     """A trial's network at step 0 and its training settings, both seeded by its training seed:
     independent for the two models of a pair unless `training.shared_init` asks for the ablation."""
     seed = trial.training_seed(spec.training.shared_init)
-    return build_model(trial.architecture.kind, seed=seed, **trial.architecture.params), spec.training.config(seed, trial.n)
+    net = build_model(trial.architecture.kind, seed=seed, **trial.architecture.params)
+    return net, spec.training.config(seed, trial.n)
 
 
 def save_weights(store: StudyStore, relative: str, net: torch.nn.Module, step: int) -> None:
@@ -133,12 +134,10 @@ def tune_trial(config: dict, payloads: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     payload = payloads[config["pack_id"]]
-    spec = payload["spec"]
-    resources = spec.resources
+    spec, resources = payload["spec"], payload["spec"].resources
     use_gpu = resources.gpus_per_trial > 0
     worker_resources = {"CPU": resources.cpus_per_trial, **({"GPU": resources.gpus_per_trial} if use_gpu else {})}
-    store = StudyStore(payload["results"])
-    trainer = TorchTrainer(
+    TorchTrainer(
         train_worker, train_loop_config=payload,
         scaling_config=ray.train.ScalingConfig(num_workers=spec.training.workers, use_gpu=use_gpu,
                                                resources_per_worker=worker_resources),
@@ -146,9 +145,8 @@ def tune_trial(config: dict, payloads: dict) -> None:
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                                        # a dead worker: the group restarts from the last checkpoint
                                        failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
-                                       **ray_storage(store)),
-    )
-    trainer.fit()
+                                       **ray_storage(StudyStore(payload["results"]))),
+    ).fit()
 
 
 @dataclass(frozen=True)
