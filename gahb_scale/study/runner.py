@@ -291,7 +291,8 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
     # 1. training (Tune grid of TorchTrainers, one per pack), then each trained model's rows
     failed = []
     if len(state.trained) < len(trials):
-        state.trained |= train_study(spec, store, state, address is None, tracker, verbose)
+        state.trained |= train_study(spec, store, state, fixed_cluster=address is None, tracker=tracker,
+                                     verbose=verbose)
         failed = [trial.trial_id for trial in trials if trial.trial_id not in state.trained]
     else:
         log.info(f"[train] all {len(trials)} models already trained")
