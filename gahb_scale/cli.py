@@ -137,9 +137,30 @@ def cmd_report(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .study.status import study_status
+    """Which models are trained, part-trained or not started, and which analysed; then one line per model."""
+    from .study.status import study_progress
 
-    print(study_status(study_spec(args, must_hold_results=True)))
+    spec = study_spec(args, must_hold_results=True)
+    state, checkpointed, transition_written = study_progress(spec)
+    counts = {"trained": 0, "part-trained": 0, "not started": 0}
+    lines = []
+    for trial in state.trials:
+        if trial.trial_id in state.trained:
+            state_of, detail = "trained", "trained"
+        elif (step := checkpointed.get(trial.trial_id)) is not None:
+            state_of = "part-trained"
+            detail = f"part-trained (checkpoint at step {step}/{spec.training.steps_for(trial.n)})"
+        else:
+            state_of, detail = "not started", "not started"
+        counts[state_of] += 1
+        lines.append(f"{trial.trial_id}  {trial.dataset.name}/{trial.architecture.name} N={trial.n} pair={trial.pair} "
+                     f"{trial.split} seed={trial.seed}: {detail}; "
+                     f"{'analysed' if trial.trial_id in state.analysed else 'not analysed'}")
+    print(f"study {spec.name} ({spec.storage.results_location()}): {len(state.trials)} models — {counts['trained']} "
+          f"trained, {counts['part-trained']} part-trained (resume with `gahb-scale run`), {counts['not started']} not "
+          f"started; {len(state.analysed)} analysed; {len(state.compared)}/{len(state.by_pair)} split pairs compared; "
+          f"transition table {'written' if transition_written else 'not written'}")
+    print("\n".join([""] + lines))
     return 0
 
 

@@ -205,33 +205,17 @@ def test_a_restarted_study_resumes_the_packs_it_recorded_and_packs_only_untraine
     assert not store.exists(pack_path(second.pack_id)) and all(store.exists(pack_path(p.pack_id)) for p in packs)
 
 
-def test_a_model_file_of_an_earlier_version_is_registered_and_a_broken_one_is_one_clear_error(tmp_path):
-    """Models trained by 0.4 and earlier (their training record inside the model file) may share a
-    results folder with new ones: their record is copied out once. A model file with no record
-    anywhere is named in one message."""
-    import io
-
-    import torch
-
+def test_a_model_file_without_its_training_record_is_one_clear_error(tmp_path):
+    """A model file with no training record beside it (a folder copied in part) is named in one
+    message that says how to train that model again."""
     from gahb_scale.errors import UserInputError
-    from gahb_scale.study.store import StudyStore, StudyTables, model_path, training_record_path
+    from gahb_scale.study.store import StudyStore, StudyTables, model_path
     from gahb_scale.study.train import register_trained
     from gahb_scale.study.trials import expand_trials
 
     spec = study([SMALL], sizes=(1,))
     store = StudyStore(str(tmp_path))
-    earlier, broken = expand_trials(spec)
-    buffer = io.BytesIO()
-    torch.save({"state_dict": {}, "losses": [(10, 0.5), (20, 0.25)], "steps": 20, "resumed_from": 0,
-                "train_seconds": 3.0, "device": "cpu", "workers": 1, "num_parameters": 7}, buffer)
-    store.write_bytes(model_path(earlier.trial_id), buffer.getvalue())
-    register_trained(spec, StudyTables(store, spec.name), [earlier])
-    assert store.exists(training_record_path(earlier.trial_id))
-    [row] = store.rows("trials")
-    assert (row["trial_id"], row["final_loss"], row["pack_size"], row["pack_id"]) == \
-        (earlier.trial_id, 0.25, 1, earlier.trial_id)
-    assert [(r["step"], r["loss"]) for r in store.rows("train_curves")] == [(10, 0.5), (20, 0.25)]
-
-    store.write_bytes(model_path(broken.trial_id), b"not a model file")
+    broken = expand_trials(spec)[0]
+    store.write_bytes(model_path(broken.trial_id), b"a model file")
     with pytest.raises(UserInputError, match=f"{broken.trial_id}/model.pt has no training record"):
         register_trained(spec, StudyTables(store, spec.name), [broken])

@@ -90,7 +90,7 @@ def test_a_study_s_tables_read_each_file_once_and_keep_what_they_write(tmp_path)
     store.upsert("psnr", rows("s", "b", [31, 21]) + rows("other", "a", [1, 2]))
     reads = []
     read_file = store.read_table_file
-    store.read_table_file = lambda relative, columns=None: reads.append(relative) or read_file(relative, columns)
+    store.read_table_file = lambda relative: reads.append(relative) or read_file(relative)
     tables = StudyTables(store, "s")
     tables.put("psnr", rows("s", "a", [30, 20]))
     assert [(r["trial_id"], r["psnr_out"]) for r in tables.rows("psnr")] == [("a", 30), ("a", 20), ("b", 31), ("b", 21)]

@@ -34,22 +34,12 @@ def _out() -> TextIO:
     return _terminal or sys.stdout
 
 
-class _Elapsed(logging.Formatter):
+class _Stdout(logging.Handler):
+    """Writes each line, stamped with the seconds since the study layer was loaded, to the terminal
+    as it is when the line is logged (a redirect, a test's capture), above any progress bar."""
+
     def format(self, record: logging.LogRecord) -> str:
         return f"{record.created - _STARTED:6.0f}s {record.getMessage()}"
-
-
-class _Stdout(logging.StreamHandler):
-    """Writes to the terminal as it is when a line is logged (a redirect, a test's capture), above
-    any progress bar."""
-
-    @property
-    def stream(self):
-        return _out()
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -61,9 +51,7 @@ class _Stdout(logging.StreamHandler):
 def show_progress() -> None:
     """Print the study's progress lines on stdout (once, however often called)."""
     if not any(isinstance(h, _Stdout) for h in log.handlers):
-        handler = _Stdout()
-        handler.setFormatter(_Elapsed())
-        log.addHandler(handler)
+        log.addHandler(_Stdout())
     log.setLevel(logging.INFO)
     log.propagate = False
 

@@ -291,7 +291,8 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
     # 1. training (Tune grid of TorchTrainers, one per pack), then each trained model's rows
     failed = []
     if len(state.trained) < len(trials):
-        state.trained |= train_study(spec, store, state, fixed_cluster=address is None, tracker=tracker, verbose=verbose)
+        state.trained |= train_study(spec, store, state, fixed_cluster=address is None, tracker=tracker,
+                                     verbose=verbose)
         failed = [trial.trial_id for trial in trials if trial.trial_id not in state.trained]
     else:
         log.info(f"[train] all {len(trials)} models already trained")
@@ -309,18 +310,16 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
     buffer = _Buffered(tables)
 
     def analysis_done(trial_id: str, rows: dict, pngs: dict) -> None:
+        analysed.add(trial_id)
         tracker.log_analysis(by_id[trial_id], rows["model_metrics"][0], pngs)
 
     if pending:
-        task = ray.remote(analyse_model).options(num_cpus=resources.cpus_per_trial,
-                                                 num_gpus=resources.gpus_per_trial,
+        task = ray.remote(analyse_model).options(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial,
                                                  max_retries=resources.max_failures)
-        refs = {task.remote(spec, trial, store.results, analysis_key): trial.trial_id for trial in pending}
         log.info(f"[analysis] {len(pending)} models to analyse")
-        failed_now = _gather(refs, "analysis", buffer, analysis_done,
-                             lambda trial_id, reason: tracker.model_failed(by_id[trial_id], reason))
-        analysed |= set(refs.values()) - set(failed_now)
-        failed += failed_now
+        failed += _gather({task.remote(spec, trial, store.results, analysis_key): trial.trial_id for trial in pending},
+                          "analysis", buffer, analysis_done,
+                          lambda trial_id, reason: tracker.model_failed(by_id[trial_id], reason))
     else:
         log.info(f"[analysis] all {len(trained)} models already analysed")
 
@@ -333,6 +332,7 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
         pairs_left[trial_a.n].add(trial_a.pair_id)
 
     def pair_done(pair_id: str, rows: dict, pngs: dict) -> None:
+        compared.add(pair_id)
         for trial in by_pair[pair_id].values():
             tracker.log_compared(trial, analysis_key, pngs[trial.trial_id])
         n = by_pair[pair_id]["A"].n
@@ -348,11 +348,8 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
     if ready:
         task = ray.remote(compare_pair).options(num_cpus=min(1.0, resources.cpus_per_trial),
                                                 max_retries=resources.max_failures)
-        refs = {task.remote(spec, trial_a, trial_b, store.results, analysis_key): trial_a.pair_id
-                for trial_a, trial_b in ready}
-        failed_now = _gather(refs, "pairs", buffer, pair_done, pair_failed)
-        compared |= set(refs.values()) - set(failed_now)
-        failed += failed_now
+        failed += _gather({task.remote(spec, trial_a, trial_b, store.results, analysis_key): trial_a.pair_id
+                           for trial_a, trial_b in ready}, "pairs", buffer, pair_done, pair_failed)
     else:
         log.info("[pairs] nothing new to compare")
     return {"state": state, "failed": failed, "complete": all(trial.trial_id in analysed for trial in trials)}

@@ -1,10 +1,9 @@
 """A study's state in its store — which models are trained, analysed, which pairs compared — worked
-out once, by `run` and by `gahb-scale status` alike; and the status report (which models are
-trained, part-trained or missing, and which analysed)."""
+out once, by `run` and by `gahb-scale status` alike; and what the status report adds (which models
+are part-trained, whether the transition table is written)."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from .spec import StudySpec
-from .store import CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, StudyTables, spec_path
+from .store import CHECKPOINT_STEP_FILE, StudyStore, StudyTables, spec_path
 from .trials import Trial, analysis_id, expand_trials
 
 
@@ -60,32 +59,18 @@ def study_state(spec: StudySpec, store: StudyStore, tables: StudyTables) -> Stud
                       _keys_with(tables, "pairs", {trial.pair_id for trial in trials}, key))
 
 
-def _checkpoint_step(store: StudyStore, pack_id: str) -> int | None:
-    """Step of the newest Ray Train checkpoint of a pack, if any."""
-    folder = store.path(f"ray/{pack_id}")
-    infos = store.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    checkpoints = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and
-                         i.base_name.startswith("checkpoint_"))
-    if not checkpoints:
-        return None
-    if store.fs.get_file_info(step_file := f"{checkpoints[-1]}/{CHECKPOINT_STEP_FILE}").type == pafs.FileType.File:
-        with store.fs.open_input_stream(step_file) as f:
-            return int(f.read())
-    import torch  # a checkpoint of version 0.4 and earlier has its step only inside the pack's state
-
-    with store.fs.open_input_stream(f"{checkpoints[-1]}/{STATE_FILE}") as f:
-        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)["step"]
-
-
 def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:
-    """trial id -> the furthest checkpoint step of any pack holding it (packs listed under packs/)."""
+    """trial id -> the furthest checkpoint step of any pack holding it (packs listed under packs/):
+    the step file of each pack's newest Ray Train checkpoint, not its whole training state."""
     steps: dict[str, int] = {}
-    for info in store.fs.get_file_info(pafs.FileSelector(store.path("packs"), allow_not_found=True)):
-        if not info.base_name.endswith(".json"):
-            continue
-        with store.fs.open_input_stream(info.path) as f:
-            members = set(json.loads(f.read())) & trial_ids
-        if members and (step := _checkpoint_step(store, info.base_name.removesuffix(".json"))) is not None:
+    for file in store.files_below("packs", recursive=False):
+        members = set(json.loads(store.read_bytes(f"packs/{file}"))) & trial_ids
+        ray_run = pafs.FileSelector(store.path(f"ray/{file.removesuffix('.json')}"), allow_not_found=True)
+        checkpoints = sorted(info.path for info in store.fs.get_file_info(ray_run)
+                             if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+        if members and checkpoints:
+            with store.fs.open_input_stream(f"{checkpoints[-1]}/{CHECKPOINT_STEP_FILE}") as f:
+                step = int(f.read())
             for trial_id in members:
                 steps[trial_id] = max(step, steps.get(trial_id, 0))
     return steps
@@ -103,27 +88,10 @@ def holds_results(spec: StudySpec) -> bool:
     return not {info.base_name for info in models}.isdisjoint(t.trial_id for t in expand_trials(spec))
 
 
-def study_status(spec: StudySpec) -> str:
+def study_progress(spec: StudySpec) -> tuple[StudyState, dict[str, int], bool]:
+    """What `gahb-scale status` reports: the study's state, the step of the newest checkpoint of each
+    model not trained (a part-trained one), and whether the transition table is written."""
     store = StudyStore(spec.storage.results_location())
     state = study_state(spec, store, StudyTables(store, spec.name))
-    trials, trained, analysed = state.trials, state.trained, state.analysed
-    counts = {"trained": 0, "part-trained": 0, "not started": 0}
-    lines = []
-    checkpointed = _checkpoint_steps(store, {t.trial_id for t in trials} - trained)
-    for trial in trials:
-        if trial.trial_id in trained:
-            state_of, detail = "trained", "trained"
-        elif (step := checkpointed.get(trial.trial_id)) is not None:
-            state_of, detail = "part-trained", f"part-trained (checkpoint at step {step}/{spec.training.steps_for(trial.n)})"
-        else:
-            state_of, detail = "not started", "not started"
-        counts[state_of] += 1
-        lines.append(f"{trial.trial_id}  {trial.dataset.name}/{trial.architecture.name} N={trial.n} pair={trial.pair} "
-                     f"{trial.split} seed={trial.seed}: {detail}; "
-                     f"{'analysed' if trial.trial_id in analysed else 'not analysed'}")
-    pairs = state.by_pair
-    summary = (f"study {spec.name} ({store.results}): {len(trials)} models — {counts['trained']} trained, "
-               f"{counts['part-trained']} part-trained (resume with `gahb-scale run`), {counts['not started']} not "
-               f"started; {len(analysed)} analysed; {len(state.compared)}/{len(pairs)} split pairs compared; "
-               f"transition table {'written' if store.table_keys('transition', spec.name) else 'not written'}")
-    return "\n".join([summary, ""] + lines)
+    return (state, _checkpoint_steps(store, {t.trial_id for t in state.trials} - state.trained),
+            bool(store.table_keys("transition", spec.name)))

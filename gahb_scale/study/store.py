@@ -34,26 +34,11 @@ from ..errors import UserInputError
 
 # table -> the columns that identify a row group (one file each); new rows replace the old file.
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "trials": ("study_id", "trial_id"),
-    "train_curves": ("study_id", "trial_id"),
-    "model_metrics": ("study_id", "trial_id"),
-    "psnr": ("study_id", "trial_id"),
-    "samples": ("study_id", "trial_id"),
-    "jacobian": ("study_id", "trial_id"),
-    "eigen": ("study_id", "trial_id"),
-    "disc_tangent": ("study_id", "trial_id"),
-    "snapshot_samples": ("study_id", "trial_id"),
-    "memorizer_distance": ("study_id", "trial_id"),
-    "pairs": ("study_id", "pair_id"),
-    "pair_bases": ("study_id", "pair_id"),
-    "datasets": ("study_id",),
-    "transition": ("study_id",),
-    "slopes": ("study_id",),
-    "shuffle_psnr": ("study_id",),
-    "memorization_time": ("study_id",),
-    "memorization_onset": ("study_id",),
-    "memorization_tau": ("study_id",),
-    "memorization_law": ("study_id",),
+    **dict.fromkeys(("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "disc_tangent",
+                     "snapshot_samples", "memorizer_distance"), ("study_id", "trial_id")),
+    **dict.fromkeys(("pairs", "pair_bases"), ("study_id", "pair_id")),
+    **dict.fromkeys(("datasets", "transition", "slopes", "shuffle_psnr", "memorization_time", "memorization_onset",
+                     "memorization_tau", "memorization_law"), ("study_id",)),
 }
 
 
@@ -209,25 +194,21 @@ class StudyStore:
                 files[match["name"]].append(info.path)
         return {name: sorted(paths) for name, paths in files.items()}
 
-    def read_table_file(self, relative: str, columns: list[str] | None = None) -> pa.Table | None:
-        """One file of a table (None where there is none); only `columns` it has, if given, are decoded."""
+    def read_table_file(self, relative: str) -> pa.Table | None:
+        """One file of a table (None where there is none)."""
         data = self.read_if_present(relative)
-        if data is None:
-            return None
-        file = pq.ParquetFile(io.BytesIO(data))
-        return file.read(columns=None if columns is None else [c for c in columns if c in file.schema_arrow.names])
+        return None if data is None else pq.ParquetFile(io.BytesIO(data)).read()
 
     def table_keys(self, name: str, study_id: str) -> list[str]:
         """The keys (trial, pair or "study") with a file in table `name` of a study, by one listing."""
         return [file.removesuffix(".parquet") for file in self.files_below(f"tables/{name}/{study_id}", False)
                 if file.endswith(".parquet")]
 
-    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table | None:
+    def read_table(self, name: str) -> pa.Table | None:
         """Every file of a table, in every study, as one table (columns unified: a file written by an
-        older version may lack a newer column); only `columns`, if given, are decoded."""
-        parts = [self.read_table_file(f"tables/{name}/{file}", columns) for file in self.files_below(f"tables/{name}")
-                 if file.endswith(".parquet")]
-        return concat(parts)
+        older version may lack a newer column)."""
+        return concat([self.read_table_file(f"tables/{name}/{file}") for file in self.files_below(f"tables/{name}")
+                       if file.endswith(".parquet")])
 
     def rows(self, name: str) -> list[dict]:
         table = self.read_table(name)
@@ -240,7 +221,7 @@ class StudyStore:
         the same per model at the end as at the start."""
         groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
         for row in rows:
-            groups[self._key(name, row)].append(row)
+            groups[row["study_id"], row[TABLE_KEYS[name][-1]] if len(TABLE_KEYS[name]) > 1 else "study"].append(row)
         written = {}
         for (study_id, key), group in groups.items():
             buffer = io.BytesIO()
@@ -248,11 +229,6 @@ class StudyStore:
             pq.write_table(written[study_id, key], buffer)
             self.write_bytes(self.table_file(name, study_id, key), buffer.getvalue())
         return written
-
-    @staticmethod
-    def _key(name: str, row: dict) -> tuple[str, str]:
-        keys = TABLE_KEYS[name]
-        return row["study_id"], row[keys[1]] if len(keys) > 1 else "study"
 
 
 def concat(parts: list[pa.Table | None]) -> pa.Table | None:

@@ -174,6 +174,8 @@ class StudyTracker:
 
     def _log_files(self, run_id: str, files: dict[str, bytes], artifact_path: str | None = None) -> None:
         """Files held as bytes, logged in one call (MLflow takes artifacts from local files only)."""
+        if not files:
+            return
         with tempfile.TemporaryDirectory() as folder:
             for name, data in files.items():
                 (Path(folder) / name).write_bytes(data)
@@ -215,14 +217,10 @@ class StudyTracker:
     def log_transition(self, rows: list[dict]) -> None:
         """Transition metrics on the study run, step = N (the charts' x axis; log scale in their settings)."""
         now = int(time.time() * 1000)
-        metrics = []
         self.transition_logged |= {int(row["n"]) for row in rows}
-        for row in rows:
-            prefix = f"{row['dataset']}/{row['architecture']}"
-            for key in logged_columns():
-                if row.get(key) is not None:
-                    metrics.append(Metric(f"{prefix}/{key}", float(row[key]), now, int(row["n"])))
-        self._metrics(self.parent_id, metrics)
+        self._metrics(self.parent_id, [Metric(f"{row['dataset']}/{row['architecture']}/{key}", float(row[key]), now,
+                                              int(row["n"])) for row in rows for key in logged_columns()
+                                       if row.get(key) is not None])
 
     def study_logged(self, analysis_key: str) -> bool:
         """Whether the study run holds the study's tables and report for these analysis settings."""
@@ -230,21 +228,17 @@ class StudyTracker:
 
     def log_study(self, analysis_key: str, transition: list[dict], law: list[dict], report: dict[str, bytes]) -> None:
         """The study-level results once every stage has run: the transition's rows not logged while
-        the pairs were compared, the memorization-time law, the transition figure and the report."""
+        the pairs were compared; the memorization-time law, per dataset/architecture and f_mem measure
+        (the exponent of τ_mem ∝ N^b, its 95% CI and how many N values it was fitted on); the
+        transition figure and the report."""
         self.log_transition([row for row in transition if row["n"] not in self.transition_logged])
-        self.log_law(law)
-        self._log_files(self.parent_id, {"phase_transition.png": report["transition.png"]})
-        self.log_report(report)
-        self.client.set_tag(self.parent_id, ANALYSIS_TAG, analysis_key)  # last: marks it complete
-
-    def log_law(self, law: list[dict]) -> None:
-        """The memorization-time law on the study run: per dataset/architecture and f_mem measure, the
-        exponent of τ_mem ∝ N^b, its 95% CI and how many N values it was fitted on."""
-        now = int(time.time() * 1000)
-        suffix = {"f_mem": "", "f_mem_scale_free": "_scale_free"}
+        now, suffix = int(time.time() * 1000), {"f_mem": "", "f_mem_scale_free": "_scale_free"}
         self._metrics(self.parent_id, [
             Metric(f"{row['dataset']}/{row['architecture']}/tau_mem_{key}{suffix[row['measure']]}", float(row[key]),
                    now, 0) for row in law for key in ("exponent", "ci_low", "ci_high", "n_values")])
+        self._log_files(self.parent_id, {"phase_transition.png": report["transition.png"]})
+        self.log_report(report)
+        self.client.set_tag(self.parent_id, ANALYSIS_TAG, analysis_key)  # last: marks it complete
 
     def log_report(self, files: dict[str, bytes]) -> None:
         """The static report (index.html and its PNGs) as artifacts under report/ of the study run."""
@@ -347,35 +341,26 @@ class StudyTracker:
         self.models[trial.trial_id] = self.client.get_run(run_id)
 
 
-# A model's figures, drawn by the analyse stage, then the compare stage (samples need the partner model's).
-ANALYSIS_FIGURES = ("psnr_curves.png", "eigen_spectrum.png", "eigenvectors.png")
-COMPARE_FIGURES = ("samples.png",)
-
-
-def model_figures(store: StudyStore, spec: StudySpec, trial: Trial, names: tuple[str, ...]) -> dict[str, bytes]:
-    """A model's figures as the analyse and compare stages left them in the store."""
-    pngs = {name: store.read_if_present(figure_path(spec.name, trial.trial_id, name)) for name in names}
-    return {name: png for name, png in pngs.items() if png is not None}
-
-
-def log_model(tracker: StudyTracker, tables: StudyTables, trial: Trial, analysis_key: str) -> None:
-    """Everything of one compared model from the store, for a run that lacks some of it (runs lost,
-    another tracking store, a driver killed before it logged them)."""
-    spec, store = tracker.spec, tables.store
-    tracker.fill_losses(trial, [(row["step"], row["loss"]) for row in tables.key_rows("train_curves", trial.trial_id)])
-    tracker.log_analysis(trial, tables.key_rows("model_metrics", trial.trial_id)[0],
-                         model_figures(store, spec, trial, ANALYSIS_FIGURES))
-    tracker.log_compared(trial, analysis_key, model_figures(store, spec, trial, COMPARE_FIGURES))
+# A model's figures as the analyse stage (PSNR curves, eigen spectrum, eigenvectors) and the compare
+# stage (samples, which need the partner model's) left them in the store.
+MODEL_FIGURES = ("psnr_curves.png", "eigen_spectrum.png", "eigenvectors.png", "samples.png")
 
 
 def track_models(tracker: StudyTracker, trials: list[Trial], tables: StudyTables, analysis_key: str) -> bool:
     """The end of stage 5: each compared model of `trials` whose run is not complete (logged live,
-    every model's is) gets what it lacks from the store; returns whether any did."""
+    every model's is; not so where runs were lost, in another tracking store, or a driver was killed
+    before it logged them) gets what it lacks from the store, its losses filled in when the run
+    started; returns whether any did."""
     todo = [trial for trial in trials if not tracker.trial_logged(trial, analysis_key)]
-    if todo:
-        progress = StageProgress("mlflow", len(todo), "run")
-        for trial in todo:
-            log_model(tracker, tables, trial, analysis_key)
-            progress.update()
-        progress.close()
-    return bool(todo)
+    if not todo:
+        return False
+    progress = StageProgress("mlflow", len(todo), "run")
+    for trial in todo:
+        figures = {name: tables.store.read_if_present(figure_path(tracker.spec.name, trial.trial_id, name))
+                   for name in MODEL_FIGURES}
+        tracker.log_analysis(trial, tables.key_rows("model_metrics", trial.trial_id)[0],
+                             {name: png for name, png in figures.items() if png is not None})
+        tracker.log_compared(trial, analysis_key, {})
+        progress.update()
+    progress.close()
+    return True

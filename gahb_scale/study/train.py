@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import pickle
 import shutil
 import tempfile
 import time
@@ -67,12 +66,8 @@ def initial_model(spec: StudySpec, trial: Trial) -> tuple[torch.nn.Module, Train
     """A trial's network at step 0 and its training settings, both seeded by its training seed:
     independent for the two models of a pair unless `training.shared_init` asks for the ablation."""
     seed = trial.training_seed(spec.training.shared_init)
-    return build_model(trial.architecture.kind, seed=seed, **trial.architecture.params), spec.training.config(seed, trial.n)
-
-
-def use_cpu_threads(cpus: float) -> None:
-    """Match torch's thread pool to the CPUs Ray granted (Ray's own default rounds fractions down)."""
-    torch.set_num_threads(max(1, round(cpus)))
+    net = build_model(trial.architecture.kind, seed=seed, **trial.architecture.params)
+    return net, spec.training.config(seed, trial.n)
 
 
 def save_weights(store: StudyStore, relative: str, net: torch.nn.Module, step: int) -> None:
@@ -89,7 +84,7 @@ def train_worker(payload: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    use_cpu_threads(spec.resources.cpus_per_trial)
+    torch.set_num_threads(max(1, round(spec.resources.cpus_per_trial)))  # Ray's own default rounds fractions down
     images = [split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair,
                            parts=(trial.split,), keep_uint8=True)[trial.split] for trial in pack.trials]
     nets, configs = zip(*(initial_model(spec, trial) for trial in pack.trials))
@@ -139,12 +134,10 @@ def tune_trial(config: dict, payloads: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     payload = payloads[config["pack_id"]]
-    spec = payload["spec"]
-    resources = spec.resources
+    spec, resources = payload["spec"], payload["spec"].resources
     use_gpu = resources.gpus_per_trial > 0
     worker_resources = {"CPU": resources.cpus_per_trial, **({"GPU": resources.gpus_per_trial} if use_gpu else {})}
-    store = StudyStore(payload["results"])
-    trainer = TorchTrainer(
+    TorchTrainer(
         train_worker, train_loop_config=payload,
         scaling_config=ray.train.ScalingConfig(num_workers=spec.training.workers, use_gpu=use_gpu,
                                                resources_per_worker=worker_resources),
@@ -152,9 +145,8 @@ def tune_trial(config: dict, payloads: dict) -> None:
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                                        # a dead worker: the group restarts from the last checkpoint
                                        failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
-                                       **ray_storage(store)),
-    )
-    trainer.fit()
+                                       **ray_storage(StudyStore(payload["results"]))),
+    ).fit()
 
 
 @dataclass(frozen=True)
@@ -277,32 +269,14 @@ def packs_to_train(spec: StudySpec, store: StudyStore, trials: list[Trial], trai
     return resumed + new
 
 
-def _training_record(store: StudyStore, trial_id: str) -> dict:
-    """How a model was trained (its `training.json`). A model file of version 0.4 and earlier held
-    that record beside its weights: it is copied out once, so results folders shared with models of
-    an earlier version keep working."""
-    path = training_record_path(trial_id)
-    if (data := store.read_if_present(path)) is not None:
-        return json.loads(data)
-    try:
-        saved = torch.load(io.BytesIO(store.read_bytes(model_path(trial_id))), map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError):
-        saved = None
-    if not isinstance(saved, dict) or "losses" not in saved:
-        raise UserInputError(f"{store.uri(model_path(trial_id))} has no training record beside it and holds none "
-                             f"itself: delete its folder to train that model again")
-    record = {key: saved[key] for key in ("losses", "steps", "resumed_from", "train_seconds", "device", "workers",
-                                          "num_parameters")}
-    record.update(pack_id=saved.get("pack_id", trial_id), pack_size=saved.get("pack_size", 1))
-    store.write_bytes(path, json.dumps(record).encode())
-    return record
-
-
 def register_trained(spec: StudySpec, tables: StudyTables, trials: list[Trial]) -> None:
     """The rows of trained models in `trials` and `train_curves`, from their training records."""
     rows, curves = [], []
     for trial in trials:
-        record = _training_record(tables.store, trial.trial_id)
+        if (record := tables.store.read_if_present(training_record_path(trial.trial_id))) is None:
+            raise UserInputError(f"{tables.store.uri(model_path(trial.trial_id))} has no training record beside it: "
+                                 f"delete its folder to train that model again")
+        record = json.loads(record)
         rows.append({**trial.as_row(), "steps": record["steps"], "final_loss": record["losses"][-1][1],
                      "num_parameters": record["num_parameters"], "train_seconds": record["train_seconds"],
                      "resumed_from_step": record["resumed_from"], "device": record["device"],
@@ -337,11 +311,6 @@ class TrainProgress(ray.tune.Callback):
         # for (it resumes from its own store): the live tracker and progress bar stay out of it.
         return {**self.__dict__, "tracker": None, "bar": None}
 
-    def _name(self, trial) -> str:
-        pack = self.packs[trial.config["pack_id"]]
-        models = ", ".join(f"{t.dataset.name} N={t.n} pair={t.pair} {t.split} seed={t.seed}" for t in pack.trials)
-        return f"{pack.pack_id} {pack.trials[0].architecture.name} [{models}]"
-
     def on_trial_start(self, iteration, trials, trial, **info):
         self.tracker.training_started(self.packs[trial.config["pack_id"]].trials)
 
@@ -371,8 +340,10 @@ class TrainProgress(ray.tune.Callback):
         pickled, text = trial.pickled_error_file, trial.error_file
         reason = failure_reason(cloudpickle.loads(Path(pickled).read_bytes()) if pickled and Path(pickled).exists()
                                 else Path(text).read_text() if text and Path(text).exists() else None)
-        log.info(f"[train] FAILED: {self._name(trial)}: {reason}")
-        for model in self.packs[trial.config["pack_id"]].trials:
+        pack = self.packs[trial.config["pack_id"]]
+        models = ", ".join(f"{t.dataset.name} N={t.n} pair={t.pair} {t.split} seed={t.seed}" for t in pack.trials)
+        log.info(f"[train] FAILED: {pack.pack_id} {pack.trials[0].architecture.name} [{models}]: {reason}")
+        for model in pack.trials:
             self.tracker.model_failed(model, f"training: {reason}")
 
     def close(self) -> None:
