@@ -68,11 +68,15 @@ def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:
         ray_run = pafs.FileSelector(store.path(f"ray/{file.removesuffix('.json')}"), allow_not_found=True)
         checkpoints = sorted(info.path for info in store.fs.get_file_info(ray_run)
                              if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
-        if members and checkpoints:
+        if not (members and checkpoints):
+            continue
+        try:  # a checkpoint still being written, or one of 0.4 (no step file): nothing to report
             with store.fs.open_input_stream(f"{checkpoints[-1]}/{CHECKPOINT_STEP_FILE}") as f:
                 step = int(f.read())
-            for trial_id in members:
-                steps[trial_id] = max(step, steps.get(trial_id, 0))
+        except (FileNotFoundError, ValueError):
+            continue
+        for trial_id in members:
+            steps[trial_id] = max(step, steps.get(trial_id, 0))
     return steps
 
 
