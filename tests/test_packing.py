@@ -48,8 +48,9 @@ def test_packed_and_solo_weights_agree_after_50_steps(fused, kind, params):
                               packed[1].net.state_dict()["encoder.0.0.weight" if kind == "unet" else "net.0.weight"])
 
 
-def test_a_looped_pack_is_bit_identical_to_solo_training():
-    images, cfgs = image_sets(), configs(steps=12)
+@pytest.mark.parametrize("average_last", [0.0, 0.5], ids=["last-weights", "averaged"])
+def test_a_looped_pack_is_bit_identical_to_solo_training(average_last):
+    images, cfgs = image_sets(), configs(steps=12, average_last=average_last)
     solo = [train_denoiser(net, x, c, device="cpu") for net, x, c in zip(nets(), images, cfgs)]
     packed = train_pack(ModelPack(nets(), fused=False), images, cfgs, device="cpu")
     for alone, together in zip(solo, packed):
