@@ -260,7 +260,9 @@ def test_ctrl_c_in_a_real_process_exits_130(tmp_path):
     try:
         assert process.stderr.readline() == "preparing\n"
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=CASE_SECONDS)
+        # about 1 s on an idle machine, mostly the interpreter unloading torch; ten times that on
+        # cores shared with other jobs, so the bound is the exit itself, not a refusal's 10 s
+        _, err = process.communicate(timeout=60)
     finally:
         process.kill()
     assert process.returncode == 130, err
