@@ -9,6 +9,10 @@ on a machine shared with other jobs swings by 2x or more. The load average is pr
 since it moves the ratio: other jobs slow the one-at-a-time side (many tiny multi-threaded ops)
 far more than the batched one.
 
+Two more lines say where the time goes: the network alone, one batch of 64 against 64 batches of one
+(the most batching can give the sampler, since the network is nearly all of its work), and the sampler
+around a network-free residual (its own bookkeeping and noise draws, per sample-step).
+
     python benchmarks/sampler_benchmark.py [--device cuda] [--size 32] [--width 32] [--repeats 5]
 """
 
@@ -33,6 +37,10 @@ def timed(fn, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
+
+
+def median_seconds(fn, device, repeats):
+    return statistics.median(timed(fn, device)[1] for _ in range(repeats))
 
 
 def main():
@@ -65,6 +73,13 @@ def main():
     one_by_one = torch.cat([r.samples for r in singles])
     diff = (batched.samples - one_by_one).abs().max().item()
 
+    x = torch.rand(args.samples, 1, args.size, args.size, device=device)
+    with torch.no_grad():
+        net_batched = median_seconds(lambda: net(x), device, args.repeats)
+        net_single = median_seconds(lambda: [net(x[i:i + 1]) for i in range(args.samples)], device, args.repeats)
+    shrink = lambda y: 0.5 * (y - 0.5)  # a residual with no network: the sampler's own cost
+    own_batched = median_seconds(lambda: sample_kadkhodaie_simoncelli(shrink, seeds=seeds, **run), device, args.repeats)
+
     target = 20 if device.type == "cuda" else 4
     median_batched, median_single = statistics.median(t_batched), statistics.median(t_single)
     ratio = median_single / median_batched
@@ -77,6 +92,10 @@ def main():
     print(f"one at a time: median {median_single:.2f} s ({1e3 * median_single / forwards:.2f} ms per sample-step; "
           f"all {', '.join(f'{t:.2f}' for t in t_single)})")
     print(f"max |difference| of samples: {diff:.2e}")
+    print(f"the network alone, one batch of {args.samples} vs one at a time: {net_single / net_batched:.1f}x "
+          f"({1e3 * net_batched / args.samples:.2f} vs {1e3 * net_single / args.samples:.2f} ms per sample)")
+    print(f"the sampler without a network: {1e3 * own_batched / forwards:.3f} ms per sample-step batched, "
+          f"{100 * own_batched / median_batched:.1f}% of the batched run")
     print(f"sampler batched vs one-at-a-time: {ratio:.1f}x (median of {args.repeats}; target >= {target}x) "
           f"{'PASS' if ratio >= target else 'MISS'}")
 
