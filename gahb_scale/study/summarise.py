@@ -66,6 +66,12 @@ def _mean_std(values: list[float] | None) -> tuple[float, float]:
     return (float(arr.mean()), float(arr.std())) if arr.size else (math.nan, math.nan)
 
 
+def _with_sd(name: str, values: list[float] | None) -> dict[str, float]:
+    """{name: mean, name_std: sd} of the defined values."""
+    mean, sd = _mean_std(values)
+    return {name: mean, f"{name}_std": sd}
+
+
 def _pooled_fraction(spec: StudySpec, ratios: list[float] | None) -> MemorizationFraction:
     return memorization_fraction(torch.tensor(ratios or [], dtype=torch.float64),
                                  threshold=spec.analysis.memorization_threshold, n_boot=spec.analysis.bootstrap, seed=0)
@@ -112,10 +118,9 @@ def slope_rows(spec: StudySpec, metrics: Rows) -> list[dict]:
     rows = []
     for group in groups:
         dataset = datasets.get(group["dataset"])
-        slope, slope_std = _mean_std(group["psnr_slope"])
         rows.append({"study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"],
                      "n": group["n"], "alpha": None if dataset is None else dataset.params.get("alpha"),
-                     "models": group["models"], "psnr_slope": slope, "psnr_slope_std": slope_std,
+                     "models": group["models"], **_with_sd("psnr_slope", group["psnr_slope"]),
                      "optimal_slope": group["optimal_slope"], "theory_applies": _slope_theory_applies(dataset),
                      "sigma_low": spec.analysis.slope_sigma_range[0],
                      "sigma_high": spec.analysis.slope_sigma_range[1]})
@@ -340,26 +345,20 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
         bases=_table(bases, "pair_id", "basis_overlap", "chance"))
     rows = []
     for group in groups:
-        gap, gap_std = _mean_std(group["psnr_gap"])
-        nn_cos, nn_cos_std = _mean_std(group["nn_cosine_centered"])
-        ab_centered, ab_centered_std = _mean_std(group["ab_cosine_centered"])
+        mean = lambda column: _mean_std(group[column])[0]  # noqa: E731
         rows.append({
             "study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"], "n": group["n"],
-            "models": group["models"] or 0, "train_psnr": _mean_std(group["train_psnr"])[0],
-            "test_psnr": _mean_std(group["test_psnr"])[0], "psnr_gap": gap, "psnr_gap_std": gap_std,
-            "nn_cosine_centered": nn_cos, "nn_cosine_centered_std": nn_cos_std,
+            "models": group["models"] or 0, "train_psnr": mean("train_psnr"), "test_psnr": mean("test_psnr"),
+            **_with_sd("psnr_gap", group["psnr_gap"]), **_with_sd("nn_cosine_centered", group["nn_cosine_centered"]),
             **fraction_columns("f_mem", _pooled_fraction(spec, group["d1_d2"])),
             **fraction_columns("f_mem_scale_free", _pooled_fraction(spec, group["d1_d2_scale_free"])),
-            "memorizer_distance": _mean_std(group["memorizer_distance"])[0],
-            "memorizer_distance_bias_free": _mean_std(group["memorizer_distance_bias_free"])[0],
-            "ab_samples": group["ab_samples"] or 0, "ab_cosine": _mean_std(group["ab_cosine"])[0],
-            "ab_cosine_centered": ab_centered, "ab_cosine_centered_std": ab_centered_std,
-            "ab_l2": _mean_std(group["ab_l2_normalized"])[0],
-            "ab_basis_overlap": _mean_std(group["ab_basis_overlap"])[0],
-            "effective_dim": _mean_std(group["effective_dim"])[0],
-            "symmetry_error": _mean_std(group["symmetry_error"])[0],
-            **{column: _mean_std(group[column])[0] for column in REFERENCE_COLUMNS + CHANCE_COLUMNS},
-            "ab_basis_overlap_chance": _mean_std(group["ab_chance"])[0],
+            "memorizer_distance": mean("memorizer_distance"),
+            "memorizer_distance_bias_free": mean("memorizer_distance_bias_free"),
+            "ab_samples": group["ab_samples"] or 0, "ab_cosine": mean("ab_cosine"),
+            **_with_sd("ab_cosine_centered", group["ab_cosine_centered"]), "ab_l2": mean("ab_l2_normalized"),
+            "ab_basis_overlap": mean("ab_basis_overlap"), "effective_dim": mean("effective_dim"),
+            **{column: mean(column) for column in ("symmetry_error", *REFERENCE_COLUMNS, *CHANCE_COLUMNS)},
+            "ab_basis_overlap_chance": mean("ab_chance"),
             "capped_samples": group["capped_samples"] or 0, "diverged_samples": group["diverged_samples"] or 0,
         })
     return with_switch_n(rows, spec.analysis.onset_f_mem)
