@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import io
 
-import duckdb
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
+
+from .query import indexed_table, row_lists, sql_rows  # noqa: E402
 
 
 def _png(fig, title: str | None = None) -> bytes:
@@ -212,14 +212,10 @@ def eigenvector_figure(eigenvectors: np.ndarray, sigmas: np.ndarray, inputs: np.
 def group_rows(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     """`rows` grouped by their values of `keys` (SQL): the groups in the order of those values, each
     group's rows in their order in `rows`."""
-    positions = pa.table({**{key: [row[key] for row in rows] for key in keys},
-                          "row_index": pa.array(range(len(rows)), pa.int64())})
     columns = ", ".join(f'"{key}"' for key in keys)
-    with duckdb.cursor() as con:  # views of its own, and safe beside other threads' queries
-        con.register("positions", positions)
-        groups = con.sql(f"SELECT {columns}, list(row_index ORDER BY row_index) FROM positions "
-                         f"GROUP BY ALL ORDER BY {columns}").fetchall()
-    return {tuple(group[:-1]): [rows[index] for index in group[-1]] for group in groups}
+    groups = sql_rows(f"SELECT {columns}, {row_lists('row_index')} FROM positions GROUP BY ALL ORDER BY {columns}",
+                      positions=indexed_table(rows, *keys))
+    return {tuple(group[key] for key in keys): [rows[index] for index in group["row_index"]] for group in groups}
 
 
 def _colours(count: int):
