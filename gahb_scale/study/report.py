@@ -171,20 +171,19 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, jacobia
         if complete:
             arrays = {n: {split: load_arrays(store, arrays_path(spec.name, first[n][split])) for split in "AB"}
                       for n in complete}
-            shown_seeds = min(4, len(arrays[complete[0]]["A"]["sample_seeds"]))
-            rows = [(n, {"A": arrays[n]["A"]["samples"][:shown_seeds], "B": arrays[n]["B"]["samples"][:shown_seeds],
-                         "nearest": arrays[n]["A"]["nearest"][:shown_seeds]}) for n in complete]
-            page.figure(f"samples-{slug}", figures.samples_by_n_figure(rows, arrays[complete[0]]["A"]["sample_seeds"]
-                                                                       [:shown_seeds], title),
+            head = arrays[complete[0]]["A"]  # its seeds, noise levels and Jacobian inputs are every model's
+            shown = len(head["sample_seeds"][:4])
+            rows = [(n, {"A": arrays[n]["A"]["samples"][:shown], "B": arrays[n]["B"]["samples"][:shown],
+                         "nearest": arrays[n]["A"]["nearest"][:shown]}) for n in complete]
+            page.figure(f"samples-{slug}", figures.samples_by_n_figure(rows, head["sample_seeds"][:shown], title),
                         "Samples of models A and B drawn with the same seeds, and the training image of A nearest "
                         "to A's sample (NN of A), each shown stretched to its own grey range (a bias-free model's "
                         "samples are images up to gain). Memorization: A equals its nearest training image; "
                         "generalization: A ≈ B and both differ from it.")
-            sigmas = arrays[complete[0]]["A"]["jacobian_sigmas"]
             vectors = {n: (arrays[n]["A"]["eigenvectors"], arrays[n]["B"]["eigenvectors"]) for n in complete}
-            inputs = arrays[complete[0]]["A"]["jacobian_inputs"]
-            if vectors[complete[0]][0].shape[2]:
-                for sigma_index, sigma in enumerate(sigmas):
+            inputs = head["jacobian_inputs"]
+            if head["eigenvectors"].shape[2]:
+                for sigma_index, sigma in enumerate(head["jacobian_sigmas"]):
                     for image in range(min(2, len(inputs))):  # a few images; the 8 leading vectors stay legible
                         by_n = [(n, vectors_a[sigma_index, image, :8], vectors_b[sigma_index, image, :8],
                                  *(asymmetry[(first[n][split], float(sigma), image)] for split in "AB"))
