@@ -20,6 +20,7 @@ from test_cluster_manifests import _gahb_commands
 from gahb_scale.cli import build_parser, main
 from gahb_scale.errors import UserInputError
 from gahb_scale.study.spec_file import load_spec
+from gahb_scale.study.transition_columns import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -40,15 +41,28 @@ def documented_commands() -> list[tuple[str, list[str]]]:
             for argv in _gahb_commands(block)]
 
 
-def documented_columns() -> dict[str, set[str]]:
-    """table -> the columns docs/tables.md lists for it: the `names` of each bullet before its colon."""
+def table_sections() -> dict[str, str]:
+    """table -> its section of docs/tables.md, from below its heading to the next heading."""
     sections = re.split(r"^### `(\w+)`\n", (REPO / "docs" / "tables.md").read_text(), flags=re.M)[1:]
+    return {table: body.split("\n## ", 1)[0] for table, body in zip(sections[::2], sections[1::2])}
+
+
+def documented_columns() -> dict[str, set[str]]:
+    """table -> the columns docs/tables.md lists for it: the `names` of each bullet before its colon,
+    or of each row of its column table (the first cell)."""
     columns = {}
-    for table, body in zip(sections[::2], sections[1::2]):
-        body = body.split("\n## ", 1)[0]
+    for table, body in table_sections().items():
         bullets = re.split(r"^- ", body.replace("\n  ", " "), flags=re.M)[1:]
         columns[table] = {name for bullet in bullets for name in re.findall(r"`(\w+)`", bullet.split(": ", 1)[0])}
+        columns[table] |= set(re.findall(r"^\| `(\w+)` \|", body, re.M))
     return columns
+
+
+def test_the_transition_columns_are_the_registry_s():
+    """docs/tables.md lists the transition table's columns as the one column registry renders them,
+    so the two cannot drift apart."""
+    rows = [line for line in table_sections()["transition"].splitlines() if line.startswith("|")]
+    assert "\n".join(rows) == markdown_table()
 
 
 def _parse(argv: list[str]):

@@ -219,3 +219,32 @@ def test_a_model_file_without_its_training_record_is_one_clear_error(tmp_path):
     store.write_bytes(model_path(broken.trial_id), b"a model file")
     with pytest.raises(UserInputError, match=f"{broken.trial_id}/model.pt has no training record"):
         register_trained(spec, StudyTables(store, spec.name), [broken])
+
+
+def test_a_packs_last_step_is_told_once():
+    """A pack reports its last step twice, the second time with its checkpoint: one progress line."""
+    import logging
+    from types import SimpleNamespace
+
+    from gahb_scale.study.train import Pack, TrainProgress
+    from gahb_scale.study.trials import expand_trials
+
+    spec = study([SMALL], sizes=(1,))
+    pack = Pack(tuple(expand_trials(spec)))
+    progress = TrainProgress(spec, {pack.pack_id: pack}, SimpleNamespace(log_training=lambda *_: None))
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    log = logging.getLogger("gahb_scale.study")
+    level, steps = log.level, spec.training.steps
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for step in (steps // 2, steps, steps):
+            progress.on_trial_result(0, [], SimpleNamespace(config={"pack_id": pack.pack_id}),
+                                     {"step": step, "losses": [1.0, 2.0], "images_per_s": 100.0})
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert [line.split(": ", 1)[1].split(" loss")[0] for line in lines if pack.pack_id in line] == \
+        [f"step {steps // 2}/{steps}", f"step {steps}/{steps}"]

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import io
 
-import duckdb
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
+
+from .query import indexed_table, row_lists, sql_rows  # noqa: E402
 
 
-def _png(fig) -> bytes:
+def _png(fig, title: str | None = None) -> bytes:
+    """The figure as PNG bytes, under `title` if given; the figure is closed."""
+    if title is not None:
+        fig.suptitle(title, fontsize=9)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -139,8 +142,7 @@ def memorizer_distance_figure(rows: list[dict], title: str) -> bytes:
         _measured_ticks(ax, sigmas, "g")
         _label(ax, "noise level σ (grey levels)", None, name)
     axes[0].set_ylabel("‖f(y) − f_mem(y)‖² / ‖y − x‖²")
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return _png(fig, title)
 
 
 def psnr_figure(psnr_rows: list[dict], title: str) -> bytes:
@@ -168,8 +170,7 @@ def sample_grid_figure(columns: dict[str, np.ndarray], seeds: np.ndarray, title:
                 ax.set_title(name, fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"seed {int(seeds[i])}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return _png(fig, title)
 
 
 def _asymmetry(jacobian_rows: list[dict]) -> dict[tuple[float, int], float]:
@@ -202,8 +203,7 @@ def eigenvector_figure(eigenvectors: np.ndarray, sigmas: np.ndarray, inputs: np.
         for i in range(n_images):
             _eigenvector_row(axes[s * n_images + i], inputs[i, 0], eigenvectors[s, i],
                              f"σ={sigmas[s]:g}\nasym {asymmetry[(float(sigmas[s]), i)]:.2f}")
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return _png(fig, title)
 
 
 # ---- study-level figures of the report ---------------------------------------------------------
@@ -212,14 +212,10 @@ def eigenvector_figure(eigenvectors: np.ndarray, sigmas: np.ndarray, inputs: np.
 def group_rows(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     """`rows` grouped by their values of `keys` (SQL): the groups in the order of those values, each
     group's rows in their order in `rows`."""
-    positions = pa.table({**{key: [row[key] for row in rows] for key in keys},
-                          "row_index": pa.array(range(len(rows)), pa.int64())})
     columns = ", ".join(f'"{key}"' for key in keys)
-    with duckdb.cursor() as con:  # views of its own, and safe beside other threads' queries
-        con.register("positions", positions)
-        groups = con.sql(f"SELECT {columns}, list(row_index ORDER BY row_index) FROM positions "
-                         f"GROUP BY ALL ORDER BY {columns}").fetchall()
-    return {tuple(group[:-1]): [rows[index] for index in group[-1]] for group in groups}
+    groups = sql_rows(f"SELECT {columns}, {row_lists('row_index')} FROM positions GROUP BY ALL ORDER BY {columns}",
+                      positions=indexed_table(rows, *keys))
+    return {tuple(group[key] for key in keys): [rows[index] for index in group["row_index"]] for group in groups}
 
 
 def _colours(count: int):
@@ -279,8 +275,7 @@ def samples_by_n_figure(rows: list[tuple[int, dict[str, np.ndarray]]], seeds: np
                 if i == 0:
                     ax.set_title(f"seed {int(seeds[j])}: {name}" if c == 0 else name, fontsize=7)
         axes[i, 0].set_ylabel(f"N={n}", fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return _png(fig, title)
 
 
 def spectra_by_n_figure(eigen_rows: list[dict], jacobian_rows: list[dict], title: str,
@@ -301,8 +296,7 @@ def spectra_by_n_figure(eigen_rows: list[dict], jacobian_rows: list[dict], title
             ax.axvline(tangent_dims, color="red", ls=":", label=f"{tangent_dims} tangent dimensions")
         ax.set_xscale("log")
         _label(ax, "rank k", "eigenvalue λ_k of (J + Jᵀ)/2", f"σ = {sigma:g}/255")
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return _png(fig, title)
 
 
 def eigenvectors_ab_figure(rows: list[tuple[int, np.ndarray, np.ndarray, float, float]], clean: np.ndarray,
@@ -317,9 +311,7 @@ def eigenvectors_ab_figure(rows: list[tuple[int, np.ndarray, np.ndarray, float, 
             _eigenvector_row(axes[2 * i + r], clean[0], vectors, f"N={n} {name}\nasym {asymmetry:.2f}", stretch=True)
     for j, ax in enumerate(axes[0, 1:]):
         ax.set_title(f"e{j + 1}", fontsize=7)
-    fig.suptitle(f"{title}: leading eigenvectors at σ = {sigma:g}/255 (first column: the clean image, stretched)",
-                 fontsize=9)
-    return _png(fig)
+    return _png(fig, f"{title}: leading eigenvectors at σ = {sigma:g}/255 (first column: the clean image, stretched)")
 
 
 def basis_overlap_figure(rows: list[dict], asymmetry: list[dict], title: str) -> bytes:
@@ -382,8 +374,7 @@ def disc_tangent_figure(rows: list[dict], title: str) -> bytes:
     for ax, (name, ylabel) in zip(axes, labels):
         _measured_ticks(ax, sigmas, "g")
         _label(ax, "noise level σ (grey levels)", ylabel, name)
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return _png(fig, title)
 
 
 def shuffle_figure(rows: list[dict], title: str) -> bytes:
@@ -435,8 +426,7 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
     _measured_ticks(axes[1], sorted({row["n"] for row in onset}))
     if reached_any:
         axes[1].set_yscale("log")
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return _png(fig, title)
 
 
 def loss_curves_figure(curves: list[dict], title: str) -> bytes:
@@ -503,5 +493,4 @@ def memorization_law_figure(tau_rows: list[dict], law: list[dict], title: str) -
         ax.set_ylabel("τ_mem (training step)")
         ax.set_title(f"τ_mem by {name}", fontsize=9)
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return _png(fig, title)

@@ -4,12 +4,46 @@ Each table name (trials, psnr, samples, pairs, transition, ...) is a view over t
 files (one per study and trial, pair or study) in all studies below the location, so one query can
 compare studies; `study_id` tells them apart. The files are read through the store's filesystem,
 so a results URI (s3://...) is queried exactly like a local folder.
+
+Rows in memory are grouped by SQL too (`sql_rows` over `indexed_table`s): the study tables'
+summaries and the figures' groups.
 """
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from ..errors import UserInputError
 from .store import StudyStore
+
+# a table as the store reads it, or rows as dicts; None: a table nothing was written to yet
+Rows = pa.Table | list[dict] | None
+
+
+def indexed_table(rows: Rows, *columns: str) -> pa.Table:
+    """`columns` of `rows`, and `row_index`: each row's place, the order a group's values are listed in."""
+    if isinstance(rows, pa.Table):  # a column no file has yet (written by an older version) is null
+        table = pa.table({column: rows[column] if column in rows.column_names else pa.nulls(rows.num_rows)
+                          for column in columns})
+    else:  # column by column, so that no rows still make a table with these columns
+        table = pa.table({column: [row[column] for row in rows or []] for column in columns})
+    return table.append_column("row_index", pa.array(range(table.num_rows), pa.int64()))
+
+
+def row_lists(*columns: str, prefix: str = "") -> str:
+    """SQL: each column's values in a group as a list, in row order."""
+    return ", ".join(f"list({column} ORDER BY row_index) AS {prefix}{column}" for column in columns)
+
+
+def sql_rows(sql: str, params: dict | None = None, **tables: pa.Table) -> list[dict]:
+    """The rows of `sql` over in-memory `tables` (each by its keyword) as dicts."""
+    import duckdb
+
+    with duckdb.cursor() as con:  # views of its own, and safe beside other threads' queries
+        for name, table in tables.items():
+            con.register(name, table)
+        result = con.sql(sql, params=params)
+        return [dict(zip(result.columns, row)) for row in result.fetchall()]
 
 
 def run_query(sql: str, results: str) -> tuple[list[str], list[tuple]]:

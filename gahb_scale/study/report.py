@@ -25,6 +25,7 @@ from .trials import analysis_id
 DISC_DIMS = len(PARAMETER_NAMES)  # the disc family's tangent space is 5-dimensional
 # what a report holds once any model is analysed: a folder without them is rebuilt
 REPORT_ALWAYS = ("index.html", "transition.png")
+_GROUP = {"dataset": "dataset", "architecture": "architecture", "n": "N"}  # the headers of a group's columns
 
 
 def _cell(value) -> str:
@@ -170,20 +171,19 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, jacobia
         if complete:
             arrays = {n: {split: load_arrays(store, arrays_path(spec.name, first[n][split])) for split in "AB"}
                       for n in complete}
-            shown_seeds = min(4, len(arrays[complete[0]]["A"]["sample_seeds"]))
-            rows = [(n, {"A": arrays[n]["A"]["samples"][:shown_seeds], "B": arrays[n]["B"]["samples"][:shown_seeds],
-                         "nearest": arrays[n]["A"]["nearest"][:shown_seeds]}) for n in complete]
-            page.figure(f"samples-{slug}", figures.samples_by_n_figure(rows, arrays[complete[0]]["A"]["sample_seeds"]
-                                                                       [:shown_seeds], title),
+            head = arrays[complete[0]]["A"]  # its seeds, noise levels and Jacobian inputs are every model's
+            shown = len(head["sample_seeds"][:4])
+            rows = [(n, {"A": arrays[n]["A"]["samples"][:shown], "B": arrays[n]["B"]["samples"][:shown],
+                         "nearest": arrays[n]["A"]["nearest"][:shown]}) for n in complete]
+            page.figure(f"samples-{slug}", figures.samples_by_n_figure(rows, head["sample_seeds"][:shown], title),
                         "Samples of models A and B drawn with the same seeds, and the training image of A nearest "
                         "to A's sample (NN of A), each shown stretched to its own grey range (a bias-free model's "
                         "samples are images up to gain). Memorization: A equals its nearest training image; "
                         "generalization: A ≈ B and both differ from it.")
-            sigmas = arrays[complete[0]]["A"]["jacobian_sigmas"]
             vectors = {n: (arrays[n]["A"]["eigenvectors"], arrays[n]["B"]["eigenvectors"]) for n in complete}
-            inputs = arrays[complete[0]]["A"]["jacobian_inputs"]
-            if vectors[complete[0]][0].shape[2]:
-                for sigma_index, sigma in enumerate(sigmas):
+            inputs = head["jacobian_inputs"]
+            if head["eigenvectors"].shape[2]:
+                for sigma_index, sigma in enumerate(head["jacobian_sigmas"]):
                     for image in range(min(2, len(inputs))):  # a few images; the 8 leading vectors stay legible
                         by_n = [(n, vectors_a[sigma_index, image, :8], vectors_b[sigma_index, image, :8],
                                  *(asymmetry[(first[n][split], float(sigma), image)] for split in "AB"))
@@ -226,9 +226,8 @@ def _slope_section(page: _Page, spec: StudySpec, slopes: list[dict]) -> None:
                 "(±1 sd over models), and the optimal slope α/(α+1).")
     page.table([{**row, "diff": row["psnr_slope"] - row["optimal_slope"],
                  "theory": "yes" if row["theory_applies"] else "no: α ≤ 1"} for row in slopes],
-               {"dataset": "dataset", "architecture": "architecture", "n": "N", "alpha": "α", "models": "models",
-                "psnr_slope": "fitted slope", "psnr_slope_std": "sd", "optimal_slope": "α/(α+1)",
-                "diff": "fitted − optimal", "theory": "α/(α+1) optimal?"})
+               {**_GROUP, "alpha": "α", "models": "models", "psnr_slope": "fitted slope", "psnr_slope_std": "sd",
+                "optimal_slope": "α/(α+1)", "diff": "fitted − optimal", "theory": "α/(α+1) optimal?"})
     if not all(row["theory_applies"] for row in slopes if row["alpha"] is not None):
         page.text("α ≤ 1 lies outside the theory: the backgrounds of this recipe (2-D white noise integrated to "
                   "order β = α) are not continuous for β ≤ 1, so α/(α+1) is not the optimal slope there.")
@@ -248,9 +247,8 @@ def _tangent_section(page: _Page, spec: StudySpec, groups: dict[tuple, list[dict
                     figures.disc_tangent_figure(group, f"{dataset} / {architecture}"),
                     "The optimal denoiser at low noise projects onto the 5-D tangent space (energy inside 1, trace "
                     "5, five eigenvalues near 1). What the network keeps beyond it are its GAHB components.")
-    page.table(table, {"dataset": "dataset", "architecture": "architecture", "n": "N", "sigma": "σ",
-                       "energy_inside": "energy inside tangent", "trace_inside": "tr inside", "trace_total": "tr J",
-                       "leading_alignment": "top-5 eigvecs vs tangent (mean cos²)",
+    page.table(table, {**_GROUP, "sigma": "σ", "energy_inside": "energy inside tangent", "trace_inside": "tr inside",
+                       "trace_total": "tr J", "leading_alignment": "top-5 eigvecs vs tangent (mean cos²)",
                        "eigenvalues_above": f"eigenvalues > {spec.analysis.eigenvalue_threshold:g}"})
 
 
@@ -274,9 +272,8 @@ def _time_section(page: _Page, spec: StudySpec, rows: list[dict], onset: list[di
                 f"f_mem of samples drawn from snapshots of the weights during training (same seeds at every step): "
                 f"raw pixels (Bonnaire et al., solid) and scale-free (dashed); onset = first step with "
                 f"f_mem ≥ {spec.analysis.onset_f_mem:g}.")
-    page.table(onset, {"dataset": "dataset", "architecture": "architecture", "n": "N", "onset_step": "onset step",
-                       "onset_step_scale_free": "onset step (scale-free f_mem)", "max_f_mem": "max f_mem",
-                       "final_f_mem": "final f_mem", "steps_observed": "snapshots"})
+    page.table(onset, {**_GROUP, "onset_step": "onset step", "onset_step_scale_free": "onset step (scale-free f_mem)",
+                       "max_f_mem": "max f_mem", "final_f_mem": "final f_mem", "steps_observed": "snapshots"})
 
 
 _MEASURE_NAMES = {"f_mem": "Bonnaire et al.'s f_mem", "f_mem_scale_free": "the scale-free f_mem"}

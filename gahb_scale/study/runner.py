@@ -215,12 +215,6 @@ def has_saved_work(spec: StudySpec) -> bool:
         return False
 
 
-def ray_log_path(spec: StudySpec, store: StudyStore) -> Path:
-    """Where a run keeps Ray's own output: beside local results, else in this machine's home folder."""
-    folder = Path(store.path("logs")) if "://" not in store.results else Path.home() / ".gahb-scale" / "logs"
-    return folder / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}.log"
-
-
 def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbose: bool = False) -> dict:
     """Run (or continue) a study. Returns {"transition": rows, "mlflow_uri": ..., "mlflow_url": ..., "results": ...,
     "tables": ..., "report": ...}. Ray's own output goes to a log file unless `verbose`."""
@@ -241,8 +235,10 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
             log.info(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing "
                      f"{row['duplicates_removed']} near-duplicates (|correlation| > "
                      f"{row['near_duplicate_threshold']:g} on copies pooled by int(side/20))")
-    log_path = None if verbose else ray_log_path(spec, store)
-    if log_path is not None:
+    log_path = None
+    if not verbose:  # Ray's own output: beside local results, else in this machine's home folder
+        folder = Path(store.path("logs")) if "://" not in store.results else Path.home() / ".gahb-scale" / "logs"
+        log_path = folder / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}.log"
         log.info(f"Ray's own output: {log_path} (run --verbose shows it here)")
     tracker, status = None, "FAILED"
     with ray_output_to(log_path):

@@ -405,14 +405,6 @@ def _default_sigmas() -> list[float]:
     return [float(f"{255 ** (i / 7):.4g}") for i in range(8)]
 
 
-def _sigma_grid(values: list[float]) -> list[float]:
-    errors = [_error((i,), f"noise levels are grey levels in (0, 255] (got {s:g})", s)
-              for i, s in enumerate(values) if not 0 < s <= 255]
-    errors += _duplicates(values, lambda s: f"noise level {s:g}")
-    _fail(errors)
-    return sorted(values)
-
-
 class AnalysisSpec(_Model):
     """Per-model and per-pair measurements."""
     sigmas: list[float] = Field(default_factory=_default_sigmas, min_length=1,
@@ -435,7 +427,10 @@ class AnalysisSpec(_Model):
     @field_validator("sigmas", "jacobian_sigmas")
     @classmethod
     def _grid(cls, v: list[float]) -> list[float]:
-        return _sigma_grid(v)
+        errors = [_error((i,), f"noise levels are grey levels in (0, 255] (got {s:g})", s)
+                  for i, s in enumerate(v) if not 0 < s <= 255]
+        _fail(errors + _duplicates(v, lambda s: f"noise level {s:g}"))
+        return sorted(v)
 
     @field_validator("slope_sigma_range")
     @classmethod

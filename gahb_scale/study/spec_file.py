@@ -42,13 +42,8 @@ def _message(err: dict, known: list[str] | None = None) -> str:
 
 
 def _loc_str(loc: typing.Iterable[str | int]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return text.removeprefix(".") or "(top level)"
 
 
 def _unwrap(ann: Any) -> Any:

@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..errors import UserInputError
+from .spec import results_below
 
 # table -> the columns that identify a row group (one file each); new rows replace the old file.
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
@@ -130,10 +131,7 @@ class StudyStore:
 
     def uri(self, relative: str) -> str:
         """Where Ray and users can find a file: a local path or a URI."""
-        if "://" not in self.results:
-            return self.path(relative)
-        base, query = self.results.split("?", 1) if "?" in self.results else (self.results, "")
-        return f"{base.rstrip('/')}/{relative}" + (f"?{query}" if query else "")
+        return results_below(self.results, relative) if "://" in self.results else self.path(relative)
 
     def is_empty(self) -> bool:
         """Whether nothing at all is stored here (a mistyped location, or a study never run)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,11 +20,9 @@ import torch
 
 from ..analysis import MemorizationFraction, memorization_fraction, memorized_share
 from .analyse import fraction_columns, optimal_slope
+from .query import Rows, indexed_table, row_lists, sql_rows
 from .spec import DatasetSpec, StudySpec
 from .store import StudyTables
-
-# a table as the store reads it, or rows as dicts; None: a table nothing was written to yet
-Rows = pa.Table | list[dict] | None
 
 # per-model columns the transition averages beside the network's own: the Jacobian asymmetry of the
 # two analytic references, and the chance levels of the A/B and nearest-neighbour measures
@@ -34,36 +31,18 @@ CHANCE_COLUMNS = ("ab_cosine_chance", "ab_cosine_centered_chance", "ab_l2_chance
                   "f_mem_chance", "f_mem_scale_free_chance")
 
 
-def _table(rows: Rows, *columns: str) -> pa.Table:
-    """`columns` of `rows`, and `row_index`: each row's place, the order a group's values are listed in."""
-    if isinstance(rows, pa.Table):  # a column no file has yet (written by an older version) is null
-        table = pa.table({column: rows[column] if column in rows.column_names else pa.nulls(rows.num_rows)
-                          for column in columns})
-    else:  # column by column, so that no rows still make a table with these columns
-        table = pa.table({column: [row[column] for row in rows or []] for column in columns})
-    return table.append_column("row_index", pa.array(range(table.num_rows), pa.int64()))
-
-
-def _lists(*columns: str, prefix: str = "") -> str:
-    """SQL: each column's values in a group as a list, in row order."""
-    return ", ".join(f"list({column} ORDER BY row_index) AS {prefix}{column}" for column in columns)
-
-
-def _query(sql: str, params: dict | None = None, **tables: pa.Table) -> list[dict]:
-    """The rows of `sql` over `tables` (each by its keyword) as dicts."""
-    with duckdb.cursor() as con:  # views of its own, and safe beside other threads' queries
-        for name, table in tables.items():
-            con.register(name, table)
-        result = con.sql(sql, params=params)
-        return [dict(zip(result.columns, row)) for row in result.fetchall()]
-
-
 def _mean_std(values: list[float] | None) -> tuple[float, float]:
     """Mean and sd of the defined values (a model whose samples all diverged has no NN similarity;
     None: a group with no such values at all)."""
     arr = np.asarray(values or [], dtype=float)
     arr = arr[~np.isnan(arr)]
     return (float(arr.mean()), float(arr.std())) if arr.size else (math.nan, math.nan)
+
+
+def _with_sd(name: str, values: list[float] | None) -> dict[str, float]:
+    """{name: mean, name_std: sd} of the defined values."""
+    mean, sd = _mean_std(values)
+    return {name: mean, f"{name}_std": sd}
 
 
 def _pooled_fraction(spec: StudySpec, ratios: list[float] | None) -> MemorizationFraction:
@@ -103,19 +82,18 @@ def _slope_theory_applies(dataset: DatasetSpec | None) -> bool:
 
 def slope_rows(spec: StudySpec, metrics: Rows) -> list[dict]:
     """Fitted PSNR slope per (dataset, architecture, N), next to α/(α+1) where it is known."""
-    groups = _query(f"""
-        SELECT dataset, architecture, n, count(*) AS models, {_lists("psnr_slope")},
+    groups = sql_rows(f"""
+        SELECT dataset, architecture, n, count(*) AS models, {row_lists("psnr_slope")},
                first(optimal_slope ORDER BY row_index) AS optimal_slope
         FROM metrics GROUP BY ALL ORDER BY dataset, architecture, n""",
-        metrics=_table(metrics, "dataset", "architecture", "n", "psnr_slope", "optimal_slope"))
+        metrics=indexed_table(metrics, "dataset", "architecture", "n", "psnr_slope", "optimal_slope"))
     datasets = {dataset.name: dataset for dataset in spec.datasets}
     rows = []
     for group in groups:
         dataset = datasets.get(group["dataset"])
-        slope, slope_std = _mean_std(group["psnr_slope"])
         rows.append({"study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"],
                      "n": group["n"], "alpha": None if dataset is None else dataset.params.get("alpha"),
-                     "models": group["models"], "psnr_slope": slope, "psnr_slope_std": slope_std,
+                     "models": group["models"], **_with_sd("psnr_slope", group["psnr_slope"]),
                      "optimal_slope": group["optimal_slope"], "theory_applies": _slope_theory_applies(dataset),
                      "sigma_low": spec.analysis.slope_sigma_range[0],
                      "sigma_high": spec.analysis.slope_sigma_range[1]})
@@ -131,9 +109,9 @@ def shuffle_rows(spec: StudySpec, metrics: Rows, psnr_rows: Rows) -> list[dict]:
     twins = pa.table({"shuffled": [dataset.name for dataset in shuffled],
                       "plain": [plain.get((dataset.kind, json.dumps(dataset.params, sort_keys=True)))
                                 for dataset in shuffled]})
-    groups = _query(f"""
+    groups = sql_rows(f"""
         WITH outputs AS (
-            SELECT dataset, architecture, n, sigma, {_lists("psnr_in", "psnr_out")}
+            SELECT dataset, architecture, n, sigma, {row_lists("psnr_in", "psnr_out")}
             FROM psnr JOIN (SELECT trial_id, dataset, architecture, n FROM metrics) USING (trial_id)
             WHERE images = 'test' GROUP BY ALL)
         SELECT twins.plain AS dataset, shuffled.dataset AS shuffled_dataset, shuffled.architecture, shuffled.n,
@@ -142,8 +120,8 @@ def shuffle_rows(spec: StudySpec, metrics: Rows, psnr_rows: Rows) -> list[dict]:
         JOIN outputs AS plain ON plain.dataset = twins.plain AND plain.architecture = shuffled.architecture
                              AND plain.n = shuffled.n AND plain.sigma = shuffled.sigma
         ORDER BY shuffled.dataset, shuffled.architecture, shuffled.n, shuffled.sigma""",
-        metrics=_table(metrics, "trial_id", "dataset", "architecture", "n"), twins=twins,
-        psnr=_table(psnr_rows, "trial_id", "images", "sigma", "psnr_in", "psnr_out"))
+        metrics=indexed_table(metrics, "trial_id", "dataset", "architecture", "n"), twins=twins,
+        psnr=indexed_table(psnr_rows, "trial_id", "images", "sigma", "psnr_in", "psnr_out"))
     rows = []
     for group in groups:  # its columns are the row's, in order: the lists become their means
         plain_out, shuffled_out = float(np.mean(group["psnr_out"])), float(np.mean(group["psnr_out_shuffled"]))
@@ -154,13 +132,14 @@ def shuffle_rows(spec: StudySpec, metrics: Rows, psnr_rows: Rows) -> list[dict]:
 
 def memorization_time_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> list[dict]:
     """f_mem (both measures) per (dataset, architecture, N, training step), pooling the samples of every model."""
-    groups = _query(f"""
+    groups = sql_rows(f"""
         SELECT dataset, architecture, n, step, count(*) AS samples,
-               {_lists("d1_d2", "d1_d2_scale_free", "nn_cosine_centered")}
+               {row_lists("d1_d2", "d1_d2_scale_free", "nn_cosine_centered")}
         FROM samples JOIN (SELECT trial_id, dataset, architecture, n FROM metrics) USING (trial_id)
         WHERE diverged IS NOT TRUE GROUP BY ALL ORDER BY dataset, architecture, n, step""",
-        metrics=_table(metrics, "trial_id", "dataset", "architecture", "n"),
-        samples=_table(sample_rows, "trial_id", "step", "diverged", "d1_d2", "d1_d2_scale_free", "nn_cosine_centered"))
+        metrics=indexed_table(metrics, "trial_id", "dataset", "architecture", "n"),
+        samples=indexed_table(sample_rows, "trial_id", "step", "diverged", "d1_d2", "d1_d2_scale_free",
+                              "nn_cosine_centered"))
     return [{"study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"],
              "n": group["n"], "step": group["step"], "samples": group["samples"],
              **fraction_columns("f_mem", _pooled_fraction(spec, group["d1_d2"])),
@@ -173,7 +152,7 @@ def onset_rows(spec: StudySpec, over_time: list[dict]) -> list[dict]:
     architecture, N), by Bonnaire et al.'s f_mem and by the scale-free one; None when it never
     does within training (or f_mem is undefined, N = 1)."""
     # NaN is left out by hand: SQL orders it above every number, so it would reach any level
-    return _query("""
+    return sql_rows("""
         SELECT $study AS study_id, dataset, architecture, n,
                min(step) FILTER (WHERE f_mem >= $level AND NOT isnan(f_mem)) AS onset_step,
                min(step) FILTER (WHERE f_mem_scale_free >= $level AND NOT isnan(f_mem_scale_free))
@@ -182,7 +161,7 @@ def onset_rows(spec: StudySpec, over_time: list[dict]) -> list[dict]:
                coalesce(max(f_mem) FILTER (WHERE NOT isnan(f_mem)), 'NaN') AS max_f_mem, count(*) AS steps_observed
         FROM curves GROUP BY dataset, architecture, n ORDER BY dataset, architecture, n""",
         {"study": spec.name, "level": spec.analysis.onset_f_mem},
-        curves=_table(over_time, "dataset", "architecture", "n", "step", "f_mem", "f_mem_scale_free"))
+        curves=indexed_table(over_time, "dataset", "architecture", "n", "step", "f_mem", "f_mem_scale_free"))
 
 
 # the two f_mem measures of the memorization-time law: (name in the tables, d1/d2 column it counts)
@@ -217,16 +196,16 @@ def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> 
     models, and those already at the level at their first snapshot, have no `tau` and stay out of
     the fit."""
     ratios = [column for _, column in LAW_MEASURES]
-    groups = _query(f"""
+    groups = sql_rows(f"""
         WITH curves AS (
-            SELECT trial_id, step, {_lists(*ratios)} FROM samples WHERE diverged IS NOT TRUE GROUP BY ALL)
+            SELECT trial_id, step, {row_lists(*ratios)} FROM samples WHERE diverged IS NOT TRUE GROUP BY ALL)
         SELECT dataset, architecture, n, seed, pair, split, trial_id, list(step ORDER BY step) AS steps,
                {", ".join(f"list({column} ORDER BY step) AS {column}" for column in ratios)}
         FROM curves JOIN metrics USING (trial_id)
         GROUP BY dataset, architecture, n, seed, pair, split, trial_id
         ORDER BY dataset, architecture, n, seed, pair, split, trial_id""",
-        metrics=_table(metrics, "trial_id", "dataset", "architecture", "n", "seed", "pair", "split"),
-        samples=_table(sample_rows, "trial_id", "step", "diverged", *ratios))
+        metrics=indexed_table(metrics, "trial_id", "dataset", "architecture", "n", "seed", "pair", "split"),
+        samples=indexed_table(sample_rows, "trial_id", "step", "diverged", *ratios))
     level = spec.analysis.onset_f_mem
     rows = []
     for group in groups:
@@ -263,10 +242,10 @@ def memorization_law_rows(spec: StudySpec, tau_rows: list[dict]) -> list[dict]:
     independent of each other. With one seed there is nothing to resample over, and the models are
     resampled instead, within each N so every resample keeps the study's N values
     (`resampled_over` says which). A fit needs τ at two N values at least."""
-    groups = _query(f"""
-        SELECT dataset, architecture, measure, {_lists("n", "seed", "tau", "censored", "first_step", "step_below")}
+    groups = sql_rows(f"""
+        SELECT dataset, architecture, measure, {row_lists("n", "seed", "tau", "censored", "first_step", "step_below")}
         FROM tau GROUP BY ALL ORDER BY dataset, architecture, measure""",
-        tau=_table(tau_rows, "dataset", "architecture", "measure", "n", "seed", "tau", "censored", "first_step",
+        tau=indexed_table(tau_rows, "dataset", "architecture", "measure", "n", "seed", "tau", "censored", "first_step",
                    "step_below"))
     rows = []
     for group in groups:
@@ -312,54 +291,48 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
                  "memorizer_distance_bias_free", "effective_dim", "symmetry_error", *REFERENCE_COLUMNS,
                  *CHANCE_COLUMNS)
     # a group is any (dataset, architecture, N) with models, compared samples or basis overlaps
-    groups = _query(f"""
+    groups = sql_rows(f"""
         WITH models AS (
-            SELECT dataset, architecture, n, count(*) AS models, {_lists(*per_model)},
+            SELECT dataset, architecture, n, count(*) AS models, {row_lists(*per_model)},
                    sum(capped_samples) AS capped_samples, sum(diverged_samples) AS diverged_samples
             FROM metrics GROUP BY ALL),
         ratios AS (
-            SELECT dataset, architecture, n, {_lists("d1_d2", "d1_d2_scale_free")}
+            SELECT dataset, architecture, n, {row_lists("d1_d2", "d1_d2_scale_free")}
             FROM samples JOIN (SELECT trial_id, dataset, architecture, n FROM metrics) USING (trial_id)
             WHERE diverged IS NOT TRUE GROUP BY ALL),
         ab AS (
             SELECT dataset, architecture, n, count(*) AS ab_samples,
-                   {_lists("cosine", "cosine_centered", "l2_normalized", prefix="ab_")}
+                   {row_lists("cosine", "cosine_centered", "l2_normalized", prefix="ab_")}
             FROM pairs WHERE diverged IS NOT TRUE GROUP BY ALL),
         basis AS (
-            SELECT dataset, architecture, n, {_lists("basis_overlap", "chance", prefix="ab_")}
+            SELECT dataset, architecture, n, {row_lists("basis_overlap", "chance", prefix="ab_")}
             FROM bases JOIN (SELECT DISTINCT pair_id, dataset, architecture, n FROM pairs) USING (pair_id)
             GROUP BY ALL)
         SELECT * FROM models FULL JOIN ratios USING (dataset, architecture, n)
             FULL JOIN ab USING (dataset, architecture, n) FULL JOIN basis USING (dataset, architecture, n)
         ORDER BY dataset, architecture, n""",
-        metrics=_table(metrics, "trial_id", "dataset", "architecture", "n", *per_model, "capped_samples",
+        metrics=indexed_table(metrics, "trial_id", "dataset", "architecture", "n", *per_model, "capped_samples",
                        "diverged_samples"),
-        samples=_table(samples, "trial_id", "diverged", "d1_d2", "d1_d2_scale_free"),
-        pairs=_table(pairs, "pair_id", "dataset", "architecture", "n", "diverged", "cosine", "cosine_centered",
+        samples=indexed_table(samples, "trial_id", "diverged", "d1_d2", "d1_d2_scale_free"),
+        pairs=indexed_table(pairs, "pair_id", "dataset", "architecture", "n", "diverged", "cosine", "cosine_centered",
                      "l2_normalized"),
-        bases=_table(bases, "pair_id", "basis_overlap", "chance"))
+        bases=indexed_table(bases, "pair_id", "basis_overlap", "chance"))
     rows = []
     for group in groups:
-        gap, gap_std = _mean_std(group["psnr_gap"])
-        nn_cos, nn_cos_std = _mean_std(group["nn_cosine_centered"])
-        ab_centered, ab_centered_std = _mean_std(group["ab_cosine_centered"])
+        mean = lambda column: _mean_std(group[column])[0]  # noqa: E731
         rows.append({
             "study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"], "n": group["n"],
-            "models": group["models"] or 0, "train_psnr": _mean_std(group["train_psnr"])[0],
-            "test_psnr": _mean_std(group["test_psnr"])[0], "psnr_gap": gap, "psnr_gap_std": gap_std,
-            "nn_cosine_centered": nn_cos, "nn_cosine_centered_std": nn_cos_std,
+            "models": group["models"] or 0, "train_psnr": mean("train_psnr"), "test_psnr": mean("test_psnr"),
+            **_with_sd("psnr_gap", group["psnr_gap"]), **_with_sd("nn_cosine_centered", group["nn_cosine_centered"]),
             **fraction_columns("f_mem", _pooled_fraction(spec, group["d1_d2"])),
             **fraction_columns("f_mem_scale_free", _pooled_fraction(spec, group["d1_d2_scale_free"])),
-            "memorizer_distance": _mean_std(group["memorizer_distance"])[0],
-            "memorizer_distance_bias_free": _mean_std(group["memorizer_distance_bias_free"])[0],
-            "ab_samples": group["ab_samples"] or 0, "ab_cosine": _mean_std(group["ab_cosine"])[0],
-            "ab_cosine_centered": ab_centered, "ab_cosine_centered_std": ab_centered_std,
-            "ab_l2": _mean_std(group["ab_l2_normalized"])[0],
-            "ab_basis_overlap": _mean_std(group["ab_basis_overlap"])[0],
-            "effective_dim": _mean_std(group["effective_dim"])[0],
-            "symmetry_error": _mean_std(group["symmetry_error"])[0],
-            **{column: _mean_std(group[column])[0] for column in REFERENCE_COLUMNS + CHANCE_COLUMNS},
-            "ab_basis_overlap_chance": _mean_std(group["ab_chance"])[0],
+            "memorizer_distance": mean("memorizer_distance"),
+            "memorizer_distance_bias_free": mean("memorizer_distance_bias_free"),
+            "ab_samples": group["ab_samples"] or 0, "ab_cosine": mean("ab_cosine"),
+            **_with_sd("ab_cosine_centered", group["ab_cosine_centered"]), "ab_l2": mean("ab_l2_normalized"),
+            "ab_basis_overlap": mean("ab_basis_overlap"), "effective_dim": mean("effective_dim"),
+            **{column: mean(column) for column in ("symmetry_error", *REFERENCE_COLUMNS, *CHANCE_COLUMNS)},
+            "ab_basis_overlap_chance": mean("ab_chance"),
             "capped_samples": group["capped_samples"] or 0, "diverged_samples": group["diverged_samples"] or 0,
         })
     return with_switch_n(rows, spec.analysis.onset_f_mem)

@@ -1,20 +1,12 @@
-"""MLflow, live: one study run and one nested run per model, each logged as the study goes.
+"""MLflow, live (docs/internals.md, "MLflow, live"): one study run and one nested run per model,
+each created RUNNING when its work starts and ended FINISHED, FAILED (with the reason as a tag) or
+KILLED; training metrics stream in every `log_every` steps, analysis metrics and figures as they finish,
+an N's transition metrics (step = N) as soon as its pairs are compared.
 
-The study run is created RUNNING when `run` starts, with the spec and MLflow's system metrics
-(CPU, memory; GPU utilisation and memory where there is a GPU, through `nvidia-ml-py`) of the
-driver's machine, and ends FINISHED, FAILED or KILLED (Ctrl-C). A model's run is created RUNNING
-when its pack starts training; the training loss, lr and images/s stream to it every `log_every`
-steps; its analysis metrics and figures (PSNR curves, eigen spectrum, eigenvectors) come as its
-analysis finishes, its sample figure (A | B | nearest training image) when its pair is compared,
-which ends it FINISHED. A model that fails ends FAILED with the reason as a tag. The transition
-metrics of an N go on the study run, with step = N, as soon as that N's pairs are compared.
-
-Everything reaches MLflow through the driver: the Train workers report to Tune anyway, and the
-driver's Tune callback forwards those reports. So only one process writes, a local sqlite store
-never sees two writers, and the workers of a cluster need no access to the tracking server.
-
-Runs are found again by tag (study id, trial id, role), so a re-run — after Ctrl-C or a killed
-driver — continues the same runs instead of adding new ones, and fills in what they lack.
+Everything reaches MLflow through the driver, which forwards the reports the Train workers send
+to Tune anyway: one process writes, so a local sqlite store never sees two writers and a cluster's
+workers need no access to the tracking server. Runs are found again by tag (study id, trial id,
+role), so a re-run continues the same runs and fills in what they lack.
 
 Where runs go: `storage.mlflow_tracking_uri`, else MLFLOW_TRACKING_URI, else an sqlite store beside
 local results, or (results on object storage, which cannot hold an sqlite file) one on this machine.

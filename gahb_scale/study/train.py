@@ -4,25 +4,12 @@ study of many small models pays Ray's worker-group start once per pack, not once
 small models share a device. Each model is what it would be trained alone; its model file,
 snapshots and table rows are its own.
 
-Resource model (why it cannot deadlock): a Tune trial is only a driver, so it holds no CPU or GPU
-at all — only a memory reservation, since Tune needs its trial to ask for something — and its
-TorchTrainer's controller asks for nothing; the Train workers hold every CPU/GPU of the trial
-(`cpus_per_trial` each). A driver can therefore never take the place a worker group needs, wherever
-Ray puts it: not on 2 CPUs, and not after a node is lost, when restarted drivers of several trials
-share the nodes that remain and their worker groups take turns. Concurrency is capped at what the
-cluster can hold (`max_concurrent`); a worker group that finds no place (a lost node, an autoscaler
-still adding one) waits for it rather than failing (`RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`).
-
-Failures: a worker that dies takes its group down and Ray Train restarts the group from the last
-checkpoint (`FailureConfig`); a trial whose driver died with its node is restarted by Tune, and its
-TorchTrainer — same name, same storage — resumes the same way. Both up to `resources.max_failures`.
-
-Resume: each TorchTrainer is named by its pack's id under the study's storage, and every pack
-planned is recorded (`packs/<pack_id>.json`), so a re-started study resumes a recorded pack as it
-was, from its last reported checkpoint (`ray.train.get_checkpoint()`). A finished model leaves
-`models/<trial_id>/model.pt` and is never trained again: the models left that no recorded pack holds
-(those of a new N, seed or dataset added to a finished study) are packed among themselves. Once
-trained, each model is registered (its rows in `trials` and `train_curves`).
+Resource model, failures and resume: docs/internals.md. In short, a Tune trial is only a driver,
+holding no CPU or GPU (only memory), so it never takes the place its worker group needs; a worker
+group waits for a place instead of failing. Dead workers and drivers restart from the pack's last
+checkpoint (`resources.max_failures`). Every pack planned is recorded (`packs/<pack_id>.json`) and
+resumed as it was; a model with a model file is never trained again, and the models no recorded
+pack holds are packed among themselves.
 """
 
 from __future__ import annotations

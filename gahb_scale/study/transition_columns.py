@@ -1,6 +1,6 @@
 """The columns of the `transition` table, each described once: its name, what it holds, its header in
 the report's table, its header and format in the table `run` prints, and whether it is an MLflow
-metric of the study run. The report, the CLI, MLflow and the README's column table all read them
+metric of the study run. The report, the CLI, MLflow and the column table of docs/tables.md all read them
 from here; summarise computes them. Listed in the report's order."""
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def logged_columns() -> list[str]:
 
 
 def markdown_table() -> str:
-    """Every column and what it holds, as a markdown table (the README's)."""
+    """Every column and what it holds, as a markdown table (the one in docs/tables.md)."""
     lines = ["| column | what it holds |", "|---|---|"]
     lines += [f"| `{column.name}` | {column.description} |" for column in TRANSITION_COLUMNS]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ finds and reuses the trained model. `analysis_id` hashes what the analysis depen
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -116,15 +117,12 @@ def _identity_id(identity: dict[str, Any]) -> str:
 def expand_trials(spec: StudySpec) -> list[Trial]:
     """All trials, ordered by dataset, architecture, N, pair, seed, split (A before B)."""
     trials = []
-    for dataset in spec.datasets:
-        for arch in spec.architectures:
-            for n in spec.train_sizes:
-                for pair in range(spec.split_pairs):
-                    for seed in spec.seeds:
-                        pair_id = _identity_id(trial_identity(spec, dataset, arch, n, pair, None, seed))
-                        for split in ("A", "B"):
-                            trial_id = _identity_id(trial_identity(spec, dataset, arch, n, pair, split, seed))
-                            trials.append(Trial(spec.name, dataset, arch, n, pair, split, seed, trial_id, pair_id))
+    grid = itertools.product(spec.datasets, spec.architectures, spec.train_sizes, range(spec.split_pairs), spec.seeds)
+    for dataset, arch, n, pair, seed in grid:
+        pair_id = _identity_id(trial_identity(spec, dataset, arch, n, pair, None, seed))
+        for split in ("A", "B"):
+            trial_id = _identity_id(trial_identity(spec, dataset, arch, n, pair, split, seed))
+            trials.append(Trial(spec.name, dataset, arch, n, pair, split, seed, trial_id, pair_id))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):  # only reachable through a hash collision
         raise SpecError(spec.name, problem="two trials share a trial id (hash collision); rename a dataset")
