@@ -246,7 +246,7 @@ def memorization_law_rows(spec: StudySpec, tau_rows: list[dict]) -> list[dict]:
         SELECT dataset, architecture, measure, {row_lists("n", "seed", "tau", "censored", "first_step", "step_below")}
         FROM tau GROUP BY ALL ORDER BY dataset, architecture, measure""",
         tau=indexed_table(tau_rows, "dataset", "architecture", "measure", "n", "seed", "tau", "censored", "first_step",
-                   "step_below"))
+                          "step_below"))
     rows = []
     for group in groups:
         timed = ~np.isnan(np.array(group["tau"], dtype=float))
@@ -312,10 +312,10 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
             FULL JOIN ab USING (dataset, architecture, n) FULL JOIN basis USING (dataset, architecture, n)
         ORDER BY dataset, architecture, n""",
         metrics=indexed_table(metrics, "trial_id", "dataset", "architecture", "n", *per_model, "capped_samples",
-                       "diverged_samples"),
+                              "diverged_samples"),
         samples=indexed_table(samples, "trial_id", "diverged", "d1_d2", "d1_d2_scale_free"),
         pairs=indexed_table(pairs, "pair_id", "dataset", "architecture", "n", "diverged", "cosine", "cosine_centered",
-                     "l2_normalized"),
+                            "l2_normalized"),
         bases=indexed_table(bases, "pair_id", "basis_overlap", "chance"))
     rows = []
     for group in groups:
