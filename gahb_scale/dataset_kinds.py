@@ -137,11 +137,16 @@ def _photos_pool(size: int, params: PhotosParams, write_cache: bool = True) -> F
 class DatasetKind:
     """One kind of dataset. `build(n, size, seed, params)` draws n images; a finite kind (a fixed
     set of images) also has `pool(size, params, write_cache)`, its whole pool, whose length is the
-    pool's size; an infinite one (synthetic) draws every split as its own seeded stream."""
+    pool's size; an infinite one (synthetic) draws every split as its own seeded stream.
+
+    `version` goes up when the kind's images change for unchanged parameters, so trial ids change
+    and models trained on the old images are not reused (hashed from 2 on: ids of a kind never
+    bumped stay as they were)."""
     name: str
     params: type[DatasetParams]
     build: Callable[[int, int, int, Any], Tensor]
     pool: Callable[..., FolderImages] | None = None
+    version: int = 1
 
     @property
     def finite(self) -> bool:
@@ -152,7 +157,8 @@ DATASET_KINDS: dict[str, DatasetKind] = {kind.name: kind for kind in (
     DatasetKind("calpha", CalphaParams, _calpha),
     DatasetKind("discs", DiscsParams, _discs),
     DatasetKind("folder", FolderParams, _folder, pool=_folder_pool),
-    DatasetKind("photos", PhotosParams, _photos, pool=_photos_pool),
+    # 2: flat tiles and near-duplicates dropped from the pool
+    DatasetKind("photos", PhotosParams, _photos, pool=_photos_pool, version=2),
 )}
 
 

@@ -28,7 +28,7 @@ from gahb_scale.data import (
     unshuffle_pixels,
 )
 from gahb_scale.data.calpha import _box_smooth_2x2, _contour, _mask_below
-from gahb_scale.data.embedded import _grid_tiles
+from gahb_scale.data.embedded import _all_tiles, _grid_tiles
 from gahb_scale.data.discs import DB2_OFFSET
 from gahb_scale.data.image_folder import CachedImages
 from gahb_scale.dataset_kinds import DATASET_KINDS, CalphaParams, build_pool
@@ -486,9 +486,23 @@ def test_photo_pool_is_finite_and_overdrawing_is_an_error():
 def test_photo_pool_is_the_seed_0_order_kept_uint8():
     """Splits of the photographs index this pool: the tiles `photo_patches` gives with seed 0."""
     pool = photo_pool(40)
-    assert len(pool) == photo_pool_size(40) and pool.duplicates_removed is None
+    assert len(pool) == photo_pool_size(40) and pool.duplicates_removed > 0
     assert pool.uint8_images().dtype == torch.uint8
     assert torch.equal(pool.float_images(), photo_patches(len(pool), 40, seed=0))
+
+
+def test_photo_pool_holds_no_flat_tile_and_no_near_duplicate():
+    """At 16x16 the photographs give 54 identical black tiles (the astronaut's backdrop) and hundreds
+    of near-copies of one brick: kept, they would sit in split A, split B and the test set at once."""
+    tiles = _all_tiles(16)
+    flat = tiles.min(axis=(1, 2)) == tiles.max(axis=(1, 2))
+    assert flat.sum() >= 50 and near_duplicates(torch.from_numpy(tiles)).sum() >= 100  # what is dropped
+    pool = photo_pool(16)
+    kept = pool.uint8_images()[:, 0]
+    assert len(pool) + pool.duplicates_removed == len(tiles)
+    assert (kept.flatten(1).amin(1) < kept.flatten(1).amax(1)).all()
+    assert not near_duplicates(kept).any()
+    assert len(np.unique(kept.flatten(1).numpy(), axis=0)) == len(pool)
 
 
 def test_grid_tiles_never_share_pixels():

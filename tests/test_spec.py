@@ -247,6 +247,21 @@ def test_ids_of_a_shipped_spec_are_those_its_results_were_written_under():
     assert [p.pack_id for p in plan_packs(spec, trials, concurrency=2)] == ["pack-e7c0f62dfc67", "pack-e53dd8ab23b2"]
 
 
+def test_ids_change_when_the_dataset_kind_is_versioned_up(monkeypatch):
+    """A kind whose images change for unchanged parameters (the photos' cleaned pool) gets new ids, so a
+    store's models trained on the old images are not reused; kinds never bumped keep theirs (above)."""
+    import dataclasses
+
+    from gahb_scale import dataset_kinds
+
+    spec = load_spec(STUDIES / "smoke.yaml")
+    before = [t.trial_id for t in expand_trials(spec)]
+    kinds = dataset_kinds.DATASET_KINDS
+    for kind in {d.kind for d in spec.datasets}:
+        monkeypatch.setitem(kinds, kind, dataclasses.replace(kinds[kind], version=2))
+    assert not set(before) & {t.trial_id for t in expand_trials(spec)}
+
+
 def test_ids_independent_of_list_order():
     data = grid_spec()
     shuffled = copy.deepcopy(data)

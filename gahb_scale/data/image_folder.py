@@ -42,6 +42,7 @@ from .transforms import to_float_images
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CROPS = ("celeba", "center", "top_left")
+NEAR_DUPLICATE_THRESHOLD = 0.95  # the authors' |correlation| above which the later of two images goes
 DUPLICATE_SIDE = 20  # near-duplicates are compared on copies pooled by int(side / 20), as the authors do
 # Bump whenever the preprocessing changes, so caches written by the old code are not reused.
 PREPROCESSING_VERSION = "authors-crop/bicubic-rgb/channel-mean-uint8/dedup/v3"
@@ -123,7 +124,7 @@ class FolderImages:
 
 
 def load_image_folder(path: str | Path, size: int, cache_dir: str | Path | None = None, limit: int | None = None,
-                      crop: str = "center", near_duplicate_threshold: float | None = 0.95,
+                      crop: str = "center", near_duplicate_threshold: float | None = NEAR_DUPLICATE_THRESHOLD,
                       write_cache: bool = True) -> FolderImages:
     """Every .jpg/.jpeg/.png under `path`, prepared by the authors' recipe at size×size.
 
@@ -173,7 +174,7 @@ def cache_image_folder(prepared: FolderImages) -> FolderImages:
     return FolderImages(CachedImages(images_file), prepared.files, prepared.duplicates_removed, prepared.cache_files)
 
 
-def near_duplicates(images: Tensor, threshold: float = 0.95, chunk_size: int = 2048) -> Tensor:
+def near_duplicates(images: Tensor, threshold: float = NEAR_DUPLICATE_THRESHOLD, chunk_size: int = 2048) -> Tensor:
     """Bool (n,): True for every image whose mean-removed correlation with an EARLIER image exceeds
     `threshold` in absolute value (the authors' `remove_repeats`: drop the later of each pair).
 

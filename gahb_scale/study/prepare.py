@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..data import FolderImages, disc_images, pool_size_needed, shuffle_pixels, split_pair
-from ..data.image_folder import cache_image_folder
+from ..data.image_folder import NEAR_DUPLICATE_THRESHOLD, cache_image_folder
 from ..dataset_kinds import DATASET_KINDS
 from ..errors import UserInputError
 from .spec import DatasetSpec, StudySpec
@@ -60,10 +60,13 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
     rows, pools = [], []
     for dataset in spec.datasets:
         row = {"study_id": spec.name, "dataset": dataset.name, "kind": dataset.kind, "pool_images": None,
-               "duplicates_removed": None, "near_duplicate_threshold": dataset.params.get("near_duplicate_threshold")}
+               "duplicates_removed": None, "near_duplicate_threshold": None}
         if (pool := finite_pool(dataset, spec.image_size, write_cache=False)) is not None:
             pools.append(pool)
-            row.update(pool_images=len(pool), duplicates_removed=pool.duplicates_removed)
+            # a folder's own threshold (None: kept), else the one every pool is cleaned by
+            threshold = dataset.params.get("near_duplicate_threshold", NEAR_DUPLICATE_THRESHOLD)
+            row.update(pool_images=len(pool), duplicates_removed=pool.duplicates_removed,
+                       near_duplicate_threshold=threshold if pool.duplicates_removed is not None else None)
         needed = pool_size_needed(max(spec.train_sizes), spec.test_images)
         if row["pool_images"] is not None and row["pool_images"] < needed:
             removed = f" after removing {row['duplicates_removed']} near-duplicates" if row["duplicates_removed"] else ""

@@ -5,7 +5,7 @@ on the disjoint halves A and B of the split pair: `expand_trials` lists them in 
 `describe_trials` renders the grid for `gahb-scale validate`.
 
 Trial ids. A trial's id is a hash of exactly what determines the trained network: the dataset
-spec (minus its cache folder), the architecture spec (hyper-parameters with defaults filled in),
+spec (minus its cache folder, plus its kind's version), the architecture spec (hyper-parameters with defaults filled in),
 image size, N, split pair, split, seed, number of held-out images and the training spec (minus
 the logging and checkpoint cadence). The study name, sampling, analysis, resources and storage
 are left out, so a re-run with other analysis settings, or the same trial in another study,
@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import __version__
+from ..dataset_kinds import dataset_kind
 from .spec import ArchitectureSpec, DatasetSpec, StudySpec
 from .spec_file import SpecError
 
@@ -85,6 +86,8 @@ def trial_identity(spec: StudySpec, dataset: DatasetSpec, architecture: Architec
     hashed_dataset = dataset.model_dump(mode="json")
     hashed_dataset["params"] = {name: value for name, value in hashed_dataset["params"].items()
                                 if name not in _DATASET_PARAMS_NOT_IN_ID}
+    if (version := dataset_kind(dataset.kind).version) > 1:
+        hashed_dataset["kind_version"] = version
     identity = {
         "id_version": TRIAL_ID_VERSION,
         "dataset": hashed_dataset,
