@@ -248,3 +248,32 @@ def test_a_packs_last_step_is_told_once():
         log.setLevel(level)
     assert [line.split(": ", 1)[1].split(" loss")[0] for line in lines if pack.pack_id in line] == \
         [f"step {steps // 2}/{steps}", f"step {steps}/{steps}"]
+
+
+def test_a_stages_last_count_is_told_once(monkeypatch):
+    """Off a terminal a stage prints plain lines; one that already told the final count (its last
+    update came after PLAIN_EVERY_S) does not tell it again when it closes."""
+    import logging
+
+    from gahb_scale.study import progress as progress_module
+
+    monkeypatch.setattr(progress_module, "PLAIN_EVERY_S", 0.0)  # every update prints its line
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    log = logging.getLogger("gahb_scale.study")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        stage = progress_module.StageProgress("analysis", total=3, unit="task")
+        for _ in range(3):
+            stage.update()
+        stage.close()
+        silent = progress_module.StageProgress("pairs", total=0, unit="task")  # nothing to do: still one line
+        silent.close()
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert [line.split(",")[0] for line in lines] == ["[analysis] 1/3 tasks", "[analysis] 2/3 tasks",
+                                                      "[analysis] 3/3 tasks", "[pairs] 0/0 tasks"]

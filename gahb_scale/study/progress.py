@@ -58,11 +58,12 @@ def show_progress() -> None:
 
 class StageProgress:
     """One stage's progress, done/total with rate and ETA: a tqdm bar on a terminal; otherwise a
-    plain line at most every PLAIN_EVERY_S and one at the end."""
+    plain line at most every PLAIN_EVERY_S, and one at the end unless the last gave the final count."""
 
     def __init__(self, stage: str, total: int, unit: str):
         self.stage, self.total, self.unit = stage, total, unit
         self.done, self.started, self.last_line = 0, time.monotonic(), time.monotonic()
+        self.told: int | None = None  # the count the last plain line gave
         terminal = _out()
         self.bar = tqdm(total=total, desc=f"[{stage}]", unit=f" {unit}", file=terminal, dynamic_ncols=True,
                         disable=not (hasattr(terminal, "isatty") and terminal.isatty()), leave=True)
@@ -74,7 +75,7 @@ class StageProgress:
             self._line()
 
     def _line(self) -> None:
-        self.last_line = time.monotonic()
+        self.last_line, self.told = time.monotonic(), self.done
         seconds = self.last_line - self.started
         rate = self.done / seconds if seconds > 0 else 0.0
         eta = f", ETA {(self.total - self.done) / rate:.0f} s" if 0 < rate and self.done < self.total else ""
@@ -82,7 +83,7 @@ class StageProgress:
 
     def close(self) -> None:
         self.bar.close()
-        if self.bar.disable:
+        if self.bar.disable and self.told != self.done:
             self._line()
 
 
