@@ -125,14 +125,18 @@ def test_memorization_over_time_and_its_onset():
                for (t, step), rs in ratios.items() for i, r in enumerate(rs)]
     samples.append({"study_id": "t", "trial_id": "a16", "step": 20, "sample_seed": 9, "d1_d2": 0.0,
                     "d1_d2_scale_free": 0.0, "nn_cosine_centered": 1.0, "diverged": True})
+    samples += [{"study_id": "t", "trial_id": "a16", "step": 30, "sample_seed": i, "d1_d2": 0.0,  # all diverged
+                 "d1_d2_scale_free": 0.0, "nn_cosine_centered": 1.0, "diverged": True} for i in range(2)]
     over_time = memorization_time_rows(s, metrics, samples)
     f = {(r["n"], r["step"]): r["f_mem"] for r in over_time}
     assert f[(4, 10)] == 0.25 and f[(4, 20)] == 0.75
     assert f[(16, 10)] == 0.0 and f[(16, 20)] == 0.5  # the diverged sample is left out
+    step_30 = next(r for r in over_time if r["step"] == 30)  # kept, with nothing to count
+    assert step_30["samples"] == 0 and math.isnan(step_30["f_mem"]) and math.isnan(step_30["nn_cosine_centered"])
     assert math.isnan(f[(1, 10)])
     onset = {r["n"]: r for r in onset_rows(s, over_time)}
     assert onset[4]["onset_step"] == 20 and onset[16]["onset_step"] == 20
-    assert all(r["f_mem_scale_free"] == 1.0 for r in over_time if r["n"] > 1)
+    assert all(r["f_mem_scale_free"] == 1.0 for r in over_time if r["n"] > 1 and r["samples"])
     assert onset[4]["onset_step_scale_free"] == 10 and onset[16]["onset_step_scale_free"] == 10
     assert onset[1]["onset_step"] is None and math.isnan(onset[1]["max_f_mem"])
     s_high = spec(analysis={"onset_f_mem": 0.8, "bootstrap": 20})

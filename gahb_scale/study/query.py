@@ -30,9 +30,10 @@ def indexed_table(rows: Rows, *columns: str) -> pa.Table:
     return table.append_column("row_index", pa.array(range(table.num_rows), pa.int64()))
 
 
-def row_lists(*columns: str, prefix: str = "") -> str:
-    """SQL: each column's values in a group as a list, in row order."""
-    return ", ".join(f"list({column} ORDER BY row_index) AS {prefix}{column}" for column in columns)
+def row_lists(*columns: str, prefix: str = "", where: str | None = None) -> str:
+    """SQL: each column's values in a group as a list, in row order (only the rows `where` holds for)."""
+    kept = f" FILTER (WHERE {where})" if where else ""
+    return ", ".join(f"list({column} ORDER BY row_index){kept} AS {prefix}{column}" for column in columns)
 
 
 def sql_rows(sql: str, params: dict | None = None, **tables: pa.Table) -> list[dict]:

@@ -131,12 +131,13 @@ def shuffle_rows(spec: StudySpec, metrics: Rows, psnr_rows: Rows) -> list[dict]:
 
 
 def memorization_time_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> list[dict]:
-    """f_mem (both measures) per (dataset, architecture, N, training step), pooling the samples of every model."""
+    """f_mem (both measures) per (dataset, architecture, N, training step), pooling the samples of every
+    model that did not diverge; a step whose samples all diverged keeps its row, with no samples."""
     groups = sql_rows(f"""
-        SELECT dataset, architecture, n, step, count(*) AS samples,
-               {row_lists("d1_d2", "d1_d2_scale_free", "nn_cosine_centered")}
+        SELECT dataset, architecture, n, step, count(*) FILTER (WHERE diverged IS NOT TRUE) AS samples,
+               {row_lists("d1_d2", "d1_d2_scale_free", "nn_cosine_centered", where="diverged IS NOT TRUE")}
         FROM samples JOIN (SELECT trial_id, dataset, architecture, n FROM metrics) USING (trial_id)
-        WHERE diverged IS NOT TRUE GROUP BY ALL ORDER BY dataset, architecture, n, step""",
+        GROUP BY ALL ORDER BY dataset, architecture, n, step""",
         metrics=indexed_table(metrics, "trial_id", "dataset", "architecture", "n"),
         samples=indexed_table(sample_rows, "trial_id", "step", "diverged", "d1_d2", "d1_d2_scale_free",
                               "nn_cosine_centered"))
