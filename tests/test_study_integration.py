@@ -260,6 +260,24 @@ def test_extending_a_finished_study_trains_only_its_new_models(micro, tmp_path, 
     study_checks.assert_every_row_once(str(copy / "micro"), spec)
 
 
+def test_a_study_run_again_with_fewer_models_tabulates_only_its_own(micro, tmp_path, capsys):
+    """N = 4 dropped from the finished micro study (a copy of it): its models' files stay in the
+    folder, but the study tables and the report are made again from the N = 1 models alone."""
+    spec_path, results = micro
+    copy = tmp_path / "results"
+    shutil.copytree(results.parent, copy)
+    data = yaml.safe_load(spec_path.read_text())
+    data["storage"] = {"results_dir": str(copy / "micro")}
+    data["train_sizes"] = [1]
+    shrunk = tmp_path / "micro_shrunk.yaml"
+    shrunk.write_text(yaml.safe_dump(data))
+    assert main(["run", str(shrunk)]) == 0
+    assert "[train] all 2 models already trained" in capsys.readouterr().out
+    store = StudyStore(str(copy / "micro"))
+    assert len(store.rows("model_metrics")) == 4  # the N = 4 models' rows are kept...
+    assert [(row["n"], row["models"]) for row in store.rows("transition")] == [(1, 2)]  # ...but not pooled
+
+
 def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys):
     """Kill a run mid-training (SIGKILL, no clean-up), then run again: it continues from the checkpoint."""
     spec_path, results = micro

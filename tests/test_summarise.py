@@ -192,6 +192,24 @@ def test_the_store_path_keeps_only_the_study_and_the_order_of_its_files(tmp_path
     assert tables["shuffle_psnr"] == shuffle_rows(SPEC, pa.Table.from_pylist(read["model_metrics"]), read["psnr"])
 
 
+def test_study_tables_pool_only_the_specs_own_models_and_pairs(tmp_path):
+    """A study's folder keeps the files of models an earlier version of its spec had (another N, other
+    training settings): the study tables of `StudyTables.of(trials, pairs)` are those of a folder that
+    holds the spec's own models and pairs alone."""
+    rows = _study()
+    kept_pairs = {row["pair_id"] for row in rows["pairs"] if not row["pair_id"].endswith(("-4", "-5"))}
+    kept_trials = {f"{pair}-{split}" for pair in kept_pairs for split in "AB"}
+    own = lambda row: row["trial_id"] in kept_trials if "trial_id" in row else row["pair_id"] in kept_pairs  # noqa: E731
+    everything, alone = StudyStore(str(tmp_path / "everything")), StudyStore(str(tmp_path / "alone"))
+    for name, table_rows in rows.items():
+        everything.upsert(name, table_rows)
+        alone.upsert(name, [row for row in table_rows if own(row)])
+    pooled = summarise_study(SPEC, StudyTables(everything, "t").of(kept_trials, kept_pairs))
+    assert {name: _bits(r) for name, r in pooled.items()} == \
+        {name: _bits(r) for name, r in summarise_study(SPEC, StudyTables(alone, "t")).items()}
+    assert {row["models"] for row in pooled["transition"]} == {8}  # 4 of 6 pairs, A and B: not 12
+
+
 @pytest.mark.parametrize("missing", ["samples", "pairs", "pair_bases"])
 def test_a_table_not_written_yet_leaves_its_columns_undefined(missing):
     tables = _study()

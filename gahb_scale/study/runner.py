@@ -365,10 +365,11 @@ def _report(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: St
     report_files = None
     if state.analysed and (store.read_if_present(report_stamp_path(spec.name)) != stamp or not reported or
                            not set(REPORT_ALWAYS) <= set(store.files_below(report_dir(spec.name), recursive=False))):
-        for name, rows in summarise_study(spec, tables).items():
+        current = tables.of(state.analysed, state.compared)
+        for name, rows in summarise_study(spec, current).items():
             tables.put(name, rows)
         if reported:
-            report_files = write_report(spec, store, tables)
+            report_files = write_report(spec, store, current)
             store.write_bytes(report_stamp_path(spec.name), stamp)  # last: the tables and report are whole
     transition = tables.key_rows("transition", "study")
     if not reported:
@@ -388,11 +389,12 @@ def report_study(spec: StudySpec) -> str:
     MLflow run; returns where index.html is."""
     store = StudyStore(spec.storage.results_location())
     tables = StudyTables(store, spec.name)
-    if not study_state(spec, store, tables).analysed:
+    state = study_state(spec, store, tables)
+    if not state.analysed:
         raise UserInputError(f"study {spec.name}: no model under {store.results} is analysed with this spec's "
                              f"sampling/analysis settings and gahb-scale {gahb_scale.__version__} yet; run "
                              f"`gahb-scale run` on this spec first (it analyses again without retraining)")
-    files = write_report(spec, store, tables)
+    files = write_report(spec, store, tables.of(state.analysed, state.compared))
     tracker = StudyTracker(spec, store)
     tracker.log_report(files)
     if tracker.created:  # no `run` had logged this study here (e.g. another tracking store): not left RUNNING

@@ -19,6 +19,7 @@ stage needs of the store's state is found by one listing, not a check per file.
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 import uuid
@@ -244,6 +245,16 @@ class StudyTables:
         self.store, self.study_id = store, study_id
         self.files: dict[str, dict[str, pa.Table]] = defaultdict(dict)  # table -> key -> its rows
         self.listed: set[str] = set()  # tables whose every file is in `files`
+        self.kept: dict[str, set[str]] = {}  # key column -> the keys `table` gives (see `of`)
+
+    def of(self, trials: set[str], pairs: set[str]) -> StudyTables:
+        """These tables, in which the per-model and per-pair tables give only the files of `trials`
+        and `pairs` (the same files, read once for both). A study's folder also keeps the files of
+        models an earlier version of its spec had (another N, other training settings), and its study
+        tables must not pool them with the spec's own."""
+        view = copy.copy(self)
+        view.kept = {"trial_id": trials, "pair_id": pairs}
+        return view
 
     def put(self, name: str, rows: list[dict]) -> None:
         """Write rows (replacing their keys' files) and keep them."""
@@ -266,13 +277,14 @@ class StudyTables:
         return [] if table is None else table.to_pylist()
 
     def table(self, name: str) -> pa.Table | None:
-        """Every row of the study's table (None: no file)."""
+        """Every row of the study's table (None: no file), of the kept keys only in a view (`of`)."""
         if name not in self.listed:
             for key in self.store.table_keys(name, self.study_id):
                 self.key_table(name, key)
             self.listed.add(name)
-        known = self.files[name]
-        return concat([known[key] for key in sorted(known, key=lambda key: f"{key}.parquet")])
+        known, kept = self.files[name], self.kept.get(TABLE_KEYS[name][-1])
+        return concat([known[key] for key in sorted(known, key=lambda key: f"{key}.parquet")
+                       if kept is None or key in kept])
 
     def rows(self, name: str) -> list[dict]:
         table = self.table(name)
