@@ -133,6 +133,8 @@ def test_memorization_over_time_and_its_onset():
     assert f[(16, 10)] == 0.0 and f[(16, 20)] == 0.5  # the diverged sample is left out
     step_30 = next(r for r in over_time if r["step"] == 30)  # kept, with nothing to count
     assert step_30["samples"] == 0 and math.isnan(step_30["f_mem"]) and math.isnan(step_30["nn_cosine_centered"])
+    onset = {r["n"]: r for r in onset_rows(s, over_time)}
+    assert (onset[16]["steps_observed"], onset[16]["final_f_mem"]) == (2, 0.5)  # step 30 observed nothing
     assert math.isnan(f[(1, 10)])
     onset = {r["n"]: r for r in onset_rows(s, over_time)}
     assert onset[4]["onset_step"] == 20 and onset[16]["onset_step"] == 20

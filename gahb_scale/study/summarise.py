@@ -151,18 +151,20 @@ def memorization_time_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) ->
 def onset_rows(spec: StudySpec, over_time: list[dict]) -> list[dict]:
     """The first training step at which f_mem reaches `analysis.onset_f_mem`, per (dataset,
     architecture, N), by Bonnaire et al.'s f_mem and by the scale-free one; None when it never
-    does within training (or f_mem is undefined, N = 1)."""
+    does within training (or f_mem is undefined, N = 1). A step whose samples all diverged is not
+    observed: the final f_mem is that of the last step with samples."""
     # NaN is left out by hand: SQL orders it above every number, so it would reach any level
     return sql_rows("""
         SELECT $study AS study_id, dataset, architecture, n,
                min(step) FILTER (WHERE f_mem >= $level AND NOT isnan(f_mem)) AS onset_step,
                min(step) FILTER (WHERE f_mem_scale_free >= $level AND NOT isnan(f_mem_scale_free))
                    AS onset_step_scale_free,
-               $level AS onset_f_mem, arg_max(f_mem, step) AS final_f_mem,
-               coalesce(max(f_mem) FILTER (WHERE NOT isnan(f_mem)), 'NaN') AS max_f_mem, count(*) AS steps_observed
+               $level AS onset_f_mem, arg_max(f_mem, step) FILTER (WHERE samples > 0) AS final_f_mem,
+               coalesce(max(f_mem) FILTER (WHERE NOT isnan(f_mem)), 'NaN') AS max_f_mem,
+               count(*) FILTER (WHERE samples > 0) AS steps_observed
         FROM curves GROUP BY dataset, architecture, n ORDER BY dataset, architecture, n""",
         {"study": spec.name, "level": spec.analysis.onset_f_mem},
-        curves=indexed_table(over_time, "dataset", "architecture", "n", "step", "f_mem", "f_mem_scale_free"))
+        curves=indexed_table(over_time, "dataset", "architecture", "n", "step", "samples", "f_mem", "f_mem_scale_free"))
 
 
 # the two f_mem measures of the memorization-time law: (name in the tables, d1/d2 column it counts)
