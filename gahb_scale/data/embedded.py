@@ -79,6 +79,7 @@ def _tile_pool(size: int) -> np.ndarray:
     return pool
 
 
+@functools.lru_cache(maxsize=8)
 def _tiles_dropped(size: int) -> int:
     return len(_all_tiles(size)) - len(_tile_pool(size))
 

@@ -63,10 +63,10 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
                "duplicates_removed": None, "near_duplicate_threshold": None}
         if (pool := finite_pool(dataset, spec.image_size, write_cache=False)) is not None:
             pools.append(pool)
-            # a folder's own threshold (None: kept), else the one every pool is cleaned by
-            threshold = dataset.params.get("near_duplicate_threshold", NEAR_DUPLICATE_THRESHOLD)
             row.update(pool_images=len(pool), duplicates_removed=pool.duplicates_removed,
-                       near_duplicate_threshold=threshold if pool.duplicates_removed is not None else None)
+                       # a folder's own threshold (None: duplicates kept), else the photos' one
+                       near_duplicate_threshold=dataset.params.get("near_duplicate_threshold",
+                                                                   NEAR_DUPLICATE_THRESHOLD))
         needed = pool_size_needed(max(spec.train_sizes), spec.test_images)
         if row["pool_images"] is not None and row["pool_images"] < needed:
             removed = f" after removing {row['duplicates_removed']} near-duplicates" if row["duplicates_removed"] else ""

@@ -5,11 +5,11 @@ on the disjoint halves A and B of the split pair: `expand_trials` lists them in 
 `describe_trials` renders the grid for `gahb-scale validate`.
 
 Trial ids. A trial's id is a hash of exactly what determines the trained network: the dataset
-spec (minus its cache folder, plus its kind's version), the architecture spec (hyper-parameters with defaults filled in),
-image size, N, split pair, split, seed, number of held-out images and the training spec (minus
-the logging and checkpoint cadence). The study name, sampling, analysis, resources and storage
-are left out, so a re-run with other analysis settings, or the same trial in another study,
-finds and reuses the trained model. `analysis_id` hashes what the analysis depends on instead.
+spec (minus its cache folder, plus its kind's version), the architecture spec (hyper-parameters
+with defaults filled in), image size, N, split pair, split, seed, number of held-out images and the
+training spec (minus the logging and checkpoint cadence). The study name, sampling, analysis,
+resources and storage are left out, so a re-run with other analysis settings, or the same trial in
+another study, finds and reuses the trained model. `analysis_id` hashes what the analysis depends on instead.
 """
 
 from __future__ import annotations
