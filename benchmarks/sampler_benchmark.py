@@ -4,16 +4,21 @@ Both sides use the same seeds, so they must return the same samples (per-sample 
 the script checks that and prints the speed-up measured side by side. Every sample runs the same
 fixed number of steps (sigma_L = 0 with a step cap), so both sides do exactly the same work.
 
+It measures two image sizes: 16x16, where every CPU study but calpha_cpu samples, and 32x32. The
+batching gain is the network's: one image's pass through a small UNet at 16x16 is mostly the fixed
+cost of each layer, and a second thread speeds up only the batch, so two idle cores give ~5x; at
+32x32 one image is already a core's worth of work, and they give ~2x (see docs/benchmarks.md).
+
 The two sides alternate `--repeats` times and the ratio is that of their medians: a single timing
 on a machine shared with other jobs swings by 2x or more. The load average is printed with it,
 since it moves the ratio: other jobs slow the one-at-a-time side (many tiny multi-threaded ops)
 far more than the batched one.
 
-Two more lines say where the time goes: the network alone, one batch of 64 against 64 batches of one
-(the most batching can give the sampler, since the network is nearly all of its work), and the sampler
-around a network-free residual (its own bookkeeping and noise draws, per sample-step).
+Two more lines per size say where the time goes: the network alone, one batch of 64 against 64
+batches of one (the most batching can give the sampler, since the network is nearly all of its
+work), and the sampler around a network-free residual (its own bookkeeping and noise draws).
 
-    python benchmarks/sampler_benchmark.py [--device cuda] [--size 32] [--width 32] [--repeats 5]
+    python benchmarks/sampler_benchmark.py [--device cuda] [--sizes 16 32] [--width 32] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -43,25 +48,15 @@ def median_seconds(fn, device, repeats):
     return statistics.median(timed(fn, device)[1] for _ in range(repeats))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--width", type=int, default=16, help="UNet base width (the paper's is 64)")
-    parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--beta", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=5, help="timings of each side; the medians are compared")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-
+def measure(size, args, device, target):
+    """Print the batched / one-at-a-time comparison at one image size; return its ratio."""
     net = build_model("unet", seed=0, width=args.width, blocks=2).to(device)
     with torch.no_grad():  # settle the BF batch-norm running std
         for _ in range(20):
-            net(torch.rand(16, 1, args.size, args.size, device=device))
+            net(torch.rand(16, 1, size, size, device=device))
     net.eval()
     seeds = list(range(args.samples))
-    run = dict(image_shape=(1, args.size, args.size), beta=args.beta, sigma_L=0.0, max_steps=args.steps, device=device)
+    run = dict(image_shape=(1, size, size), beta=args.beta, sigma_L=0.0, max_steps=args.steps, device=device)
 
     sample_kadkhodaie_simoncelli(net, seeds=seeds[:2], **run)  # warm-up
     t_batched, t_single = [], []
@@ -73,20 +68,17 @@ def main():
     one_by_one = torch.cat([r.samples for r in singles])
     diff = (batched.samples - one_by_one).abs().max().item()
 
-    x = torch.rand(args.samples, 1, args.size, args.size, device=device)
+    x = torch.rand(args.samples, 1, size, size, device=device)
     with torch.no_grad():
         net_batched = median_seconds(lambda: net(x), device, args.repeats)
         net_single = median_seconds(lambda: [net(x[i:i + 1]) for i in range(args.samples)], device, args.repeats)
     shrink = lambda y: 0.5 * (y - 0.5)  # a residual with no network: the sampler's own cost
     own_batched = median_seconds(lambda: sample_kadkhodaie_simoncelli(shrink, seeds=seeds, **run), device, args.repeats)
 
-    target = 20 if device.type == "cuda" else 4
     median_batched, median_single = statistics.median(t_batched), statistics.median(t_single)
     ratio = median_single / median_batched
     forwards = args.samples * (args.steps + 1)  # one network pass per sample and step, and the final denoising
-    print(f"device={device} threads={torch.get_num_threads()} size={args.size} width={args.width} "
-          f"samples={args.samples} steps={args.steps} beta={args.beta} repeats={args.repeats} "
-          f"load average={os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"\nsize={size}: load average={os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"batched: median {median_batched:.2f} s ({1e3 * median_batched / forwards:.2f} ms per sample-step; "
           f"all {', '.join(f'{t:.2f}' for t in t_batched)})")
     print(f"one at a time: median {median_single:.2f} s ({1e3 * median_single / forwards:.2f} ms per sample-step; "
@@ -96,8 +88,28 @@ def main():
           f"({1e3 * net_batched / args.samples:.2f} vs {1e3 * net_single / args.samples:.2f} ms per sample)")
     print(f"the sampler without a network: {1e3 * own_batched / forwards:.3f} ms per sample-step batched, "
           f"{100 * own_batched / median_batched:.1f}% of the batched run")
-    print(f"sampler batched vs one-at-a-time: {ratio:.1f}x (median of {args.repeats}; target >= {target}x) "
-          f"{'PASS' if ratio >= target else 'MISS'}")
+    print(f"sampler batched vs one-at-a-time at {size}x{size}: {ratio:.1f}x (median of {args.repeats}; "
+          f"target >= {target}x) {'PASS' if ratio >= target else 'MISS'}")
+    return ratio
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="image sizes, each measured on its own")
+    parser.add_argument("--width", type=int, default=16, help="UNet base width (the paper's is 64)")
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--beta", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=5, help="timings of each side; the medians are compared")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    target = 20 if device.type == "cuda" else 4
+    print(f"device={device} threads={torch.get_num_threads()} width={args.width} samples={args.samples} "
+          f"steps={args.steps} beta={args.beta} repeats={args.repeats}")
+    ratios = {size: measure(size, args, device, target) for size in args.sizes}
+    print("\nsummary: " + ", ".join(f"{size}x{size} {ratio:.1f}x" for size, ratio in ratios.items())
+          + f" (target >= {target}x)")
 
 
 if __name__ == "__main__":
