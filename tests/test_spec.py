@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gahb_scale.data.image_folder import NEAR_DUPLICATE_THRESHOLD
 from gahb_scale.dataset_kinds import DATASET_KINDS
 from gahb_scale.errors import UserInputError
 from gahb_scale.study.spec import ArchitectureSpec, StudySpec
@@ -191,7 +192,9 @@ def test_folder_dataset_path_is_made_absolute(tmp_path, monkeypatch):
     assert Path(spec.datasets[0].params["path"]) == (tmp_path / "imgs").resolve()
     # prepared once per study and cached with the results unless the spec says where
     assert spec.datasets[0].params["cache_dir"] == str((tmp_path / "results" / "t" / "datasets").resolve())
-    assert spec.datasets[0].params["crop"] == "center" and spec.datasets[0].params["near_duplicate_threshold"] == 0.95
+    # the spec's default is the loader's own threshold (dataset_kinds writes it out to stay light)
+    assert spec.datasets[0].params["crop"] == "center"
+    assert spec.datasets[0].params["near_duplicate_threshold"] == NEAR_DUPLICATE_THRESHOLD
     elsewhere = variant(datasets=[{"name": "f", "kind": "folder", "params": {"path": "imgs", "cache_dir": "c"}}])
     assert parse_spec(elsewhere).datasets[0].params["cache_dir"] == str((tmp_path / "c").resolve())
 
