@@ -169,6 +169,12 @@ CASES = [
     Case("results-empty", _changed(), ("run", "SPEC", "--results", ""), words=("--results",)),
     Case("results-under-a-file", _changed(), ("run", "SPEC", "--results", "TMP/a-file/out"),
          words=("--results", "not a folder"), setup=lambda tmp: (tmp / "a-file").write_text("x")),
+    Case("results-dir-root", _changed(storage__results_dir="/"), words=("storage.results_dir", "filesystem root")),
+    Case("results-dir-busy", _changed(storage__results_dir="TMP/project"), RUN,
+         words=("storage.results_dir", "notes.txt", "no study's results"),
+         setup=lambda tmp: (tmp / "project").mkdir() or (tmp / "project" / "notes.txt").write_text("x")),
+    Case("jacobian-images-over-test-images", _changed(analysis__jacobian_images=9, test_images=8),
+         words=("analysis.jacobian_images", "test_images = 8")),
     Case("results-path-too-long", _changed(), ("run", "SPEC", "--results", "TMP/" + "/".join(["d" * 200] * 20)),
          words=("--results", "too long")),
     # what already held

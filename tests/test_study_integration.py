@@ -150,6 +150,16 @@ def test_the_docs_name_the_tables_and_columns_a_finished_study_writes(micro):
     assert test_docs.problems_against_results(results.parent) == []
 
 
+def test_a_run_writes_only_the_entries_that_mark_a_results_folder(micro):
+    """`run` refuses a folder holding none of STUDY_ENTRIES, so a study must write nothing else at
+    the top of its folder, or it would refuse its own results."""
+    from gahb_scale.study.store import STUDY_ENTRIES
+
+    _, results = micro
+    entries = {p.name for p in results.iterdir()}
+    assert entries and entries <= STUDY_ENTRIES, entries - STUDY_ENTRIES
+
+
 def _tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
 

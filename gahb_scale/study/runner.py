@@ -36,7 +36,7 @@ from .progress import StageProgress, failure_reason, log, ray_output_to
 from .report import REPORT_ALWAYS, write_report
 from .spec import StudySpec
 from .status import study_state
-from .store import StudyStore, StudyTables, read_report, report_dir, report_stamp_path, spec_path
+from .store import STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path, spec_path
 from .summarise import summarise_study, transition_at
 from .track import StudyTracker, experiment_url, store_notice, track_models, ui_command
 from .trials import expand_trials
@@ -119,7 +119,8 @@ def check_address(address: str | None) -> None:
 
 def check_results_location(results: str) -> None:
     """A local results folder that could not hold the study's files is refused before anything
-    is written: a path too long, or something in the way that is not a writable folder."""
+    is written: a path too long, something in the way that is not a writable folder, or a folder
+    that holds other things and no study's results (the current folder, a home folder)."""
     if "://" in results:
         return
     path = Path(results)
@@ -135,6 +136,11 @@ def check_results_location(results: str) -> None:
         raise UserInputError(f"{where}: {printable(str(existing))} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserInputError(f"{where}: {printable(str(existing))} is not writable")
+    if existing == path and (entries := sorted(os.listdir(path))) and STUDY_ENTRIES.isdisjoint(entries):
+        shown = ", ".join(printable(name) for name in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise UserInputError(f"{where}: the folder holds other files ({shown}) and no study's results; a study "
+                             f"writes a dozen folders at the top of its results folder, so give it one of its own "
+                             f"(new or empty)")
 
 
 def start_ray(address: str | None, verbose: bool = False) -> None:

@@ -505,6 +505,14 @@ class StorageSpec(_Model):
         default=None, description="a tracking server (http://...) or store URI; None: MLFLOW_TRACKING_URI, else an "
                                   "sqlite store under a local results_dir (remote results: ~/.gahb-scale/mlflow)")
 
+    @field_validator("results_dir")
+    @classmethod
+    def _names_a_folder(cls, v: str | None) -> str | None:
+        if v is not None and not results_folder_name(v):
+            raise ValueError(f"{short_repr(v)} names no folder of its own (it is the filesystem root): a "
+                             f"study writes a dozen folders at the top of its results folder (e.g. results/<name>)")
+        return v
+
     def results_location(self) -> str:
         """`results_dir` as an absolute path, or the URI unchanged (call on the driver)."""
         if self.results_dir is None:
@@ -577,6 +585,15 @@ class StudySpec(_Model):
                                                    f"N = {extra} not in train_sizes" if extra else "") if part)
                 errors.append(_error((name,), f"a mapping {{N: value}} must name every train size once: {said}"))
         _fail(errors)
+        return v
+
+    @field_validator("analysis")
+    @classmethod
+    def _jacobians_at_held_out_images(cls, v: AnalysisSpec, info: ValidationInfo) -> AnalysisSpec:
+        test_images = info.data.get("test_images")
+        if test_images is not None and v.jacobian_images > test_images:
+            _fail([_error(("jacobian_images",), f"Jacobians are taken at held-out images, and there are "
+                                                f"test_images = {test_images} (got {v.jacobian_images})")])
         return v
 
     @field_validator("resources")

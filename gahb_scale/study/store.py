@@ -48,6 +48,13 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
 _TABLE_FILE = re.compile(r"(?:^|/)tables/(?P<name>[^/]+)/[^/]+/[^/]+\.parquet$")
 
 
+# The entries a study writes at the top of its results folder (the paths below, Ray Train's `ray`,
+# Ray's `logs`, the default dataset cache and MLflow's local store): a local folder holding only
+# other things is not a results folder, and `run` will not write into it.
+STUDY_ENTRIES = frozenset({"specs", "tables", "models", "packs", "ray", "arrays", "figures", "reports", "logs",
+                           "datasets", "mlflow.db", "mlflow-artifacts"})
+
+
 def spec_path(study: str) -> str:
     """Where a run keeps its study's spec: the first file it writes, once every check has passed."""
     return f"specs/{study}.yaml"
