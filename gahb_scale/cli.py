@@ -45,7 +45,7 @@ def cmd_validate(args) -> int:
 
     missing: list[str] = []  # a preview needs no data: the grid and budget do not depend on it
     print(describe_trials(load_spec(args.spec, missing_folders=missing)))
-    for folder in missing:
+    for folder in dict.fromkeys(missing):  # once per folder, however many datasets read it
         print(f"\nnote: dataset folder {printable(folder)} does not exist (relative paths resolve against the current "
               f"directory); `gahb-scale run` will refuse to start until it does")
     return 0

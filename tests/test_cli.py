@@ -227,6 +227,9 @@ def test_validate_previews_a_spec_whose_data_folder_is_missing(tmp_path, capsys,
     assert main(["run", str(ROOT / "studies" / "memorization_celeba40_gpu.yaml")]) == 2
     assert "data/celeba/img_align_celeba" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+    # two datasets reading one missing folder: one note
+    assert main(["validate", str(ROOT / "studies" / "shuffle_gpu.yaml")]) == 0
+    assert capsys.readouterr().out.count("note: dataset folder") == 1
 
 
 def _folder_of(tmp_path, count: int, copies: int) -> Path:

@@ -57,7 +57,7 @@ def save_figures(store: StudyStore, spec: StudySpec, trial: Trial, pngs: dict[st
 
 @dataclass
 class _Matches:
-    """Each sample's nearest training images, by two measures (see the README's measure table).
+    """Each sample's nearest training images, by two measures (see docs/measures.md).
 
     `pixels`: raw pixel L2, Bonnaire et al.'s f_mem. `scale_free`: L2 between mean-removed,
     unit-norm images. A bias-free denoiser maps a·x to a·f(x), so every rescaled training image is

@@ -25,6 +25,8 @@ def _png(fig, title: str | None = None) -> bytes:
 
 
 BELOW = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.16)}  # a legend below its panel: curves stay visible
+# Output vs input PSNR: below the identity line a denoiser would make images worse, so no curve goes there.
+LOWER_RIGHT = "lower right"
 
 
 def _label(ax, xlabel: str, ylabel: str | None, title: str, **legend) -> None:
@@ -37,8 +39,8 @@ def _label(ax, xlabel: str, ylabel: str | None, title: str, **legend) -> None:
     ax.legend(fontsize=7, **legend)
 
 
-def _finish(fig, ax, xlabel: str, ylabel: str, title: str) -> bytes:
-    _label(ax, xlabel, ylabel, title)
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, **legend) -> bytes:
+    _label(ax, xlabel, ylabel, title, **legend)
     return _png(fig)
 
 
@@ -83,8 +85,9 @@ def transition_figure(rows: list[dict]) -> bytes:
                      label=f"{label}: f_mem (raw pixels)")
         _errorbar_ci(axes[1], n, points, "f_mem_scale_free", marker="D", ls=":", color=line.get_color(),
                      label=f"{label}: f_mem (scale-free)")
-        _chance(axes[1], n, col("nn_cosine_centered_chance"), line, f"{label}: NN centred cosine, chance")
-        _chance(axes[1], n, col("f_mem_scale_free_chance"), line, f"{label}: f_mem scale-free, chance")
+        for column, name, marker in (("nn_cosine_centered_chance", "NN centred cosine", "o"),
+                                     ("f_mem_chance", "f_mem raw", "s"), ("f_mem_scale_free_chance", "f_mem scale-free", "D")):
+            _chance(axes[1], n, col(column), line, f"{label}: {name}, chance", marker)
         line = axes[2].plot(n, col("memorizer_distance"), marker="o", label=f"{label}: to the memorizer")[0]
         axes[2].plot(n, col("memorizer_distance_bias_free"), marker="D", ls="--", color=line.get_color(),
                      label=f"{label}: to the bias-free memorizer")
@@ -96,7 +99,7 @@ def transition_figure(rows: list[dict]) -> bytes:
         for line, column, name in ((centred, "ab_cosine_centered_chance", "centred cosine"),
                                    (raw, "ab_cosine_chance", "raw cosine"),
                                    (basis, "ab_basis_overlap_chance", "basis overlap (k/n)")):
-            _chance(axes[3], n, col(column), line, f"{label}: {name}, chance")
+            _chance(axes[3], n, col(column), line, f"{label}: {name}, chance", line.get_marker())
         line = axes[4].plot(n, col("effective_dim"), marker="o", label=f"{label}: tr J")[0]
         asymmetry_axis.plot(n, col("symmetry_error"), marker="x", ls="--", color=line.get_color(),
                             label=f"{label}: ‖J − Jᵀ‖/‖J‖ (right)")
@@ -121,9 +124,11 @@ def transition_figure(rows: list[dict]) -> bytes:
     return _png(fig)
 
 
-def _chance(ax, n, values: np.ndarray, line, label: str) -> None:
-    """A chance level: dashed, thin, in the colour of the measure it belongs to."""
-    ax.plot(n, values, ls=(0, (4, 3)), lw=1, color=line.get_color(), alpha=0.55, label=label)
+def _chance(ax, n, values: np.ndarray, line, label: str, marker: str) -> None:
+    """A chance level: dashed, thin, in the colour of the measure it belongs to, with its marker
+    small and hollow (a panel may hold the chance levels of several measures)."""
+    ax.plot(n, values, ls=(0, (4, 3)), lw=1, color=line.get_color(), alpha=0.55, label=label, marker=marker,
+            markersize=3, fillstyle="none")
 
 
 def memorizer_distance_figure(rows: list[dict], title: str) -> bytes:
@@ -154,7 +159,7 @@ def psnr_figure(psnr_rows: list[dict], title: str) -> bytes:
     lo = min(row["psnr_in"] for row in psnr_rows)
     hi = max(row["psnr_in"] for row in psnr_rows)
     ax.plot([lo, hi], [lo, hi], color="grey", ls=":", label="identity")
-    return _finish(fig, ax, "input PSNR (dB)", "output PSNR (dB)", title)
+    return _finish(fig, ax, "input PSNR (dB)", "output PSNR (dB)", title, loc=LOWER_RIGHT)
 
 
 def sample_grid_figure(columns: dict[str, np.ndarray], seeds: np.ndarray, title: str) -> bytes:
@@ -259,7 +264,7 @@ def psnr_by_n_figure(psnr_rows: list[dict], title: str) -> bytes:
                         capsize=2, label=f"N={n} {images}")
     lo, hi = ax.get_xlim()
     ax.plot([lo, hi], [lo, hi], color="grey", ls=":", label="identity")
-    return _finish(fig, ax, "input PSNR (dB)", "output PSNR (dB)", title)
+    return _finish(fig, ax, "input PSNR (dB)", "output PSNR (dB)", title, loc=LOWER_RIGHT)
 
 
 def samples_by_n_figure(rows: list[tuple[int, dict[str, np.ndarray]]], seeds: np.ndarray, title: str) -> bytes:
@@ -373,7 +378,7 @@ def disc_tangent_figure(rows: list[dict], title: str) -> bytes:
     sigmas = sorted({row["sigma"] for row in rows})
     for ax, (name, ylabel) in zip(axes, labels):
         _measured_ticks(ax, sigmas, "g")
-        _label(ax, "noise level σ (grey levels)", ylabel, name)
+        _label(ax, "noise level σ (grey levels)", ylabel, name, **BELOW)
     return _png(fig, title)
 
 
@@ -390,7 +395,7 @@ def shuffle_figure(rows: list[dict], title: str) -> bytes:
                 label=f"{points[0]['shuffled_dataset']} (pixels shuffled)")
     lo, hi = ax.get_xlim()
     ax.plot([lo, hi], [lo, hi], color="grey", ls=":", label="identity")
-    return _finish(fig, ax, "input PSNR (dB)", "output PSNR on held-out images (dB)", title)
+    return _finish(fig, ax, "input PSNR (dB)", "output PSNR on held-out images (dB)", title, loc=LOWER_RIGHT)
 
 
 def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) -> bytes:
@@ -398,6 +403,8 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     groups = group_rows(rows, "dataset", "architecture", "n")
     for colour, ((dataset, architecture, n), curve) in zip(_colours(len(groups)), groups.items()):
+        if n < 2:  # f_mem is undefined for one training image: no curve, no legend entry
+            continue
         curve = sorted(curve, key=lambda row: row["step"])
         steps = [row["step"] for row in curve]
         _errorbar_ci(axes[0], steps, curve, "f_mem", marker="o", color=colour, label=f"{dataset}/{architecture} N={n}")
@@ -406,6 +413,7 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
     if onset:
         axes[0].axhline(onset[0]["onset_f_mem"], color="grey", ls=":", label="onset level")
     reached_any = False
+    onset = [row for row in onset if row["n"] >= 2]  # f_mem, and so its onset, needs two training images
     for (dataset, architecture), group in group_rows(onset, "dataset", "architecture").items():
         reached = [row for row in sorted(group, key=lambda row: row["n"]) if row["onset_step"] is not None]
         reached_any |= bool(reached)

@@ -122,7 +122,7 @@ def build_report(spec: StudySpec, store: StudyStore, study_tables: StudyTables) 
                 "denoiser of the same training set (dotted). Thin dashed lines: chance levels, what held-out images "
                 "of the data score (A/B: disjoint pairs of them; NN and f_mem: against the model's training set). "
                 "Dash-dotted vertical line: the switch N, between the largest N whose scale-free f_mem reaches "
-                f"{spec.analysis.onset_f_mem:g} and the next. Every measure is defined in the README's measure table.")
+                f"{spec.analysis.onset_f_mem:g} and the next. Every measure is defined in the project's docs/measures.md.")
     page.table(transition, report_headers())
     # each per-model table's rows of the analysed models, with their model's N, by (dataset, architecture)
     per_group = {name: figures.group_rows(_with_group(tables[name], trials, "trial_id"), "dataset", "architecture")
@@ -161,7 +161,7 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, jacobia
                     "model's own training set (left), or of its training images at every scale (right: the "
                     "memorizer a bias-free network can be, since f(a·y) = a·f(y)). Near 0: the network is that "
                     "memorizer. How large it gets when the network generalizes depends on how well the memorizer "
-                    "itself does on held-out images (see the README's measure table).")
+                    "itself does on held-out images (see docs/measures.md in the project).")
         # the first pair and seed of every N: samples and eigenvectors of A and B side by side
         shown_pair = min((model["pair"], model["seed"]) for model in models)
         shown_models = [model for model in models if (model["pair"], model["seed"]) == shown_pair]
