@@ -58,6 +58,9 @@ def test_micro_study_end_to_end(micro, capsys):
     spec = load_spec(spec_path)
     trials = expand_trials(spec)
     rows = study_checks.assert_every_row_once(str(results), spec)
+    # every pack finished: no record and no checkpoint of one is kept
+    assert not list((results / "packs").iterdir())
+    assert not {r["pack_id"] for r in rows["trials"]} & {p.name for p in (results / "ray").iterdir()}
     a = spec.analysis
     n_models = len(trials)
     assert all(r["distance"] >= 0 for r in rows["memorizer_distance"])
@@ -325,6 +328,9 @@ def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys):
     assert min(resumed) >= 50  # both models of the pack continued from its checkpoint instead of step 0
     assert all(trained[t.trial_id]["steps"] == 400 for t in trials)
     assert len([r for r in store.rows("pairs") if r["pair_id"] == trials[0].pair_id]) == data["sampling"]["num_samples"]
+    # the finished pack's checkpoints (every model's weights and Adam state, twice) and record are dropped
+    assert not any((results / "ray" / p.pack_id).exists() or (results / "packs" / f"{p.pack_id}.json").exists()
+                   for p in packs)
 
 
 def test_impossible_resource_request_is_refused_before_any_output(tmp_path, capsys):

@@ -229,7 +229,22 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, fixed_clu
         tuner.fit()
     finally:
         progress.close()
-    return todo & trained_models(store)
+    trained = trained_models(store)
+    for pack in packs:
+        if {t.trial_id for t in pack.trials} <= trained:
+            drop_finished_pack(store, pack.pack_id)
+    return todo & trained
+
+
+def drop_finished_pack(store: StudyStore, pack_id: str) -> None:
+    """A pack whose models are all saved: its record and its checkpoints go, since no run will
+    resume it. Ray Train keeps a pack's last two, every model's weights and Adam state in each: at
+    the paper's sizes that is gigabytes per pack, and 70% of the smoke study's folder."""
+    store.fs.delete_file(store.path(pack_path(pack_id)))
+    try:
+        store.fs.delete_dir(store.path(f"ray/{pack_id}"))
+    except FileNotFoundError:  # a pack whose models were all saved before its first checkpoint
+        pass
 
 
 def packs_to_train(spec: StudySpec, store: StudyStore, trials: list[Trial], trained: set[str],
@@ -247,6 +262,8 @@ def packs_to_train(spec: StudySpec, store: StudyStore, trials: list[Trial], trai
             continue  # another study's
         if set(members) <= by_id.keys() and not set(members) <= trained:
             resumed.append(Pack(tuple(by_id[trial_id] for trial_id in members)))
+        elif set(members) <= trained:  # finished by a run that stopped before it could drop it
+            drop_finished_pack(store, file.removesuffix(".json"))
         else:
             store.fs.delete_file(store.path(f"packs/{file}"))
     held = {t.trial_id for p in resumed for t in p.trials}
