@@ -36,7 +36,8 @@ def _label(ax, xlabel: str, ylabel: str | None, title: str, **legend) -> None:
         ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, **legend)
+    if ax.get_legend_handles_labels()[0]:  # a panel with nothing to draw (N = 1 alone has no f_mem) has no legend
+        ax.legend(fontsize=7, **legend)
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str, **legend) -> bytes:
