@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from .spec import StudySpec
-from .store import CHECKPOINT_STEP_FILE, StudyStore, StudyTables, spec_path
+from .store import CHECKPOINT_STEP_FILE, StudyStore, StudyTables, pack_run_dir, spec_path
 from .trials import Trial, analysis_id, expand_trials
 
 
@@ -65,7 +65,7 @@ def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:
     steps: dict[str, int] = {}
     for file in store.files_below("packs", recursive=False):
         members = set(json.loads(store.read_bytes(f"packs/{file}"))) & trial_ids
-        ray_run = pafs.FileSelector(store.path(f"ray/{file.removesuffix('.json')}"), allow_not_found=True)
+        ray_run = pafs.FileSelector(store.path(pack_run_dir(file.removesuffix(".json"))), allow_not_found=True)
         checkpoints = sorted(info.path for info in store.fs.get_file_info(ray_run)
                              if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
         if not (members and checkpoints):

@@ -73,12 +73,17 @@ def training_record_path(trial_id: str) -> str:
 
 
 def pack_path(pack_id: str) -> str:
-    """The trial ids of a pack, as JSON: which models a pack's checkpoints under `ray/<pack_id>` hold."""
+    """The trial ids of a pack, as JSON: which models its checkpoints (`pack_run_dir`) hold."""
     return f"packs/{pack_id}.json"
 
 
-# A Ray Train checkpoint folder of a pack (`ray/<pack_id>/checkpoint_*`): the pack's training state,
-# and its step alone, for `status`.
+def pack_run_dir(pack_id: str) -> str:
+    """A pack's Ray Train run (named after the pack, under the `ray` storage): its checkpoints."""
+    return f"ray/{pack_id}"
+
+
+# A Ray Train checkpoint folder of a pack (`pack_run_dir(pack_id)/checkpoint_*`): the pack's training
+# state, and its step alone, for `status`.
 STATE_FILE, CHECKPOINT_STEP_FILE = "train_state.pt", "step.txt"
 
 

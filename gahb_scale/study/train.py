@@ -39,8 +39,8 @@ from .progress import StageProgress, failure_reason, log, loss_summary
 from .spec import StudySpec
 from ..errors import UserInputError
 from .status import StudyState, trained_models
-from .store import (CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, StudyTables, model_path, pack_path, snapshot_path,
-                    training_record_path)
+from .store import (CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, StudyTables, model_path, pack_path, pack_run_dir,
+                    snapshot_path, training_record_path)
 from .trials import Trial, short_id
 
 if TYPE_CHECKING:  # MLflow stays out of the Train workers, which import this module
@@ -242,7 +242,7 @@ def drop_finished_pack(store: StudyStore, pack_id: str) -> None:
     the paper's sizes that is gigabytes per pack, and 70% of the smoke study's folder."""
     store.fs.delete_file(store.path(pack_path(pack_id)))
     try:
-        store.fs.delete_dir(store.path(f"ray/{pack_id}"))
+        store.fs.delete_dir(store.path(pack_run_dir(pack_id)))
     except FileNotFoundError:  # a pack whose models were all saved before its first checkpoint
         pass
 
@@ -257,15 +257,16 @@ def packs_to_train(spec: StudySpec, store: StudyStore, trials: list[Trial], trai
     by_id = {t.trial_id: t for t in trials}
     resumed = []
     for file in store.files_below("packs", recursive=False):
-        members = json.loads(store.read_bytes(f"packs/{file}"))
+        pack_id = file.removesuffix(".json")
+        members = json.loads(store.read_bytes(pack_path(pack_id)))
         if by_id.keys().isdisjoint(members):
             continue  # another study's
-        if set(members) <= by_id.keys() and not set(members) <= trained:
+        if set(members) <= trained:  # finished by a run that stopped before it could drop it
+            drop_finished_pack(store, pack_id)
+        elif set(members) <= by_id.keys():
             resumed.append(Pack(tuple(by_id[trial_id] for trial_id in members)))
-        elif set(members) <= trained:  # finished by a run that stopped before it could drop it
-            drop_finished_pack(store, file.removesuffix(".json"))
         else:
-            store.fs.delete_file(store.path(f"packs/{file}"))
+            store.fs.delete_file(store.path(pack_path(pack_id)))
     held = {t.trial_id for p in resumed for t in p.trials}
     new = plan_packs(spec, [t for t in trials if t.trial_id not in trained | held], concurrency)
     for p in new:
