@@ -323,7 +323,7 @@ def test_split_pairs_share_pair_id_only():
         a, b = members
         assert (a.split, b.split) == ("A", "B")
         assert a.trial_id != b.trial_id
-        assert a.group_key == b.group_key == (a.dataset.name, a.architecture.name, a.n)
+        assert (a.dataset, a.architecture, a.n) == (b.dataset, b.architecture, b.n)
         assert (a.pair, a.seed) == (b.pair, b.seed)
     assert not set(by_pair) & {t.trial_id for t in trials}
 

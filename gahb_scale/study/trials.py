@@ -51,11 +51,6 @@ class Trial:
     trial_id: str
     pair_id: str  # shared by the A and B trial of one split pair
 
-    @property
-    def group_key(self) -> tuple[str, str, int]:
-        """(dataset name, architecture name, N): one row of the transition table."""
-        return (self.dataset.name, self.architecture.name, self.n)
-
     def training_seed(self, shared_init: bool = False) -> int:
         """Seed of this model's initial weights and of its training streams (σ draws, noise, batch order).
 
