@@ -309,14 +309,6 @@ def _per_train_size(value: Any) -> int | dict[int, int]:
 _PerTrainSize = Annotated[Any, PlainValidator(_per_train_size)]
 
 
-def _value_for(value: int | dict[int, int], n: int) -> int:
-    return value[n] if isinstance(value, dict) else value
-
-
-def _largest(value: int | dict[int, int]) -> int:
-    return max(value.values()) if isinstance(value, dict) else value
-
-
 class TrainingSpec(TrainSettings, _Model):
     """The training of every model of the study: the core's `TrainSettings` (their defaults and
     checks), with `steps` and `lr_halve_every` given for every N or per N, and how a model is
@@ -332,15 +324,17 @@ class TrainingSpec(TrainSettings, _Model):
     shared_init: bool = Field(default=False, description="ablation: models A and B of a pair start from the same "
                                                          "weights and share sigma draws, noise and batch order")
 
-    last_step = staticmethod(_largest)
+    @staticmethod
+    def last_step(steps: int | dict[int, int]) -> int:
+        return max(steps.values()) if isinstance(steps, dict) else steps
 
     def steps_for(self, n: int) -> int:
         """The gradient steps of a model trained on N = `n` images."""
-        return _value_for(self.steps, n)
+        return self.per_train_size(n)["steps"]
 
     @property
     def max_steps(self) -> int:
-        return _largest(self.steps)
+        return self.last_step(self.steps)
 
     def snapshot_steps_for(self, n: int) -> list[int]:
         """The snapshots a model of N = `n` takes: those within its training."""
@@ -355,7 +349,8 @@ class TrainingSpec(TrainSettings, _Model):
 
     def per_train_size(self, n: int) -> dict[str, int]:
         """The settings that may be given per N, as they are for N = `n`."""
-        return {name: _value_for(getattr(self, name), n) for name in PER_TRAIN_SIZE}
+        values = {name: getattr(self, name) for name in PER_TRAIN_SIZE}
+        return {name: value[n] if isinstance(value, dict) else value for name, value in values.items()}
 
     def budget(self) -> str:
         """The training budget in the authors' units: their default is 1000 epochs of 250,000 tiled
