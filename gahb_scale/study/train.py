@@ -4,12 +4,8 @@ study of many small models pays Ray's worker-group start once per pack, not once
 small models share a device. Each model is what it would be trained alone; its model file,
 snapshots and table rows are its own.
 
-Resource model, failures and resume: docs/internals.md. In short, a Tune trial is only a driver,
-holding no CPU or GPU (only memory), so it never takes the place its worker group needs; a worker
-group waits for a place instead of failing. Dead workers and drivers restart from the pack's last
-checkpoint (`resources.max_failures`). Every pack planned is recorded (`packs/<pack_id>.json`) and
-resumed as it was; a model with a model file is never trained again, and the models no recorded
-pack holds are packed among themselves.
+Resource model, failures and resume: docs/internals.md; how packs are recorded and resumed:
+`packs_to_train`.
 """
 
 from __future__ import annotations
@@ -46,7 +42,9 @@ from .trials import Trial, short_id
 if TYPE_CHECKING:  # MLflow stays out of the Train workers, which import this module
     from .track import StudyTracker
 
-TRIAL_DRIVER_MEMORY = 512 * 2**20  # bytes: a Python process with torch imported, roughly
+# A Tune trial is only a driver: it holds this much memory and no CPU or GPU, so it never takes the
+# place its worker group needs. Bytes: a Python process with torch imported, roughly.
+TRIAL_DRIVER_MEMORY = 512 * 2**20
 
 
 def initial_model(spec: StudySpec, trial: Trial) -> tuple[torch.nn.Module, TrainConfig]:
