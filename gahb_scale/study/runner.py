@@ -1,5 +1,5 @@
 """Run a study end to end, one module per stage in the order data flows: prepare (driver) → train
-(Ray Train, packs) → analyse each model → compare each pair → summarise the study (Ray tasks) →
+(Ray Train, packs) → analyse each model → compare each pair (Ray tasks) → summarise the study →
 report → track (MLflow; the driver).
 
 Every stage skips what is already done, judged from the study's state in the store, worked out

@@ -1,9 +1,7 @@
 """The study spec: the pydantic models of the YAML file, every field with its default and its checks.
 
-A study is a grid: every dataset × architecture × training-set size N × split pair × seed, and for
-each, two models trained on the disjoint halves A and B of the split pair. `StudySpec` is the whole
-file; `spec_file.load_spec` reads and validates one (every error at once, each naming its field),
-`trials.expand_trials` turns it into the list of trials.
+`StudySpec` is the whole file; `spec_file.load_spec` reads and validates one (every error at once,
+each naming its field), `trials.expand_trials` turns it into the grid of trials it describes.
 
 This module is imported by `gahb-scale validate`: it must not import Ray or MLflow. It imports
 torch (through `gahb_scale.models`) only when an architecture is validated, because the

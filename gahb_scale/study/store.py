@@ -8,9 +8,8 @@ over it, so a reader — or a run killed mid-write — never sees half a table.
 
 A table is a folder of Parquet files, one per key: `tables/<table>/<study>/<trial, pair or
 "study">.parquet`. Writing rows for a trial replaces that trial's file and touches no other, which is
-why re-running a study never duplicates a row and why a flush costs the size of its own rows. The
-schema of every table is in the README. `StudyTables` is the one reader of a study's tables: each
-file is read at most once per run, and rows written in the run are kept, not read back.
+why re-running a study never duplicates a row and why a flush costs the size of its own rows, not
+of the table. Every table's schema: docs/tables.md. `StudyTables` is the one reader of a study's tables.
 
 On object storage every read, existence check and write is a request: folders are made once per
 store, an object store's single PUT is already atomic (no temporary file and move), and what a
@@ -227,9 +226,7 @@ class StudyStore:
 
     def upsert(self, name: str, rows: list[dict]) -> dict[tuple[str, str], pa.Table]:
         """Write `rows`, one file per key (study and trial, pair or nothing for a study-level table),
-        each replacing that key's earlier file atomically; returns each key's table as written. The
-        cost of a write is the size of its rows, not of the table: 2,000 models' bookkeeping costs
-        the same per model at the end as at the start."""
+        each replacing that key's earlier file atomically; returns each key's table as written."""
         groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
         for row in rows:
             groups[row["study_id"], row[TABLE_KEYS[name][-1]] if len(TABLE_KEYS[name]) > 1 else "study"].append(row)

@@ -1,4 +1,4 @@
-"""Stage 4, summarise the study (one Ray task): the study-level tables — transition, PSNR slopes,
+"""Stage 4, summarise the study (on the driver): the study-level tables — transition, PSNR slopes,
 shuffled-pixel drop, memorization over training time, its onset, each model's τ_mem and the law
 τ_mem ∝ N^b — from the per-model and per-pair tables of the whole study.
 
