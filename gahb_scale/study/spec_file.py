@@ -7,10 +7,9 @@ pass. Imported by `gahb-scale validate`: no Ray, no MLflow, no torch here.
 
 from __future__ import annotations
 
-import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -46,31 +45,21 @@ def _loc_str(loc: typing.Iterable[str | int]) -> str:
     return text.removeprefix(".") or "(top level)"
 
 
-def _unwrap(ann: Any) -> Any:
-    """list[X] / X | None / Annotated[X, ...] -> X."""
-    while True:
-        origin = typing.get_origin(ann)
-        if origin in (list, tuple, Union, types.UnionType, Annotated):
-            args = [a for a in typing.get_args(ann) if a is not type(None)]
-            if not args:
-                return None
-            ann = args[0]
-        else:
-            return ann
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    """The model a field holds: X for X, list[X], X | None, Annotated[X, ...]; None if none."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    return next(filter(None, map(_model_in, typing.get_args(ann))), None)
 
 
 def _known_fields(parent: tuple) -> list[str] | None:
     """Field names of the model found at location `parent` inside a StudySpec (None if not a model)."""
-    cls: Any = StudySpec
-    for part in parent:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+    cls: type[BaseModel] | None = StudySpec
+    for part in (part for part in parent if not isinstance(part, int)):
+        if cls is None or part not in cls.model_fields:
             return None
-        cls = _unwrap(cls.model_fields[part].annotation)
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return list(cls.model_fields)
-    return None
+        cls = _model_in(cls.model_fields[part].annotation)
+    return None if cls is None else list(cls.model_fields)
 
 
 class SpecError(UserInputError):
