@@ -1,15 +1,7 @@
-"""MLflow, live (docs/internals.md, "MLflow, live"): one study run and one nested run per model,
-each created RUNNING when its work starts and ended FINISHED, FAILED (with the reason as a tag) or
-KILLED; training metrics stream in every `log_every` steps, analysis metrics and figures as they finish,
-an N's transition metrics (step = N) as soon as its pairs are compared.
-
-Everything reaches MLflow through the driver, which forwards the reports the Train workers send
-to Tune anyway: one process writes, so a local sqlite store never sees two writers and a cluster's
-workers need no access to the tracking server. Runs are found again by tag (study id, trial id,
-role), so a re-run continues the same runs and fills in what they lack.
-
-Where runs go: `storage.mlflow_tracking_uri`, else MLFLOW_TRACKING_URI, else an sqlite store beside
-local results, or (results on object storage, which cannot hold an sqlite file) one on this machine.
+"""MLflow, live: one study run and one nested run per model, each created RUNNING when its work
+starts and ended FINISHED, FAILED (with the reason as a tag) or KILLED, found again by tag on a
+re-run, and written by the driver alone (what each run gets when, and why through the driver:
+docs/internals.md, "MLflow, live").
 """
 
 from __future__ import annotations
@@ -51,6 +43,8 @@ def _machine_store(spec: StudySpec, store: StudyStore) -> Path | None:
 
 
 def tracking_uri(spec: StudySpec, store: StudyStore) -> str:
+    """Where runs go: `storage.mlflow_tracking_uri`, else MLFLOW_TRACKING_URI, else an sqlite store beside
+    local results, or (results on object storage, which cannot hold an sqlite file) one on this machine."""
     machine = _machine_store(spec, store)
     if machine is not None:
         return f"sqlite:///{machine / 'mlflow.db'}"
