@@ -2,11 +2,8 @@
 own training images and on held-out images, samples with the study's shared seeds, the nearest
 training images of every sample and both f_mem, the distance to the memorizing solution, Jacobian
 spectra at noisy held-out images, on discs the Jacobian against the family's tangent space, and
-with weight snapshots the samples of every snapshot.
-
-Returns table rows (dicts) and this model's figures for MLflow (PSNR curves, spectrum,
-eigenvectors), and leaves in the store the arrays the figures need and the figures (for a later
-run that logs them again); the driver alone writes the tables.
+with weight snapshots the samples of every snapshot. The task returns its rows (`analyse_model`):
+the driver alone writes the tables.
 """
 
 from __future__ import annotations

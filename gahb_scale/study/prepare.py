@@ -80,17 +80,15 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
 def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int,
                  parts: tuple[str, ...] = ("A", "B", "test"), keep_uint8: bool = False) -> dict[str, Tensor]:
     """{"A": (n,1,S,S), "B": (n,1,S,S), "test": (n_test,1,S,S)} for split pair `pair`, in [0, 1],
-    restricted to `parts` (synthetic images cost time to make: a trial needs only its own split).
-
-    Only the requested images of a folder are read from its prepared pool; with
-    `keep_uint8` they stay uint8 (0…255), a quarter of float32, for a trainer that converts batch
-    by batch."""
+    restricted to `parts` (synthetic images cost time to make, a folder's are read from its prepared
+    pool: a trial needs only its own split). With `keep_uint8` a finite pool's images stay uint8
+    (0…255), a quarter of float32, for a trainer that converts batch by batch."""
     pool = finite_pool(dataset, size)
     if pool is None:
         kind = DATASET_KINDS[dataset.kind]
         params, counts = kind.params.model_validate(dataset.params), {"A": n, "B": n, "test": n_test}
         images = {name: kind.build(counts[name], size, _stream_seed(pair, name), params) for name in parts}
-    else:  # only the images of the requested parts are read, and become float unless kept uint8
+    else:
         convert = pool.uint8_images if keep_uint8 else pool.float_images
         split = split_pair(len(pool), n, n_test, seed=pair)
         images = {name: convert(index) for name, index in (("A", split.a), ("B", split.b), ("test", split.test))
