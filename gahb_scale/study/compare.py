@@ -1,7 +1,6 @@
 """Stage 3, compare each split pair (a Ray task per pair): the A and B models' samples seed by seed,
 and their leading Jacobian eigenvectors at the same noisy held-out images. Each model's sample
-figure (its samples beside its partner's and its nearest training images) is drawn here, where
-both models' arrays are."""
+figure (`_save_sample_figure`) is drawn here, where both models' arrays are."""
 
 from __future__ import annotations
 
