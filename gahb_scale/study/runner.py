@@ -3,13 +3,12 @@
 report → track (MLflow; the driver).
 
 Every stage skips what is already done, judged from the study's state in the store, worked out
-once per run (`study_state`): a model file per trained trial, rows tagged with the analysis
-settings' id per analysed model and pair; the study tables and report are made again only when
-what they were made from changed (their stamp). So re-running a finished study trains and writes
-nothing, and a study stopped at any point continues where it was. Each stage hands its rows and
-figures on in memory (`StudyTables`), so nothing written in a run is read back by it.
-The driver is the only writer of the Parquet tables and of MLflow; tasks leave model files,
-arrays and figures in the store.
+once per run (`study_state`, whose fields say what marks each stage done); the study tables and
+report are made again only when what they were made from changed (their stamp). So re-running a
+finished study trains and writes nothing, and a study stopped at any point continues where it was.
+Each stage hands its rows and figures on in memory (`StudyTables`), so nothing written in a run is
+read back by it. The driver is the only writer of the Parquet tables and of MLflow; tasks leave
+model files, arrays and figures in the store.
 """
 
 from __future__ import annotations
