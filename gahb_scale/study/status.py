@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 
 import pyarrow.fs as pafs
 
@@ -25,9 +26,9 @@ class StudyState:
     analysed: set[str]  # model_metrics rows of these analysis settings
     compared: set[str]  # pairs rows of these analysis settings
 
-    @property
+    @cached_property
     def by_pair(self) -> dict[str, dict[str, Trial]]:
-        """pair id -> {"A": trial, "B": trial}."""
+        """pair id -> {"A": trial, "B": trial}; made once, as the report stage asks it once per model."""
         pairs = defaultdict(dict)
         for trial in self.trials:
             pairs[trial.pair_id][trial.split] = trial
