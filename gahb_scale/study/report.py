@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import math
-import time
 
 import numpy as np
 
@@ -95,8 +94,7 @@ def build_report(spec: StudySpec, store: StudyStore, study_tables: StudyTables) 
               f"{spec.training.budget()}; {spec.sampling.num_samples} samples per model; training took "
               # a pack's models share its wall time: count it once per pack (rows before packing: 1)
               f"{sum(row['train_seconds'] / (row.get('pack_size') or 1) for row in trained) / 60:.1f} worker-minutes "
-              f"on {devices}. "
-              f"Report built {time.strftime('%Y-%m-%d %H:%M')}.")
+              f"on {devices}.")
     if not trials:
         page.text("Nothing has been analysed yet: run the study first.")
         return {"index.html": page.render()}
