@@ -12,7 +12,7 @@ from functools import cached_property
 import pyarrow.fs as pafs
 
 from .spec import StudySpec
-from .store import CHECKPOINT_STEP_FILE, StudyStore, StudyTables, pack_run_dir, spec_path
+from .store import CHECKPOINT_STEP_FILE, StudyStore, StudyTables, pack_path, pack_run_dir, spec_path
 from .trials import Trial, analysis_id, expand_trials
 
 
@@ -65,8 +65,9 @@ def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:
     the step file of each pack's newest Ray Train checkpoint, not its whole training state."""
     steps: dict[str, int] = {}
     for file in store.files_below("packs", recursive=False):
-        members = set(json.loads(store.read_bytes(f"packs/{file}"))) & trial_ids
-        ray_run = pafs.FileSelector(store.path(pack_run_dir(file.removesuffix(".json"))), allow_not_found=True)
+        pack_id = file.removesuffix(".json")
+        members = set(json.loads(store.read_bytes(pack_path(pack_id)))) & trial_ids
+        ray_run = pafs.FileSelector(store.path(pack_run_dir(pack_id)), allow_not_found=True)
         checkpoints = sorted(info.path for info in store.fs.get_file_info(ray_run)
                              if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
         if not (members and checkpoints):
