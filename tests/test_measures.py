@@ -96,6 +96,32 @@ def test_empirical_optimal_denoiser_streams_chunks_exactly():
         assert torch.allclose(blind, expected, atol=1e-12)
 
 
+def test_memorizer_skips_only_sigma_levels_of_negligible_posterior():
+    """On the fine default grid, a noisy image's posterior sits on a few σ levels: the memorizer
+    visits those alone and still equals the dense posterior over every level, plain and rescaled."""
+    train, clean = images(40, seed=10), images(3, seed=11)
+    grid, log_prior = training_noise_prior()
+    flat_train = train.flatten(1)
+    for sigma in (0.02, 0.3):
+        y = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        flat = y.flatten(1)
+        for rescaled in (False, True):
+            memorizer = EmpiricalOptimalDenoiser(train, sigma_grid=grid, log_prior=log_prior, rescaled=rescaled)
+            if rescaled:
+                norms = flat_train.norm(dim=1)
+                inner = flat @ flat_train.T
+                sq_dist, log_weight, dims, scale = (flat.square().sum(1, keepdim=True) - (inner / norms).square(),
+                                                    -torch.log(norms), flat.shape[1] - 1, inner / norms.square())
+            else:
+                sq_dist, log_weight, dims, scale = torch.cdist(flat, flat_train).square(), 0, flat.shape[1], 1
+            log_joint = (log_prior[None, :, None] - dims * torch.log(grid)[None, :, None] + log_weight
+                         - sq_dist[:, None, :] / (2 * grid[None, :, None] ** 2))
+            weights = torch.softmax(log_joint.flatten(1), dim=1).reshape(log_joint.shape).sum(1)
+            expected = ((weights * scale) @ flat_train).reshape(y.shape)
+            assert torch.allclose(y - memorizer(y), expected, atol=1e-12)
+            assert len(memorizer._levels(flat)[0]) < len(grid) / 2
+
+
 def test_training_noise_prior_matches_the_training_draws():
     grid, log_prior = training_noise_prior((0.0, 255.0), "quadratic", count=64)
     drawn = draw_noise_levels(200_000, (0.0, 255.0), "quadratic", torch.Generator().manual_seed(0), "cpu").flatten()

@@ -106,8 +106,8 @@ class EmpiricalOptimalDenoiser(nn.Module):
     projections of y onto the rays through the training images, weighted by
     exp(−dist(y, ray_i)²/2σ²) / (‖x_i‖ σ^(n−1)).
 
-    The training set is visited `chunk_size` images at a time, twice: once for the evidence of each
-    σ, once for the posterior mean, so neither a (batch × N) posterior nor a float64 copy of 10^5
+    The training set is visited `chunk_size` images at a time, three times: once for the σ levels
+    that can matter (`_levels`), once for the evidence of each, once for the posterior mean, so neither a (batch × N) posterior nor a float64 copy of 10^5
     training images ever exists; the images stay in their own dtype and each chunk is promoted to
     float64.
     """
@@ -123,41 +123,76 @@ class EmpiricalOptimalDenoiser(nn.Module):
                              else log_prior.double())
         self.rescaled, self.chunk_size = rescaled, chunk_size
 
-    def _terms(self, flat: torch.Tensor, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-likelihood of (i, σ_k) up to a constant shared by all i and k, (B, K, M); the scale
-        of x_i in the posterior mean given i, (B, M): 1, or ⟨y, x_i⟩/‖x_i‖² when rescaled)."""
-        var, n = self.sigma_grid ** 2, flat.shape[1]
+    def _distances(self, flat: torch.Tensor, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(squared distance of each row of `flat` to each image of `chunk`, or to its ray when
+        rescaled, (B, M); each image's log weight, (M,); the scale of x_i in the posterior mean given
+        i, (B, M): 1, or ⟨y, x_i⟩/‖x_i‖² when rescaled)."""
         if self.rescaled:
             norms = torch.linalg.vector_norm(chunk, dim=1).clamp_min(1e-12)
             inner = flat @ chunk.T
             sq_dist = (flat.square().sum(1, keepdim=True) - (inner / norms).square()).clamp_min(0.0)  # to ray i
-            log_weight, dims, scale = -torch.log(norms)[None, None, :], n - 1, inner / norms.square()
-        else:
-            sq_dist, log_weight, dims, scale = torch.cdist(flat, chunk).square(), 0.0, n, torch.ones(())
-        log_lik = (-sq_dist[:, None, :] / (2 * var[None, :, None]) - dims * torch.log(self.sigma_grid)[None, :, None]
-                   + log_weight)
+            return sq_dist, -torch.log(norms), inner / norms.square()
+        return torch.cdist(flat, chunk).square(), torch.zeros_like(chunk[:, 0]), torch.ones(())
+
+    def _dims(self, flat: torch.Tensor) -> int:
+        return flat.shape[1] - 1 if self.rescaled else flat.shape[1]  # the ray's direction is integrated out
+
+    def _terms(self, flat: torch.Tensor, chunk: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-likelihood of (i, σ_k) for the levels `sigmas`, up to a constant shared by all i and
+        k, (B, K, M); the scale of x_i, see `_distances`)."""
+        sq_dist, log_weight, scale = self._distances(flat, chunk)
+        log_lik = (-sq_dist[:, None, :] / (2 * sigmas[None, :, None] ** 2)
+                   - self._dims(flat) * torch.log(sigmas)[None, :, None] + log_weight[None, None, :])
         return log_lik, scale
 
-    def _evidence(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pass 1: the log evidence of each σ per image, a running log-sum-exp over chunks, (B, K);
-        and p(σ_k | y), (B, K)."""
-        log_sum = torch.full((len(flat), len(self.sigma_grid)), -math.inf, dtype=torch.float64, device=flat.device)
-        for chunk in self.train_images.split(self.chunk_size):
-            log_sum = torch.logaddexp(log_sum, torch.logsumexp(self._terms(flat, chunk.double())[0], dim=2))
-        return log_sum, torch.softmax(log_sum + self.log_prior, dim=1)
+    def _levels(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The σ levels of the grid that can matter for some row of `flat`, and their log prior.
 
-    def _chunk_weights(self, flat: torch.Tensor, chunk: torch.Tensor, evidence: tuple[torch.Tensor, torch.Tensor],
+        The n noise coordinates pin σ down: for a given y the posterior p(σ_k | y) is negligible on
+        all but a few levels of a fine grid, and each pass over the training images costs the
+        number of levels times N. A level is skipped when its posterior is below e^-60 of the
+        largest for every row, bounded from the nearest image alone: with D its squared distance
+        (to its ray, when rescaled) and w_i the images' log weights, log Σ_i exp(w_i − d_i/2σ²) lies
+        between w_nearest − D/2σ² and max_i w_i + log N − D/2σ². What is skipped is below the
+        float64 rounding of what is kept (below e^-40 with the Jacobian's 1/σ² weights)."""
+        nearest = torch.full((len(flat),), math.inf, dtype=torch.float64, device=flat.device)
+        nearest_weight, top_weight = torch.zeros_like(nearest), -math.inf
+        for chunk in self.train_images.split(self.chunk_size):
+            sq_dist, log_weight, _ = self._distances(flat, chunk.double())
+            distance, index = sq_dist.min(1)
+            closer = distance < nearest
+            nearest, nearest_weight = torch.where(closer, distance, nearest), torch.where(closer, log_weight[index],
+                                                                                         nearest_weight)
+            top_weight = max(top_weight, float(log_weight.max()))
+        shared = (-nearest[:, None] / (2 * self.sigma_grid[None] ** 2) - self._dims(flat) * torch.log(self.sigma_grid)
+                  + self.log_prior)  # (B, K)
+        lower = shared + nearest_weight[:, None]
+        upper = shared + top_weight + math.log(len(self.train_images))
+        keep = (upper >= lower.max(1, keepdim=True).values - 60.0).any(0)
+        return self.sigma_grid[keep], self.log_prior[keep]
+
+    def _evidence(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pass 1: the levels that matter (`_levels`), the log evidence of each per image, a running
+        log-sum-exp over chunks, (B, K); and p(σ_k | y), (B, K)."""
+        sigmas, log_prior = self._levels(flat)
+        log_sum = torch.full((len(flat), len(sigmas)), -math.inf, dtype=torch.float64, device=flat.device)
+        for chunk in self.train_images.split(self.chunk_size):
+            log_sum = torch.logaddexp(log_sum, torch.logsumexp(self._terms(flat, chunk.double(), sigmas)[0], dim=2))
+        return sigmas, log_sum, torch.softmax(log_sum + log_prior, dim=1)
+
+    def _chunk_weights(self, flat: torch.Tensor, chunk: torch.Tensor,
+                       evidence: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                        per_variance: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Each training image's posterior weight Σ_k p(σ_k, i | y) (B, M) — with `per_variance`,
-        Σ_k p(σ_k, i | y) / σ_k² — and its scale (see `_terms`)."""
-        log_sum, sigma_posterior = evidence
-        log_lik, scale = self._terms(flat, chunk)
+        Σ_k p(σ_k, i | y) / σ_k² — and its scale (see `_distances`)."""
+        sigmas, log_sum, sigma_posterior = evidence
+        log_lik, scale = self._terms(flat, chunk, sigmas)
         joint = sigma_posterior[..., None] * torch.exp(log_lik - log_sum[..., None])  # (B, K, M)
         if per_variance:
-            joint = joint / self.sigma_grid[None, :, None] ** 2
+            joint = joint / sigmas[None, :, None] ** 2
         return joint.sum(1), scale
 
-    def _denoised(self, flat: torch.Tensor, evidence: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _denoised(self, flat: torch.Tensor, evidence: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Pass 2: E[x | y] = Σ_k p(σ_k | y) Σ_i p(i | y, σ_k) E[x | y, σ_k, i], with the σ mixture
         folded into one weight per training image before the product with the images."""
         denoised = torch.zeros_like(flat)
