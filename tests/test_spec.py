@@ -519,6 +519,22 @@ def test_steps_per_train_size():
     assert {k[2] for k, v in ids_by_key(halving).items() if v != same_for_one[k]} == {4}
 
 
+def test_batch_size_per_train_size():
+    """A mapping {N: batch} gives each N its batch, a pack holds one batch size, and every batch
+    must split evenly over the workers."""
+    from gahb_scale.study.train import plan_packs
+    spec = parse_spec(variant(training={"batch_size": {1: 8, 4: 32}}, resources={"models_per_pack": 4}))
+    assert [spec.training.config(0, n).batch_size for n in (1, 4)] == [8, 32]
+    assert [{t.n for t in p.trials} for p in plan_packs(spec, expand_trials(spec), concurrency=1)] == [{1}, {4}]
+    same = ids_by_key(parse_spec(variant(training={"batch_size": {1: 32, 4: 32}})))
+    assert {k[2] for k, v in ids_by_key(spec).items() if v != same[k]} == {1}
+    assert "\n  N = 1: " in spec.training.budget() and "steps of batch 8 " in spec.training.budget()
+    with pytest.raises(SpecError, match=re.escape("training.batch_size = 6 cannot be split evenly over 4 workers")):
+        parse_spec(variant(training={"batch_size": {1: 8, 4: 6}, "workers": 4}))
+    with pytest.raises(SpecError, match=re.escape("N = 4: must be in [1, 65,536]")):
+        parse_spec(variant(training={"batch_size": {1: 8, 4: 0}}))
+
+
 @pytest.mark.parametrize("steps, words", [({1: 300}, "no value for N = [4]"),
                                           ({1: 300, 4: 100, 9: 5}, "N = [9] not in train_sizes"),
                                           ({1: 300, 4: 0}, "N = 4: must be in [1,")])

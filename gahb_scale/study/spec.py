@@ -24,7 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..dataset_kinds import DATASET_KINDS
 from ..errors import UserInputError, short_repr
-from ..limits import (MAX_BOOTSTRAP, MAX_HELD_PIXELS, MAX_IMAGE_SIZE, MAX_MODELS, MAX_NAME_LENGTH,
+from ..limits import (MAX_BATCH_SIZE, MAX_BOOTSTRAP, MAX_HELD_PIXELS, MAX_IMAGE_SIZE, MAX_MODELS, MAX_NAME_LENGTH,
                       MAX_PARAMETERS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_WORKERS)
 from ..training_config import TrainConfig, TrainSettings
 
@@ -275,47 +275,54 @@ class ArchitectureSpec(_KindSpec):
 # The core's fields every run shares (its seed is each model's own).
 _TRAIN_CONFIG_FIELDS = frozenset(TrainSettings.model_fields)
 # Training settings a study may give per train size: a model's schedule can follow its N (e.g. the
-# small N trained long enough to memorize) while every model of one N is trained alike.
-PER_TRAIN_SIZE = ("steps", "lr_halve_every")
+# small N trained long enough to memorize, on smaller batches) while every model of one N is
+# trained alike.
+PER_TRAIN_SIZE = ("steps", "lr_halve_every", "batch_size")
 
 
-def _steps_count(value: Any, where: str = "") -> int:
+def _count(value: Any, maximum: int, where: str = "") -> int:
     if isinstance(value, bool):
         raise ValueError(f"{where}a number is needed, not a boolean (got {str(value).lower()})")
     if not isinstance(value, int):
-        raise ValueError(f"{where}a whole number of steps is needed (got {short_repr(value)})")
-    if not 1 <= value <= MAX_STEPS:
-        raise ValueError(f"{where}must be in [1, {MAX_STEPS:,}] (got {value})")
+        raise ValueError(f"{where}a whole number is needed (got {short_repr(value)})")
+    if not 1 <= value <= maximum:
+        raise ValueError(f"{where}must be in [1, {maximum:,}] (got {value})")
     return value
 
 
-def _per_train_size(value: Any) -> int | dict[int, int]:
-    """One step count for every N, or a mapping {N: steps} (which train sizes it must name is
-    checked by the study, which knows them)."""
-    if not isinstance(value, dict):
-        return _steps_count(value)
-    mapping = {}
-    for n, steps in value.items():
-        size = int(n) if isinstance(n, str) and n.isdigit() and len(n) <= 20 else n
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"the keys of a mapping are train sizes N >= 1 (got {short_repr(n)})")
-        mapping[size] = _steps_count(steps, f"N = {size}: ")
-    return mapping
+def _per_train_size(maximum: int) -> Callable[[Any], int | dict[int, int]]:
+    """A validator of one count in [1, `maximum`] for every N, or a mapping {N: count} (which train
+    sizes it must name is checked by the study, which knows them)."""
+    def validate(value: Any) -> int | dict[int, int]:
+        if not isinstance(value, dict):
+            return _count(value, maximum)
+        mapping = {}
+        for n, count in value.items():
+            size = int(n) if isinstance(n, str) and n.isdigit() and len(n) <= 20 else n
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"the keys of a mapping are train sizes N >= 1 (got {short_repr(n)})")
+            mapping[size] = _count(count, maximum, f"N = {size}: ")
+        return mapping
+    return validate
 
 
 # Any: serialised as given (JSON makes the keys strings, which the validator reads back as N)
-_PerTrainSize = Annotated[Any, PlainValidator(_per_train_size)]
+_PerTrainSizeSteps = Annotated[Any, PlainValidator(_per_train_size(MAX_STEPS))]
+_PerTrainSizeBatch = Annotated[Any, PlainValidator(_per_train_size(MAX_BATCH_SIZE))]
 
 
 class TrainingSpec(TrainSettings, _Model):
     """The training of every model of the study: the core's `TrainSettings` (their defaults and
-    checks), with `steps` and `lr_halve_every` given for every N or per N, and how a model is
-    spread over workers."""
-    steps: _PerTrainSize = Field(default=TrainSettings.model_fields["steps"].default,
+    checks), with `steps`, `lr_halve_every` and `batch_size` given for every N or per N, and how a
+    model is spread over workers."""
+    steps: _PerTrainSizeSteps = Field(default=TrainSettings.model_fields["steps"].default,
                                  description="gradient steps: one number for every N (the paper's recipe), "
                                              "or a mapping {N: steps}")
-    lr_halve_every: _PerTrainSize = Field(default=TrainSettings.model_fields["lr_halve_every"].default,
+    lr_halve_every: _PerTrainSizeSteps = Field(default=TrainSettings.model_fields["lr_halve_every"].default,
                                           description="Adam lr halved every this many steps (or a mapping {N: steps})")
+    batch_size: _PerTrainSizeBatch = Field(default=TrainSettings.model_fields["batch_size"].default,
+                                           description="global batch, split evenly over the workers (or a mapping "
+                                                       "{N: batch})")
     snapshot_steps: _SnapshotSteps = Field(
         default_factory=list, description="steps whose weights are kept, for memorization over training time")
     workers: int = Field(default=1, ge=1, le=MAX_WORKERS, validate_default=True, description="Ray Train workers per trial (> 1: DDP)")
@@ -368,8 +375,9 @@ class TrainingSpec(TrainSettings, _Model):
     @classmethod
     def _splits_batch(cls, v: int, info: ValidationInfo) -> int:
         batch = info.data.get("batch_size")
-        if batch is not None and batch % v:
-            raise ValueError(f"training.batch_size = {batch} cannot be split evenly over {v} workers")
+        for size in (batch.values() if isinstance(batch, dict) else [] if batch is None else [batch]):
+            if size % v:
+                raise ValueError(f"training.batch_size = {size} cannot be split evenly over {v} workers")
         return v
 
 

@@ -158,7 +158,8 @@ def models_per_pack(spec: StudySpec, group: list[Trial], concurrency: int) -> in
         return spec.resources.models_per_pack
     arch = group[0].architecture
     net = build_model(arch.kind, **arch.params)
-    step_flops = training_flops_per_image(net, (1, spec.image_size, spec.image_size)) * spec.training.batch_size
+    batch = spec.training.per_train_size(group[0].n)["batch_size"]  # a group shares its schedule
+    step_flops = training_flops_per_image(net, (1, spec.image_size, spec.image_size)) * batch
     return max(1, min(math.floor(MAX_PACK_STEP_FLOPS / step_flops), math.ceil(len(group) / concurrency)))
 
 
