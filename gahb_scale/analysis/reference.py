@@ -154,7 +154,7 @@ class EmpiricalOptimalDenoiser(nn.Module):
         largest for every row, bounded from the nearest image alone: with D its squared distance
         (to its ray, when rescaled) and w_i the images' log weights, log Σ_i exp(w_i − d_i/2σ²) lies
         between w_nearest − D/2σ² and max_i w_i + log N − D/2σ². What is skipped is below the
-        float64 rounding of what is kept (below e^-40 with the Jacobian's 1/σ² weights)."""
+        float64 rounding of the posterior mean (the closed-form Jacobian keeps every level)."""
         nearest = torch.full((len(flat),), math.inf, dtype=torch.float64, device=flat.device)
         nearest_weight, top_weight = torch.zeros_like(nearest), -math.inf
         for chunk in self.train_images.split(self.chunk_size):
@@ -171,10 +171,12 @@ class EmpiricalOptimalDenoiser(nn.Module):
         keep = (upper >= lower.max(1, keepdim=True).values - 60.0).any(0)
         return self.sigma_grid[keep], self.log_prior[keep]
 
-    def _evidence(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Pass 1: the levels that matter (`_levels`), the log evidence of each per image, a running
-        log-sum-exp over chunks, (B, K); and p(σ_k | y), (B, K)."""
-        sigmas, log_prior = self._levels(flat)
+    def _evidence(self, flat: torch.Tensor, levels: tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pass 1: the σ levels and their log prior (by default those that matter, `_levels`), the
+        log evidence of each per image, a running log-sum-exp over chunks, (B, K); and p(σ_k | y),
+        (B, K)."""
+        sigmas, log_prior = self._levels(flat) if levels is None else levels
         log_sum = torch.full((len(flat), len(sigmas)), -math.inf, dtype=torch.float64, device=flat.device)
         for chunk in self.train_images.split(self.chunk_size):
             log_sum = torch.logaddexp(log_sum, torch.logsumexp(self._terms(flat, chunk.double(), sigmas)[0], dim=2))
@@ -224,7 +226,9 @@ class EmpiricalOptimalDenoiser(nn.Module):
         if self.rescaled:
             raise ValueError("the closed-form Jacobian is that of the plain memorizer (rescaled=False)")
         flat = y.double().flatten(1)
-        evidence, anchor = self._evidence(flat), self._nearest(flat)
+        # Every σ level, none skipped: where the posterior is sure, J is made of the other images'
+        # tiny weights, times 1/σ², which those of a level `_levels` would skip can rival.
+        evidence, anchor = self._evidence(flat, (self.sigma_grid, self.log_prior)), self._nearest(flat)
         offset = torch.zeros_like(flat)  # f(y) − a
         for chunk in self.train_images.split(self.chunk_size):
             chunk = chunk.double()
