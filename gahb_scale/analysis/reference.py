@@ -106,8 +106,9 @@ class EmpiricalOptimalDenoiser(nn.Module):
     projections of y onto the rays through the training images, weighted by
     exp(−dist(y, ray_i)²/2σ²) / (‖x_i‖ σ^(n−1)).
 
-    The training set is visited `chunk_size` images at a time, three times: once for the σ levels
-    that can matter (`_levels`), once for the evidence of each, once for the posterior mean, so neither a (batch × N) posterior nor a float64 copy of 10^5
+    The training set is visited `chunk_size` images at a time, three times: once for the nearest
+    image, which bounds the σ levels that can matter (`_levels`), once for the evidence of each,
+    once for the posterior mean, so neither a (batch × N) posterior nor a float64 copy of 10^5
     training images ever exists; the images stay in their own dtype and each chunk is promoted to
     float64.
     """
@@ -128,16 +129,21 @@ class EmpiricalOptimalDenoiser(nn.Module):
         rescaled, (B, M); each image's log weight, (M,); the scale of x_i in the posterior mean given
         i, (B, M): 1, or ⟨y, x_i⟩/‖x_i‖² when rescaled)."""
         if self.rescaled:
-            norms = torch.linalg.vector_norm(chunk, dim=1).clamp_min(1e-12)
+            norms = self._norms(chunk)
             inner = flat @ chunk.T
             sq_dist = (flat.square().sum(1, keepdim=True) - (inner / norms).square()).clamp_min(0.0)  # to ray i
             return sq_dist, -torch.log(norms), inner / norms.square()
         return torch.cdist(flat, chunk).square(), torch.zeros_like(chunk[:, 0]), torch.ones(())
 
+    @staticmethod
+    def _norms(chunk: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(chunk, dim=1).clamp_min(1e-12)
+
     def _dims(self, flat: torch.Tensor) -> int:
         return flat.shape[1] - 1 if self.rescaled else flat.shape[1]  # the ray's direction is integrated out
 
-    def _terms(self, flat: torch.Tensor, chunk: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _terms(self, flat: torch.Tensor, chunk: torch.Tensor,
+               sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-likelihood of (i, σ_k) for the levels `sigmas`, up to a constant shared by all i and
         k, (B, K, M); the scale of x_i, see `_distances`)."""
         sq_dist, log_weight, scale = self._distances(flat, chunk)
@@ -155,15 +161,13 @@ class EmpiricalOptimalDenoiser(nn.Module):
         (to its ray, when rescaled) and w_i the images' log weights, log Σ_i exp(w_i − d_i/2σ²) lies
         between w_nearest − D/2σ² and max_i w_i + log N − D/2σ². What is skipped is below the
         float64 rounding of the posterior mean (the closed-form Jacobian keeps every level)."""
-        nearest = torch.full((len(flat),), math.inf, dtype=torch.float64, device=flat.device)
-        nearest_weight, top_weight = torch.zeros_like(nearest), -math.inf
-        for chunk in self.train_images.split(self.chunk_size):
-            sq_dist, log_weight, _ = self._distances(flat, chunk.double())
-            distance, index = sq_dist.min(1)
-            closer = distance < nearest
-            nearest, nearest_weight = torch.where(closer, distance, nearest), torch.where(closer, log_weight[index],
-                                                                                         nearest_weight)
-            top_weight = max(top_weight, float(log_weight.max()))
+        nearest, index = self._nearest(flat)
+        if self.rescaled:  # the log weight −log ‖x_i‖ of `_distances`, per image
+            log_weight = -torch.log(torch.cat([self._norms(chunk.double())
+                                               for chunk in self.train_images.split(self.chunk_size)]))
+        else:
+            log_weight = torch.zeros(len(self.train_images), dtype=torch.float64, device=flat.device)
+        nearest_weight, top_weight = log_weight[index], float(log_weight.max())
         shared = (-nearest[:, None] / (2 * self.sigma_grid[None] ** 2) - self._dims(flat) * torch.log(self.sigma_grid)
                   + self.log_prior)  # (B, K)
         lower = shared + nearest_weight[:, None]
@@ -228,7 +232,8 @@ class EmpiricalOptimalDenoiser(nn.Module):
         flat = y.double().flatten(1)
         # Every σ level, none skipped: where the posterior is sure, J is made of the other images'
         # tiny weights, times 1/σ², which those of a level `_levels` would skip can rival.
-        evidence, anchor = self._evidence(flat, (self.sigma_grid, self.log_prior)), self._nearest(flat)
+        evidence = self._evidence(flat, (self.sigma_grid, self.log_prior))
+        anchor = self.train_images[self._nearest(flat)[1]].double()
         offset = torch.zeros_like(flat)  # f(y) − a
         for chunk in self.train_images.split(self.chunk_size):
             chunk = chunk.double()
@@ -242,13 +247,15 @@ class EmpiricalOptimalDenoiser(nn.Module):
             jacobian += from_output.mT @ (b[..., None] * (chunk[None] - flat[:, None]))
         return jacobian
 
-    def _nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        """The nearest training image (L2) of each row of `flat`, (B, n) float64."""
-        best = torch.full((len(flat),), math.inf, dtype=torch.float64, device=flat.device)
-        nearest = torch.zeros_like(flat)
+    def _nearest(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's nearest training image: its squared L2 distance (to its ray, when rescaled)
+        and its index, (B,) each."""
+        nearest = torch.full((len(flat),), math.inf, dtype=torch.float64, device=flat.device)
+        index = torch.zeros(len(flat), dtype=torch.long, device=flat.device)
+        start = 0
         for chunk in self.train_images.split(self.chunk_size):
-            chunk = chunk.double()
-            distance, index = torch.cdist(flat, chunk).min(1)
-            closer = distance < best
-            best, nearest[closer] = torch.where(closer, distance, best), chunk[index[closer]]
-        return nearest
+            distance, within = self._distances(flat, chunk.double())[0].min(1)
+            closer = distance < nearest
+            nearest, index = torch.where(closer, distance, nearest), torch.where(closer, within + start, index)
+            start += len(chunk)
+        return nearest, index
