@@ -18,10 +18,10 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
 @pytest.mark.parametrize("name", ["transition_cpu", "transition_gpu", "memorization_law_cpu"])
 def test_small_n_train_at_least_as_long_as_large_n(name):
-    """Steps per N: the two smallest training sets, the memorizing end, get the longest schedules (they
-    must have the time to memorize; in the law study time grows with N instead), and every schedule ends
-    after its last snapshot. Above them a larger N may train longer: there the schedule serves the A/B
-    agreement."""
+    """Steps per N: the two smallest training sets, the memorizing end, train at least as long as any
+    larger N (they must have the time to memorize, and memorizing takes longer the larger N is: in the
+    law study the steps grow with N), and every schedule ends after its last snapshot. Above them a
+    larger N may train longer than a smaller one: there the schedule serves the A/B agreement."""
     spec = load_spec(STUDIES / f"{name}.yaml")
     steps = [spec.training.steps_for(n) for n in spec.train_sizes]
     assert isinstance(spec.training.steps, dict)
@@ -31,7 +31,7 @@ def test_small_n_train_at_least_as_long_as_large_n(name):
         memorizing_sizes = [n for n in spec.train_sizes if n >= 2][:2]
         memorizing = [spec.training.steps_for(n) for n in memorizing_sizes]
         larger = [s for n, s in zip(spec.train_sizes, steps) if n > max(memorizing_sizes)]
-        assert memorizing == sorted(memorizing, reverse=True) and min(memorizing) >= max(larger)
+        assert min(memorizing) >= max(larger)
     assert all(config.steps >= max(config.snapshot_steps, default=0)
                for config in (spec.training.config(0, n) for n in spec.train_sizes))
 
