@@ -123,6 +123,12 @@ class EmpiricalOptimalDenoiser(nn.Module):
         self.register_buffer("log_prior", torch.zeros_like(self.sigma_grid) if log_prior is None or sigma is not None
                              else log_prior.double())
         self.rescaled, self.chunk_size = rescaled, chunk_size
+        # Each image's log weight (−log ‖x_i‖ when rescaled, see `_distances`), (N,) float64: a
+        # property of the training set, which `_levels` reads on every call.
+        images = self.train_images
+        weights = (-torch.log(torch.cat([self._norms(chunk.double()) for chunk in images.split(chunk_size)]))
+                   if rescaled else torch.zeros(len(images), dtype=torch.float64, device=images.device))
+        self.register_buffer("image_log_weights", weights, persistent=False)
 
     def _distances(self, flat: torch.Tensor, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(squared distance of each row of `flat` to each image of `chunk`, or to its ray when
@@ -162,12 +168,7 @@ class EmpiricalOptimalDenoiser(nn.Module):
         between w_nearest − D/2σ² and max_i w_i + log N − D/2σ². What is skipped is below the
         float64 rounding of the posterior mean (the closed-form Jacobian keeps every level)."""
         nearest, index = self._nearest(flat)
-        if self.rescaled:  # the log weight −log ‖x_i‖ of `_distances`, per image
-            log_weight = -torch.log(torch.cat([self._norms(chunk.double())
-                                               for chunk in self.train_images.split(self.chunk_size)]))
-        else:
-            log_weight = torch.zeros(len(self.train_images), dtype=torch.float64, device=flat.device)
-        nearest_weight, top_weight = log_weight[index], float(log_weight.max())
+        nearest_weight, top_weight = self.image_log_weights[index], float(self.image_log_weights.max())
         shared = (-nearest[:, None] / (2 * self.sigma_grid[None] ** 2) - self._dims(flat) * torch.log(self.sigma_grid)
                   + self.log_prior)  # (B, K)
         lower = shared + nearest_weight[:, None]
