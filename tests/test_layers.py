@@ -71,6 +71,26 @@ def test_small_models_are_packed_into_as_many_packs_as_run_side_by_side():
     assert [len(p.trials) for p in plan_packs(study([SMALL], models_per_pack=1), trials, 2)] == [1] * 8
 
 
+def test_with_several_schedules_each_is_one_pack_and_the_costliest_goes_first():
+    """Two workers, four schedules of four models each: a schedule's models fit one worker's share of
+    the study, so each schedule is one pack (not two of two: fewer worker-group starts, and a pack
+    of four trains each model faster), and the workers take the longest pack first."""
+    from gahb_scale.study.train import plan_packs
+    from gahb_scale.study.trials import expand_trials
+
+    spec = parse_spec({"name": "p", "image_size": 16, "datasets": [{"name": "d", "kind": "discs"}],
+                       "architectures": [SMALL], "train_sizes": [2, 4, 16, 64], "split_pairs": 2,
+                       "training": {"steps": {2: 300, 4: 600, 16: 100, 64: 200}, "batch_size": 16},
+                       "resources": {"max_concurrent_trials": 2}})
+    packs = plan_packs(spec, expand_trials(spec), concurrency=2)
+    assert [len(p.trials) for p in packs] == [4, 4, 4, 4]
+    assert [{t.n for t in p.trials} for p in packs] == [{4}, {2}, {64}, {16}]
+    # one schedule whose models are most of the study's work: split over both workers
+    heavy = parse_spec({**spec.model_dump(mode="json"), "training": {"steps": {2: 300, 4: 6000, 16: 100, 64: 200},
+                                                                     "batch_size": 16}})
+    assert [len(p.trials) for p in plan_packs(heavy, expand_trials(heavy), concurrency=2)] == [2, 2, 4, 4, 4]
+
+
 def test_a_pack_holds_one_architecture_and_the_papers_unet_at_80_trains_alone():
     from gahb_scale.study.train import plan_packs
     from gahb_scale.study.trials import expand_trials

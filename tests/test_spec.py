@@ -525,7 +525,8 @@ def test_batch_size_per_train_size():
     from gahb_scale.study.train import plan_packs
     spec = parse_spec(variant(training={"batch_size": {1: 8, 4: 32}}, resources={"models_per_pack": 4}))
     assert [spec.training.config(0, n).batch_size for n in (1, 4)] == [8, 32]
-    assert [{t.n for t in p.trials} for p in plan_packs(spec, expand_trials(spec), concurrency=1)] == [{1}, {4}]
+    # the costlier pack (batch 32) first
+    assert [{t.n for t in p.trials} for p in plan_packs(spec, expand_trials(spec), concurrency=1)] == [{4}, {1}]
     same = ids_by_key(parse_spec(variant(training={"batch_size": {1: 32, 4: 32}})))
     assert {k[2] for k, v in ids_by_key(spec).items() if v != same[k]} == {1}
     assert "\n  N = 1: " in spec.training.budget() and "steps of batch 8 " in spec.training.budget()

@@ -150,31 +150,43 @@ class Pack:
 MAX_PACK_STEP_FLOPS = 20.1e9 * 512
 
 
-def models_per_pack(spec: StudySpec, group: list[Trial], concurrency: int) -> int:
-    """How many models of one architecture go into a pack: the spec's `models_per_pack`, else as
-    many as keep every concurrent worker busy (no more packs than run side by side would leave
-    some idle) and a pack's step within MAX_PACK_STEP_FLOPS."""
+def model_flops(spec: StudySpec, trial: Trial) -> float:
+    """A model's training FLOPs (all its steps, forward and backward): its share of the study's work."""
+    arch, schedule = trial.architecture, spec.training.per_train_size(trial.n)
+    per_image = training_flops_per_image(build_model(arch.kind, **arch.params), (1, spec.image_size, spec.image_size))
+    return per_image * schedule["batch_size"] * schedule["steps"]
+
+
+def models_per_pack(spec: StudySpec, group: list[Trial], model_cost: float, slot_share: float,
+                    concurrency: int) -> int:
+    """How many models of one architecture and schedule go into a pack: the spec's `models_per_pack`,
+    else as many as a pack's step allows (MAX_PACK_STEP_FLOPS), and among those the larger of
+    - enough packs to keep every concurrent worker busy on this group alone, and
+    - as many as fit one worker's fair share of the whole study (`slot_share` FLOPs): with several
+      schedules there are packs enough for every worker already, and fewer, bigger packs pay the
+      worker group's start (25-50 s on 2 busy CPU cores) fewer times."""
     if spec.resources.models_per_pack is not None:
         return spec.resources.models_per_pack
-    arch = group[0].architecture
-    net = build_model(arch.kind, **arch.params)
-    batch = spec.training.per_train_size(group[0].n)["batch_size"]  # a group shares its schedule
-    step_flops = training_flops_per_image(net, (1, spec.image_size, spec.image_size)) * batch
-    return max(1, min(math.floor(MAX_PACK_STEP_FLOPS / step_flops), math.ceil(len(group) / concurrency)))
+    step_flops = model_cost / spec.training.steps_for(group[0].n)
+    by_step = math.floor(MAX_PACK_STEP_FLOPS / step_flops)
+    return max(1, min(by_step, len(group), max(math.ceil(len(group) / concurrency), math.floor(slot_share / model_cost))))
 
 
 def plan_packs(spec: StudySpec, trials: list[Trial], concurrency: int) -> list[Pack]:
     """Packs of `trials`: models of one architecture and one training schedule (settings may be
-    given per N), in the study's order, `models_per_pack` at a time."""
+    given per N), in the study's order, `models_per_pack` at a time; the costliest pack first, as
+    the workers take them in this order and a long pack started last would leave the others idle."""
     groups: dict[tuple, list[Trial]] = {}
     for trial in trials:
         schedule = tuple(sorted(spec.training.per_train_size(trial.n).items()))
         groups.setdefault((trial.architecture.name, schedule), []).append(trial)
+    costs = {key: model_flops(spec, group[0]) for key, group in groups.items()}  # a group shares its cost per model
+    slot_share = sum(costs[key] * len(group) for key, group in groups.items()) / concurrency
     packs = []
-    for group in groups.values():
-        k = models_per_pack(spec, group, concurrency)
-        packs += [Pack(tuple(group[i:i + k])) for i in range(0, len(group), k)]
-    return packs
+    for key, group in groups.items():
+        k = models_per_pack(spec, group, costs[key], slot_share, concurrency)
+        packs += [(costs[key] * len(group[i:i + k]), Pack(tuple(group[i:i + k]))) for i in range(0, len(group), k)]
+    return [pack for _, pack in sorted(packs, key=lambda cost_pack: -cost_pack[0])]  # stable: ties keep the study's order
 
 
 def max_concurrent(spec: StudySpec, cluster: dict | None) -> int:
