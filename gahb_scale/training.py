@@ -210,9 +210,10 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
     while step < config.steps:
         for group in optimizer.param_groups:
             group["lr"] = config.lr * 0.5 ** (step // config.lr_halve_every)
-        clean = torch.stack([x[b.next(config.batch_size).to(device)] for x, b in zip(images, batches)])[:, rank::world]
-        if clean.dtype == torch.uint8:
-            clean = to_float_images(clean)
+        drawn = [x[b.next(config.batch_size).to(device)] for x, b in zip(images, batches)]
+        # each model's batch converted on its own: a pack may hold uint8 photographs beside float
+        # discs, and stacking them first would promote the uint8 ones to float unscaled (0…255)
+        clean = torch.stack([to_float_images(d) if d.dtype == torch.uint8 else d for d in drawn])[:, rank::world]
         sigma = torch.stack([draw_noise_levels(config.batch_size, config.noise_range, config.noise_schedule, rng, device)
                              for rng in noise_rngs])[:, rank::world]
         noise = torch.stack([torch.randn((config.batch_size, *image_shape), generator=rng, device=device)

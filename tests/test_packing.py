@@ -59,6 +59,21 @@ def test_a_looped_pack_is_bit_identical_to_solo_training(average_last):
         assert alone.losses == together.losses
 
 
+def test_a_pack_of_float_and_uint8_image_sets_trains_each_on_images_in_0_1():
+    """Datasets of one pack may differ in storage: discs are float, photographs uint8. Each model
+    trains as it would alone, the uint8 images scaled to [0, 1] (stacked with a float set first,
+    they would be promoted to float unscaled, and that model would train on images 255 times too bright)."""
+    images = image_sets()
+    mixed = [images[0].float() / 255.0, images[1], images[2]]
+    cfgs = configs(steps=12)
+    solo = [train_denoiser(net, x, c, device="cpu") for net, x, c in zip(nets(), images, cfgs)]
+    packed = train_pack(ModelPack(nets(), fused=False), mixed, cfgs, device="cpu")
+    for alone, together in zip(solo, packed):
+        for name, value in alone.net.state_dict().items():
+            assert torch.equal(value, together.net.state_dict()[name]), name
+        assert alone.losses == together.losses
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "looped"])
 def test_each_network_of_a_pack_keeps_its_own_batch_norm_statistics(fused):
     models = nets()
