@@ -73,8 +73,8 @@ def test_small_models_are_packed_into_as_many_packs_as_run_side_by_side():
 
 def test_with_several_schedules_each_is_one_pack_and_the_costliest_goes_first():
     """Two workers, four schedules of four models each: a schedule's models fit one worker's share of
-    the study, so each schedule is one pack (not two of two: fewer worker-group starts, and a pack
-    of four trains each model faster), and the workers take the longest pack first."""
+    the study, so each schedule is one pack (not two of two: half the worker-group starts), and the
+    workers take the longest pack first."""
     from gahb_scale.study.train import plan_packs
     from gahb_scale.study.trials import expand_trials
 
@@ -89,6 +89,24 @@ def test_with_several_schedules_each_is_one_pack_and_the_costliest_goes_first():
     heavy = parse_spec({**spec.model_dump(mode="json"), "training": {"steps": {2: 300, 4: 6000, 16: 100, 64: 200},
                                                                      "batch_size": 16}})
     assert [len(p.trials) for p in plan_packs(heavy, expand_trials(heavy), concurrency=2)] == [2, 2, 4, 4, 4]
+
+
+def test_on_the_studys_own_ray_a_pack_runs_without_the_placement_group_cleaner():
+    """The local Ray has no State API, which Ray Train's placement-group cleaner needs (it held each
+    pack 12 s at its end and never cleaned): the local trainer drops that callback and no other.
+    Checked against Ray's own list, so a Ray that renames the callback fails here, not silently."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from gahb_scale.study.train import TorchTrainerWithoutStateApi
+
+    def callbacks(trainer_class):
+        trainer = trainer_class(lambda config: None, scaling_config=ray.train.ScalingConfig(num_workers=1))
+        return [type(c).__name__ for c in trainer._create_default_callbacks()]
+
+    ray_default = callbacks(TorchTrainer)
+    assert "PlacementGroupCleanerCallback" in ray_default
+    assert callbacks(TorchTrainerWithoutStateApi) == [n for n in ray_default if n != "PlacementGroupCleanerCallback"]
 
 
 def test_a_pack_holds_one_architecture_and_the_papers_unet_at_80_trains_alone():

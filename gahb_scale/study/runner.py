@@ -53,6 +53,10 @@ RAY_ENV = {
     # its periodic experiment snapshots are for a Tuner.restore this study never asks for (it
     # resumes from its own store): each is a write to the results store. The packs' checkpoints stay.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Ray Train starts a preemption watcher per worker group (one more process per pack, polling
+    # every 5 s) that only stores a node's drain notice for the training loop to read; ours never
+    # reads it: a pack that loses its node resumes from its last checkpoint.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "TUNE_GLOBAL_CHECKPOINT_S": str(24 * 3600),
 }
 # Seconds to wait for a cluster address to accept a connection: ray.init retries one that never
@@ -292,7 +296,7 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
     # 1. training (Tune grid of TorchTrainers, one per pack), then each trained model's rows
     failed = []
     if len(state.trained) < len(trials):
-        state.trained |= train_study(spec, store, state, fixed_cluster=address is None, tracker=tracker,
+        state.trained |= train_study(spec, store, state, local_ray=address is None, tracker=tracker,
                                      verbose=verbose)
         failed = [trial.trial_id for trial in trials if trial.trial_id not in state.trained]
     else:
