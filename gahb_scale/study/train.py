@@ -175,7 +175,7 @@ def models_per_pack(spec: StudySpec, group: list[Trial], model_cost: float, slot
     - enough packs to keep every concurrent worker busy on this group alone, and
     - as many as fit one worker's fair share of the whole study (`slot_share` FLOPs): with several
       schedules there are packs enough for every worker already, and fewer, bigger packs pay the
-      worker group's start (20-40 s on 2 busy CPU cores) fewer times."""
+      worker group's start (30-40 s on 2 busy CPU cores) fewer times."""
     if spec.resources.models_per_pack is not None:
         return spec.resources.models_per_pack
     step_flops = model_cost / spec.training.steps_for(group[0].n)
