@@ -21,7 +21,7 @@ import yaml
 
 from gahb_scale.models import build_model
 from gahb_scale.study.spec_file import parse_spec
-from gahb_scale.study.train import models_per_pack
+from gahb_scale.study.train import plan_packs
 from gahb_scale.study.trials import expand_trials
 from gahb_scale.training import training_flops_per_image
 from training_throughput import throughput  # this folder: run as benchmarks/gpu_cost.py
@@ -65,7 +65,7 @@ def main() -> None:
             # with steps per N the models differ: the mean over the group
             images_per_model = sum(spec.training.steps_for(t.n) for t in group) * spec.training.batch_size / models
             if args.measure:  # the packs the runner forms on one GPU; img/s per model of the pack
-                k = models_per_pack(spec, group, concurrency=1)
+                k = max(len(p.trials) for p in plan_packs(spec, group, concurrency=1))
                 speed = throughput(arch.kind, arch.params, spec.image_size, spec.training.batch_size,
                                    spec.training.precision, "cuda", sizes=(1000,) * k)["images_per_s"] / k
             else:

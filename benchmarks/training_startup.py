@@ -14,12 +14,16 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import ray
 
 from gahb_scale.study.runner import start_ray
+from gahb_scale.study.prepare import prepare_datasets
 from gahb_scale.study.spec_file import load_spec
-from gahb_scale.study.store import StudyStore
+from gahb_scale.study.status import study_state
+from gahb_scale.study.store import StudyStore, StudyTables
+from gahb_scale.study.track import StudyTracker
 from gahb_scale.study.trials import expand_trials
 
 
@@ -31,13 +35,18 @@ def training_seconds(spec_path: str, models_per_pack: int | None) -> tuple[float
         spec = load_spec(spec_path, results_dir=results)
         spec = spec.model_copy(update={"resources": spec.resources.model_copy(
             update={"models_per_pack": models_per_pack})})
-        trials = expand_trials(spec)
-        packs = plan_packs(spec, trials, max_concurrent(spec, ray.cluster_resources()))
+        store = StudyStore(results)
+        prepare_datasets(spec).cache()
+        tracker = StudyTracker(spec, store)  # the study streams training to MLflow: so does this
+        tracker.start(Path(spec_path).read_text())
+        state = study_state(spec, store, StudyTables(store, spec.name))
+        packs = plan_packs(spec, state.trials, max_concurrent(spec, ray.cluster_resources()))
         start = time.perf_counter()
-        failed = train_study(spec, StudyStore(results), fixed_cluster=True)
+        trained = train_study(spec, store, state, local_ray=True, tracker=tracker)
         seconds = time.perf_counter() - start
-        if failed:
-            raise SystemExit(f"{len(failed)} model(s) failed to train")
+        tracker.finish("FINISHED")
+        if len(trained) < len(state.trials):
+            raise SystemExit(f"{len(state.trials) - len(trained)} model(s) failed to train")
         return seconds, len(packs)
 
 

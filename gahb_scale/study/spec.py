@@ -461,8 +461,9 @@ class ResourceSpec(_Model):
     max_concurrent_trials: int = Field(default=1, ge=1, le=MAX_MODELS)
     models_per_pack: int | None = Field(
         default=None, ge=1, le=MAX_MODELS, description="models of one architecture (any dataset) trained together in one worker "
-                                        "(1: one model per trial); None: small models packed, no more packs than "
-                                        "run side by side, a pack's step at most the paper UNet's at 80x80")
+                                        "(1: one model per trial); None: a pack's step at most the paper UNet's at 80x80, "
+                                        "and a schedule's models in one pack when they fit one trial's share of "
+                                        "the study, else in as many packs as run side by side")
     max_failures: int = Field(default=3, ge=0, le=1000, description="restarts after a worker or node dies: a trial from its "
                                                            "last checkpoint, an analysis task from the start")
 

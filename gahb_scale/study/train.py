@@ -161,6 +161,11 @@ class Pack:
 MAX_PACK_STEP_FLOPS = 20.1e9 * 512
 
 
+def schedule_of(spec: StudySpec, trial: Trial) -> tuple:
+    """What models must share to share a pack: the architecture and the settings given per N."""
+    return trial.architecture.name, tuple(sorted(spec.training.per_train_size(trial.n).items()))
+
+
 def model_flops(spec: StudySpec, trial: Trial) -> float:
     """A model's training FLOPs (all its steps, forward and backward): its share of the study's work."""
     arch, schedule = trial.architecture, spec.training.per_train_size(trial.n)
@@ -168,36 +173,45 @@ def model_flops(spec: StudySpec, trial: Trial) -> float:
     return per_image * schedule["batch_size"] * schedule["steps"]
 
 
-def models_per_pack(spec: StudySpec, group: list[Trial], model_cost: float, slot_share: float,
+def costliest_first(spec: StudySpec, packs: list[Pack], costs: dict | None = None) -> list[Pack]:
+    """`packs` in the order the workers should take them: the costliest first, as a long pack
+    started last would leave the other workers idle (stable: ties keep their order). `costs`:
+    model FLOPs by `schedule_of`, filled as needed."""
+    costs = {} if costs is None else costs
+    for pack in packs:
+        if (key := schedule_of(spec, pack.trials[0])) not in costs:
+            costs[key] = model_flops(spec, pack.trials[0])
+    return sorted(packs, key=lambda pack: -costs[schedule_of(spec, pack.trials[0])] * len(pack.trials))
+
+
+def models_per_pack(spec: StudySpec, group: list[Trial], model_cost: float, trial_share: float,
                     concurrency: int) -> int:
-    """How many models of one architecture and schedule go into a pack: the spec's `models_per_pack`,
-    else as many as a pack's step allows (MAX_PACK_STEP_FLOPS), and among those the larger of
-    - enough packs to keep every concurrent worker busy on this group alone, and
-    - as many as fit one worker's fair share of the whole study (`slot_share` FLOPs): with several
-      schedules there are packs enough for every worker already, and fewer, bigger packs pay the
+    """How many models of one schedule go into a pack: the spec's `models_per_pack`, else as many
+    as a pack's step allows (MAX_PACK_STEP_FLOPS), and among those the larger of
+    - enough packs to keep every concurrent trial busy on this schedule alone, and
+    - as many as fit one trial's fair share of the whole study (`trial_share` FLOPs): with several
+      schedules there are packs enough for every trial already, and fewer, bigger packs pay the
       worker group's start (30-40 s on 2 busy CPU cores) fewer times."""
     if spec.resources.models_per_pack is not None:
         return spec.resources.models_per_pack
     step_flops = model_cost / spec.training.steps_for(group[0].n)
     by_step = math.floor(MAX_PACK_STEP_FLOPS / step_flops)
-    return max(1, min(by_step, len(group), max(math.ceil(len(group) / concurrency), math.floor(slot_share / model_cost))))
+    return max(1, min(by_step, len(group), max(math.ceil(len(group) / concurrency), math.floor(trial_share / model_cost))))
 
 
 def plan_packs(spec: StudySpec, trials: list[Trial], concurrency: int) -> list[Pack]:
-    """Packs of `trials`: models of one architecture and one training schedule (settings may be
-    given per N), in the study's order, `models_per_pack` at a time; the costliest pack first, as
-    the workers take them in this order and a long pack started last would leave the others idle."""
+    """Packs of `trials`: models of one schedule (`schedule_of`), in the study's order,
+    `models_per_pack` at a time; the costliest pack first."""
     groups: dict[tuple, list[Trial]] = {}
     for trial in trials:
-        schedule = tuple(sorted(spec.training.per_train_size(trial.n).items()))
-        groups.setdefault((trial.architecture.name, schedule), []).append(trial)
-    costs = {key: model_flops(spec, group[0]) for key, group in groups.items()}  # a group shares its cost per model
-    slot_share = sum(costs[key] * len(group) for key, group in groups.items()) / concurrency
+        groups.setdefault(schedule_of(spec, trial), []).append(trial)
+    costs = {key: model_flops(spec, group[0]) for key, group in groups.items()}
+    trial_share = sum(costs[key] * len(group) for key, group in groups.items()) / concurrency
     packs = []
     for key, group in groups.items():
-        k = models_per_pack(spec, group, costs[key], slot_share, concurrency)
-        packs += [(costs[key] * len(group[i:i + k]), Pack(tuple(group[i:i + k]))) for i in range(0, len(group), k)]
-    return [pack for _, pack in sorted(packs, key=lambda cost_pack: -cost_pack[0])]  # stable: ties keep the study's order
+        k = models_per_pack(spec, group, costs[key], trial_share, concurrency)
+        packs += [Pack(tuple(group[i:i + k])) for i in range(0, len(group), k)]
+    return costliest_first(spec, packs, costs)
 
 
 def max_concurrent(spec: StudySpec, cluster: dict | None) -> int:
@@ -273,8 +287,9 @@ def drop_finished_pack(store: StudyStore, pack_id: str) -> None:
 def packs_to_train(spec: StudySpec, store: StudyStore, trials: list[Trial], trained: set[str],
                    concurrency: int) -> list[Pack]:
     """The packs that train the study's models without a model file: each recorded pack holding
-    one, as it was (it resumes from its checkpoints), then the models no recorded pack holds, packed
-    among themselves (new ones get their records here, for the next run and for `status`). A record
+    one, as it was (it resumes from its checkpoints), and the models no recorded pack holds, packed
+    among themselves (new ones get their records here, for the next run and for `status`); the
+    costliest first. A record
     of this study's models that no run will resume (its models all trained, or some no longer in the
     study) goes, so `status` never reports a checkpoint no run will resume."""
     by_id = {t.trial_id: t for t in trials}
@@ -294,7 +309,7 @@ def packs_to_train(spec: StudySpec, store: StudyStore, trials: list[Trial], trai
     new = plan_packs(spec, [t for t in trials if t.trial_id not in trained | held], concurrency)
     for p in new:
         store.write_bytes(pack_path(p.pack_id), json.dumps([t.trial_id for t in p.trials]).encode())
-    return resumed + new
+    return costliest_first(spec, resumed + new)
 
 
 def register_trained(spec: StudySpec, tables: StudyTables, trials: list[Trial]) -> None:
