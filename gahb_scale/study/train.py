@@ -173,18 +173,21 @@ def model_flops(spec: StudySpec, trial: Trial) -> float:
     return per_image * schedule["batch_size"] * schedule["steps"]
 
 
-def costliest_first(spec: StudySpec, packs: list[Pack], costs: dict | None = None) -> list[Pack]:
+def model_cost(spec: StudySpec, trial: Trial, costs: dict) -> float:
+    """`model_flops` of `trial`, kept in `costs` by `schedule_of`: models of one schedule cost the same,
+    and counting a model's FLOPs runs it."""
+    if (key := schedule_of(spec, trial)) not in costs:
+        costs[key] = model_flops(spec, trial)
+    return costs[key]
+
+
+def costliest_first(spec: StudySpec, packs: list[Pack], costs: dict) -> list[Pack]:
     """`packs` in the order the workers should take them: the costliest first, as a long pack
-    started last would leave the other workers idle (stable: ties keep their order). `costs`:
-    model FLOPs by `schedule_of`, filled as needed."""
-    costs = {} if costs is None else costs
-    for pack in packs:
-        if (key := schedule_of(spec, pack.trials[0])) not in costs:
-            costs[key] = model_flops(spec, pack.trials[0])
-    return sorted(packs, key=lambda pack: -costs[schedule_of(spec, pack.trials[0])] * len(pack.trials))
+    started last would leave the other workers idle (stable: ties keep their order)."""
+    return sorted(packs, key=lambda pack: -model_cost(spec, pack.trials[0], costs) * len(pack.trials))
 
 
-def models_per_pack(spec: StudySpec, group: list[Trial], model_cost: float, trial_share: float,
+def models_per_pack(spec: StudySpec, group: list[Trial], cost: float, trial_share: float,
                     concurrency: int) -> int:
     """How many models of one schedule go into a pack: the spec's `models_per_pack`, else as many
     as a pack's step allows (MAX_PACK_STEP_FLOPS), and among those the larger of
@@ -194,22 +197,22 @@ def models_per_pack(spec: StudySpec, group: list[Trial], model_cost: float, tria
       worker group's start (30-40 s on 2 busy CPU cores) fewer times."""
     if spec.resources.models_per_pack is not None:
         return spec.resources.models_per_pack
-    step_flops = model_cost / spec.training.steps_for(group[0].n)
+    step_flops = cost / spec.training.steps_for(group[0].n)
     by_step = math.floor(MAX_PACK_STEP_FLOPS / step_flops)
-    return max(1, min(by_step, len(group), max(math.ceil(len(group) / concurrency), math.floor(trial_share / model_cost))))
+    return max(1, min(by_step, len(group), max(math.ceil(len(group) / concurrency), math.floor(trial_share / cost))))
 
 
-def plan_packs(spec: StudySpec, trials: list[Trial], concurrency: int) -> list[Pack]:
+def plan_packs(spec: StudySpec, trials: list[Trial], concurrency: int, costs: dict | None = None) -> list[Pack]:
     """Packs of `trials`: models of one schedule (`schedule_of`), in the study's order,
-    `models_per_pack` at a time; the costliest pack first."""
+    `models_per_pack` at a time; the costliest pack first. `costs`: see `model_cost`."""
+    costs = {} if costs is None else costs
     groups: dict[tuple, list[Trial]] = {}
     for trial in trials:
         groups.setdefault(schedule_of(spec, trial), []).append(trial)
-    costs = {key: model_flops(spec, group[0]) for key, group in groups.items()}
-    trial_share = sum(costs[key] * len(group) for key, group in groups.items()) / concurrency
+    trial_share = sum(model_cost(spec, group[0], costs) * len(group) for group in groups.values()) / concurrency
     packs = []
-    for key, group in groups.items():
-        k = models_per_pack(spec, group, costs[key], trial_share, concurrency)
+    for group in groups.values():
+        k = models_per_pack(spec, group, model_cost(spec, group[0], costs), trial_share, concurrency)
         packs += [Pack(tuple(group[i:i + k])) for i in range(0, len(group), k)]
     return costliest_first(spec, packs, costs)
 
@@ -306,10 +309,11 @@ def packs_to_train(spec: StudySpec, store: StudyStore, trials: list[Trial], trai
         else:
             store.fs.delete_file(store.path(pack_path(pack_id)))
     held = {t.trial_id for p in resumed for t in p.trials}
-    new = plan_packs(spec, [t for t in trials if t.trial_id not in trained | held], concurrency)
+    costs = {}
+    new = plan_packs(spec, [t for t in trials if t.trial_id not in trained | held], concurrency, costs)
     for p in new:
         store.write_bytes(pack_path(p.pack_id), json.dumps([t.trial_id for t in p.trials]).encode())
-    return costliest_first(spec, resumed + new)
+    return costliest_first(spec, resumed + new, costs)
 
 
 def register_trained(spec: StudySpec, tables: StudyTables, trials: list[Trial]) -> None:
