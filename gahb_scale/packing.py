@@ -75,6 +75,19 @@ class ModelPack(nn.Module):
         return torch.stack([self._apply_one({n: p[k] for n, p in params.items()},
                                             {n: b[k] for n, b in buffers.items()}, x[k]) for k in range(self.k)])
 
+    def channels_last_(self) -> "ModelPack":
+        """Lay out every network's 4-D weights channels-last, in place; the networks compute the same
+        functions. oneDNN's CPU convolutions train a pack of width-16 UNets 10-13% faster this way (batch 8-32,
+        `benchmarks/cpu_weight_layout.py`): a (K, O, I, h, w) stack is stored as (K, O, h, w, I),
+        so that each model's slice is a channels-last (O, I, h, w) weight."""
+        for param in self.parameters():
+            if param.dim() == 5:
+                k, o, i, h, w = param.shape
+                # .data, as nn.Module.to(memory_format=...) does: the Parameter objects stay the ones
+                # an optimizer may already hold
+                param.data = param.data.new_empty(k, o, h, w, i).permute(0, 1, 4, 2, 3).copy_(param.data)
+        return self
+
     def state_dict_of(self, k: int) -> dict[str, torch.Tensor]:
         """Network k's state dict, as the network alone would have it."""
         return {name.replace("/", "."): t[k].detach().clone() for name, t in self.state_dict().items()}

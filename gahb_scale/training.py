@@ -168,6 +168,8 @@ def train_pack(pack: nn.Module, images: list[torch.Tensor], configs: list[TrainC
     # stay uint8 there, a quarter of the memory, and each batch is converted as it is drawn.
     images = [x.to(device) if x.dtype == torch.uint8 else x.to(device=device, dtype=torch.float32) for x in images]
     pack.to(device).train()
+    if device.type == "cpu" and module is pack:  # a DDP-wrapped pack keeps the layout DDP's buckets were built for
+        module.channels_last_()
     # Adam is elementwise, so one optimizer over the stacked weights is K independent Adams.
     optimizer = torch.optim.Adam(pack.parameters(), lr=config.lr, fused=device.type == "cuda")
     batches = [TiledBatches(x.shape[0], c.seed) for x, c in zip(images, configs)]

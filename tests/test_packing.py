@@ -129,3 +129,20 @@ def test_a_pack_refuses_models_with_different_settings_or_architectures():
         train_pack(ModelPack(nets()), image_sets(), mixed, device="cpu")
     with pytest.raises(ValueError, match="one architecture"):
         ModelPack([build_model("unet", width=4, blocks=1), build_model("unet", width=8, blocks=1)])
+
+
+def test_channels_last_weights_compute_the_same_networks():
+    """`train_pack` lays a CPU pack's weights out channels-last: each model's slice must be a
+    channels-last weight, and every network must compute what it computed before."""
+    pack = ModelPack(nets(), fused=False).train()
+    x = torch.rand(3, 4, 1, 8, 8)
+    before, weights = pack(x), [pack.state_dict_of(k) for k in range(3)]
+    params = list(pack.parameters())
+    pack.channels_last_()
+    assert list(pack.parameters()) == params  # the same Parameter objects, as an optimizer holds them
+    conv = pack.state_dict_of(1)["encoder.0.2.weight"]  # 4 -> 4 channels
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for k in range(3):
+        for name, value in pack.state_dict_of(k).items():
+            assert torch.equal(value, weights[k][name]), (k, name)
+    assert torch.allclose(pack(x), before, atol=1e-6)
