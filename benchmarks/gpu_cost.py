@@ -62,18 +62,26 @@ def main() -> None:
             flops = flops_per_image(arch.kind, arch.params, spec.image_size)
             group = [t for t in expand_trials(spec) if t.architecture.name == arch.name]
             models = len(group)
-            # with steps per N the models differ: the mean over the group
-            images_per_model = sum(spec.training.steps_for(t.n) for t in group) * spec.training.batch_size / models
+            # steps and batch may be given per N: every model's own images, summed over the group
+            schedule = {t.trial_id: spec.training.per_train_size(t.n) for t in group}
+            images = {key: s["steps"] * s["batch_size"] for key, s in schedule.items()}
+            images_per_model = sum(images.values()) / models
+            steps_per_model = sum(s["steps"] for s in schedule.values()) / models
             if args.measure:  # the packs the runner forms on one GPU; img/s per model of the pack
-                k = max(len(p.trials) for p in plan_packs(spec, group, concurrency=1))
-                speed = throughput(arch.kind, arch.params, spec.image_size, spec.training.batch_size,
-                                   spec.training.precision, "cuda", sizes=(1000,) * k)["images_per_s"] / k
+                seconds, speeds = 0.0, {}
+                for pack in plan_packs(spec, group, concurrency=1):
+                    k, batch = len(pack.trials), schedule[pack.trials[0].trial_id]["batch_size"]
+                    if (k, batch) not in speeds:
+                        speeds[(k, batch)] = throughput(arch.kind, arch.params, spec.image_size, batch,
+                                                        spec.training.precision, "cuda", sizes=(1000,) * k)["images_per_s"] / k
+                    seconds += sum(images[t.trial_id] for t in pack.trials) / speeds[(k, batch)]
+                speed = sum(images.values()) / seconds
             else:
                 speed = MEASURED["images_per_second"] * reference / flops
             hours = images_per_model / speed / 3600
             total += hours * models
             print(f"{spec.name:34} {arch.name:6} {spec.image_size:4d} {flops / 1e9:9.2f} {speed:8,.0f} {models:6d} "
-                  f"{images_per_model / spec.training.batch_size:8,.0f} {images_per_model / AUTHORS_IMAGES:9.3f} {hours:11.1f} "
+                  f"{steps_per_model:8,.0f} {images_per_model / AUTHORS_IMAGES:9.3f} {hours:11.1f} "
                   f"{hours * models:7.0f}")
         print(f"{spec.name:34} total {total:,.0f} GPU-hours ({total * 60:,.1f} GPU-minutes of training)")
 
