@@ -139,7 +139,7 @@ def test_channels_last_weights_compute_the_same_networks():
     before, weights = pack(x), [pack.state_dict_of(k) for k in range(3)]
     params = list(pack.parameters())
     pack.channels_last_()
-    assert list(pack.parameters()) == params  # the same Parameter objects, as an optimizer holds them
+    assert all(now is then for now, then in zip(pack.parameters(), params, strict=True))  # as an optimizer holds them
     conv = pack.state_dict_of(1)["encoder.0.2.weight"]  # 4 -> 4 channels
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     for k in range(3):
