@@ -8,6 +8,7 @@ are checked by the tests below.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,9 @@ from servers import mlflow_server
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
-STEPS, LOG_EVERY = 300, 10
+# Long enough (a few seconds per model) for two live loss points before a model ends: reports
+# reach MLflow at most every 2 s
+STEPS, LOG_EVERY, CHECKPOINT_EVERY = 3000, 100, 500
 # What Ray prints on its own: Tune's configuration box and TensorBoard hint, the token notice, raylet's warning
 RAY_BANNERS = ("Configuration for experiment", "tensorboard", "Token authentication", "PYTHON worker processes")
 
@@ -45,7 +48,8 @@ def scenario(tmp_path_factory):
     folder = tmp_path_factory.mktemp("live")
     data = yaml.safe_load((ROOT / "studies" / "micro.yaml").read_text())
     data["train_sizes"] = [4]  # one split pair: 2 models
-    data["training"].update(steps=STEPS, log_every=LOG_EVERY, checkpoint_every=100, snapshot_steps=[100])
+    data["training"].update(steps=STEPS, log_every=LOG_EVERY, checkpoint_every=CHECKPOINT_EVERY,
+                            snapshot_steps=[CHECKPOINT_EVERY])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     with mlflow_server(folder, f"sqlite:///{folder / 'server.db'}", str(folder / "artifacts"), {}) as uri:
@@ -54,14 +58,15 @@ def scenario(tmp_path_factory):
         spec.write_text(yaml.safe_dump(data))
         client = MlflowClient(uri)
 
-        # 1. while the first run trains: a RUNNING study run, a model run with >= 2 loss points, not all
+        # 1. while the first run trains: a RUNNING study run, a model run with >= 2 loss points, not all,
+        # one past its first checkpoint (reported after it is written)
         process = _run(spec, folder / "first.txt", env)
         seen, deadline = None, time.monotonic() + 600
         while seen is None and time.monotonic() < deadline and process.poll() is None:
             studies, models = _runs(client)
             for model in models:
                 steps = [m.step for m in client.get_metric_history(model.info.run_id, "loss")]
-                if len(steps) >= 2 and max(steps) < STEPS and studies:
+                if len(steps) >= 2 and CHECKPOINT_EVERY < max(steps) < STEPS and studies:
                     seen = {"study": studies[0].info.status, "model": model.info.status, "steps": steps}
                     break
             time.sleep(0.5)
@@ -94,9 +99,12 @@ def test_runs_are_live_while_training_and_a_rerun_after_a_kill_continues_them(sc
     assert studies[0].info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in models)
     assert studies[0].info.end_time > studies[0].info.start_time
     assert {r.data.tags["mlflow.parentRunId"] for r in models} == {studies[0].info.run_id}
+    records = [json.loads(p.read_text()) for p in (scenario["folder"] / "results" / "models").glob("*/training.json")]
+    assert any(record["resumed_from"] >= CHECKPOINT_EVERY for record in records)
     # every training step logged once, though the re-run resumed from a checkpoint and reported again
+    # (live at most every 2 s, the steps in between from the training record once the model is saved)
     for steps in scenario["histories"].values():
-        assert steps == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
+        assert sorted(steps) == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
     assert [m.step for m in scenario["transition"]] == [4]  # the transition, step = N
     assert any(key.startswith("system/cpu_utilization") for key in studies[0].data.metrics)
     for model in models:
@@ -107,7 +115,7 @@ def test_default_output_shows_progress_not_rays_banners(scenario):
     output = scenario["output"]
     for banner in RAY_BANNERS:
         assert banner.lower() not in output.lower(), banner
-    assert f"step {STEPS}/{STEPS} loss " in output and "[train] 600/600 steps" in output and "[pairs] 1/1" in output
+    assert f"step {STEPS}/{STEPS} loss " in output and f"[train] {2 * STEPS}/{2 * STEPS} steps" in output and "[pairs] 1/1" in output
     logs = list((scenario["folder"] / "results" / "logs").glob("micro-*.log"))
     assert len(logs) == 2 and all(f"Ray's own output: {log}" in output for log in logs)
     assert any("Configuration for experiment" in log.read_text() for log in logs)  # where they went instead
