@@ -137,3 +137,16 @@ def test_n_1_alone_is_neither_timed_nor_censored_and_its_figures_draw():
                 figures.memorization_law_figure(tau, law, "t")):
         assert png.startswith(b"\x89PNG")
     assert "no fit" in law_statement(law[0])
+
+
+def test_a_snapshot_whose_samples_mostly_diverged_does_not_time_the_onset():
+    """Steps 100 and 300: 0 of 4 memorized. Step 200: three of four samples diverged and the one
+    left is a copy (f_mem 1 of a single sample), which must not time the onset; at step 400 half
+    converged, both copies, and that does."""
+    spec = _spec([0])
+    model, rows = _model("m", 2, 0, "A", {100: 0.0, 200: 1.0, 300: 0.0, 400: 1.0})
+    for row in rows:
+        row["diverged"] = (row["step"] == 200 and row["sample_seed"] > 0) or (row["step"] == 400 and row["sample_seed"] > 1)
+    tau = next(row for row in memorization_tau_rows(spec, [model], rows) if row["measure"] == "f_mem")
+    assert (tau["first_step"], tau["step_below"]) == (400, 300) and tau["steps_observed"] == 3
+    assert tau["tau"] == pytest.approx(math.sqrt(300 * 400)) and tau["max_f_mem"] == 1.0

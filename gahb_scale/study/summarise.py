@@ -188,9 +188,16 @@ def level_crossing(steps: list[int], f_mem: list[float], level: float) -> tuple[
     return None, None, math.nan
 
 
+# A snapshot's f_mem counts toward τ_mem only when at least this share of its samples converged:
+# a photograph model at N = 12 had 31 of 32 samples diverge at two snapshots, and the one left, a
+# copy, read as f_mem = 1 and timed its onset
+TAU_MIN_CONVERGED = 0.5
+
+
 def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> list[dict]:
     """τ_mem per model and f_mem measure: the training step at which the model's own f_mem (over
-    weight snapshots, diverged samples left out) first reaches `analysis.onset_f_mem`.
+    weight snapshots, diverged samples left out) first reaches `analysis.onset_f_mem`. A snapshot
+    most of whose samples diverged (TAU_MIN_CONVERGED) is not observed: its f_mem is undefined.
 
     The unit is one model, not the A and B models of a seed pooled: the two are independent
     networks trained on different images, so each is a replicate, and the spread between them
@@ -201,12 +208,13 @@ def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> 
     ratios = [column for _, column in LAW_MEASURES]
     groups = sql_rows(f"""
         WITH curves AS (
-            SELECT trial_id, step, {row_lists(*ratios)} FROM samples WHERE diverged IS NOT TRUE GROUP BY ALL)
+            SELECT trial_id, step, {row_lists(*ratios, where="diverged IS NOT TRUE")}
+            FROM samples GROUP BY ALL HAVING len({ratios[0]}) >= $share * count(*))
         SELECT dataset, architecture, n, seed, pair, split, trial_id, list(step ORDER BY step) AS steps,
                {", ".join(f"list({column} ORDER BY step) AS {column}" for column in ratios)}
         FROM curves JOIN metrics USING (trial_id)
         GROUP BY dataset, architecture, n, seed, pair, split, trial_id
-        ORDER BY dataset, architecture, n, seed, pair, split, trial_id""",
+        ORDER BY dataset, architecture, n, seed, pair, split, trial_id""", {"share": TAU_MIN_CONVERGED},
         metrics=indexed_table(metrics, "trial_id", "dataset", "architecture", "n", "seed", "pair", "split"),
         samples=indexed_table(sample_rows, "trial_id", "step", "diverged", *ratios))
     level = spec.analysis.onset_f_mem
