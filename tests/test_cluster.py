@@ -153,8 +153,9 @@ def _training_worker_after_checkpoint(cluster: RayCluster, spec: Path, results: 
         training = [p for p in packs if not all(store.exists(model_path(t.trial_id)) for t in p.trials)]
         listings = [store.fs.get_file_info(pafs.FileSelector(store.path(f"ray/{p.pack_id}"), allow_not_found=True))
                     for p in training]
-        # two: a checkpoint folder appears while it uploads, before Ray Train has registered it
-        if all(sum(i.base_name.startswith("checkpoint_") for i in listing) >= 2 for listing in listings):
+        # three: a checkpoint folder appears while it uploads, and then waits in the worker's report
+        # queue (one place) until the controller polls it, so only a third implies the first registered
+        if all(sum(i.base_name.startswith("checkpoint_") for i in listing) >= 3 for listing in listings):
             for node in cluster.workers:
                 for pid, args in cluster.node_processes(node):
                     if args.startswith("ray::RayTrainWorker"):
