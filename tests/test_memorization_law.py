@@ -146,7 +146,8 @@ def test_a_snapshot_whose_samples_mostly_diverged_does_not_time_the_onset():
     spec = _spec([0])
     model, rows = _model("m", 2, 0, "A", {100: 0.0, 200: 1.0, 300: 0.0, 400: 1.0})
     for row in rows:
-        row["diverged"] = (row["step"] == 200 and row["sample_seed"] > 0) or (row["step"] == 400 and row["sample_seed"] > 1)
+        row["diverged"] = ((row["step"] == 200 and row["sample_seed"] > 0)
+                           or (row["step"] == 400 and row["sample_seed"] > 1))
     tau = next(row for row in memorization_tau_rows(spec, [model], rows) if row["measure"] == "f_mem")
     assert (tau["first_step"], tau["step_below"]) == (400, 300) and tau["steps_observed"] == 3
     assert tau["tau"] == pytest.approx(math.sqrt(300 * 400)) and tau["max_f_mem"] == 1.0
