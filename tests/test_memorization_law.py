@@ -141,8 +141,9 @@ def test_n_1_alone_is_neither_timed_nor_censored_and_its_figures_draw():
 
 def test_a_snapshot_whose_samples_mostly_diverged_does_not_time_the_onset():
     """Steps 100 and 300: 0 of 4 memorized. Step 200: three of four samples diverged and the one
-    left is a copy (f_mem 1 of a single sample), which must not time the onset; at step 400 half
-    converged, both copies, and that does."""
+    left is a copy (f_mem 1 of a single sample), which must not time the onset, neither the model's
+    τ_mem nor the pooled onset of its N; at step 400 half converged, both copies, and that does.
+    A second model of the same N, never memorizing and never diverging, is pooled with it."""
     spec = _spec([0])
     model, rows = _model("m", 2, 0, "A", {100: 0.0, 200: 1.0, 300: 0.0, 400: 1.0})
     for row in rows:
@@ -151,3 +152,12 @@ def test_a_snapshot_whose_samples_mostly_diverged_does_not_time_the_onset():
     tau = next(row for row in memorization_tau_rows(spec, [model], rows) if row["measure"] == "f_mem")
     assert (tau["first_step"], tau["step_below"]) == (400, 300) and tau["steps_observed"] == 3
     assert tau["tau"] == pytest.approx(math.sqrt(300 * 400)) and tau["max_f_mem"] == 1.0
+
+    other, other_rows = _model("o", 2, 0, "B", {step: 0.0 for step in (100, 200, 300, 400)})
+    over_time = memorization_time_rows(spec, [model, other], rows + other_rows)
+    pooled = {row["step"]: (row["samples"], row["f_mem"]) for row in over_time}
+    # step 200 pools only the other model's 4 samples; the lone copy would make it 1/5
+    assert pooled == {100: (8, 0.0), 200: (4, 0.0), 300: (8, 0.0), 400: (6, 2 / 6)}
+    low = spec.model_copy(update={"analysis": spec.analysis.model_copy(update={"onset_f_mem": 0.2})})
+    [onset] = onset_rows(low, over_time)
+    assert onset["onset_step"] == 400  # at level 0.2 the lone copy's 1/5 would make it 200

@@ -130,14 +130,29 @@ def shuffle_rows(spec: StudySpec, metrics: Rows, psnr_rows: Rows) -> list[dict]:
     return rows
 
 
+# A model's snapshot is observed only when at least this share of its samples converged; otherwise
+# its f_mem is undefined there and its samples count nowhere. A photograph model at N = 12 had 31 of
+# 32 samples diverge at two snapshots, and the one left, a copy, read as f_mem = 1 and timed its onset.
+MIN_CONVERGED = 0.5
+
+# the snapshot samples with `observed`: converged, at a snapshot where its model is observed
+# (the window's rows keep their `row_index`, so the lists built from them keep the order read)
+OBSERVED_SAMPLES = """observed_samples AS (
+    SELECT *, diverged IS NOT TRUE AND avg(CASE WHEN diverged IS NOT TRUE THEN 1 ELSE 0 END)
+                                       OVER (PARTITION BY trial_id, step) >= $share AS observed
+    FROM samples)"""
+
+
 def memorization_time_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> list[dict]:
-    """f_mem (both measures) per (dataset, architecture, N, training step), pooling the samples of every
-    model that did not diverge; a step whose samples all diverged keeps its row, with no samples."""
+    """f_mem (both measures) per (dataset, architecture, N, training step), pooling the converged
+    samples of every model observed at that step (MIN_CONVERGED); a step at which no model is
+    observed keeps its row, with no samples."""
     groups = sql_rows(f"""
-        SELECT dataset, architecture, n, step, count(*) FILTER (WHERE diverged IS NOT TRUE) AS samples,
-               {row_lists("d1_d2", "d1_d2_scale_free", "nn_cosine_centered", where="diverged IS NOT TRUE")}
-        FROM samples JOIN (SELECT trial_id, dataset, architecture, n FROM metrics) USING (trial_id)
-        GROUP BY ALL ORDER BY dataset, architecture, n, step""",
+        WITH {OBSERVED_SAMPLES}
+        SELECT dataset, architecture, n, step, count(*) FILTER (WHERE observed) AS samples,
+               {row_lists("d1_d2", "d1_d2_scale_free", "nn_cosine_centered", where="observed")}
+        FROM observed_samples JOIN (SELECT trial_id, dataset, architecture, n FROM metrics) USING (trial_id)
+        GROUP BY ALL ORDER BY dataset, architecture, n, step""", {"share": MIN_CONVERGED},
         metrics=indexed_table(metrics, "trial_id", "dataset", "architecture", "n"),
         samples=indexed_table(sample_rows, "trial_id", "step", "diverged", "d1_d2", "d1_d2_scale_free",
                               "nn_cosine_centered"))
@@ -188,16 +203,9 @@ def level_crossing(steps: list[int], f_mem: list[float], level: float) -> tuple[
     return None, None, math.nan
 
 
-# A snapshot's f_mem counts toward τ_mem only when at least this share of its samples converged:
-# a photograph model at N = 12 had 31 of 32 samples diverge at two snapshots, and the one left, a
-# copy, read as f_mem = 1 and timed its onset
-TAU_MIN_CONVERGED = 0.5
-
-
 def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> list[dict]:
     """τ_mem per model and f_mem measure: the training step at which the model's own f_mem (over
-    weight snapshots, diverged samples left out) first reaches `analysis.onset_f_mem`. A snapshot
-    most of whose samples diverged (TAU_MIN_CONVERGED) is not observed: its f_mem is undefined.
+    the snapshots at which it is observed, MIN_CONVERGED) first reaches `analysis.onset_f_mem`.
 
     The unit is one model, not the A and B models of a seed pooled: the two are independent
     networks trained on different images, so each is a replicate, and the spread between them
@@ -207,14 +215,14 @@ def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> 
     the fit."""
     ratios = [column for _, column in LAW_MEASURES]
     groups = sql_rows(f"""
-        WITH curves AS (
-            SELECT trial_id, step, {row_lists(*ratios, where="diverged IS NOT TRUE")}
-            FROM samples GROUP BY ALL HAVING len({ratios[0]}) >= $share * count(*))
+        WITH {OBSERVED_SAMPLES}, curves AS (
+            SELECT trial_id, step, {row_lists(*ratios, where="observed")}
+            FROM observed_samples GROUP BY ALL HAVING bool_or(observed))
         SELECT dataset, architecture, n, seed, pair, split, trial_id, list(step ORDER BY step) AS steps,
                {", ".join(f"list({column} ORDER BY step) AS {column}" for column in ratios)}
         FROM curves JOIN metrics USING (trial_id)
         GROUP BY dataset, architecture, n, seed, pair, split, trial_id
-        ORDER BY dataset, architecture, n, seed, pair, split, trial_id""", {"share": TAU_MIN_CONVERGED},
+        ORDER BY dataset, architecture, n, seed, pair, split, trial_id""", {"share": MIN_CONVERGED},
         metrics=indexed_table(metrics, "trial_id", "dataset", "architecture", "n", "seed", "pair", "split"),
         samples=indexed_table(sample_rows, "trial_id", "step", "diverged", *ratios))
     level = spec.analysis.onset_f_mem
