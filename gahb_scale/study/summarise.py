@@ -166,8 +166,8 @@ def memorization_time_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) ->
 def onset_rows(spec: StudySpec, over_time: list[dict]) -> list[dict]:
     """The first training step at which f_mem reaches `analysis.onset_f_mem`, per (dataset,
     architecture, N), by Bonnaire et al.'s f_mem and by the scale-free one; None when it never
-    does within training (or f_mem is undefined, N = 1). A step whose samples all diverged is not
-    observed: the final f_mem is that of the last step with samples."""
+    does within training (or f_mem is undefined, N = 1). A step at which no model is observed
+    (samples = 0) is skipped: the final f_mem is that of the last step with samples."""
     # NaN is left out by hand: SQL orders it above every number, so it would reach any level
     return sql_rows("""
         SELECT $study AS study_id, dataset, architecture, n,
