@@ -400,8 +400,10 @@ def shuffle_figure(rows: list[dict], title: str) -> bytes:
 
 
 def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) -> bytes:
-    """f_mem (95% bootstrap CI) against training step, one colour per N; and the onset step vs N."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    """f_mem (95% bootstrap CI) against training step, one colour per N; and the onset step vs N,
+    by both f_mem measures (a bias-free model may copy at another gain: only the scale-free one
+    sees it), each with the N that never reach the level marked at the last step."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     groups = group_rows(rows, "dataset", "architecture", "n")
     for colour, ((dataset, architecture, n), curve) in zip(_colours(len(groups)), groups.items()):
         if n < 2:  # f_mem is undefined for one training image: no curve, no legend entry
@@ -415,23 +417,29 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
         axes[0].axhline(onset[0]["onset_f_mem"], color="grey", ls=":", label="onset level")
     reached_any = False
     onset = [row for row in onset if row["n"] >= 2]  # f_mem, and so its onset, needs two training images
-    for (dataset, architecture), group in group_rows(onset, "dataset", "architecture").items():
-        reached = [row for row in sorted(group, key=lambda row: row["n"]) if row["onset_step"] is not None]
-        reached_any |= bool(reached)
-        axes[1].plot([row["n"] for row in reached], [row["onset_step"] for row in reached], marker="o",
-                     label=f"{dataset}/{architecture}")
-        never = [row["n"] for row in group if row["onset_step"] is None]
-        if never:  # drawn at the last step observed, marked as not reached
-            last = max(row["step"] for row in rows)
-            axes[1].scatter(never, [last] * len(never), marker="^", facecolors="none", edgecolors="red",
-                            label=f"{dataset}/{architecture}: not reached by step {last}")
+    last = max((row["step"] for row in rows), default=0)
+    models = group_rows(onset, "dataset", "architecture")
+    for colour, ((dataset, architecture), group) in zip(_colours(len(models)), models.items()):
+        group = sorted(group, key=lambda row: row["n"])
+        for key, marker, style, measure in (("onset_step", "o", "-", ""),
+                                            ("onset_step_scale_free", "D", "--", ", scale-free")):
+            label = f"{dataset}/{architecture}{measure}"
+            reached = [row for row in group if row[key] is not None]
+            reached_any |= bool(reached)
+            if reached:
+                axes[1].plot([row["n"] for row in reached], [row[key] for row in reached], marker=marker, ls=style,
+                             color=colour, label=label)
+            never = [row["n"] for row in group if row[key] is None]
+            if never:  # drawn at the last step observed, marked as not reached
+                axes[1].scatter(never, [last] * len(never), marker="^" if key == "onset_step" else "v",
+                                facecolors="none", edgecolors="red", label=f"{label}: not reached by step {last}")
     axes[0].set_xscale("log")
     if rows:  # set, not autoscaled: with N = 1 alone f_mem is undefined (NaN) and nothing would set the steps' range
         axes[0].set_xlim(min(row["step"] for row in rows) / 1.5, max(row["step"] for row in rows) * 1.5)
     axes[0].set_ylim(-0.02, 1.02)
     for ax, (xl, yl, name) in zip(axes, [("training step", "f_mem", "memorized share of samples"),
                                          ("training-set size N", "step", "onset of memorization")]):
-        _label(ax, xl, yl, name)
+        _label(ax, xl, yl, name, ncol=2, **BELOW)
     _measured_ticks(axes[1], sorted({row["n"] for row in onset}))
     if reached_any:
         axes[1].set_yscale("log")

@@ -269,7 +269,7 @@ def _time_section(page: _Page, spec: StudySpec, rows: list[dict], onset: list[di
     page.figure("memorization-time", figures.memorization_time_figure(rows, onset, spec.name),
                 f"f_mem of samples drawn from snapshots of the weights during training (same seeds at every step): "
                 f"raw pixels (Bonnaire et al., solid) and scale-free (dashed); onset = first step with "
-                f"f_mem ≥ {spec.analysis.onset_f_mem:g}.")
+                f"f_mem ≥ {spec.analysis.onset_f_mem:g}, by each measure (right, same line styles).")
     page.table(onset, {**_GROUP, "onset_step": "onset step", "onset_step_scale_free": "onset step (scale-free f_mem)",
                        "max_f_mem": "max f_mem", "final_f_mem": "final f_mem", "steps_observed": "snapshots"})
 
