@@ -14,9 +14,11 @@ on a machine shared with other jobs swings by 2x or more. The load average is pr
 since it moves the ratio: other jobs slow the one-at-a-time side (many tiny multi-threaded ops)
 far more than the batched one.
 
-Two more lines per size say where the time goes: the network alone, one batch of 64 against 64
+More lines per size say where the time goes: the network alone, one batch of 64 against 64
 batches of one (the most batching can give the sampler, since the network is nearly all of its
-work), and the sampler around a network-free residual (its own bookkeeping and noise draws).
+work), the same single passes on one CPU thread (on two, one image's pass runs in a fast mode or in
+one about 2x slower, which lasts for seconds; on one thread it runs steadily, about as fast as the
+fast mode), and the sampler around a network-free residual (its own bookkeeping and noise draws).
 
     python benchmarks/sampler_benchmark.py [--device cuda] [--sizes 16 32] [--width 32] [--repeats 5]
 """
@@ -72,6 +74,12 @@ def measure(size, args, device, target):
     with torch.no_grad():
         net_batched = median_seconds(lambda: net(x), device, args.repeats)
         net_single = median_seconds(lambda: [net(x[i:i + 1]) for i in range(args.samples)], device, args.repeats)
+        if device.type == "cpu":  # one image's pass on two threads runs in a fast or a ~2x slower mode; on one, steadily
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            net_single_one_thread = median_seconds(lambda: [net(x[i:i + 1]) for i in range(args.samples)], device,
+                                                   args.repeats)
+            torch.set_num_threads(threads)
     shrink = lambda y: 0.5 * (y - 0.5)  # a residual with no network: the sampler's own cost
     own_batched = median_seconds(lambda: sample_kadkhodaie_simoncelli(shrink, seeds=seeds, **run), device, args.repeats)
 
@@ -86,6 +94,9 @@ def measure(size, args, device, target):
     print(f"max |difference| of samples: {diff:.2e}")
     print(f"the network alone, one batch of {args.samples} vs one at a time: {net_single / net_batched:.1f}x "
           f"({1e3 * net_batched / args.samples:.2f} vs {1e3 * net_single / args.samples:.2f} ms per sample)")
+    if device.type == "cpu":
+        print(f"the network alone, one at a time on one thread: {1e3 * net_single_one_thread / args.samples:.2f} ms "
+              f"per sample, {net_single_one_thread / net_batched:.1f}x the batched pass on {torch.get_num_threads()}")
     print(f"the sampler without a network: {1e3 * own_batched / forwards:.3f} ms per sample-step batched, "
           f"{100 * own_batched / median_batched:.1f}% of the batched run")
     print(f"sampler batched vs one-at-a-time at {size}x{size}: {ratio:.1f}x (median of {args.repeats}; "
