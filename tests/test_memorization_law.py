@@ -104,6 +104,21 @@ def test_censored_and_unbracketed_models_are_flagged_and_left_out_of_the_fit():
     assert (law["n_values"], law["units"], law["censored"], law["before_first_snapshot"]) == (3, 6, 1, 1)
 
 
+def test_one_model_at_each_n_gives_no_interval():
+    """One seed and one model at each N: every resample of models within each N is the study itself,
+    so a bootstrap would give an interval of width 0 around any exponent."""
+    spec = _spec([0])
+    metrics, samples = _study(1.0, [2, 4, 8], [0])
+    kept = {row["trial_id"] for row in metrics if row["split"] == "A"}
+    tau, law = _law(spec, [row for row in metrics if row["trial_id"] in kept],
+                    [row for row in samples if row["trial_id"] in kept])
+    assert law["exponent"] == pytest.approx(1.0, abs=1e-9) and law["units"] == 3
+    assert math.isnan(law["ci_low"]) and math.isnan(law["ci_high"])
+    assert (law["resampled_over"], law["resamples"]) == (None, 0)
+    assert "with no interval: one model at each N value" in law_statement(law)
+    assert figures.memorization_law_figure(tau, [law], "t").startswith(b"\x89PNG")
+
+
 def test_fewer_than_two_n_values_fit_nothing():
     spec = _spec([0, 1])
     metrics, samples = _study(1.0, [4], [0, 1])

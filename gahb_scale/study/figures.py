@@ -495,9 +495,10 @@ def memorization_law_figure(tau_rows: list[dict], law: list[dict], title: str) -
             fit = fits.get((dataset, architecture, measure))
             line = np.geomspace(n.min(), n.max(), 50)
             if fit is not None and not np.isnan(fit["exponent"]):
+                interval = ("no interval" if np.isnan(fit["ci_low"]) else
+                            f"95% CI {fit['ci_low']:.2f} – {fit['ci_high']:.2f}, over {fit['resampled_over']}")
                 ax.plot(line, np.exp(fit["intercept"]) * line ** fit["exponent"], color=colour,
-                        label=f"{label}: b = {fit['exponent']:.2f} (95% CI {fit['ci_low']:.2f} – {fit['ci_high']:.2f},"
-                              f" over {fit['resampled_over']})")
+                        label=f"{label}: b = {fit['exponent']:.2f} ({interval})")
             centre = np.exp(np.mean(np.log(tau)) - np.mean(np.log(n)))
             ax.plot(line, centre * line, color=colour, ls=":", label=f"{label}: slope 1, τ_mem ∝ N")
         if drawn:

@@ -287,7 +287,8 @@ def law_statement(row: dict) -> str:
         return f"{subject}: no fit, it needs τ_mem at 2 N values at least ({counts})."
     fit = f"{subject}: τ_mem ∝ N^{row['exponent']:.2f}"
     if math.isnan(row["ci_low"]):
-        return f"{fit}, with no interval ({counts})."
+        why = "" if row["resampled_over"] else ": one model at each N value, so every resample would be the fit itself"
+        return f"{fit}, with no interval{why} ({counts})."
     fit += f" (95% CI {row['ci_low']:.2f} – {row['ci_high']:.2f}, resampled over {row['resampled_over']}; {counts})"
     if row["ci_low"] <= 1 <= row["ci_high"]:
         return f"{fit}. This agrees with Bonnaire et al.'s τ_mem ∝ N: the interval holds 1."

@@ -260,7 +260,8 @@ def memorization_law_rows(spec: StudySpec, tau_rows: list[dict]) -> list[dict]:
     seed's models at different N start from the same weights and noise streams, so they are not
     independent of each other. With one seed there is nothing to resample over, and the models are
     resampled instead, within each N so every resample keeps the study's N values
-    (`resampled_over` says which). A fit needs τ at two N values at least."""
+    (`resampled_over` says which); with one model at each N there is nothing to resample, and no
+    interval. A fit needs τ at two N values at least."""
     groups = sql_rows(f"""
         SELECT dataset, architecture, measure, {row_lists("n", "seed", "tau", "censored", "first_step", "step_below")}
         FROM tau GROUP BY ALL ORDER BY dataset, architecture, measure""",
@@ -276,10 +277,18 @@ def memorization_law_rows(spec: StudySpec, tau_rows: list[dict]) -> list[dict]:
         seeds = np.unique(seed_of)
         by_seed = [np.flatnonzero(seed_of == seed) for seed in seeds]
         by_n = [np.flatnonzero(log_n == value) for value in np.unique(log_n)]
+        if math.isnan(b):
+            resampled_over = None
+        elif len(seeds) > 1:
+            resampled_over = "seeds"
+        elif any(len(members) > 1 for members in by_n):
+            resampled_over = "models within each N"
+        else:  # one model at each N: every resample is the study itself, an interval of width 0
+            resampled_over = None
         rng = np.random.default_rng(0)
         draws = []
-        for _ in range(0 if math.isnan(b) else spec.analysis.bootstrap):
-            if len(seeds) > 1:
+        for _ in range(0 if resampled_over is None else spec.analysis.bootstrap):
+            if resampled_over == "seeds":
                 picked = np.concatenate([by_seed[i] for i in rng.integers(len(seeds), size=len(seeds))])
             else:
                 picked = np.concatenate([rng.choice(members, size=len(members)) for members in by_n])
@@ -293,9 +302,7 @@ def memorization_law_rows(spec: StudySpec, tau_rows: list[dict]) -> list[dict]:
                      "units": int(timed.sum()), "censored": sum(flag is True for flag in group["censored"]),
                      "before_first_snapshot": sum(first is not None and below is None
                                                   for first, below in zip(group["first_step"], group["step_below"])),
-                     "seeds": len(seeds), "resampled_over": None if math.isnan(b) else
-                     "seeds" if len(seeds) > 1 else "models within each N",
-                     "resamples": int(draws.size)})
+                     "seeds": len(seeds), "resampled_over": resampled_over, "resamples": int(draws.size)})
     return rows
 
 
