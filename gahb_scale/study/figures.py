@@ -404,6 +404,7 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
     by both f_mem measures (a bias-free model may copy at another gain: only the scale-free one
     sees it), each with the N that never reach the level marked at the last step."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig.subplots_adjust(wspace=0.3)  # room for the onset panel's y label
     groups = group_rows(rows, "dataset", "architecture", "n")
     for colour, ((dataset, architecture, n), curve) in zip(_colours(len(groups)), groups.items()):
         if n < 2:  # f_mem is undefined for one training image: no curve, no legend entry
@@ -437,9 +438,10 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
     if rows:  # set, not autoscaled: with N = 1 alone f_mem is undefined (NaN) and nothing would set the steps' range
         axes[0].set_xlim(min(row["step"] for row in rows) / 1.5, max(row["step"] for row in rows) * 1.5)
     axes[0].set_ylim(-0.02, 1.02)
-    for ax, (xl, yl, name) in zip(axes, [("training step", "f_mem", "memorized share of samples"),
-                                         ("training-set size N", "step", "onset of memorization")]):
-        _label(ax, xl, yl, name, ncol=2, **BELOW)
+    # The onset's labels are long: in two columns its legend would spread under the other panel's.
+    for ax, ncol, (xl, yl, name) in zip(axes, (2, 1), [("training step", "f_mem", "memorized share of samples"),
+                                                       ("training-set size N", "step", "onset of memorization")]):
+        _label(ax, xl, yl, name, ncol=ncol, **BELOW)
     _measured_ticks(axes[1], sorted({row["n"] for row in onset}))
     if reached_any:
         axes[1].set_yscale("log")
