@@ -71,14 +71,14 @@ def measure(size, args, device, target):
     diff = (batched.samples - one_by_one).abs().max().item()
 
     x = torch.rand(args.samples, 1, size, size, device=device)
+    one_at_a_time = lambda: [net(x[i:i + 1]) for i in range(args.samples)]
     with torch.no_grad():
         net_batched = median_seconds(lambda: net(x), device, args.repeats)
-        net_single = median_seconds(lambda: [net(x[i:i + 1]) for i in range(args.samples)], device, args.repeats)
+        net_single = median_seconds(one_at_a_time, device, args.repeats)
         if device.type == "cpu":  # one image's pass on two threads runs in a fast or a ~2x slower mode; on one, steadily
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
-            net_single_one_thread = median_seconds(lambda: [net(x[i:i + 1]) for i in range(args.samples)], device,
-                                                   args.repeats)
+            net_single_one_thread = median_seconds(one_at_a_time, device, args.repeats)
             torch.set_num_threads(threads)
     shrink = lambda y: 0.5 * (y - 0.5)  # a residual with no network: the sampler's own cost
     own_batched = median_seconds(lambda: sample_kadkhodaie_simoncelli(shrink, seeds=seeds, **run), device, args.repeats)
