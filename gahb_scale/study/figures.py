@@ -438,7 +438,7 @@ def memorization_time_figure(rows: list[dict], onset: list[dict], title: str) ->
                                 facecolors="none", edgecolors="red", label=f"{label}: not reached by step {last}")
     axes[0].set_xscale("log")
     if rows:  # set, not autoscaled: with N = 1 alone f_mem is undefined (NaN) and nothing would set the steps' range
-        axes[0].set_xlim(min(row["step"] for row in rows) / 1.5, max(row["step"] for row in rows) * 1.5)
+        axes[0].set_xlim(min(row["step"] for row in rows) / 1.5, last * 1.5)
     axes[0].set_ylim(-0.02, 1.02)
     # The onset's labels are long: in two columns its legend would spread under the other panel's.
     for ax, ncol, (xl, yl, name) in zip(axes, (2, 1), [("training step", "f_mem", "memorized share of samples"),
