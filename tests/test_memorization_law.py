@@ -8,10 +8,11 @@ import math
 
 import pytest
 
+from gahb_scale.analysis import fit_memorization_law, level_crossing
 from gahb_scale.study import figures
 from gahb_scale.study.report import law_statement
 from gahb_scale.study.spec_file import parse_spec
-from gahb_scale.study.summarise import (level_crossing, memorization_law_rows, memorization_tau_rows,
+from gahb_scale.study.summarise import (memorization_law_rows, memorization_tau_rows,
                                         memorization_time_rows, onset_rows)
 
 SAMPLES = 4  # per model and snapshot: f_mem moves in steps of 1/4
@@ -87,6 +88,18 @@ def test_the_law_gives_the_exponent_back(b, ns, seeds):
     scale_free = memorization_law_rows(spec, tau)
     assert [row["measure"] for row in scale_free] == ["f_mem", "f_mem_scale_free"]
     assert scale_free[1]["exponent"] == pytest.approx(b, abs=1e-9)
+
+
+def test_the_core_fit_takes_plain_lists():
+    """As a notebook calls it: τ = c·N^0.8 exactly, with a different c per seed, and one censored
+    model (τ NaN) left out. Every resample of seeds fits parallel lines: the interval is the exponent."""
+    ns, seeds = [2, 4, 8, 16] * 2 + [32], [0] * 4 + [1] * 4 + [1]
+    tau = [(50 if seed == 0 else 80) * n ** 0.8 for n, seed in zip(ns[:8], seeds)] + [math.nan]
+    law = fit_memorization_law(ns, tau, seeds, n_boot=200)
+    assert law.exponent == pytest.approx(0.8, abs=1e-9)
+    assert law.ci_low == pytest.approx(0.8, abs=1e-9) and law.ci_high == pytest.approx(0.8, abs=1e-9)
+    assert (law.n_values, law.units, law.seeds, law.resampled_over, law.resamples) == (4, 8, 2, "seeds", 200)
+    assert law.intercept == pytest.approx(math.log(math.sqrt(50 * 80)), abs=1e-9)
 
 
 def test_censored_and_unbracketed_models_are_flagged_and_left_out_of_the_fit():

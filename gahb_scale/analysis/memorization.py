@@ -127,6 +127,38 @@ def memorization_fraction(ratio: torch.Tensor, threshold: float = 1.0 / 3.0, n_b
     return MemorizationFraction(value=value, low=float(interval.low), high=float(interval.high), defined=True)
 
 
+@dataclass
+class TrainingSetMatches:
+    """Each image's nearest training images by two measures, and the f_mem each gives.
+
+    `pixels`: raw pixel L2, Bonnaire et al.'s f_mem. `scale_free`: L2 between mean-removed,
+    unit-norm images. A bias-free denoiser maps a·x to a·f(x), so every rescaled training image is
+    a fixed point of the sampler and a memorizing model may return a training image up to gain and
+    offset, which raw distances call new; the scale-free variant calls it memorized.
+    """
+    pixels: NearestNeighbours
+    scale_free: NearestNeighbours
+    f_mem: MemorizationFraction
+    f_mem_scale_free: MemorizationFraction
+
+
+def match_training_set(images: torch.Tensor, train_images: torch.Tensor, usable: torch.Tensor,
+                       threshold: float = 1.0 / 3.0, n_boot: int = 1000) -> TrainingSetMatches:
+    """Each image's nearest training images and both f_mem over the `usable` ones (a diverged sample
+    is reported, not counted as (non-)memorized). Given a model's samples these are its measures;
+    given held-out images, their chance levels: what a sample that is a fresh image of the data scores."""
+    pixels = nearest_neighbours(images, train_images)
+    scale_free = nearest_neighbours(*(unit_vectors(x, centered=True).reshape(x.shape) for x in (images, train_images)))
+    # A flat image has no shape once its mean is removed: it copies no (non-flat) training image, so
+    # it counts as not memorized (ratio inf) instead of voiding the scale-free f_mem of every model.
+    flat = torch.isnan(scale_free.d1) & usable.to(scale_free.d1.device)
+    scale_free.ratio = scale_free.ratio.masked_fill(flat, float("inf"))
+    usable = usable.cpu()
+    fractions = [memorization_fraction(matches.ratio.cpu()[usable], threshold=threshold, n_boot=n_boot, seed=0)
+                 for matches in (pixels, scale_free)]
+    return TrainingSetMatches(pixels, scale_free, *fractions)
+
+
 @torch.no_grad()
 def distance_to_memorizer(denoiser: Callable[[torch.Tensor], torch.Tensor], train_images: torch.Tensor,
                           clean: torch.Tensor, sigmas: torch.Tensor, seed: int = 0,

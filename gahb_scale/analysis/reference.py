@@ -15,9 +15,12 @@ the Jacobian code exactly where a network does.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
+
+from .jacobian import denoiser_jacobian
 
 
 def log_sigma_grid(low: float = 1e-3, high: float = 3.0, count: int = 96) -> torch.Tensor:
@@ -260,3 +263,20 @@ class EmpiricalOptimalDenoiser(nn.Module):
             nearest, index = torch.where(closer, distance, nearest), torch.where(closer, within + start, index)
             start += len(chunk)
         return nearest, index
+
+
+def blind_reference_jacobians(train_images: torch.Tensor, noise_range: tuple[float, float] = (0.0, 255.0),
+                              noise_schedule: str = "quadratic",
+                              chunk_size: int | None = None) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Noisy images (B, C, H, W) → Jacobians (B, n, n) of the two analytic ends of the transition,
+    blind over the training noise prior: the exact empirical-optimal denoiser of the training set
+    (the memorizer, as `distance_to_memorizer` builds it; its Jacobian in closed form) and the MMSE
+    denoiser of the Gaussian fitted to the training images (`shrunk_gaussian_fit`), in float64:
+    their Jacobians are small where they are sure, and float32 rounding of y − residual would
+    swamp them."""
+    grid, log_prior = training_noise_prior(noise_range, noise_schedule)
+    memorizer = EmpiricalOptimalDenoiser(train_images, sigma_grid=grid, log_prior=log_prior).to(train_images.device)
+    gaussian = GaussianDenoiser(*shrunk_gaussian_fit(train_images), sigma_grid=grid,
+                                log_prior=log_prior).to(train_images.device)
+    return {"memorizer": memorizer.jacobian,
+            "gaussian": lambda y: denoiser_jacobian(lambda x: x - gaussian(x), y.double(), chunk_size)}

@@ -61,3 +61,23 @@ def energy_in_subspace(jacobian: torch.Tensor, basis: torch.Tensor) -> torch.Ten
     """
     inside = basis.transpose(-1, -2) @ jacobian @ basis  # k × k block: ‖P J P‖_F = ‖Bᵀ J B‖_F
     return inside.square().sum(dim=(-1, -2)) / jacobian.square().sum(dim=(-1, -2))
+
+
+def tangent_space_measures(jacobian: torch.Tensor, eigenvectors: torch.Tensor, eigenvalues: torch.Tensor,
+                           tangent: torch.Tensor, threshold: float) -> dict[str, torch.Tensor]:
+    """How Jacobians (B, n, n) at noisy images of a family relate to its tangent spaces there
+    (`tangent` (B, n, d), orthonormal; `eigenvectors` and `eigenvalues` from `eigen_spectrum`), each (B,).
+
+    The optimal denoiser at small noise is the projection onto the tangent space: energy inside 1,
+    trace inside d = total trace, d eigenvalues near 1 whose eigenvectors span the tangent space.
+    What a network keeps beyond that is what the paper calls its GAHB components. `leading_alignment`:
+    mean cos² of the principal angles between the d leading eigenvectors and the tangent space;
+    `eigenvalues_above`: how many eigenvalues exceed `threshold`.
+    """
+    dims = tangent.shape[-1]
+    leading = eigenvectors[:, :, :dims]
+    return {"energy_inside": energy_in_subspace(jacobian, tangent),
+            "trace_inside": (tangent.transpose(-1, -2) @ jacobian @ tangent).diagonal(dim1=-2, dim2=-1).sum(-1),
+            "trace_total": jacobian.diagonal(dim1=-2, dim2=-1).sum(-1),
+            "leading_alignment": torch.cos(principal_angles(leading.double(), tangent.double())).square().mean(-1),
+            "eigenvalues_above": (eigenvalues > threshold).sum(-1)}

@@ -11,17 +11,14 @@ from __future__ import annotations
 import functools
 import io
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
-from ..analysis import (EmpiricalOptimalDenoiser, GaussianDenoiser, MemorizationFraction, NearestNeighbours,
+from ..analysis import (EigenSpectrum, MemorizationFraction, TrainingSetMatches, blind_reference_jacobians,
                         denoiser_jacobian, disc_tangent_space, distance_to_memorizer, effective_dimensionality,
-                        eigen_spectrum, energy_in_subspace, fit_psnr_slope, independent_pair_similarity,
-                        memorization_fraction, nearest_neighbours, optimal_calpha_slope, principal_angles, psnr_curve,
-                        shrunk_gaussian_fit, symmetry_error, training_noise_prior, unit_vectors)
+                        eigen_spectrum, fit_psnr_slope, independent_pair_similarity, match_training_set,
+                        optimal_calpha_slope, psnr_curve, symmetry_error, tangent_space_measures)
 from ..models import build_model, denoise
 from ..sampling import sample_kadkhodaie_simoncelli
 from . import figures
@@ -52,21 +49,6 @@ def save_figures(store: StudyStore, spec: StudySpec, trial: Trial, pngs: dict[st
     return pngs
 
 
-@dataclass
-class _Matches:
-    """Each sample's nearest training images, by two measures (see docs/measures.md).
-
-    `pixels`: raw pixel L2, Bonnaire et al.'s f_mem. `scale_free`: L2 between mean-removed,
-    unit-norm images. A bias-free denoiser maps a·x to a·f(x), so every rescaled training image is
-    a fixed point of the sampler and a memorizing model may return a training image up to gain and
-    offset, which raw distances call new; the scale-free variant calls it memorized.
-    """
-    pixels: NearestNeighbours
-    scale_free: NearestNeighbours
-    f_mem: MemorizationFraction
-    f_mem_scale_free: MemorizationFraction
-
-
 def _sample_and_match(net: torch.nn.Module, train: torch.Tensor, spec: StudySpec, device: torch.device):
     """Samples with the study's shared seeds, each one's nearest training images, and both f_mem."""
     sampling = spec.sampling
@@ -77,20 +59,9 @@ def _sample_and_match(net: torch.nn.Module, train: torch.Tensor, spec: StudySpec
     return seeds, sampled, _match(sampled.samples, train, spec, usable=~sampled.diverged)
 
 
-def _match(images: torch.Tensor, train: torch.Tensor, spec: StudySpec, usable: torch.Tensor) -> _Matches:
-    """Each image's nearest training images and both f_mem over the `usable` ones (a diverged sample
-    is reported, not counted as (non-)memorized). Given the model's samples these are its measures;
-    given held-out images, their chance levels: what a sample that is a fresh image of the data scores."""
-    pixels = nearest_neighbours(images, train)
-    scale_free = nearest_neighbours(*(unit_vectors(x, centered=True).reshape(x.shape) for x in (images, train)))
-    # A flat image has no shape once its mean is removed: it copies no (non-flat) training image, so
-    # it counts as not memorized (ratio inf) instead of voiding f_mem_scale_free for every model.
-    flat = torch.isnan(scale_free.d1) & usable.to(scale_free.d1.device)
-    scale_free.ratio = scale_free.ratio.masked_fill(flat, float("inf"))
-    usable = usable.cpu()
-    fractions = [memorization_fraction(matches.ratio.cpu()[usable], threshold=spec.analysis.memorization_threshold,
-                                       n_boot=spec.analysis.bootstrap, seed=0) for matches in (pixels, scale_free)]
-    return _Matches(pixels, scale_free, *fractions)
+def _match(images: torch.Tensor, train: torch.Tensor, spec: StudySpec, usable: torch.Tensor) -> TrainingSetMatches:
+    return match_training_set(images, train, usable, threshold=spec.analysis.memorization_threshold,
+                              n_boot=spec.analysis.bootstrap)
 
 
 def chance_columns(spec: StudySpec, train: torch.Tensor, held_out: torch.Tensor) -> dict:
@@ -105,20 +76,6 @@ def chance_columns(spec: StudySpec, train: torch.Tensor, held_out: torch.Tensor)
             "ab_l2_chance": float(ab["l2_normalized"].mean()),
             "nn_cosine_centered_chance": float(matches.scale_free.cosine.nanmean()),
             "f_mem_chance": matches.f_mem.value, "f_mem_scale_free_chance": matches.f_mem_scale_free.value}
-
-
-def reference_jacobians(spec: StudySpec, train: torch.Tensor, chunk_size: int) -> dict[str, Callable]:
-    """Noisy images (B, C, H, W) → Jacobians (B, n, n) of the two analytic ends of the transition,
-    blind over the training noise prior: the exact empirical-optimal denoiser of the training set
-    (the memorizer, as `distance_to_memorizer` builds it; its Jacobian in closed form) and the MMSE
-    denoiser of the Gaussian fitted to the training images (`shrunk_gaussian_fit`), in float64:
-    their Jacobians are small where they are sure, and float32 rounding of y − residual would
-    swamp them."""
-    grid, log_prior = training_noise_prior(spec.training.noise_range, spec.training.noise_schedule)
-    memorizer = EmpiricalOptimalDenoiser(train, sigma_grid=grid, log_prior=log_prior).to(train.device)
-    gaussian = GaussianDenoiser(*shrunk_gaussian_fit(train), sigma_grid=grid, log_prior=log_prior).to(train.device)
-    return {"memorizer": memorizer.jacobian,
-            "gaussian": lambda y: denoiser_jacobian(functools.partial(denoise, gaussian), y.double(), chunk_size)}
 
 
 def fraction_columns(name: str, f: MemorizationFraction) -> dict:
@@ -191,7 +148,7 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str,
     # two reference denoisers' Jacobians are taken at the same inputs, for their asymmetry.
     clean = test[:analysis.jacobian_images]
     chunk_size = 256 if device.type == "cuda" else 64  # bounds memory
-    references = reference_jacobians(spec, train, chunk_size)
+    references = blind_reference_jacobians(train, spec.training.noise_range, spec.training.noise_schedule, chunk_size)
     tangent = _disc_tangent_basis(spec, trial, len(clean))
     generator = torch.Generator().manual_seed(0)
     jac_rows, eigen_rows, tangent_table, eigenvectors = [], [], [], []
@@ -260,22 +217,12 @@ def _disc_tangent_basis(spec: StudySpec, trial: Trial, count: int) -> torch.Tens
     return disc_tangent_space(params, spec.image_size, trial.dataset.params["antialiasing"]).float()
 
 
-def tangent_rows(jac: torch.Tensor, spectrum, tangent: torch.Tensor, threshold: float, base: dict) -> list[dict]:
-    """How the Jacobian at a noisy disc image relates to the 5-D tangent space of the family there.
-
-    The optimal denoiser at small noise is the projection onto the tangent space: energy inside 1,
-    trace inside 5 = total trace, 5 eigenvalues near 1 whose eigenvectors span the tangent space.
-    What a network keeps beyond that is what the paper calls its GAHB components.
-    """
+def tangent_rows(jac: torch.Tensor, spectrum: EigenSpectrum, tangent: torch.Tensor, threshold: float,
+                 base: dict) -> list[dict]:
+    """The `disc_tangent` rows of Jacobians at noisy disc images (`tangent_space_measures`)."""
+    measures = tangent_space_measures(jac, spectrum.eigenvectors, spectrum.eigenvalues, tangent, threshold)
     dims = tangent.shape[-1]
-    energy = energy_in_subspace(jac, tangent)
-    trace_inside = (tangent.transpose(-1, -2) @ jac @ tangent).diagonal(dim1=-2, dim2=-1).sum(-1)
-    leading = spectrum.eigenvectors[:, :, :dims]
-    alignment = torch.cos(principal_angles(leading.double(), tangent.double())).square().mean(-1)
-    above = (spectrum.eigenvalues > threshold).sum(-1)
-    return [{**base, "image": i, "tangent_dims": dims, "energy_inside": float(energy[i]),
-             "trace_inside": float(trace_inside[i]), "trace_total": float(jac[i].diagonal().sum()),
-             "leading_alignment": float(alignment[i]), "eigenvalues_above": int(above[i]),
+    return [{**base, "image": i, "tangent_dims": dims, **{name: values[i].item() for name, values in measures.items()},
              "eigenvalue_threshold": threshold} for i in range(len(jac))]
 
 
@@ -290,7 +237,7 @@ def _memorization_over_time(spec: StudySpec, trial: Trial, store: StudyStore, tr
     return rows
 
 
-def _snapshot_rows(base: dict, step: int, seeds: list[int], sampled, matches: _Matches) -> list[dict]:
+def _snapshot_rows(base: dict, step: int, seeds: list[int], sampled, matches: TrainingSetMatches) -> list[dict]:
     """The `snapshot_samples` rows of the weights at `step`: each sample's d1/d2 and similarity to its
     nearest training image."""
     return [{**base, "step": step, "sample_seed": seed, "d1_d2": float(matches.pixels.ratio[i]),

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from ..analysis import MemorizationFraction, memorization_fraction, memorized_share
+from ..analysis import (MemorizationFraction, fit_memorization_law, level_crossing, memorization_fraction,
+                        memorized_share, switch_n)
 from .analyse import fraction_columns, optimal_slope
 from .query import Rows, indexed_table, row_lists, sql_rows
 from .spec import DatasetSpec, StudySpec
@@ -186,23 +187,6 @@ def onset_rows(spec: StudySpec, over_time: list[dict]) -> list[dict]:
 LAW_MEASURES = (("f_mem", "d1_d2"), ("f_mem_scale_free", "d1_d2_scale_free"))
 
 
-def level_crossing(steps: list[int], f_mem: list[float], level: float) -> tuple[int | None, int | None, float]:
-    """Where a curve of f_mem over training steps first reaches `level`: (first step at or above it,
-    the snapshot step just before it, the crossing interpolated linearly in log step between those
-    two). Steps whose f_mem is undefined (NaN) are skipped. The crossing is NaN when the curve
-    never reaches the level (first step None) or already has at its first defined step (the
-    step before it None: the crossing lies somewhere before, and only an upper bound is known)."""
-    defined = [(step, value) for step, value in zip(steps, f_mem) if not math.isnan(value)]
-    for i, (step, value) in enumerate(defined):
-        if value >= level:
-            if i == 0:
-                return step, None, math.nan
-            below, below_value = defined[i - 1]
-            share = (level - below_value) / (value - below_value)
-            return step, below, math.exp(math.log(below) + share * (math.log(step) - math.log(below)))
-    return None, None, math.nan
-
-
 def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> list[dict]:
     """τ_mem per model and f_mem measure: the training step at which the model's own f_mem (over
     the snapshots at which it is observed, MIN_CONVERGED) first reaches `analysis.onset_f_mem`.
@@ -243,25 +227,9 @@ def memorization_tau_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) -> 
     return rows
 
 
-def _log_fit(log_n: np.ndarray, log_tau: np.ndarray) -> tuple[float, float]:
-    """(b, a) of the least-squares line log τ = a + b·log N; NaN without two distinct N."""
-    if len(np.unique(log_n)) < 2:
-        return math.nan, math.nan
-    b, a = np.polyfit(log_n, log_tau, 1)
-    return float(b), float(a)
-
-
 def memorization_law_rows(spec: StudySpec, tau_rows: list[dict]) -> list[dict]:
-    """Bonnaire et al.'s law τ_mem ∝ N tested: log τ_mem = a + b·log N (natural logs) fitted over
-    the models with a τ, per (dataset, architecture, f_mem measure), with a 95% percentile-bootstrap
-    interval for b.
-
-    The bootstrap resamples seeds with replacement, each drawn seed bringing all its models: a
-    seed's models at different N start from the same weights and noise streams, so they are not
-    independent of each other. With one seed there is nothing to resample over, and the models are
-    resampled instead, within each N so every resample keeps the study's N values
-    (`resampled_over` says which); with one model at each N there is nothing to resample, and no
-    interval. A fit needs τ at two N values at least."""
+    """Bonnaire et al.'s law τ_mem ∝ N tested (`fit_memorization_law`), per (dataset, architecture,
+    f_mem measure), over the models with a τ."""
     groups = sql_rows(f"""
         SELECT dataset, architecture, measure, {row_lists("n", "seed", "tau", "censored", "first_step", "step_below")}
         FROM tau GROUP BY ALL ORDER BY dataset, architecture, measure""",
@@ -269,40 +237,15 @@ def memorization_law_rows(spec: StudySpec, tau_rows: list[dict]) -> list[dict]:
                           "step_below"))
     rows = []
     for group in groups:
-        timed = ~np.isnan(np.array(group["tau"], dtype=float))
-        log_n = np.log(np.array(group["n"], dtype=float)[timed])
-        log_tau = np.log(np.array(group["tau"], dtype=float)[timed])
-        b, a = _log_fit(log_n, log_tau)
-        seed_of = np.array(group["seed"])[timed]
-        seeds = np.unique(seed_of)
-        by_seed = [np.flatnonzero(seed_of == seed) for seed in seeds]
-        by_n = [np.flatnonzero(log_n == value) for value in np.unique(log_n)]
-        if math.isnan(b):
-            resampled_over = None
-        elif len(seeds) > 1:
-            resampled_over = "seeds"
-        elif any(len(members) > 1 for members in by_n):
-            resampled_over = "models within each N"
-        else:  # one model at each N: every resample is the study itself, an interval of width 0
-            resampled_over = None
-        rng = np.random.default_rng(0)
-        draws = []
-        for _ in range(0 if resampled_over is None else spec.analysis.bootstrap):
-            if resampled_over == "seeds":
-                picked = np.concatenate([by_seed[i] for i in rng.integers(len(seeds), size=len(seeds))])
-            else:
-                picked = np.concatenate([rng.choice(members, size=len(members)) for members in by_n])
-            draws.append(_log_fit(log_n[picked], log_tau[picked])[0])
-        draws = np.array(draws)
-        draws = draws[~np.isnan(draws)]  # a draw of seeds whose models all share one N fits no line
-        low, high = np.percentile(draws, [2.5, 97.5]) if draws.size else (math.nan, math.nan)
+        law = fit_memorization_law(group["n"], group["tau"], group["seed"], n_boot=spec.analysis.bootstrap)
         rows.append({"study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"],
-                     "measure": group["measure"], "level": spec.analysis.onset_f_mem, "exponent": b,
-                     "ci_low": float(low), "ci_high": float(high), "intercept": a, "n_values": len(by_n),
-                     "units": int(timed.sum()), "censored": sum(flag is True for flag in group["censored"]),
+                     "measure": group["measure"], "level": spec.analysis.onset_f_mem, "exponent": law.exponent,
+                     "ci_low": law.ci_low, "ci_high": law.ci_high, "intercept": law.intercept,
+                     "n_values": law.n_values, "units": law.units,
+                     "censored": sum(flag is True for flag in group["censored"]),
                      "before_first_snapshot": sum(first is not None and below is None
                                                   for first, below in zip(group["first_step"], group["step_below"])),
-                     "seeds": len(seeds), "resampled_over": resampled_over, "resamples": int(draws.size)})
+                     "seeds": law.seeds, "resampled_over": law.resampled_over, "resamples": law.resamples})
     return rows
 
 
@@ -366,19 +309,9 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
 
 def with_switch_n(rows: list[dict], level: float) -> list[dict]:
     """`rows` (a transition table) with `switch_n`: per (dataset, architecture), the N where the
-    regime switches from memorization to generalization, read off the table — the geometric mean of
-    the largest N whose scale-free f_mem reaches `level` and the next N above it (whose f_mem is
-    below, being above the largest). None when the table does not bracket it: no N memorizes, or
-    the largest N still does. N whose f_mem is undefined (N = 1, every sample diverged) are skipped."""
-    switch = {}
+    regime switches, read off its scale-free f_mem (`gahb_scale.analysis.switch_n`)."""
+    points = {}
     for row in rows:
-        switch.setdefault((row["dataset"], row["architecture"]), [])
-        if not math.isnan(row["f_mem_scale_free"]):
-            switch[row["dataset"], row["architecture"]].append((row["n"], row["f_mem_scale_free"]))
-    for group, points in switch.items():
-        points.sort()
-        memorizing = [i for i, (_, f_mem) in enumerate(points) if f_mem >= level]
-        last = memorizing[-1] if memorizing else None
-        switch[group] = (None if last is None or last + 1 == len(points)
-                         else math.sqrt(points[last][0] * points[last + 1][0]))
+        points.setdefault((row["dataset"], row["architecture"]), []).append((row["n"], row["f_mem_scale_free"]))
+    switch = {group: switch_n(values, level) for group, values in points.items()}
     return [{**row, "switch_n": switch[row["dataset"], row["architecture"]]} for row in rows]
