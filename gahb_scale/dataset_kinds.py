@@ -184,3 +184,49 @@ def build_pool(kind: str, n: int, size: int, seed: int, **params: object) -> Ten
         raise UserInputError(f"bad parameters for dataset kind {kind!r}: {problems} "
                              f"(accepted: {', '.join(record.params.model_fields) or 'none'})") from None
     return record.build(n, size, seed, validated)
+
+
+# Split pair p of a synthetic kind draws A, B and the held-out set as three streams seeded 3p, 3p+1, 3p+2.
+_STREAMS = {"A": 0, "B": 1, "test": 2}
+
+
+def split_pair_images(kind: str, params: dict, size: int, n: int, n_test: int, pair: int,
+                      parts: tuple[str, ...] = ("A", "B", "test"), keep_uint8: bool = False,
+                      pixel_shuffle_seed: int | None = None) -> dict[str, Tensor]:
+    """{"A": (n,1,S,S), "B": (n,1,S,S), "test": (n_test,1,S,S)} of split pair `pair` of dataset
+    `kind` (with the parameters of its model), in [0, 1], restricted to `parts` (synthetic images
+    cost time to make, a folder's are read from its prepared pool: a model needs only its own split).
+
+    - synthetic (calpha, discs): an unlimited supply, so A, B and the test set are three independent
+      streams drawn with their own seeds. Image i of a stream depends only on (seed, i), so A for
+      N = 10 is the start of A for N = 100 (nested, as in the paper) and a model's images do not
+      depend on the other train sizes of a study — which is what lets trial ids stay stable.
+    - finite (folder, photos): one fixed pool; the pair's seed orders it and A = "first N", B = "last N",
+      test = the head (`gahb_scale.data.split_pair`), the authors' recipe. With `keep_uint8` its
+      images stay uint8 (0…255), a quarter of float32, for a trainer that converts batch by batch.
+
+    With `pixel_shuffle_seed` every image has its pixels moved by that one seeded permutation.
+    """
+    from .data import shuffle_pixels, split_pair
+
+    record = dataset_kind(kind)
+    validated = record.params.model_validate(params)
+    if not record.finite:
+        counts = {"A": n, "B": n, "test": n_test}
+        images = {name: record.build(counts[name], size, 3 * pair + _STREAMS[name], validated) for name in parts}
+    else:
+        pool = record.pool(size, validated)
+        convert = pool.uint8_images if keep_uint8 else pool.float_images
+        split = split_pair(len(pool), n, n_test, seed=pair)
+        images = {name: convert(index) for name, index in (("A", split.a), ("B", split.b), ("test", split.test))
+                  if name in parts}
+    if pixel_shuffle_seed is not None:
+        images = {name: shuffle_pixels(x, pixel_shuffle_seed) for name, x in images.items()}
+    return images
+
+
+def held_out_disc_parameters(params: dict, size: int, n_test: int, pair: int) -> Tensor:
+    """(n_test, 5) generator parameters of the held-out images of split pair `pair` of a discs dataset
+    (the stream `split_pair_images` draws them from), for the family's tangent space at each of them."""
+    from .data.discs import disc_images
+    return disc_images(n_test, size, seed=3 * pair + _STREAMS["test"], **params)[1]

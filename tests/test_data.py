@@ -31,7 +31,8 @@ from gahb_scale.data.calpha import _box_smooth_2x2, _contour, _mask_below
 from gahb_scale.data.embedded import _all_tiles, _grid_tiles
 from gahb_scale.data.discs import DB2_OFFSET
 from gahb_scale.data.image_folder import CachedImages
-from gahb_scale.dataset_kinds import DATASET_KINDS, CalphaParams, build_pool
+from gahb_scale.dataset_kinds import (DATASET_KINDS, CalphaParams, build_pool, held_out_disc_parameters,
+                                     split_pair_images)
 from gahb_scale.errors import UserInputError
 
 
@@ -281,6 +282,29 @@ def test_split_pair_can_use_the_whole_pool_and_no_more():
     with pytest.raises(UserInputError) as error:
         split_pair(24, 10, 5, seed=0)
     assert "25" in str(error.value) and "24" in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["discs", "photos"])
+def test_split_pair_images_are_nested_in_n_and_a_b_and_test_differ(kind):
+    """Synthetic: three seeded streams per pair; finite: one permuted pool. Either way A for N = 3 is
+    the start of A for N = 6, the held-out set does not depend on N, and A, B, test share no image."""
+    small = split_pair_images(kind, {}, 16, 3, 4, pair=1)
+    large = split_pair_images(kind, {}, 16, 6, 4, pair=1)
+    assert torch.equal(small["A"], large["A"][:3]) and torch.equal(small["test"], large["test"])
+    flat = torch.cat([large["A"], large["B"], large["test"]]).flatten(1)
+    assert len(torch.unique(flat, dim=0)) == 16  # no image twice
+    assert not torch.equal(small["A"], split_pair_images(kind, {}, 16, 3, 4, pair=2)["A"])
+    assert split_pair_images(kind, {}, 16, 3, 4, pair=1, parts=("B",)).keys() == {"B"}
+    shuffled = split_pair_images(kind, {}, 16, 3, 4, pair=1, pixel_shuffle_seed=0)["A"]
+    assert not torch.equal(shuffled, small["A"]) and torch.equal(shuffled.flatten(1).sort(1).values,
+                                                                 small["A"].flatten(1).sort(1).values)
+
+
+def test_held_out_disc_parameters_draw_the_held_out_discs():
+    params = held_out_disc_parameters({}, 16, 4, pair=1)
+    held_out = split_pair_images("discs", {}, 16, 3, 4, pair=1, parts=("test",))["test"]
+    assert torch.equal(disc_images(4, 16, seed=5)[1], params)  # the pair's third stream: 3p + 2
+    assert torch.equal(disc_images(4, 16, seed=5)[0], held_out)
 
 
 # ---------------------------------------------------------------- image folders

@@ -1,14 +1,7 @@
 """Stage 0, prepare: every image folder decoded by the authors' recipe and cached once per study,
 before Ray starts (`prepare_datasets`); then the images a trial trains and is tested on: split A
-or B of pair p, and the pair's held-out set (`split_images`).
-
-Two kinds of pools:
-- synthetic (calpha, discs): an unlimited supply, so A, B and the test set are three independent
-  streams drawn with their own seeds. Image i of a stream depends only on (seed, i), so A for
-  N = 10 is the start of A for N = 100 (nested, as in the paper) and a trial's images do not depend
-  on the other train sizes in the spec — which is what lets trial ids stay stable.
-- finite (folder, photos): one fixed pool; the pair's seed orders it and A = "first N", B = "last N",
-  test = the head (`gahb_scale.data.split_pair`), the authors' recipe.
+or B of pair p, and the pair's held-out set (`split_images`, drawn as the dataset kind's record
+says: `gahb_scale.dataset_kinds.split_pair_images`).
 """
 
 from __future__ import annotations
@@ -17,18 +10,11 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..data import FolderImages, disc_images, pool_size_needed, shuffle_pixels, split_pair
+from ..data import FolderImages, pool_size_needed
 from ..data.image_folder import NEAR_DUPLICATE_THRESHOLD, cache_image_folder
-from ..dataset_kinds import DATASET_KINDS
+from ..dataset_kinds import DATASET_KINDS, held_out_disc_parameters, split_pair_images
 from ..errors import UserInputError
 from .spec import DatasetSpec, StudySpec
-
-_STREAMS = {"A": 0, "B": 1, "test": 2}
-
-
-def _stream_seed(pair: int, part: str) -> int:
-    """Seed of one synthetic stream: split pair p draws A, B and test from 3p, 3p+1, 3p+2."""
-    return 3 * pair + _STREAMS[part]
 
 
 def finite_pool(dataset: DatasetSpec, size: int, write_cache: bool = True) -> FolderImages | None:
@@ -79,28 +65,13 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
 
 def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int,
                  parts: tuple[str, ...] = ("A", "B", "test"), keep_uint8: bool = False) -> dict[str, Tensor]:
-    """{"A": (n,1,S,S), "B": (n,1,S,S), "test": (n_test,1,S,S)} for split pair `pair`, in [0, 1],
-    restricted to `parts` (synthetic images cost time to make, a folder's are read from its prepared
-    pool: a trial needs only its own split). With `keep_uint8` a finite pool's images stay uint8
-    (0…255), a quarter of float32, for a trainer that converts batch by batch."""
-    pool = finite_pool(dataset, size)
-    if pool is None:
-        kind = DATASET_KINDS[dataset.kind]
-        params, counts = kind.params.model_validate(dataset.params), {"A": n, "B": n, "test": n_test}
-        images = {name: kind.build(counts[name], size, _stream_seed(pair, name), params) for name in parts}
-    else:
-        convert = pool.uint8_images if keep_uint8 else pool.float_images
-        split = split_pair(len(pool), n, n_test, seed=pair)
-        images = {name: convert(index) for name, index in (("A", split.a), ("B", split.b), ("test", split.test))
-                  if name in parts}
-    if dataset.pixel_shuffle_seed is not None:
-        images = {name: shuffle_pixels(x, dataset.pixel_shuffle_seed) for name, x in images.items()}
-    return images
+    """The images of split pair `pair` of a spec's dataset (`gahb_scale.dataset_kinds.split_pair_images`)."""
+    return split_pair_images(dataset.kind, dataset.params, size, n, n_test, pair, parts, keep_uint8,
+                             dataset.pixel_shuffle_seed)
 
 
 def test_disc_parameters(dataset: DatasetSpec, size: int, n_test: int, pair: int) -> Tensor:
-    """(n_test, 5) generator parameters of the held-out images of a discs dataset (the stream
-    `split_images` draws them from), for the family's tangent space at each of them."""
+    """(n_test, 5) generator parameters of the held-out images of a discs dataset."""
     if dataset.kind != "discs":
         raise ValueError(f"dataset {dataset.name!r} is {dataset.kind!r}, not discs: it has no disc parameters")
-    return disc_images(n_test, size, seed=_stream_seed(pair, "test"), **dataset.params)[1]
+    return held_out_disc_parameters(dataset.params, size, n_test, pair)
