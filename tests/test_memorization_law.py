@@ -189,3 +189,27 @@ def test_a_snapshot_whose_samples_mostly_diverged_does_not_time_the_onset():
     low = spec.model_copy(update={"analysis": spec.analysis.model_copy(update={"onset_f_mem": 0.2})})
     [onset] = onset_rows(low, over_time)
     assert onset["onset_step"] == 400  # at level 0.2 the lone copy's 1/5 would make it 200
+
+
+def test_mlflow_shows_no_interval_once_a_summary_has_none(tmp_path, monkeypatch):
+    """A study summarised again (e.g. with one seed instead of two) whose law has no interval any
+    more: the study run's CI metrics become NaN instead of keeping the interval logged before."""
+    from pathlib import Path
+
+    from gahb_scale.study.spec_file import load_spec
+    from gahb_scale.study.store import StudyStore
+    from gahb_scale.study.track import StudyTracker
+
+    monkeypatch.chdir(tmp_path)
+    spec_file = tmp_path / "micro.yaml"
+    spec_file.write_text((Path(__file__).resolve().parents[1] / "studies" / "micro.yaml").read_text())
+    spec = load_spec(spec_file, results_root=str(tmp_path / "results"))
+    tracker = StudyTracker(spec, StudyStore(spec.storage.results_location()))
+    law = {"dataset": "d", "architecture": "a", "measure": "f_mem", "exponent": 1.0, "ci_low": 0.8, "ci_high": 1.2,
+           "n_values": 4}
+    report = {"transition.png": b"png", "index.html": b"html"}
+    tracker.log_study("first", [], [law], report)
+    tracker.log_study("second", [], [{**law, "exponent": 0.9, "ci_low": math.nan, "ci_high": math.nan}], report)
+    metrics = tracker.client.get_run(tracker.parent_id).data.metrics
+    assert metrics["d/a/tau_mem_exponent"] == 0.9
+    assert math.isnan(metrics["d/a/tau_mem_ci_low"]) and math.isnan(metrics["d/a/tau_mem_ci_high"])

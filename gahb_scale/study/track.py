@@ -167,10 +167,11 @@ class StudyTracker:
                 (Path(folder) / name).write_bytes(data)
             self.client.log_artifacts(run_id, folder, artifact_path=artifact_path)
 
-    def _metrics(self, run_id: str, metrics: list[Metric]) -> None:
-        finite = [m for m in metrics if math.isfinite(m.value)]
-        for start in range(0, len(finite), 1000):  # MLflow's batch limit
-            self.client.log_batch(run_id, metrics=finite[start:start + 1000])
+    def _metrics(self, run_id: str, metrics: list[Metric], undefined_too: bool = False) -> None:
+        """Log `metrics`; one that is NaN or infinite (undefined) only with `undefined_too`."""
+        kept = metrics if undefined_too else [m for m in metrics if math.isfinite(m.value)]
+        for start in range(0, len(kept), 1000):  # MLflow's batch limit
+            self.client.log_batch(run_id, metrics=kept[start:start + 1000])
 
     # -- the study run ------------------------------------------------------------------------
 
@@ -215,13 +216,14 @@ class StudyTracker:
     def log_study(self, analysis_key: str, transition: list[dict], law: list[dict], report: dict[str, bytes]) -> None:
         """The study-level results once every stage has run: the transition's rows not logged while
         the pairs were compared; the memorization-time law, per dataset/architecture and f_mem measure
-        (the exponent of τ_mem ∝ N^b, its 95% CI and how many N values it was fitted on); the
-        transition figure and the report."""
+        (the exponent of τ_mem ∝ N^b, its 95% CI and how many N values it was fitted on; NaN where
+        there is no fit or no interval); the transition figure and the report."""
         self.log_transition([row for row in transition if row["n"] not in self.transition_logged])
         now, suffix = int(time.time() * 1000), {"f_mem": "", "f_mem_scale_free": "_scale_free"}
+        # NaN too (no fit, or no interval): a value an earlier summary of the study logged must not stay
         self._metrics(self.parent_id, [
             Metric(f"{row['dataset']}/{row['architecture']}/tau_mem_{key}{suffix[row['measure']]}", float(row[key]),
-                   now, 0) for row in law for key in ("exponent", "ci_low", "ci_high", "n_values")])
+                   now, 0) for row in law for key in ("exponent", "ci_low", "ci_high", "n_values")], undefined_too=True)
         self._log_files(self.parent_id, {"phase_transition.png": report["transition.png"]})
         self.log_report(report)
         self.client.set_tag(self.parent_id, ANALYSIS_TAG, analysis_key)  # last: marks it complete
