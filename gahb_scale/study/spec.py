@@ -100,21 +100,6 @@ def _numeric(annotation: Any) -> bool:
     return bool(args) and all(_numeric(a) for a in args)
 
 
-def _booleans_refused(cls: type[BaseModel], data: Any) -> Any:
-    """YAML's true/false are Python booleans, which pydantic takes as 1 and 0: `steps: true`
-    would train one step. A number field (or list of numbers) refuses them."""
-    if not isinstance(data, dict):
-        return data
-    errors = []
-    for name, value in data.items():
-        field = cls.model_fields.get(name) if isinstance(name, str) else None
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if field is not None and _numeric(field.annotation) and any(isinstance(item, bool) for item in items):
-            errors.append(_error((name,), f"a number is needed, not a boolean (got {str(value).lower()[:40]})", value))
-    _fail(errors)
-    return data
-
-
 def _validate_params(model: type[BaseModel], params: dict, what: str, fixed: dict[str, str], context: Any) -> dict:
     """Validate kind-specific params with `model`; return them normalised, defaults filled in.
     An unknown or missing parameter is named with its kind; other errors keep pydantic's words."""
@@ -142,7 +127,22 @@ def _validate_params(model: type[BaseModel], params: dict, what: str, fixed: dic
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    _numbers_not_booleans = model_validator(mode="before")(classmethod(_booleans_refused))
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_not_booleans(cls, data: Any) -> Any:
+        """YAML's true/false are Python booleans, which pydantic takes as 1 and 0: `steps: true`
+        would train one step. A number field (or list of numbers) refuses them."""
+        if not isinstance(data, dict):
+            return data
+        errors = []
+        for name, value in data.items():
+            field = cls.model_fields.get(name) if isinstance(name, str) else None
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if field is not None and _numeric(field.annotation) and any(isinstance(item, bool) for item in items):
+                errors.append(_error((name,), f"a number is needed, not a boolean (got {str(value).lower()[:40]})",
+                                     value))
+        _fail(errors)
+        return data
 
 
 class _KindSpec(_Model):

@@ -21,7 +21,7 @@ from .spec import PATTERN_HINTS, StudySpec, did_you_mean, results_below, results
 __all__ = ["SpecError", "load_spec", "parse_spec"]
 
 
-def _message(err: dict, known: list[str] | None = None) -> str:
+def _message(err: dict) -> str:
     """A readable message for one pydantic error dict (without its location)."""
     kind, msg = err["type"], err["msg"]
     if kind == "spec":  # a message of the spec's own validators
@@ -31,7 +31,7 @@ def _message(err: dict, known: list[str] | None = None) -> str:
     if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") in PATTERN_HINTS:
         return f"{PATTERN_HINTS[err['ctx']['pattern']]} (got {short_repr(err.get('input'))})"
     if kind == "extra_forbidden":
-        name = err["loc"][-1] if err["loc"] else "?"
+        name, known = err["loc"][-1] if err["loc"] else "?", _known_fields(err["loc"][:-1])
         if known is None:
             return "unknown field"
         return f"unknown field{did_you_mean(name, known)}; allowed: {', '.join(known)}"
@@ -78,15 +78,6 @@ class SpecError(UserInputError):
             text = "\n".join(lines)
         super().__init__(text)
 
-    @classmethod
-    def from_validation(cls, exc: ValidationError, source: str) -> SpecError:
-        errors = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            known = _known_fields(loc[:-1]) if err["type"] == "extra_forbidden" else None
-            errors.append((_loc_str(loc), _message(err, known)))
-        return cls(source, errors)
-
 
 def parse_spec(data: Any, source: str = "<spec>", missing_folders: list[str] | None = None) -> StudySpec:
     """Validate an already-parsed spec (a mapping); raise SpecError listing every problem. With a
@@ -98,7 +89,7 @@ def parse_spec(data: Any, source: str = "<spec>", missing_folders: list[str] | N
     try:
         return StudySpec.model_validate(data, context={"missing_folders": missing_folders})
     except ValidationError as exc:
-        raise SpecError.from_validation(exc, source) from None
+        raise SpecError(source, [(_loc_str(err["loc"]), _message(err)) for err in exc.errors()]) from None
 
 
 class _StrictLoader(yaml.SafeLoader):
