@@ -173,3 +173,17 @@ def problems_against_results(root: Path) -> list[str]:
     problems += [f"a finished study writes table {t}, which docs/tables.md does not list"
                  for t in sorted(tables - set(documented_columns()))]
     return problems
+
+
+def test_the_notebook_example_runs(capsys):
+    """docs/internals.md's example of the core without a study, at a few steps and a small N (its
+    numbers are those of the full run, which takes minutes)."""
+    text = (REPO / "docs" / "internals.md").read_text()
+    section = text.split("### The core from a notebook", 1)[1]
+    code = re.search(r"^```python\n(.*?)^```", section, re.S | re.M).group(1)
+    recipe = "((2, 3000, 500), (1024, 800, 300))"
+    assert recipe in code
+    exec(compile(code.replace(recipe, "((2, 20, 500), (64, 20, 300))"), "internals.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed] == ["N = 2", "N = 64"]
+    assert all("scale-free f_mem" in line and "(chance" in line for line in printed)

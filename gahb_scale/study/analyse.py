@@ -59,7 +59,8 @@ def _sample_and_match(net: torch.nn.Module, train: torch.Tensor, spec: StudySpec
     return seeds, sampled, _match(sampled.samples, train, spec, usable=~sampled.diverged)
 
 
-def _match(images: torch.Tensor, train: torch.Tensor, spec: StudySpec, usable: torch.Tensor) -> TrainingSetMatches:
+def _match(images: torch.Tensor, train: torch.Tensor, spec: StudySpec,
+           usable: torch.Tensor | None = None) -> TrainingSetMatches:
     return match_training_set(images, train, usable, threshold=spec.analysis.memorization_threshold,
                               n_boot=spec.analysis.bootstrap)
 
@@ -70,7 +71,7 @@ def chance_columns(spec: StudySpec, train: torch.Tensor, held_out: torch.Tensor)
     held-out images matched against this model's training set for the NN cosine and both f_mem
     (what a fresh image of the data scores: f_mem ≈ 0, the NN cosine rising with N)."""
     ab = independent_pair_similarity(held_out)
-    matches = _match(held_out, train, spec, usable=torch.ones(len(held_out), dtype=torch.bool))
+    matches = _match(held_out, train, spec)
     return {"ab_cosine_chance": float(ab["cosine"].nanmean()),
             "ab_cosine_centered_chance": float(ab["cosine_centered"].nanmean()),
             "ab_l2_chance": float(ab["l2_normalized"].mean()),
