@@ -2,7 +2,8 @@
 defaults and bounds, its builder, and whether its pool is finite.
 
 A study spec validates `datasets[].params` with the kind's `params` model, and
-`build_pool(kind, n, size, seed, **params)` validates with the same model. The builders import torch
+`build_pool(kind, n, size, seed, **params)` and `split_pair_images` (the images of a split pair: A, B
+and the held-out set) validate with the same model. The builders import torch
 lazily: the spec imports this module, and `gahb-scale validate` must stay light.
 """
 
@@ -177,13 +178,18 @@ def build_pool(kind: str, n: int, size: int, seed: int, **params: object) -> Ten
     raise UserInputError naming them.
     """
     record = dataset_kind(kind)
+    return record.build(n, size, seed, _validated(record, params))
+
+
+def _validated(record: DatasetKind, params: dict) -> DatasetParams:
+    """`params` checked by the kind's model, defaults filled in; a rejected one is a UserInputError
+    naming the parameter."""
     try:
-        validated = record.params.model_validate(params)
+        return record.params.model_validate(params)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise UserInputError(f"bad parameters for dataset kind {kind!r}: {problems} "
+        raise UserInputError(f"bad parameters for dataset kind {record.name!r}: {problems} "
                              f"(accepted: {', '.join(record.params.model_fields) or 'none'})") from None
-    return record.build(n, size, seed, validated)
 
 
 # Split pair p of a synthetic kind draws A, B and the held-out set as three streams seeded 3p, 3p+1, 3p+2.
@@ -210,7 +216,7 @@ def split_pair_images(kind: str, params: dict, size: int, n: int, n_test: int, p
     from .data import shuffle_pixels, split_pair
 
     record = dataset_kind(kind)
-    validated = record.params.model_validate(params)
+    validated = _validated(record, params)
     if not record.finite:
         counts = {"A": n, "B": n, "test": n_test}
         images = {name: record.build(counts[name], size, 3 * pair + _STREAMS[name], validated) for name in parts}
@@ -229,4 +235,5 @@ def held_out_disc_parameters(params: dict, size: int, n_test: int, pair: int) ->
     """(n_test, 5) generator parameters of the held-out images of split pair `pair` of a discs dataset
     (the stream `split_pair_images` draws them from), for the family's tangent space at each of them."""
     from .data.discs import disc_images
-    return disc_images(n_test, size, seed=3 * pair + _STREAMS["test"], **params)[1]
+    validated = _validated(dataset_kind("discs"), params)
+    return disc_images(n_test, size, seed=3 * pair + _STREAMS["test"], antialiasing=validated.antialiasing)[1]

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from gahb_scale.analysis import (cosine_similarity, fit_psnr_slope, memorization_fraction, memorized_share,
-                                 nearest_neighbours, optimal_calpha_slope, psnr, psnr_curve, split_pair_similarity)
+from gahb_scale.analysis import (cosine_similarity, fit_psnr_slope, match_training_set, memorization_fraction,
+                                 memorized_share, nearest_neighbours, optimal_calpha_slope, psnr, psnr_curve,
+                                 split_pair_similarity)
 
 
 def _sigmas(count: int) -> torch.Tensor:
@@ -125,6 +126,19 @@ def test_black_training_image_does_not_hide_the_most_similar_one():
     train = torch.cat([torch.zeros(1, 1, 8, 8), _images(6, seed=10)])
     found = nearest_neighbours(train[[4]], train, chunk_size=3)  # the black image shares the first chunk
     torch.testing.assert_close(found.cosine, torch.ones(1))
+
+
+def test_training_set_matches_count_rescaled_copies_and_leave_diverged_samples_out():
+    """Two exact copies, one copy at twice the gain and a diverged (NaN) sample: by raw pixels the
+    rescaled copy is new, scale-free it is memorized; the NaN sample counts for neither, by default
+    as with an explicit mask."""
+    train = _images(5, seed=13)
+    samples = torch.cat([train[[0, 1]], 2 * train[[2]], torch.full((1, 1, 8, 8), float("nan"))])
+    matches = match_training_set(samples, train, n_boot=50)
+    assert matches.f_mem.value == pytest.approx(2 / 3) and matches.f_mem_scale_free.value == 1.0
+    assert matches.scale_free.index_l2[:3].tolist() == [0, 1, 2]
+    masked = match_training_set(samples, train, usable=torch.tensor([True, True, True, False]), n_boot=50)
+    assert (masked.f_mem.value, masked.f_mem_scale_free.value) == (2 / 3, 1.0)
 
 
 def test_single_training_image_leaves_ratio_and_fraction_undefined():

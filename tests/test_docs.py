@@ -186,4 +186,6 @@ def test_the_notebook_example_runs(capsys):
     exec(compile(code.replace(recipe, "((2, 20, 500), (64, 20, 300))"), "internals.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in printed] == ["N = 2", "N = 64"]
-    assert all("scale-free f_mem" in line and "(chance" in line for line in printed)
+    for line in printed:  # f_mem and its chance are shares, the cosines cosines
+        f_mem, f_mem_chance, ab, ab_chance = (float(x) for x in re.findall(r"(-?\d+\.\d+|nan)", line))
+        assert 0 <= f_mem <= 1 and 0 <= f_mem_chance <= 1 and -1 <= ab <= 1 and -1 <= ab_chance <= 1, line

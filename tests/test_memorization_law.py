@@ -194,6 +194,7 @@ def test_a_snapshot_whose_samples_mostly_diverged_does_not_time_the_onset():
 def test_mlflow_shows_no_interval_once_a_summary_has_none(tmp_path, monkeypatch):
     """A study summarised again (e.g. with one seed instead of two) whose law has no interval any
     more: the study run's CI metrics become NaN instead of keeping the interval logged before."""
+    import time
     from pathlib import Path
 
     from gahb_scale.study.spec_file import load_spec
@@ -209,6 +210,7 @@ def test_mlflow_shows_no_interval_once_a_summary_has_none(tmp_path, monkeypatch)
            "n_values": 4}
     report = {"transition.png": b"png", "index.html": b"html"}
     tracker.log_study("first", [], [law], report)
+    time.sleep(0.01)  # a later timestamp: within one millisecond MLflow would keep the larger value
     tracker.log_study("second", [], [{**law, "exponent": 0.9, "ci_low": math.nan, "ci_high": math.nan}], report)
     metrics = tracker.client.get_run(tracker.parent_id).data.metrics
     assert metrics["d/a/tau_mem_exponent"] == 0.9

@@ -1,5 +1,6 @@
 """Measurements on denoisers and their samples (Kadkhodaie et al., ICLR 2024): PSNR curves, split-pair similarity,
-memorization, Jacobian analysis and the C^alpha PSNR slope. Plain PyTorch: no Ray, no MLflow.
+memorization and the memorization-time law, Jacobian analysis (against the analytic reference denoisers and
+a family's tangent space) and the C^alpha PSNR slope. Plain PyTorch: no Ray, no MLflow.
 
 A *denoiser* here is any callable `f(y) -> clean estimate` on (B, C, H, W) images in [0, 1]; for a
 residual network pass `functools.partial(gahb_scale.models.denoise, net)` with `net` in eval mode.

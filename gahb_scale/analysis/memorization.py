@@ -144,12 +144,12 @@ class TrainingSetMatches:
 
 def match_training_set(images: torch.Tensor, train_images: torch.Tensor, usable: torch.Tensor | None = None,
                        threshold: float = 1.0 / 3.0, n_boot: int = 1000) -> TrainingSetMatches:
-    """Each image's nearest training images and both f_mem over the `usable` ones (default: all; a
-    diverged sample is reported, not counted as (non-)memorized). Given a model's samples these are
-    its measures; given held-out images, their chance levels: what a sample that is a fresh image of
-    the data scores."""
+    """Each image's nearest training images and both f_mem over the `usable` ones (default: those
+    without NaN; a diverged sample, NaN, is reported, not counted as (non-)memorized). Given a
+    model's samples these are its measures; given held-out images, their chance levels: what a
+    sample that is a fresh image of the data scores."""
     if usable is None:
-        usable = torch.ones(len(images), dtype=torch.bool)
+        usable = ~images.flatten(1).isnan().any(dim=1)
     pixels = nearest_neighbours(images, train_images)
     scale_free = nearest_neighbours(*(unit_vectors(x, centered=True).reshape(x.shape) for x in (images, train_images)))
     # A flat image has no shape once its mean is removed: it copies no (non-flat) training image, so
