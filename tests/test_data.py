@@ -300,6 +300,13 @@ def test_split_pair_images_are_nested_in_n_and_a_b_and_test_differ(kind):
                                                                  small["A"].flatten(1).sort(1).values)
 
 
+def test_split_pair_images_name_a_bad_parameter():
+    for draw in (lambda: split_pair_images("discs", {"radius": 3}, 16, 2, 2, pair=0),
+                 lambda: held_out_disc_parameters({"antialiasing": -1}, 16, 2, pair=0)):
+        with pytest.raises(UserInputError, match="bad parameters for dataset kind 'discs'"):
+            draw()
+
+
 def test_held_out_disc_parameters_draw_the_held_out_discs():
     params = held_out_disc_parameters({}, 16, 4, pair=1)
     held_out = split_pair_images("discs", {}, 16, 3, 4, pair=1, parts=("test",))["test"]
