@@ -67,10 +67,12 @@ def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:
     for file in store.files_below("packs", recursive=False):
         pack_id = file.removesuffix(".json")
         members = set(json.loads(store.read_bytes(pack_path(pack_id)))) & trial_ids
+        if not members:  # another study's pack, sharing the results folder: its run is not listed
+            continue
         ray_run = pafs.FileSelector(store.path(pack_run_dir(pack_id)), allow_not_found=True)
         checkpoints = sorted(info.path for info in store.fs.get_file_info(ray_run)
                              if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
-        if not (members and checkpoints):
+        if not checkpoints:
             continue
         try:  # a checkpoint still being written, or one of 0.4 (no step file): nothing to report
             with store.fs.open_input_stream(f"{checkpoints[-1]}/{CHECKPOINT_STEP_FILE}") as f:

@@ -161,14 +161,11 @@ class StudyStore:
         if folder not in self.made:
             self.fs.create_dir(folder, recursive=True)
             self.made.add(folder)
-        if not atomic or self.atomic_put:
-            with self.fs.open_output_stream(target) as out:
-                out.write(data)
-            return
-        tmp = f"{target}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open_output_stream(tmp) as out:
+        written = target if not atomic or self.atomic_put else f"{target}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open_output_stream(written) as out:
             out.write(data)
-        self.fs.move(tmp, target)
+        if written != target:
+            self.fs.move(written, target)
 
     def read_bytes(self, relative: str) -> bytes:
         with self.fs.open_input_stream(self.path(relative)) as f:

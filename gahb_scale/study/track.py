@@ -170,8 +170,7 @@ class StudyTracker:
     def _metrics(self, run_id: str, metrics: list[Metric], undefined_too: bool = False) -> None:
         """Log `metrics`; one that is NaN or infinite (undefined) only with `undefined_too`."""
         kept = metrics if undefined_too else [m for m in metrics if math.isfinite(m.value)]
-        for start in range(0, len(kept), 1000):  # MLflow's batch limit
-            self.client.log_batch(run_id, metrics=kept[start:start + 1000])
+        self.client.log_batch(run_id, metrics=kept)  # MLflow's client sends it in batches of its limit
 
     # -- the study run ------------------------------------------------------------------------
 

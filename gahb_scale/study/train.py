@@ -178,18 +178,15 @@ def schedule_of(spec: StudySpec, trial: Trial) -> tuple:
     return trial.architecture.name, tuple(sorted(spec.training.per_train_size(trial.n).items()))
 
 
-def model_flops(spec: StudySpec, trial: Trial) -> float:
-    """A model's training FLOPs (all its steps, forward and backward): its share of the study's work."""
-    arch, schedule = trial.architecture, spec.training.per_train_size(trial.n)
-    per_image = training_flops_per_image(build_model(arch.kind, **arch.params), (1, spec.image_size, spec.image_size))
-    return per_image * schedule["batch_size"] * schedule["steps"]
-
-
 def model_cost(spec: StudySpec, trial: Trial, costs: dict) -> float:
-    """`model_flops` of `trial`, kept in `costs` by `schedule_of`: models of one schedule cost the same,
-    and counting a model's FLOPs runs it."""
+    """A model's training FLOPs (all its steps, forward and backward): its share of the study's work;
+    kept in `costs` by `schedule_of`: models of one schedule cost the same, and counting a model's
+    FLOPs runs it."""
     if (key := schedule_of(spec, trial)) not in costs:
-        costs[key] = model_flops(spec, trial)
+        arch, schedule = trial.architecture, spec.training.per_train_size(trial.n)
+        per_image = training_flops_per_image(build_model(arch.kind, **arch.params),
+                                             (1, spec.image_size, spec.image_size))
+        costs[key] = per_image * schedule["batch_size"] * schedule["steps"]
     return costs[key]
 
 
