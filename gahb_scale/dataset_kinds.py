@@ -192,8 +192,12 @@ def _validated(record: DatasetKind, params: dict) -> DatasetParams:
                              f"(accepted: {', '.join(record.params.model_fields) or 'none'})") from None
 
 
-# Split pair p of a synthetic kind draws A, B and the held-out set as three streams seeded 3p, 3p+1, 3p+2.
 _STREAMS = {"A": 0, "B": 1, "test": 2}
+
+
+def _stream_seed(pair: int, part: str) -> int:
+    """Seed of one synthetic stream: split pair p draws A, B and the held-out set from 3p, 3p+1, 3p+2."""
+    return 3 * pair + _STREAMS[part]
 
 
 def split_pair_images(kind: str, params: dict, size: int, n: int, n_test: int, pair: int,
@@ -219,7 +223,7 @@ def split_pair_images(kind: str, params: dict, size: int, n: int, n_test: int, p
     validated = _validated(record, params)
     if not record.finite:
         counts = {"A": n, "B": n, "test": n_test}
-        images = {name: record.build(counts[name], size, 3 * pair + _STREAMS[name], validated) for name in parts}
+        images = {name: record.build(counts[name], size, _stream_seed(pair, name), validated) for name in parts}
     else:
         pool = record.pool(size, validated)
         convert = pool.uint8_images if keep_uint8 else pool.float_images
@@ -236,4 +240,4 @@ def held_out_disc_parameters(params: dict, size: int, n_test: int, pair: int) ->
     (the stream `split_pair_images` draws them from), for the family's tangent space at each of them."""
     from .data.discs import disc_images
     validated = _validated(dataset_kind("discs"), params)
-    return disc_images(n_test, size, seed=3 * pair + _STREAMS["test"], antialiasing=validated.antialiasing)[1]
+    return disc_images(n_test, size, seed=_stream_seed(pair, "test"), antialiasing=validated.antialiasing)[1]
