@@ -162,8 +162,10 @@ class StudyStore:
             self.fs.create_dir(folder, recursive=True)
             self.made.add(folder)
         written = target if not atomic or self.atomic_put else f"{target}.{uuid.uuid4().hex}.tmp"
+        copy = pa.BufferOutputStream()  # Arrow's own memory: an object store uploads a large write on its
+        copy.write(data)  # thread pool, which must not hold the Python bytes while Python exits
         with self.fs.open_output_stream(written) as out:
-            out.write(data)
+            out.write(copy.getvalue())
         if written != target:
             self.fs.move(written, target)
 
@@ -202,9 +204,13 @@ class StudyStore:
         return {name: sorted(paths) for name, paths in files.items()}
 
     def read_table_file(self, relative: str) -> pa.Table | None:
-        """One file of a table (None where there is none)."""
+        """One file of a table (None where there is none), decoded on this thread: Parquet's thread
+        pool frees the Python bytes it decoded a moment after returning the table, and a pool thread
+        still at it while Python exits aborts the process (4 runs of `status` in 100, exit 134)."""
         data = self.read_if_present(relative)
-        return None if data is None else pq.ParquetFile(io.BytesIO(data)).read()
+        if data is None:
+            return None
+        return pq.ParquetFile(pa.BufferReader(data), pre_buffer=False).read(use_threads=False)
 
     def table_keys(self, name: str, study_id: str) -> list[str]:
         """The keys (trial, pair or "study") with a file in table `name` of a study, by one listing."""
