@@ -200,12 +200,14 @@ def _stream_seed(pair: int, part: str) -> int:
     return 3 * pair + _STREAMS[part]
 
 
-def split_pair_images(kind: str, params: dict, size: int, n: int, n_test: int, pair: int,
+def split_pair_images(kind: str, params: dict, size: int, n: int | dict[str, int], n_test: int, pair: int,
                       parts: tuple[str, ...] = ("A", "B", "test"), keep_uint8: bool = False,
                       pixel_shuffle_seed: int | None = None) -> dict[str, Tensor]:
     """{"A": (n,1,S,S), "B": (n,1,S,S), "test": (n_test,1,S,S)} of split pair `pair` of dataset
     `kind` (with the parameters of its model), in [0, 1], restricted to `parts` (synthetic images
     cost time to make, a folder's are read from its prepared pool: a model needs only its own split).
+    `n` may differ per split, {"A": 1000, "B": 64}: each split as it is at its own N, so a model's
+    training images and a few of its partner's come from one reading of a folder's pool.
 
     - synthetic (calpha, discs): an unlimited supply, so A, B and the test set are three independent
       streams drawn with their own seeds. Image i of a stream depends only on (seed, i), so A for
@@ -221,15 +223,15 @@ def split_pair_images(kind: str, params: dict, size: int, n: int, n_test: int, p
 
     record = dataset_kind(kind)
     validated = _validated(record, params)
+    counts = {**(n if isinstance(n, dict) else {"A": n, "B": n}), "test": n_test}
     if not record.finite:
-        counts = {"A": n, "B": n, "test": n_test}
         images = {name: record.build(counts[name], size, _stream_seed(pair, name), validated) for name in parts}
     else:
         pool = record.pool(size, validated)
         convert = pool.uint8_images if keep_uint8 else pool.float_images
-        split = split_pair(len(pool), n, n_test, seed=pair)
-        images = {name: convert(index) for name, index in (("A", split.a), ("B", split.b), ("test", split.test))
-                  if name in parts}
+        largest = max(count for name, count in counts.items() if name != "test")  # the held-out set's split
+        images = {name: convert(getattr(split_pair(len(pool), counts[name] if name != "test" else largest, n_test,
+                                                   seed=pair), name.lower())) for name in parts}
     if pixel_shuffle_seed is not None:
         images = {name: shuffle_pixels(x, pixel_shuffle_seed) for name, x in images.items()}
     return images

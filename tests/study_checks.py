@@ -26,7 +26,7 @@ def expected_row_counts(spec: StudySpec) -> dict[str, int]:
     snapshots = len(spec.training.snapshot_steps) + 1  # and the final model
     sizes = len(spec.train_sizes)
     return {"trials": models, "train_curves": models * (spec.training.steps // spec.training.log_every),
-            "model_metrics": models, "psnr": models * 2 * len(a.sigmas), "samples": models * s.num_samples,
+            "model_metrics": models, "psnr": models * 3 * len(a.sigmas), "samples": models * s.num_samples,
             "jacobian": models * jacobians, "eigen": models * jacobians * a.eigenvalues_kept,
             "pairs": pairs * s.num_samples, "pair_bases": pairs * jacobians, "transition": sizes,
             "disc_tangent": models * jacobians, "snapshot_samples": models * snapshots * s.num_samples,

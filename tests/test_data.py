@@ -295,6 +295,12 @@ def test_split_pair_images_are_nested_in_n_and_a_b_and_test_differ(kind):
     assert len(torch.unique(flat, dim=0)) == 16  # no image twice
     assert not torch.equal(small["A"], split_pair_images(kind, {}, 16, 3, 4, pair=2)["A"])
     assert split_pair_images(kind, {}, 16, 3, 4, pair=1, parts=("B",)).keys() == {"B"}
+    # each split at its own N in one call: each as a call at that N gives it, B's a subset of B at N = 6
+    mixed = split_pair_images(kind, {}, 16, {"A": 6, "B": 3}, 4, pair=1)
+    assert torch.equal(mixed["A"], large["A"]) and torch.equal(mixed["B"], small["B"])
+    assert torch.equal(mixed["test"], large["test"])
+    assert {tuple(image) for image in mixed["B"].flatten(1).tolist()} <= {tuple(image) for image in
+                                                                         large["B"].flatten(1).tolist()}
     shuffled = split_pair_images(kind, {}, 16, 3, 4, pair=1, pixel_shuffle_seed=0)["A"]
     assert not torch.equal(shuffled, small["A"]) and torch.equal(shuffled.flatten(1).sort(1).values,
                                                                  small["A"].flatten(1).sort(1).values)

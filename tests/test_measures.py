@@ -17,7 +17,7 @@ import torch
 from gahb_scale.analysis import (EmpiricalOptimalDenoiser, distance_to_memorizer, independent_pair_similarity,
                                  memorization_fraction, nearest_neighbours, shrunk_gaussian_fit, training_noise_prior,
                                  unit_vectors)
-from gahb_scale.study.analyse import chance_columns, median_over_sigma
+from gahb_scale.study.analyse import chance_columns, median_over_sigma, psnr_columns
 from gahb_scale.study.spec_file import parse_spec
 from gahb_scale.study.summarise import transition_rows
 from gahb_scale.training import draw_noise_levels
@@ -185,16 +185,17 @@ def _spec():
 
 
 def _metrics(trial: str, n: int, **values) -> dict:
-    base = dict(train_psnr=30.0, test_psnr=20.0, psnr_gap=10.0, nn_cosine_centered=0.9, memorizer_distance=0.1,
-                memorizer_distance_bias_free=0.05, effective_dim=2.0, symmetry_error=0.5, symmetry_error_memorizer=0.9,
-                symmetry_error_gaussian=0.1, ab_cosine_chance=0.8, ab_cosine_centered_chance=0.3, ab_l2_chance=0.2,
+    base = dict(train_psnr=30.0, test_psnr=20.0, psnr_gap=10.0, psnr_gap_chance=0.5, nn_cosine_centered=0.9,
+                memorizer_distance=0.1, memorizer_distance_bias_free=0.05, effective_dim=2.0, symmetry_error=0.5,
+                symmetry_error_memorizer=0.9, symmetry_error_gaussian=0.1, ab_cosine_chance=0.8, ab_cosine_centered_chance=0.3, ab_l2_chance=0.2,
                 nn_cosine_centered_chance=0.6, f_mem_chance=0.0, f_mem_scale_free_chance=0.0, capped_samples=0,
                 diverged_samples=0)
     return {"study_id": "t", "trial_id": trial, "dataset": "d", "architecture": "u", "n": n, **base, **values}
 
 
 def test_transition_rows_gather_every_measure_per_n():
-    metrics = [_metrics("a1", 1, train_psnr=40.0, psnr_gap=20.0), _metrics("b1", 1, train_psnr=30.0, psnr_gap=10.0),
+    metrics = [_metrics("a1", 1, train_psnr=40.0, psnr_gap=20.0, psnr_gap_chance=-1.0),
+               _metrics("b1", 1, train_psnr=30.0, psnr_gap=10.0),
                _metrics("a10", 10, memorizer_distance=2.0, symmetry_error=0.2, effective_dim=8.0, diverged_samples=1,
                         nn_cosine_centered_chance=0.7, symmetry_error_memorizer=0.6, f_mem_scale_free_chance=0.1),
                _metrics("b10", 10, memorizer_distance=4.0, symmetry_error=0.4, effective_dim=12.0, capped_samples=2,
@@ -232,6 +233,7 @@ def test_transition_rows_gather_every_measure_per_n():
     assert (ten["capped_samples"], ten["diverged_samples"]) == (2, 1)
     # beside each measure its chance level and, for the asymmetry, its two references (means over models)
     assert one["nn_cosine_centered_chance"] == 0.6 and ten["nn_cosine_centered_chance"] == pytest.approx(0.75)
+    assert one["psnr_gap_chance"] == -0.25 and ten["psnr_gap_chance"] == 0.5
     assert ten["f_mem_scale_free_chance"] == pytest.approx(0.05) and ten["f_mem_chance"] == 0.0
     assert ten["ab_cosine_chance"] == 0.8 and ten["ab_cosine_centered_chance"] == 0.3 and ten["ab_l2_chance"] == 0.2
     assert one["ab_basis_overlap_chance"] == ten["ab_basis_overlap_chance"] == 0.01  # not another pair's
@@ -303,6 +305,31 @@ def test_nn_chance_of_held_out_copies_is_memorized_and_of_equidistant_images_is_
     fresh = chance_columns(_spec(), train, _pixels([0, 0, 1, 0], [0, 0, 2, 0]))
     assert fresh["f_mem_chance"] == fresh["f_mem_scale_free_chance"] == 0.0
     assert fresh["nn_cosine_centered_chance"] == pytest.approx(-1 / 3)  # centred (-1,-1,3,-1) vs (3,-1,-1,-1): -4/12
+
+
+def test_psnr_gap_chance_is_the_gap_on_images_never_seen():
+    """A denoiser that halves the noise near its own training images and leaves every other image
+    as it is: its gap is 20 log10 2 ≈ 6.02 dB, and on two sets it never saw (its partner's training
+    images, held-out images) it does the same, so the gap's chance level is 0."""
+    from gahb_scale.analysis import psnr_curve
+
+    # as many images in each set: all three draw the same noise (`psnr_curve`'s common random numbers)
+    train = _pixels([1, 0, 0, 0], [0, 1, 0, 0])
+    partner, held_out = _pixels([0, 0, 0, 1], [1, 1, 0, 0]), _pixels([0, 1, 1, 0], [1, 0, 0, 1])
+
+    def memorizing(y: torch.Tensor) -> torch.Tensor:
+        distance = torch.cdist(y.flatten(1), train.flatten(1))
+        nearest = train[distance.argmin(dim=1)]
+        near = (distance.min(dim=1).values < 0.2)[:, None, None, None]
+        return torch.where(near, nearest + (y - nearest) / 2, y)
+
+    sigmas = torch.tensor([0.01, 0.02, 0.04], dtype=torch.float64)
+    curves = {name: psnr_curve(memorizing, images, sigmas, seed=0)
+              for name, images in (("train", train), ("test", held_out), ("partner", partner))}
+    columns = psnr_columns(curves)
+    assert columns["psnr_gap"] == pytest.approx(20 * math.log10(2), abs=1e-9)
+    assert columns["psnr_gap_chance"] == pytest.approx(0.0, abs=1e-9)
+    assert columns["train_psnr"] - columns["test_psnr"] == columns["psnr_gap"]
 
 
 def test_median_over_an_even_sigma_grid_is_the_mean_of_the_two_middle_values():

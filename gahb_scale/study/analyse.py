@@ -1,5 +1,5 @@
 """Stage 2, analyse each model (a Ray task per trained model): PSNR curves (and their slope) on its
-own training images and on held-out images, samples with the study's shared seeds, the nearest
+own training images, on held-out images and on its partner's training images, samples with the study's shared seeds, the nearest
 training images of every sample and both f_mem, the distance to the memorizing solution, Jacobian
 spectra at noisy held-out images, on discs the Jacobian against the family's tangent space, and
 with weight snapshots the samples of every snapshot. The task returns its rows (`analyse_model`):
@@ -79,6 +79,15 @@ def chance_columns(spec: StudySpec, train: torch.Tensor, held_out: torch.Tensor)
             "f_mem_chance": matches.f_mem.value, "f_mem_scale_free_chance": matches.f_mem_scale_free.value}
 
 
+def psnr_columns(curves: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Mean output PSNR over the σ grid on the model's training images and on held-out images, their
+    gap, and the gap's chance level: the same difference for its partner's training images, which it
+    never saw (`psnr_curve`s named train, test and partner)."""
+    mean = {name: float(curves[name]["psnr_out"].mean()) for name in ("train", "test", "partner")}
+    return {"train_psnr": mean["train"], "test_psnr": mean["test"], "psnr_gap": mean["train"] - mean["test"],
+            "psnr_gap_chance": mean["partner"] - mean["test"]}
+
+
 def fraction_columns(name: str, f: MemorizationFraction) -> dict:
     return {name: f.value, f"{name}_low": f.low, f"{name}_high": f.high}
 
@@ -105,15 +114,20 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str,
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = load_model(store, trial, device)
     denoiser = functools.partial(denoise, net)
-    data = split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair,
-                        parts=(trial.split, "test"))
-    train, test = data[trial.split].to(device), data["test"].to(device)
-    base = {"study_id": spec.name, "trial_id": trial.trial_id}
     analysis = spec.analysis
+    # The gap's chance level is the same PSNR difference for images this model never saw: as many of
+    # its partner model's training images as it has of its own (a split at a smaller N is a subset of
+    # the same split at N). Two sets of 64 images differ by a dB or two on their own.
+    partner = "B" if trial.split == "A" else "A"
+    data = split_images(trial.dataset, spec.image_size, {trial.split: trial.n,
+                                                         partner: min(trial.n, analysis.psnr_images)},
+                        spec.test_images, trial.pair, parts=(trial.split, partner, "test"))
+    train, unseen, test = (data[part].to(device) for part in (trial.split, partner, "test"))
+    base = {"study_id": spec.name, "trial_id": trial.trial_id}
 
     sigmas = torch.tensor(analysis.sigmas) / 255.0
     curves = {name: psnr_curve(denoiser, images[:analysis.psnr_images], sigmas, seed=0)
-              for name, images in (("train", train), ("test", test))}
+              for name, images in (("train", train), ("test", test), ("partner", unseen))}
     psnr_rows = [{**base, "images": name, "sigma": float(s * 255), "psnr_in": float(c["psnr_in"][i]),
                   "psnr_out": float(c["psnr_out"][i]), "psnr_out_std": float(c["psnr_out_std"][i])}
                  for name, c in curves.items() for i, s in enumerate(sigmas)]
@@ -188,11 +202,8 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str,
     if over_time:  # the final model closes the curve
         over_time += _snapshot_rows(base, spec.training.steps_for(trial.n), seeds, sampled, matches)
 
-    gap = float(np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "train"])
-                - np.mean([r["psnr_out"] for r in psnr_rows if r["images"] == "test"]))
-    metrics = {**base, **trial.as_row(), "analysis_id": analysis_key,
-               **{f"{name}_psnr": float(curves[name]["psnr_out"].mean()) for name in ("train", "test")},
-               "psnr_gap": gap, "psnr_slope": slope, "optimal_slope": optimal_slope(trial.dataset),
+    metrics = {**base, **trial.as_row(), "analysis_id": analysis_key, **psnr_columns(curves),
+               "psnr_slope": slope, "optimal_slope": optimal_slope(trial.dataset),
                "nn_cosine_centered": float(matches.scale_free.cosine[usable].nanmean()),
                "nn_l2_pixels": float(matches.pixels.d1[usable].mean()),
                **fraction_columns("f_mem", matches.f_mem), "f_mem_defined": matches.f_mem.defined,

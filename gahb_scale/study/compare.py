@@ -60,7 +60,7 @@ def _basis_overlaps(arrays_a: dict, arrays_b: dict, base: dict) -> list[dict]:
 
     Both models' Jacobians were taken at the same noisy held-out images. Overlap = mean cos² of the
     principal angles between the two k-dimensional leading eigen-subspaces: 1 for the same
-    subspace, k/n (given as `chance`) on average for unrelated ones.
+    subspace, k/P for P pixels (given as `chance`) on average for unrelated ones.
     """
     sigmas, (n_sigma, n_images, k) = arrays_a["jacobian_sigmas"], arrays_a["eigenvectors"].shape[:3]
     rows = []

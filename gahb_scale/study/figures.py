@@ -69,7 +69,7 @@ def _errorbar_ci(ax, n, rows: list[dict], name: str, **style) -> None:
 def transition_figure(rows: list[dict]) -> bytes:
     """The phase transition against N: PSNR gap, memorization, distance to the memorizing solution,
     A/B similarity, and the Jacobian's effective dimension beside its asymmetry. Dashed grey-toned
-    lines are chance levels (what fresh held-out images of the data score), dotted ones the
+    lines are chance levels (what images of the data that the model never saw score), dotted ones the
     asymmetry of the two analytic references; a vertical line marks each curve's switch N."""
     fig, axes = plt.subplots(1, 5, figsize=(23, 3.8))
     fig.subplots_adjust(wspace=0.35)
@@ -80,7 +80,8 @@ def transition_figure(rows: list[dict]) -> bytes:
         label = f"{dataset} / {architecture}"
         # a column a table of an older version lacks is drawn as nothing (NaN)
         col = lambda key: np.array([row.get(key) for row in points], dtype=float)  # noqa: E731
-        axes[0].errorbar(n, col("psnr_gap"), yerr=col("psnr_gap_std"), marker="o", capsize=3, label=label)
+        gap = axes[0].errorbar(n, col("psnr_gap"), yerr=col("psnr_gap_std"), marker="o", capsize=3, label=label)
+        _chance(axes[0], n, col("psnr_gap_chance"), gap.lines[0], f"{label}: chance (images it never saw)", "o")
         line = axes[1].plot(n, col("nn_cosine_centered"), marker="o", label=f"{label}: NN centred cosine")[0]
         _errorbar_ci(axes[1], n, points, "f_mem", marker="s", ls="--", color=line.get_color(),
                      label=f"{label}: f_mem (raw pixels)")
@@ -99,7 +100,7 @@ def transition_figure(rows: list[dict]) -> bytes:
                              label=f"{label}: Jacobian eigenbasis overlap")[0]
         for line, column, name in ((centred, "ab_cosine_centered_chance", "centred cosine"),
                                    (raw, "ab_cosine_chance", "raw cosine"),
-                                   (basis, "ab_basis_overlap_chance", "basis overlap (k/n)")):
+                                   (basis, "ab_basis_overlap_chance", "basis overlap (k/P)")):
             _chance(axes[3], n, col(column), line, f"{label}: {name}, chance", line.get_marker())
         line = axes[4].plot(n, col("effective_dim"), marker="o", label=f"{label}: tr J")[0]
         asymmetry_axis.plot(n, col("symmetry_error"), marker="x", ls="--", color=line.get_color(),
@@ -152,11 +153,13 @@ def memorizer_distance_figure(rows: list[dict], title: str) -> bytes:
 
 
 def psnr_figure(psnr_rows: list[dict], title: str) -> bytes:
+    """Output vs input PSNR of one model on its training images, held-out images and its partner's
+    training images (never seen: how far apart two unseen sets of images lie by themselves)."""
     fig, ax = plt.subplots(figsize=(4.5, 3.8))
-    for images in ("train", "test"):
+    for images, label in (("train", "its training images"), ("test", "held-out images"),
+                          ("partner", "partner's training images")):
         curve = sorted((row for row in psnr_rows if row["images"] == images), key=lambda row: row["psnr_in"])
-        ax.plot([row["psnr_in"] for row in curve], [row["psnr_out"] for row in curve], marker="o",
-                label=f"{images} images")
+        ax.plot([row["psnr_in"] for row in curve], [row["psnr_out"] for row in curve], marker="o", label=label)
     lo = min(row["psnr_in"] for row in psnr_rows)
     hi = max(row["psnr_in"] for row in psnr_rows)
     ax.plot([lo, hi], [lo, hi], color="grey", ls=":", label="identity")
@@ -333,7 +336,7 @@ def basis_overlap_figure(rows: list[dict], asymmetry: list[dict], title: str) ->
         n, mean, sd = _mean_sd(rows_of_sigma, "n", "basis_overlap")
         axes[0].errorbar(n, mean, yerr=sd, marker="o", capsize=3, color=colours[sigma], label=f"σ = {sigma:g}/255")
         chance = _mean_sd(rows_of_sigma, "n", "chance")[1]  # the same for every σ: labelled once
-        axes[0].plot(n, chance, color="grey", ls=":", label="chance (k/n)" if i == 0 else None)
+        axes[0].plot(n, chance, color="grey", ls=":", label="chance (k/P, P pixels)" if i == 0 else None)
     for (sigma,), rows_of_sigma in group_rows(asymmetry, "sigma").items():
         n, mean, sd = _mean_sd(rows_of_sigma, "n", "symmetry_error")
         axes[1].errorbar(n, mean, yerr=sd, marker="x", capsize=3, color=colours.get(sigma), label=f"σ = {sigma:g}/255")

@@ -63,7 +63,7 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
     return PreparedDatasets(rows, pools)
 
 
-def split_images(dataset: DatasetSpec, size: int, n: int, n_test: int, pair: int,
+def split_images(dataset: DatasetSpec, size: int, n: int | dict[str, int], n_test: int, pair: int,
                  parts: tuple[str, ...] = ("A", "B", "test"), keep_uint8: bool = False) -> dict[str, Tensor]:
     """The images of split pair `pair` of a spec's dataset (`gahb_scale.dataset_kinds.split_pair_images`)."""
     return split_pair_images(dataset.kind, dataset.params, size, n, n_test, pair, parts, keep_uint8,

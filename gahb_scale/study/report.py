@@ -118,10 +118,13 @@ def build_report(spec: StudySpec, store: StudyStore, study_tables: StudyTables) 
                 "for the same seed; tr J beside the Jacobian's asymmetry ‖J − Jᵀ‖/‖J‖, which is 0 for an MMSE "
                 "denoiser at a known noise level, with that of the blind memorizer and of the blind Gaussian MMSE "
                 "denoiser of the same training set (dotted). Thin dashed lines: chance levels, what held-out images "
-                "of the data score (A/B: disjoint pairs of them; NN and f_mem: against the model's training set). "
+                "of the data score (A/B: disjoint pairs of them; NN and f_mem: against the model's training set; "
+                "PSNR gap: the model's partner's training images, which it never saw, against held-out images). "
                 "Dash-dotted vertical line: the switch N, between the largest N whose scale-free f_mem reaches "
                 f"{spec.analysis.onset_f_mem:g} and the next. Every measure is defined in the project's docs/measures.md.")
     page.table(transition, report_headers())
+    page.text("–: undefined or not measured. f_mem and its chance level need two training images (N ≥ 2); the "
+              "switch N needs an N that memorizes followed by one that does not.")
     # each per-model table's rows of the analysed models, with their model's N, by (dataset, architecture)
     per_group = {name: figures.group_rows(_with_group(tables[name], trials, "trial_id"), "dataset", "architecture")
                  for name in ("psnr", "train_curves", "memorizer_distance", "eigen", "jacobian", "disc_tangent")}
@@ -157,9 +160,12 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, jacobia
                     "Distance to the memorizing solution against noise level: ‖f(y) − f_mem(y)‖² / ‖y − x‖² on noisy "
                     "held-out images (±1 sd over models), where f_mem is the exact blind MMSE denoiser of the "
                     "model's own training set (left), or of its training images at every scale (right: the "
-                    "memorizer a bias-free network can be, since f(a·y) = a·f(y)). Near 0: the network is that "
-                    "memorizer. How large it gets when the network generalizes depends on how well the memorizer "
-                    "itself does on held-out images (see docs/measures.md in the project).")
+                    "memorizer a bias-free network can be, since f(a·y) = a·f(y)). 0 would mean the network is that "
+                    "memorizer, but the level depends mostly on the memorizer itself: at low σ it returns a training "
+                    "image, at N = 1 always the same one, far from the held-out input, at large N a near "
+                    "neighbour of it. So the distance falls with N even where networks generalize, and at low σ, "
+                    "where a network returns nearly its input, it is large even for one whose samples copy its "
+                    "training image (see docs/measures.md in the project).")
         # the first pair and seed of every N: samples and eigenvectors of A and B side by side
         shown_pair = min((model["pair"], model["seed"]) for model in models)
         shown_models = [model for model in models if (model["pair"], model["seed"]) == shown_pair]

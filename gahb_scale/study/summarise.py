@@ -28,8 +28,8 @@ from .store import StudyTables
 # per-model columns the transition averages beside the network's own: the Jacobian asymmetry of the
 # two analytic references, and the chance levels of the A/B and nearest-neighbour measures
 REFERENCE_COLUMNS = ("symmetry_error_memorizer", "symmetry_error_gaussian")
-CHANCE_COLUMNS = ("ab_cosine_chance", "ab_cosine_centered_chance", "ab_l2_chance", "nn_cosine_centered_chance",
-                  "f_mem_chance", "f_mem_scale_free_chance")
+CHANCE_COLUMNS = ("psnr_gap_chance", "ab_cosine_chance", "ab_cosine_centered_chance", "ab_l2_chance",
+                  "nn_cosine_centered_chance", "f_mem_chance", "f_mem_scale_free_chance")
 
 
 def _mean_std(values: list[float] | None) -> tuple[float, float]:
