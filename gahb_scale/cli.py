@@ -102,13 +102,16 @@ def cmd_run(args) -> int:
                  else "nothing was written")
         print(f"interrupted: {saved}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    basis_chance = "/".join(sorted({f"{value:.3f}" for row in result["transition"]
+                                    if (value := row["ab_basis_overlap_chance"]) is not None and math.isfinite(value)}))
     print()
     print(textwrap.fill(
         f"transition of study {spec.name}, key columns (means over models; gap = train minus test PSNR; A/B = "
         "same-seed samples of the two models of a split pair, cosine of centred images, and the overlap of their "
-        "Jacobian bases; chance = the measure for held-out images of the data, k/n for the bases; switch N = "
-        "between the last N that memorizes and the next). Every column, and every measure's definition: the "
-        "transition table (SQL below), the report and the README.", width=120))
+        "Jacobian bases; chance = the measure for images of the data that the model never saw, for the bases "
+        f"k/P = {basis_chance or 'n/a'} (k eigenvectors of P pixels); switch N = between the last N that memorizes "
+        "and the next). Every column: the transition table (SQL below) and the report; every measure's "
+        "definition: docs/measures.md.", width=120))
     print(format_transition(result["transition"]))
     print()
     # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)
@@ -192,6 +195,9 @@ def _json_value(value):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gahb-scale", description="Scaling studies of memorization and "
                                      "generalization in bias-free diffusion denoisers, on Ray.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"gahb-scale {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     results_help = ("results root, a folder or a URI such as s3://bucket/prefix, holding the study in "
                     "<root>/<last part of storage.results_dir, by default the study's name> (default: the spec's "
@@ -204,14 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "to a log file whose path is printed)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("validate", help="check a spec and print its trial grid")
-    p.add_argument("spec")
+    p.add_argument("spec", help="study spec (YAML)")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("status", help="what is done, running and missing in a study")
-    p.add_argument("spec")
+    p.add_argument("spec", help="study spec (YAML)")
     p.add_argument("--results", default=None, help=results_help)
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("query", help="SQL over the Parquet tables of all studies under a results location")
-    p.add_argument("sql")
+    p.add_argument("sql", help="DuckDB SQL; each table is a view of every study's files (read-only: export with "
+                                "--format csv or json)")
     p.add_argument("--results", default="results", help="results root, a folder or URI: every study at or below "
                                                          "it is queried (default: results)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
@@ -219,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "of objects, NaN as null")
     p.set_defaults(func=cmd_query)
     p = sub.add_parser("report", help="(re)build a study's HTML report with its figures and log it to MLflow")
-    p.add_argument("spec")
+    p.add_argument("spec", help="study spec (YAML)")
     p.add_argument("--results", default=None, help=results_help)
     p.set_defaults(func=cmd_report)
     return parser
@@ -228,8 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "results", None) is not None and not args.results.strip():
+        results = getattr(args, "results", None)
+        if results is not None and not results.strip():
             raise UserInputError("--results is empty: give a folder or a URI such as s3://bucket/prefix")
+        if results is not None and "://" not in results and os.path.isfile(results):  # (False for a name too long)
+            raise UserInputError(f"--results {printable(results)} is a file: it names the results root, a folder "
+                                 f"that holds each study's folder (or a URI such as s3://bucket/prefix)")
         return args.func(args)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

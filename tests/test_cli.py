@@ -77,8 +77,11 @@ def test_query_without_results_is_a_clear_error(tmp_path, capsys):
     assert main(["query", "SELECT 1", "--results", str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("not a results folder")
-    assert main(["query", "SELECT 1", "--results", str(tmp_path / "a-file")]) == 2  # not a traceback
-    assert "a-file" in capsys.readouterr().err
+    smoke = str(ROOT / "studies" / "smoke.yaml")
+    for argv in (["query", "SELECT 1"], ["status", smoke], ["report", smoke], ["run", smoke]):
+        assert main([*argv, "--results", str(tmp_path / "a-file")]) == 2  # not a traceback
+        assert "a-file is a file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
 
 
 def test_results_override_is_checked_like_the_spec(tmp_path, capsys, monkeypatch):
@@ -107,7 +110,7 @@ def test_an_unreachable_object_store_is_one_message(tmp_path, capsys, monkeypatc
 
 def _transition_row(**changes) -> dict:
     nan = float("nan")
-    row = dict(dataset="d", architecture="a", n=1, train_psnr=30.0, test_psnr=20.0, psnr_gap=10.0,
+    row = dict(dataset="d", architecture="a", n=1, train_psnr=30.0, test_psnr=20.0, psnr_gap=10.0, psnr_gap_chance=-0.5,
                nn_cosine_centered=0.99, f_mem=nan, f_mem_low=nan, f_mem_high=nan, f_mem_scale_free=nan,
                f_mem_scale_free_low=nan, f_mem_scale_free_high=nan, memorizer_distance=0.01,
                memorizer_distance_bias_free=0.005, ab_cosine=0.5,
@@ -123,7 +126,7 @@ def test_transition_table_says_undefined_for_n_below_2():
                                                                  f_mem_chance=0.125)])
     assert text.count("undefined (N<2)") == 1  # N = 1 only
     assert "0.25 [0.10, 0.40]" in text
-    assert "0.12" in text and "0.300" in text and "0.008" in text  # chance levels beside the measures
+    assert "0.12" in text and "0.300" in text and "-0.50" in text  # chance levels beside the measures
 
 
 def test_printed_transition_table_fits_120_columns_for_every_study():
@@ -131,8 +134,9 @@ def test_printed_transition_table_fits_120_columns_for_every_study():
     specs = [yaml.safe_load(path.read_text()) for path in (ROOT / "studies").glob("*.yaml")]
     dataset = max((d["name"] for spec in specs for d in spec["datasets"]), key=len)
     arch = max((a["name"] for spec in specs for a in spec["architectures"]), key=len)
-    row = _transition_row(dataset=dataset, architecture=arch, n=100000, psnr_gap=-12.34, f_mem=0.25, f_mem_low=0.1,
-                          f_mem_high=0.4, f_mem_chance=0.5, ab_cosine_centered=-0.123, switch_n=31622.8)
+    row = _transition_row(dataset=dataset, architecture=arch, n=100000, psnr_gap=-12.34, psnr_gap_chance=-12.34,
+                          f_mem=0.25, f_mem_low=0.1, f_mem_high=0.4, f_mem_chance=0.5, ab_cosine_centered=-0.123,
+                          switch_n=31622.8)
     lines = format_transition([row]).splitlines()
     assert max(map(len, lines)) <= 120, "\n".join(lines)
 
@@ -158,6 +162,20 @@ def test_query_gives_csv_and_json_for_scripts(a_table, capsys):
     assert main(["query", sql, "--results", str(a_table), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"n": 1, "f_mem": None, "dataset": "d, with a comma"},
                                                    {"n": 4, "f_mem": 0.25, "dataset": "d, with a comma"}]
+
+
+@pytest.mark.parametrize("sql", ["", "  ", ";", "-- only a comment"])
+def test_a_query_without_a_statement_is_a_clear_error(a_table, sql, capsys):
+    assert main(["query", sql, "--results", str(a_table)]) == 2
+    assert "holds no statement" in capsys.readouterr().err
+
+
+def test_a_query_writes_no_file(a_table, tmp_path, capsys):
+    """COPY ... TO would put files where a query was only meant to read: it is refused."""
+    target = tmp_path / "copied.csv"
+    assert main(["query", f"COPY transition TO '{target}'", "--results", str(a_table)]) == 2
+    assert "query failed" in capsys.readouterr().err and not target.exists()
+    assert main(["query", "SELECT count(*) AS rows FROM transition", "--results", str(a_table)]) == 0  # reads still
 
 
 def test_query_into_a_pipe_that_closes_early_exits_0_quietly(a_table):

@@ -63,8 +63,15 @@ def run_query(sql: str, results: str) -> tuple[list[str], list[tuple]]:
         factory = ds.FileSystemDatasetFactory(store.fs, paths, ds.ParquetFileFormat())
         # every file's schema: a file written by an older version may lack a newer column
         con.register(name, factory.finish(factory.inspect(promote_options="permissive", fragments=None)))
+    # Read-only: the tables are registered above, so a query needs no file of its own, and one that
+    # writes (COPY ... TO, ATTACH) could put files into a results folder. Export: --format csv or json.
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     try:
         cursor = con.execute(sql)
     except duckdb.Error as exc:
         raise UserInputError(f"query failed: {exc}\ntables: {', '.join(sorted(files))}") from None
+    if cursor is None or cursor.description is None:  # DuckDB's answer to no statement at all
+        raise UserInputError("the query holds no statement (it is empty, or only comments); e.g. "
+                             "\"SELECT * FROM transition\"")
     return [d[0] for d in cursor.description], cursor.fetchall()

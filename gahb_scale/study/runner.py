@@ -229,13 +229,13 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
     "tables": ..., "report": ...}. Ray's own output goes to a log file unless `verbose`."""
     store = StudyStore(spec.storage.results_location())
     started = time.monotonic()
-    log.info(f"study {spec.name}: {len(expand_trials(spec))} models; results in {store.results}")
-    if notice := store_notice(spec, store):
-        log.info(notice)
     # Everything that can be known before Ray starts is checked first, and nothing is written
     # until every check has passed: a refused study leaves no trace.
     check_address(address)
     check_results_location(store.results)
+    log.info(f"study {spec.name}: {len(expand_trials(spec))} models; results folder {store.results}")
+    if notice := store_notice(spec, store):
+        log.info(notice)
     if address is None and (local := local_resources()) is not None:
         check_resources(spec, local, strict=True)
     datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here; caches written below
