@@ -23,13 +23,14 @@ class TrainSettings(BaseModel):
 
     steps: int = Field(default=2_000, ge=1, le=MAX_STEPS, description="gradient steps")
     batch_size: int = Field(default=512, ge=1, le=MAX_BATCH_SIZE, description="global batch (split evenly over the workers)")
-    lr: float = Field(default=1e-3, gt=0)
+    lr: float = Field(default=1e-3, gt=0, description="Adam's initial learning rate")
     lr_halve_every: int = Field(default=1_000, ge=1, le=MAX_STEPS, description="Adam lr halved every this many steps")
     noise_range: tuple[float, float] = Field(default=(0.0, 255.0), description="sigma range, grey levels /255")
     noise_schedule: Literal["quadratic", "linear"] = Field(default="quadratic", description="quadratic: denser at low sigma")
     precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16 autocast is used only on CUDA")
-    checkpoint_every: int = Field(default=500, ge=1, le=MAX_STEPS)
-    log_every: int = Field(default=50, ge=1, le=MAX_STEPS)
+    checkpoint_every: int = Field(default=500, ge=1, le=MAX_STEPS, description="steps between checkpoints a "
+                                                                              "stopped run resumes from")
+    log_every: int = Field(default=50, ge=1, le=MAX_STEPS, description="steps between points of the loss curve")
     snapshot_steps: tuple[Annotated[int, Field(ge=1, le=MAX_STEPS)], ...] = Field(
         default=(), description="steps whose weights are kept, for memorization over training time")
     average_last: float = Field(

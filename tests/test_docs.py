@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from pathlib import Path
 
@@ -56,6 +57,36 @@ def documented_columns() -> dict[str, set[str]]:
         columns[table] = {name for bullet in bullets for name in re.findall(r"`(\w+)`", bullet.split(": ", 1)[0])}
         columns[table] |= set(re.findall(r"^\| `(\w+)` \|", body, re.M))
     return columns
+
+
+def spec_field_tables() -> str:
+    """Every field of a study spec with its default and description, section by section, as the
+    spec's pydantic models give them: the tables of docs/spec.md's "Every field"."""
+    from pydantic_core import PydanticUndefined
+
+    from gahb_scale.study.spec import AnalysisSpec, ResourceSpec, SamplingSpec, StorageSpec, StudySpec, TrainingSpec
+
+    parts = []
+    for section, model in (("top level", StudySpec), ("training", TrainingSpec), ("sampling", SamplingSpec),
+                           ("analysis", AnalysisSpec), ("resources", ResourceSpec), ("storage", StorageSpec)):
+        rows = ["| field | default | what it is |", "|---|---|---|"]
+        for name, field in model.model_fields.items():
+            if section == "top level" and name in ("training", "sampling", "analysis", "resources", "storage"):
+                continue
+            if field.default is PydanticUndefined and field.default_factory is None:
+                default = "required"
+            else:
+                value = field.get_default(call_default_factory=True)
+                default = f"`{value if isinstance(value, str) and value else json.dumps(value)}`"  # as YAML reads it
+            rows.append(f"| `{name}` | {default} | {field.description or ''} |")
+        parts.append(f"#### {section}\n\n" + "\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def test_every_spec_field_is_in_the_docs_with_its_default():
+    text = (REPO / "docs" / "spec.md").read_text()
+    section = text.split("### Every field\n", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    assert spec_field_tables() in section, spec_field_tables()
 
 
 def test_the_transition_columns_are_the_registry_s():

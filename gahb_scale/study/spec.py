@@ -383,12 +383,13 @@ class TrainingSpec(TrainSettings, _Model):
 
 class SamplingSpec(_Model):
     """The Kadkhodaie–Simoncelli sampler (stochastic coarse-to-fine gradient ascent)."""
-    num_samples: int = Field(default=16, ge=1, le=MAX_SAMPLES)
+    num_samples: int = Field(default=16, ge=1, le=MAX_SAMPLES, description="samples per model")
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description="sample i of every model uses seed + i (shared by A and B)")
     beta: float = Field(default=1.0, gt=0, le=1, description="1: deterministic; < 1 injects noise")
-    h0: float = Field(default=0.01, gt=0, le=1)
-    sigma_0: float = Field(default=1.0, gt=0)
-    sigma_L: float = Field(default=0.01, gt=0, validate_default=True)
+    h0: float = Field(default=0.01, gt=0, le=1, description="first step size; h_t = h0·t / (1 + h0·(t − 1))")
+    sigma_0: float = Field(default=1.0, gt=0, description="sd of the initial noise image, on the [0, 1] scale")
+    sigma_L: float = Field(default=0.01, gt=0, validate_default=True,
+                           description="a sample is done once its estimated noise sd is at most this")
     mean: float = Field(default=0.5, ge=0, le=1, description="grey level of the initial image")
     max_steps: int = Field(default=5000, ge=1, le=MAX_STEPS, description="step cap (hitting it is reported)")
 
@@ -410,12 +411,16 @@ class AnalysisSpec(_Model):
     """Per-model and per-pair measurements."""
     sigmas: list[float] = Field(default_factory=_default_sigmas, min_length=1,
                                 description="PSNR-curve noise levels, grey levels /255")
-    psnr_images: int = Field(default=64, ge=1, le=MAX_SAMPLES, description="train and test images per PSNR curve (at most)")
+    psnr_images: int = Field(default=64, ge=1, le=MAX_SAMPLES, description="images per PSNR curve, at most: of the "
+                                                                           "model's training, held-out and partner's "
+                                                                           "training images")
     jacobian_images: int = Field(default=2, ge=1, le=MAX_SAMPLES, description="noisy images per model for the Jacobian")
-    jacobian_sigmas: list[float] = Field(default_factory=lambda: [5.0, 25.0, 100.0], min_length=1)
+    jacobian_sigmas: list[float] = Field(default_factory=lambda: [5.0, 25.0, 100.0], min_length=1,
+                                         description="noise levels of the Jacobians, grey levels /255")
     eigenvalues_kept: int = Field(default=64, ge=1, le=MAX_IMAGE_SIZE**2, description="at most; capped at the number of pixels")
     eigenvector_images: int = Field(default=8, ge=0, validate_default=True,
-                                    description="leading eigenvectors saved as images")
+                                    description="leading eigenvectors kept per Jacobian: drawn as images, and the k "
+                                                "of the A/B basis overlap (chance k/P, P pixels)")
     memorization_threshold: float = Field(default=1 / 3, gt=0, lt=1, description="d1/d2 below this: memorized")
     onset_f_mem: float = Field(default=0.5, gt=0, le=1, description="memorization has set in once f_mem reaches this "
                                                                      "(over training.snapshot_steps)")
@@ -456,14 +461,15 @@ class AnalysisSpec(_Model):
 class ResourceSpec(_Model):
     """Ray resources. cpus/gpus are for one training worker (each, when workers > 1); a worker trains
     one pack of models at a time (`models_per_pack`), and `*_trial` means one such Ray Train run."""
-    cpus_per_trial: float = Field(default=1.0, gt=0)
+    cpus_per_trial: float = Field(default=1.0, gt=0, description="CPUs of one training worker, and of one "
+                                                                  "analysis task")
     gpus_per_trial: float = Field(default=0.0, ge=0, description="fractional only below 1 (a share of one GPU)")
-    max_concurrent_trials: int = Field(default=1, ge=1, le=MAX_MODELS)
+    max_concurrent_trials: int = Field(default=1, ge=1, le=MAX_MODELS, description="packs trained side by side "
+                                                                                   "(at most what the cluster holds)")
     models_per_pack: int | None = Field(
-        default=None, ge=1, le=MAX_MODELS, description="models of one architecture (any dataset) trained together in one worker "
-                                        "(1: one model per trial); None: a pack's step at most the paper UNet's at 80x80, "
-                                        "and a schedule's models in one pack when they fit one trial's share of "
-                                        "the study, else in as many packs as run side by side")
+        default=None, ge=1, le=MAX_MODELS, description="models of one architecture and schedule trained together in one "
+                                                       "worker (1: one model per trial); null: chosen from their cost "
+                                                       "(docs/internals.md, packs)")
     max_failures: int = Field(default=3, ge=0, le=1000, description="restarts after a worker or node dies: a trial from its "
                                                            "last checkpoint, an analysis task from the start")
 
@@ -502,9 +508,10 @@ class StorageSpec(_Model):
     against the current directory) or a URI such as s3://bucket/prefix; default results/<study
     name>. Its parent is the results root; `--results ROOT` moves the folder to ROOT/<its name>
     (`spec_file.load_spec`), so every command's --results names the same root."""
-    results_dir: str | None = Field(default=None, min_length=1)
+    results_dir: str | None = Field(default=None, min_length=1, description="a folder or a URI such as "
+                                                                           "s3://bucket/prefix; null: results/<name>")
     mlflow_tracking_uri: str | None = Field(
-        default=None, description="a tracking server (http://...) or store URI; None: MLFLOW_TRACKING_URI, else an "
+        default=None, description="a tracking server (http://...) or store URI; null: MLFLOW_TRACKING_URI, else an "
                                   "sqlite store under a local results_dir (remote results: ~/.gahb-scale/mlflow)")
 
     @field_validator("results_dir")
@@ -536,12 +543,15 @@ class StudySpec(_Model):
     """A whole study. Fields are declared in validation order: `image_size` after `architectures`
     (it is checked against them) and `resources` after `training`."""
     name: str = Field(pattern=_STUDY_NAME, max_length=MAX_NAME_LENGTH, description="the study id")
-    description: str = ""
-    datasets: list[DatasetSpec] = Field(min_length=1)
-    architectures: list[ArchitectureSpec] = Field(min_length=1)
+    description: str = Field(default="", description="free text, shown at the top of the report")
+    datasets: list[DatasetSpec] = Field(min_length=1, description="each a name, a kind, its params and an optional "
+                                                                  "pixel_shuffle_seed (below)")
+    architectures: list[ArchitectureSpec] = Field(min_length=1, description="each a name, a kind (unet, bfcnn) and "
+                                                                            "params, its constructor's arguments")
     image_size: int = Field(ge=4, le=MAX_IMAGE_SIZE, description="images are image_size x image_size, greyscale")
     train_sizes: _TrainSizes = Field(min_length=1, description="N; sorted ascending")
-    split_pairs: int = Field(default=1, ge=1, le=MAX_MODELS, description="disjoint split pairs; pair p uses data seed p")
+    split_pairs: int = Field(default=1, ge=1, le=MAX_MODELS,
+                             description="split pairs (two disjoint training sets), each drawn with seeds of its own")
     seeds: _Seeds = Field(default_factory=lambda: [0], min_length=1, description="training seeds (init + batch order)")
     test_images: int = Field(default=64, ge=1, le=MAX_HELD_PIXELS, description="held-out images, disjoint from every split")
     training: TrainingSpec = Field(default_factory=TrainingSpec)
