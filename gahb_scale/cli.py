@@ -16,6 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from . import __version__
 from .errors import UserInputError, printable
 
 EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -195,8 +196,6 @@ def _json_value(value):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gahb-scale", description="Scaling studies of memorization and "
                                      "generalization in bias-free diffusion denoisers, on Ray.")
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"gahb-scale {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     results_help = ("results root, a folder or a URI such as s3://bucket/prefix, holding the study in "

@@ -229,7 +229,9 @@ def split_pair_images(kind: str, params: dict, size: int, n: int | dict[str, int
     else:
         pool = record.pool(size, validated)
         convert = pool.uint8_images if keep_uint8 else pool.float_images
-        largest = max(count for name, count in counts.items() if name != "test")  # the held-out set's split
+        # the held-out set does not depend on N: taken from the split of the largest N given, so the
+        # pool is checked to hold that split pair
+        largest = max(count for name, count in counts.items() if name != "test")
         images = {name: convert(getattr(split_pair(len(pool), counts[name] if name != "test" else largest, n_test,
                                                    seed=pair), name.lower())) for name in parts}
     if pixel_shuffle_seed is not None:

@@ -1,8 +1,8 @@
 """Stage 2, analyse each model (a Ray task per trained model): PSNR curves (and their slope) on its
-own training images, on held-out images and on its partner's training images, samples with the study's shared seeds, the nearest
-training images of every sample and both f_mem, the distance to the memorizing solution, Jacobian
-spectra at noisy held-out images, on discs the Jacobian against the family's tangent space, and
-with weight snapshots the samples of every snapshot. The task returns its rows (`analyse_model`):
+own training images, on held-out images and on its partner's training images, samples with the
+study's shared seeds, the nearest training images of every sample and both f_mem, the distance to
+the memorizing solution, Jacobian spectra at noisy held-out images, on discs the Jacobian against
+the family's tangent space, and with weight snapshots the samples of every snapshot. The task returns its rows (`analyse_model`):
 the driver alone writes the tables.
 """
 
