@@ -52,6 +52,16 @@ def _measured_ticks(ax, values: list, fmt: str = "") -> None:
     ax.minorticks_off()
 
 
+def _n_axis(ax, rows: list[dict]) -> None:
+    """A log axis of the rows' N: ticked at each N within two decades, where matplotlib labels its
+    minor ticks too ("2×10⁰3×10⁰4×10⁰" run together); at its decades beyond, where N's own labels would."""
+    ns = sorted({row["n"] for row in rows})
+    if ns and ns[-1] <= 100 * ns[0]:
+        _measured_ticks(ax, ns)
+    else:
+        ax.set_xscale("log")
+
+
 def _mean_sd(rows: list[dict], key: str, column: str) -> tuple[list, list[float], list[float]]:
     """The values of `key` in order, and for each the mean and sd of `column` over its rows."""
     groups = group_rows(rows, key)
@@ -121,7 +131,7 @@ def transition_figure(rows: list[dict]) -> bytes:
               "solution\n‖f − f_mem‖² / noise energy, median over σ", "model A vs model B", "effective dimension tr J"]
     handles = [h for ax in (axes[4], asymmetry_axis) for h in ax.get_legend_handles_labels()[0]]
     for i, (ax, title) in enumerate(zip(axes, titles)):
-        ax.set_xscale("log")
+        _n_axis(ax, rows)
         _label(ax, "training-set size N", None, title, **BELOW, **({"handles": handles} if i == 4 else {}))
     return _png(fig)
 
@@ -344,7 +354,7 @@ def basis_overlap_figure(rows: list[dict], asymmetry: list[dict], title: str) ->
     axes[1].set_ylim(bottom=0)
     for ax, (ylabel, name) in zip(axes, [("overlap of A and B eigen-subspaces", title),
                                          ("‖J − Jᵀ‖ / ‖J‖", "asymmetry of those Jacobians (0 for an MMSE denoiser)")]):
-        ax.set_xscale("log")
+        _n_axis(ax, rows)
         _label(ax, "training-set size N", ylabel, name)
     return _png(fig)
 
