@@ -71,9 +71,9 @@ def study_spec(args, must_hold_results: bool):
         if args.results is not None:
             given = load_spec(args.spec, results_dir=args.results)
             if holds_results(given):
-                print(f"note: {printable(args.results)} holds study {spec.name} itself and is used as its folder; "
-                      f"--results now names the results root, which holds the study in "
-                      f"{printable(spec.storage.results_location())}", file=sys.stderr)
+                print(f"note: {printable(args.results)} is study {spec.name}'s own folder, used as such; --results "
+                      f"names the results root, the folder above it (here: --results "
+                      f"{printable(given.storage.results_root())})", file=sys.stderr)
                 return given
     except OSError:
         if must_hold_results:
@@ -114,6 +114,13 @@ def cmd_run(args) -> int:
         "and the next). Every column: the transition table (SQL below) and the report; every measure's "
         "definition: docs/measures.md.", width=120))
     print(format_transition(result["transition"]))
+    for row in result["transition"]:  # what the means above leave out, or rest on
+        total = row["models"] * spec.sampling.num_samples
+        told = [f"{row[key]} of {total} samples {what}" for key, what in (
+            ("diverged_samples", "diverged (left out of every sample measure)"),
+            ("capped_samples", "stopped by the sampler's step cap (sampling.max_steps) before the last noise level")) if row.get(key)]
+        if told:
+            print(f"note: {row['dataset']}/{row['architecture']} N = {row['n']}: {'; '.join(told)}")
     print()
     # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)
     bin_dir = Path(sys.executable).parent
@@ -142,10 +149,10 @@ def cmd_report(args) -> int:
 
 def cmd_status(args) -> int:
     """Which models are trained, part-trained or not started, and which analysed; then one line per model."""
-    from .study.status import study_progress
+    from .study.status import others_note, study_progress
 
     spec = study_spec(args, must_hold_results=True)
-    state, checkpointed, transition_written = study_progress(spec)
+    state, checkpointed, tables_written = study_progress(spec)
     counts = {"trained": 0, "part-trained": 0, "not started": 0}
     lines = []
     for trial in state.trials:
@@ -153,7 +160,7 @@ def cmd_status(args) -> int:
             state_of, detail = "trained", "trained"
         elif (step := checkpointed.get(trial.trial_id)) is not None:
             state_of = "part-trained"
-            detail = f"part-trained (checkpoint at step {step}/{spec.training.steps_for(trial.n)})"
+            detail = f"part-trained (resumes at step {step}/{spec.training.steps_for(trial.n)})"
         else:
             state_of, detail = "not started", "not started"
         counts[state_of] += 1
@@ -163,7 +170,9 @@ def cmd_status(args) -> int:
     print(f"study {spec.name} ({spec.storage.results_location()}): {len(state.trials)} models — {counts['trained']} "
           f"trained, {counts['part-trained']} part-trained (resume with `gahb-scale run`), {counts['not started']} not "
           f"started; {len(state.analysed)} analysed; {len(state.compared)}/{len(state.by_pair)} split pairs compared; "
-          f"transition table {'written' if transition_written else 'not written'}")
+          f"study tables and report {tables_written}")
+    if state.others:
+        print(others_note(state))
     print("\n".join([""] + lines))
     return 0
 

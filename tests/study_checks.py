@@ -9,7 +9,7 @@ from gahb_scale.study.trials import expand_trials
 
 TABLES = ("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "pairs", "pair_bases",
           "transition", "disc_tangent", "snapshot_samples", "slopes", "memorization_time", "memorization_onset",
-          "memorization_tau", "memorization_law", "memorizer_distance")
+          "memorization_tau", "memorization_law", "memorizer_distance", "spec_models")
 
 
 def table_rows(results: str) -> dict[str, list[dict]]:
@@ -32,7 +32,7 @@ def expected_row_counts(spec: StudySpec) -> dict[str, int]:
             "disc_tangent": models * jacobians, "snapshot_samples": models * snapshots * s.num_samples,
             "slopes": sizes, "memorization_time": sizes * snapshots, "memorization_onset": sizes,
             "memorization_tau": models * 2, "memorization_law": 2,  # both f_mem measures
-            "memorizer_distance": models * len(a.sigmas)}
+            "memorizer_distance": models * len(a.sigmas), "spec_models": models}
 
 
 def assert_every_row_once(results: str, spec: StudySpec) -> dict[str, list[dict]]:
@@ -43,5 +43,6 @@ def assert_every_row_once(results: str, spec: StudySpec) -> dict[str, list[dict]
         distinct = {repr(sorted(r.items())) for r in rows[name]}
         assert len(distinct) == len(rows[name]), f"{name}: a row is there twice"
         assert {r["study_id"] for r in rows[name]} == {spec.name}, name
-    assert {r["trial_id"] for r in rows["trials"]} == {t.trial_id for t in expand_trials(spec)}
+    ids = {t.trial_id for t in expand_trials(spec)}
+    assert {r["trial_id"] for r in rows["trials"]} == ids == {r["trial_id"] for r in rows["spec_models"]}
     return rows

@@ -200,6 +200,7 @@ def test_report_before_any_analysis_says_what_to_run(tmp_path, capsys):
     assert main(["report", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "study micro" in err and "gahb-scale run" in err
+    assert "is trained yet" in err and "analyses again without retraining" not in err  # none is trained
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["specs"]
 
 
@@ -231,7 +232,8 @@ def test_results_names_the_root_and_a_study_folder_given_still_works(tmp_path, c
     # the study's own folder as --results (its meaning up to version 0.5): used, with a note
     assert main(["status", str(spec), "--results", str(tmp_path / "root" / "out")]) == 0
     out, err = capsys.readouterr()
-    assert f"study micro ({tmp_path / 'root' / 'out'})" in out and "now names the results root" in err
+    assert f"study micro ({tmp_path / 'root' / 'out'})" in out
+    assert f"names the results root, the folder above it (here: --results {tmp_path / 'root'})" in err
 
 
 def test_validate_previews_a_spec_whose_data_folder_is_missing(tmp_path, capsys, monkeypatch):

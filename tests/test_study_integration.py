@@ -6,6 +6,7 @@ The tests share one results folder and run in order.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 import study_checks
 import yaml
+from mlflow.tracking import MlflowClient
 
 from gahb_scale.cli import main
+from gahb_scale.study.query import run_query
 from gahb_scale.study.spec_file import load_spec
 from gahb_scale.study.store import StudyStore, model_path
 from gahb_scale.study.train import max_concurrent, plan_packs
@@ -291,6 +294,51 @@ def test_a_study_run_again_with_fewer_models_tabulates_only_its_own(micro, tmp_p
     assert [(row["n"], row["models"]) for row in store.rows("transition")] == [(1, 2)]  # ...but not pooled
 
 
+def test_models_of_earlier_settings_stay_apart_from_the_spec_s_own(micro, tmp_path, capsys):
+    """N = 1 trained for fewer steps in a copy of the finished micro study: its two models are new
+    ones. The old ones stay in the tables, and `run` and `status` say so; spec_models tells them
+    apart, and neither the transition table nor the study run's MLflow metrics pool them."""
+    spec_path, results = micro
+    copy = tmp_path / "results"
+    shutil.copytree(results.parent, copy)
+    data = yaml.safe_load(spec_path.read_text())
+    data["storage"] = {"results_dir": str(copy / "micro")}
+    data["training"]["steps"] = {1: 30, 4: data["training"]["steps"]}
+    changed = tmp_path / "micro_changed.yaml"
+    changed.write_text(yaml.safe_dump(data))
+    note = "tables also hold 2 model(s) its spec no longer names"
+    assert main(["run", str(changed)]) == 0
+    out = capsys.readouterr().out
+    assert "[train] 2 models to train in " in out and note in out
+
+    ids = {t.trial_id for t in expand_trials(load_spec(changed))}
+    store = StudyStore(str(copy / "micro"))
+    assert len(store.rows("trials")) == 6 and {row["trial_id"] for row in store.rows("spec_models")} == ids
+    columns, rows = run_query("SELECT count(*) FROM trials JOIN spec_models USING (study_id, trial_id)", str(copy))
+    assert rows == [(4,)]
+    assert [row["models"] for row in store.rows("transition")] == [2, 2]
+    # samples that diverged (30 steps leave a weak denoiser: here all of N = 1's did) are said under the table
+    for row in store.rows("transition"):
+        note = f"note: discs/unet_micro N = {row['n']}: {row['diverged_samples']} of 8 samples diverged (left out"
+        assert (note in out) == (row["diverged_samples"] > 0)
+    client = MlflowClient(f"sqlite:///{copy / 'micro' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("gahb-scale/micro").experiment_id
+    (study_run,) = client.search_runs([experiment], "tags.`gahb.role` = 'study'")
+    for n in (1, 4):
+        (row,) = [row for row in store.rows("transition") if row["n"] == n]
+        logged = [metric for metric in client.get_metric_history(study_run.info.run_id,
+                                                                 "discs/unet_micro/ab_cosine_centered") if metric.step == n]
+        # N = 1: the first run's value, then this one's (NaN where it is undefined now); N = 4: not again
+        assert len(logged) == (2 if n == 1 else 1)
+        value = row["ab_cosine_centered"]
+        latest = max(logged, key=lambda metric: metric.timestamp).value
+        assert latest == pytest.approx(value) if value is not None and not math.isnan(value) else math.isnan(latest)
+
+    assert main(["status", str(changed)]) == 0
+    status = capsys.readouterr().out
+    assert "study tables and report written, up to date" in status and note in status
+
+
 def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys):
     """Kill a run mid-training (SIGKILL, no clean-up), then run again: it continues from the checkpoint."""
     spec_path, results = micro
@@ -320,12 +368,17 @@ def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys):
     assert not all(store.exists(model_path(t.trial_id)) for t in trials)
     assert main(["status", str(spec_file)]) == 0
     status = capsys.readouterr().out
-    assert "2 models — 0 trained, 2 part-trained" in status and status.count("part-trained (checkpoint at step") == 2
+    assert "2 models — 0 trained, 2 part-trained" in status
+    told = {int(step) for step in re.findall(r"part-trained \(resumes at step (\d+)/400\)", status)}
+    assert len(told) == 1 and len(re.findall("resumes at step", status)) == 2
 
     assert main(["run", str(spec_file)]) == 0
+    step = told.pop()
+    assert f"resumes at step {step}/400, its last checkpoint" in capsys.readouterr().out
     trained = {r["trial_id"]: r for r in store.rows("trials")}
     resumed = [trained[t.trial_id]["resumed_from_step"] for t in trials]
-    assert min(resumed) >= 50  # both models of the pack continued from its checkpoint instead of step 0
+    # both models of the pack continued from the checkpoint `status` named, not from step 0
+    assert step >= 50 and resumed == [step, step]
     assert all(trained[t.trial_id]["steps"] == 400 for t in trials)
     assert len([r for r in store.rows("pairs") if r["pair_id"] == trials[0].pair_id]) == data["sampling"]["num_samples"]
     # the finished pack's checkpoints (every model's weights and Adam state, twice) and record are dropped

@@ -13,7 +13,6 @@ model files, arrays and figures in the store.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -34,7 +33,7 @@ from .prepare import prepare_datasets
 from .progress import StageProgress, failure_reason, log, ray_output_to
 from .report import REPORT_ALWAYS, write_report
 from .spec import StudySpec
-from .status import study_state
+from .status import others_note, study_state
 from .store import STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path, spec_path
 from .summarise import summarise_study, transition_at
 from .track import StudyTracker, experiment_url, store_notice, track_models, ui_command
@@ -233,7 +232,8 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
     # until every check has passed: a refused study leaves no trace.
     check_address(address)
     check_results_location(store.results)
-    log.info(f"study {spec.name}: {len(expand_trials(spec))} models; results folder {store.results}")
+    trials = expand_trials(spec)
+    log.info(f"study {spec.name}: {len(trials)} models; results folder {store.results}")
     if notice := store_notice(spec, store):
         log.info(notice)
     if address is None and (local := local_resources()) is not None:
@@ -261,8 +261,9 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
                 tracker.start(spec_text)
                 log.info(f"[mlflow] {experiment_url(tracker.uri, tracker.experiment_id)}  ({ui_command(tracker.uri)})")
                 tables = StudyTables(store, spec.name)
-                if datasets.rows != tables.key_rows("datasets", "study"):
-                    tables.put("datasets", datasets.rows)
+                for name, rows in (("datasets", datasets.rows), ("spec_models", [t.as_row() for t in trials])):
+                    if rows != tables.key_rows(name, "study"):
+                        tables.put(name, rows)
                 outcome = _run_stages(spec, store, tables, tracker, address, verbose)
             finally:
                 ray.shutdown()
@@ -291,6 +292,8 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
 
     state = study_state(spec, store, tables)
     trials, analysis_key, resources = state.trials, state.analysis_key, spec.resources
+    if state.others:
+        log.info(others_note(state))
     by_id = {trial.trial_id: trial for trial in trials}
 
     # 1. training (Tune grid of TorchTrainers, one per pack), then each trained model's rows
@@ -332,6 +335,9 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
     compared, by_pair = state.compared, state.by_pair
     ready = [(pair["A"], pair["B"]) for pair_id, pair in by_pair.items()
              if pair_id not in compared and pair["A"].trial_id in analysed and pair["B"].trial_id in analysed]
+    # the tables of the spec's own models: a folder also keeps those of an earlier version of the
+    # spec (other settings), which this N's point must not pool with them
+    current = tables.of(analysed, compared)
     pairs_left = defaultdict(set)  # per N, its pairs not compared yet
     for trial_a, _ in ready:
         pairs_left[trial_a.n].add(trial_a.pair_id)
@@ -344,7 +350,7 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
         pairs_left[n].discard(pair_id)
         if not pairs_left[n]:  # the transition curve gets this N's point now
             buffer.flush()
-            tracker.log_transition(transition_at(spec, tables, n))
+            tracker.log_transition(transition_at(spec, current, n))
 
     def pair_failed(pair_id: str, reason: str) -> None:
         for trial in by_pair[pair_id].values():
@@ -369,9 +375,11 @@ def _report(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: St
     state = outcome["state"]
     reported = [trial for trial in state.trials
                 if all(member.trial_id in state.analysed for member in state.by_pair[trial.pair_id].values())]
-    stamp = json.dumps({"analysis_id": state.analysis_key, "analysed": sorted(state.analysed),
-                        "compared": sorted(state.compared)}).encode()
+    stamp = state.stamp()
     report_files = None
+    # what the study run holds of the transition, if it holds this summary: the values not to log again
+    complete = tracker.study_logged(state.analysis_key)
+    held = tables.key_rows("transition", "study") if complete else []
     if state.analysed and (store.read_if_present(report_stamp_path(spec.name)) != stamp or not reported or
                            not set(REPORT_ALWAYS) <= set(store.files_below(report_dir(spec.name), recursive=False))):
         current = tables.of(state.analysed, state.compared)
@@ -385,9 +393,9 @@ def _report(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: St
         return {"report": None, "transition": transition}
     tracked = [trial for trial in reported if trial.pair_id in state.compared]
     logged = track_models(tracker, tracked, tables, state.analysis_key)
-    if logged or report_files or not tracker.study_logged(state.analysis_key):
+    if logged or report_files or not complete:  # a run that failed to log the study logs it now
         tracker.log_study(state.analysis_key, transition, tables.key_rows("memorization_law", "study"),
-                          report_files or read_report(store, spec.name))  # a run that failed to log it logs it now
+                          report_files or read_report(store, spec.name), held)
     report = store.uri(f"{report_dir(spec.name)}/index.html")
     log.info(f"[report] {report}")
     return {"report": report, "transition": transition}
@@ -400,9 +408,11 @@ def report_study(spec: StudySpec) -> str:
     tables = StudyTables(store, spec.name)
     state = study_state(spec, store, tables)
     if not state.analysed:
-        raise UserInputError(f"study {spec.name}: no model under {store.results} is analysed with this spec's "
-                             f"sampling/analysis settings and gahb-scale {gahb_scale.__version__} yet; run "
-                             f"`gahb-scale run` on this spec first (it analyses again without retraining)")
+        done = (f"is analysed with this spec's sampling/analysis settings and gahb-scale {gahb_scale.__version__} "
+                f"yet; run `gahb-scale run` on this spec first (it analyses again without retraining)" if state.trained
+                else "is trained yet (other training settings name other models); run `gahb-scale run` on this "
+                     "spec first")
+        raise UserInputError(f"study {spec.name}: no model of this spec under {store.results} {done}")
     files = write_report(spec, store, tables.of(state.analysed, state.compared))
     tracker = StudyTracker(spec, store)
     tracker.log_report(files)

@@ -12,7 +12,7 @@ from functools import cached_property
 import pyarrow.fs as pafs
 
 from .spec import StudySpec
-from .store import CHECKPOINT_STEP_FILE, StudyStore, StudyTables, pack_path, pack_run_dir, spec_path
+from .store import StudyStore, StudyTables, pack_path, pack_run_dir, report_stamp_path, spec_path
 from .trials import Trial, analysis_id, expand_trials
 
 
@@ -25,6 +25,7 @@ class StudyState:
     registered: set[str]  # a row in the trials table
     analysed: set[str]  # model_metrics rows of these analysis settings
     compared: set[str]  # pairs rows of these analysis settings
+    others: set[str]  # models in the trials table that the spec no longer names (other settings, N, ...)
 
     @cached_property
     def by_pair(self) -> dict[str, dict[str, Trial]]:
@@ -33,6 +34,18 @@ class StudyState:
         for trial in self.trials:
             pairs[trial.pair_id][trial.split] = trial
         return pairs
+
+    def stamp(self) -> bytes:
+        """What the study tables and report are made from: they are made again when it changes."""
+        return json.dumps({"analysis_id": self.analysis_key, "analysed": sorted(self.analysed),
+                           "compared": sorted(self.compared)}).encode()
+
+
+def others_note(state: StudyState) -> str:
+    """What a reader of the tables must know when they hold models the spec no longer names."""
+    return (f"the study's tables also hold {len(state.others)} model(s) its spec no longer names (other training "
+            f"settings, or an N, seed or dataset taken out): kept, and left out of its transition table, report "
+            f"and MLflow results; a query leaves them out with JOIN spec_models (docs/tables.md)")
 
 
 def trained_models(store: StudyStore) -> set[str]:
@@ -54,33 +67,32 @@ def _keys_with(tables: StudyTables, name: str, keys: set[str], analysis_key: str
 def study_state(spec: StudySpec, store: StudyStore, tables: StudyTables) -> StudyState:
     """The study's state: a listing of the models, and of the trials, model_metrics and pairs tables."""
     trials, key = expand_trials(spec), analysis_id(spec)
-    ids = {trial.trial_id for trial in trials}
-    return StudyState(trials, key, trained_models(store) & ids, set(store.table_keys("trials", spec.name)) & ids,
+    ids, listed = {trial.trial_id for trial in trials}, set(store.table_keys("trials", spec.name))
+    return StudyState(trials, key, trained_models(store) & ids, listed & ids,
                       _keys_with(tables, "model_metrics", ids, key),
-                      _keys_with(tables, "pairs", {trial.pair_id for trial in trials}, key))
+                      _keys_with(tables, "pairs", {trial.pair_id for trial in trials}, key), listed - ids)
+
+
+def resume_step(store: StudyStore, pack_id: str) -> int | None:
+    """The step a pack resumes from: that of the last checkpoint Ray Train registered in its run's
+    snapshot (a newer checkpoint folder may be one it never registered, which it will not use);
+    None for none, or a snapshot this version cannot read."""
+    try:
+        snapshot = json.loads(store.read_bytes(f"{pack_run_dir(pack_id)}/checkpoint_manager_snapshot.json"))
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["step"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:
-    """trial id -> the furthest checkpoint step of any pack holding it (packs listed under packs/):
-    the step file of each pack's newest Ray Train checkpoint, not its whole training state."""
+    """trial id -> the step its pack resumes from (packs listed under packs/), for those with one."""
     steps: dict[str, int] = {}
     for file in store.files_below("packs", recursive=False):
         pack_id = file.removesuffix(".json")
         members = set(json.loads(store.read_bytes(pack_path(pack_id)))) & trial_ids
-        if not members:  # another study's pack, sharing the results folder: its run is not listed
-            continue
-        ray_run = pafs.FileSelector(store.path(pack_run_dir(pack_id)), allow_not_found=True)
-        checkpoints = sorted(info.path for info in store.fs.get_file_info(ray_run)
-                             if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
-        if not checkpoints:
-            continue
-        try:  # a checkpoint still being written, or one of 0.4 (no step file): nothing to report
-            with store.fs.open_input_stream(f"{checkpoints[-1]}/{CHECKPOINT_STEP_FILE}") as f:
-                step = int(f.read())
-        except (FileNotFoundError, ValueError):
-            continue
-        for trial_id in members:
-            steps[trial_id] = max(step, steps.get(trial_id, 0))
+        # another study's pack, sharing the results folder, is not asked
+        if members and (step := resume_step(store, pack_id)) is not None:
+            steps.update(dict.fromkeys(members, step))
     return steps
 
 
@@ -96,10 +108,12 @@ def holds_results(spec: StudySpec) -> bool:
     return not {info.base_name for info in models}.isdisjoint(t.trial_id for t in expand_trials(spec))
 
 
-def study_progress(spec: StudySpec) -> tuple[StudyState, dict[str, int], bool]:
-    """What `gahb-scale status` reports: the study's state, the step of the newest checkpoint of each
-    model not trained (a part-trained one), and whether the transition table is written."""
+def study_progress(spec: StudySpec) -> tuple[StudyState, dict[str, int], str]:
+    """What `gahb-scale status` reports: the study's state, the step each model not trained resumes
+    from (a part-trained one), and whether the study tables and report are written, up to date."""
     store = StudyStore(spec.storage.results_location())
     state = study_state(spec, store, StudyTables(store, spec.name))
-    return (state, _checkpoint_steps(store, {t.trial_id for t in state.trials} - state.trained),
-            bool(store.table_keys("transition", spec.name)))
+    made = store.read_if_present(report_stamp_path(spec.name))
+    written = ("not written" if made is None else "written, up to date" if made == state.stamp() else
+               "written, of other models or settings: `gahb-scale run` makes them again")
+    return state, _checkpoint_steps(store, {t.trial_id for t in state.trials} - state.trained), written

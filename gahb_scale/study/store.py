@@ -38,7 +38,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "disc_tangent",
                      "snapshot_samples", "memorizer_distance"), ("study_id", "trial_id")),
     **dict.fromkeys(("pairs", "pair_bases"), ("study_id", "pair_id")),
-    **dict.fromkeys(("datasets", "transition", "slopes", "shuffle_psnr", "memorization_time", "memorization_onset",
+    **dict.fromkeys(("datasets", "spec_models", "transition", "slopes", "shuffle_psnr", "memorization_time", "memorization_onset",
                      "memorization_tau", "memorization_law"), ("study_id",)),
 }
 
@@ -81,9 +81,8 @@ def pack_run_dir(pack_id: str) -> str:
     return f"ray/{pack_id}"
 
 
-# A Ray Train checkpoint folder of a pack (`pack_run_dir(pack_id)/checkpoint_*`): the pack's training
-# state, and its step alone, for `status`.
-STATE_FILE, CHECKPOINT_STEP_FILE = "train_state.pt", "step.txt"
+# The pack's training state in a Ray Train checkpoint folder (`pack_run_dir(pack_id)/checkpoint_*`)
+STATE_FILE = "train_state.pt"
 
 
 def report_dir(study: str) -> str:

@@ -81,6 +81,10 @@ def experiment_url(uri: str, experiment_id: str) -> str:
     return f"{uri.rstrip('/') if _is_server(uri) else LOCAL_UI}/#/experiments/{experiment_id}/runs"
 
 
+def _row_key(row: dict, column: str) -> tuple:
+    return row["dataset"], row["architecture"], row["n"], column
+
+
 class StudyTracker:
     """A study's MLflow runs, found again by tag or created; written by the driver only."""
 
@@ -200,24 +204,31 @@ class StudyTracker:
             self.monitor = None
         self.client.set_terminated(self.parent_id, status)
 
-    def log_transition(self, rows: list[dict]) -> None:
-        """Transition metrics on the study run, step = N (the charts' x axis; log scale in their settings)."""
-        now = int(time.time() * 1000)
+    def log_transition(self, rows: list[dict], held: list[dict] = ()) -> None:
+        """Transition metrics on the study run, step = N (the charts' x axis; log scale in their settings);
+        NaN where a measure is undefined, so that a value an earlier summary logged does not stay. A
+        value the run already holds (`held`: the rows it was last given) is not logged again: it would
+        be one more point at the same N."""
+        now, kept = int(time.time() * 1000), {_row_key(row, key): repr(row.get(key)) for row in held
+                                              for key in logged_columns()}
         self.transition_logged |= {int(row["n"]) for row in rows}
-        self._metrics(self.parent_id, [Metric(f"{row['dataset']}/{row['architecture']}/{key}", float(row[key]), now,
-                                              int(row["n"])) for row in rows for key in logged_columns()
-                                       if row.get(key) is not None])
+        self._metrics(self.parent_id, [
+            Metric(f"{row['dataset']}/{row['architecture']}/{key}",
+                   math.nan if row.get(key) is None else float(row[key]), now, int(row["n"]))
+            for row in rows for key in logged_columns() if kept.get(_row_key(row, key)) != repr(row.get(key))],
+            undefined_too=True)
 
     def study_logged(self, analysis_key: str) -> bool:
         """Whether the study run holds the study's tables and report for these analysis settings."""
         return self.client.get_run(self.parent_id).data.tags.get(ANALYSIS_TAG) == analysis_key
 
-    def log_study(self, analysis_key: str, transition: list[dict], law: list[dict], report: dict[str, bytes]) -> None:
+    def log_study(self, analysis_key: str, transition: list[dict], law: list[dict], report: dict[str, bytes],
+                  held: list[dict] = ()) -> None:
         """The study-level results once every stage has run: the transition's rows not logged while
-        the pairs were compared; the memorization-time law, per dataset/architecture and f_mem measure
+        the pairs were compared (of those, the values `held` does not hold); the memorization-time law, per dataset/architecture and f_mem measure
         (the exponent of τ_mem ∝ N^b, its 95% CI and how many N values it was fitted on; NaN where
         there is no fit or no interval); the transition figure and the report."""
-        self.log_transition([row for row in transition if row["n"] not in self.transition_logged])
+        self.log_transition([row for row in transition if row["n"] not in self.transition_logged], held)
         now, suffix = int(time.time() * 1000), {"f_mem": "", "f_mem_scale_free": "_scale_free"}
         # NaN too (no fit, or no interval): a value an earlier summary of the study logged must not stay
         self._metrics(self.parent_id, [

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,8 +35,8 @@ from .prepare import split_images
 from .progress import StageProgress, failure_reason, log, loss_summary
 from .spec import StudySpec
 from ..errors import UserInputError
-from .status import StudyState, trained_models
-from .store import (CHECKPOINT_STEP_FILE, STATE_FILE, StudyStore, StudyTables, model_path, pack_path, pack_run_dir,
+from .status import StudyState, resume_step, trained_models
+from .store import (STATE_FILE, StudyStore, StudyTables, model_path, pack_path, pack_run_dir,
                     snapshot_path, training_record_path)
 from .trials import Trial, short_id
 
@@ -100,7 +100,6 @@ def train_worker(payload: dict) -> None:
 
     def on_checkpoint(step: int, path: Path) -> None:
         nonlocal reported
-        (workdir / CHECKPOINT_STEP_FILE).write_text(str(step))  # `status` reads this, not the whole state
         checkpoint = ray.train.Checkpoint.from_directory(str(workdir)) if rank == 0 else None
         ray.train.report({**last, "step": step}, checkpoint=checkpoint)
         reported = time.monotonic()
@@ -162,6 +161,7 @@ class Pack:
     """Models trained together in one Ray Train run, as one `ModelPack` (a single model when
     packing is off). Its id names the run, so a re-started study finds the pack's checkpoint."""
     trials: tuple[Trial, ...]
+    resumes_at: int | None = field(default=None, compare=False)  # the step of its checkpoint, if any
 
     @property
     def pack_id(self) -> str:
@@ -261,6 +261,10 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
     todo = {t.trial_id for p in packs for t in p.trials} - state.trained
     log.info(f"[train] {len(todo)} models to train in {len(packs)} pack(s) of {sizes}, "
              f"{min(concurrency, len(packs))} at a time")
+    for pack in packs:
+        if pack.resumes_at is not None:
+            log.info(f"[train] {pack.pack_id} resumes at step {pack.resumes_at}/"
+                     f"{spec.training.steps_for(pack.trials[0].n)}, its last checkpoint")
     progress = TrainProgress(spec, {p.pack_id: p for p in packs}, tracker)
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads),
@@ -314,7 +318,7 @@ def packs_to_train(spec: StudySpec, store: StudyStore, trials: list[Trial], trai
         if set(members) <= trained:  # finished by a run that stopped before it could drop it
             drop_finished_pack(store, pack_id)
         elif set(members) <= by_id.keys():
-            resumed.append(Pack(tuple(by_id[trial_id] for trial_id in members)))
+            resumed.append(Pack(tuple(by_id[trial_id] for trial_id in members), resume_step(store, pack_id)))
         else:
             store.fs.delete_file(store.path(pack_path(pack_id)))
     held = {t.trial_id for p in resumed for t in p.trials}
@@ -358,8 +362,9 @@ class TrainProgress(ray.tune.Callback):
     def __init__(self, spec: StudySpec, packs: dict[str, Pack], tracker: StudyTracker):
         self.packs, self.tracker = packs, tracker
         self.steps = {pack_id: spec.training.steps_for(pack.trials[0].n) for pack_id, pack in packs.items()}
-        self.reached = dict.fromkeys(packs, 0)  # the last step each pack reported
-        self.bar = StageProgress("train", sum(self.steps.values()), "step")
+        # the last step each pack reported (or resumes from: the bar counts the steps still to go)
+        self.reached = {pack_id: pack.resumes_at or 0 for pack_id, pack in packs.items()}
+        self.bar = StageProgress("train", sum(self.steps[p] - self.reached[p] for p in packs), "step")
         self.last_print: dict[str, float] = {}
 
     def __getstate__(self) -> dict:
