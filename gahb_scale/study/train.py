@@ -266,12 +266,13 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
             log.info(f"[train] {pack.pack_id} resumes at step {pack.resumes_at}/"
                      f"{spec.training.steps_for(pack.trials[0].n)}, its last checkpoint")
     progress = TrainProgress(spec, {p.pack_id: p for p in packs}, tracker)
+    experiment = f"train-{int(time.time())}"
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads),
                                 {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
         param_space={"pack_id": ray.tune.grid_search(list(payloads))},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
-        run_config=ray.tune.RunConfig(name=f"train-{int(time.time())}", verbose=1 if verbose else 0,
+        run_config=ray.tune.RunConfig(name=experiment, verbose=1 if verbose else 0,
                                       callbacks=[progress],
                                       # a trial whose driver died with its node starts again, and its
                                       # TorchTrainer (same name, same storage) resumes from the checkpoint
@@ -282,6 +283,12 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
         tuner.fit()
     finally:
         progress.close()
+    # Tune's record of this grid serves a Tuner.restore the study never asks for (a pack resumes from
+    # its own run, ray/<pack id>): one folder per run would pile up
+    try:
+        store.fs.delete_dir(store.path(f"ray/{experiment}"))
+    except FileNotFoundError:
+        pass
     trained = trained_models(store)
     for pack in packs:
         if {t.trial_id for t in pack.trials} <= trained:
