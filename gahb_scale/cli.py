@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -86,6 +87,10 @@ def study_spec(args, must_hold_results: bool):
     return spec
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_run(args) -> int:
     spec = study_spec(args, must_hold_results=False)  # validate before Ray starts: a bad spec writes nothing
     from .study.progress import show_progress
@@ -93,6 +98,9 @@ def cmd_run(args) -> int:
     from .study.track import ui_command
 
     show_progress()
+    # SIGTERM (`ray job stop`, a pod deleted, `kill`) ends the run as Ctrl-C does: runs marked KILLED,
+    # the study's run marker removed, finished work saved
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_study(spec, Path(args.spec).read_text(), address=args.address, verbose=args.verbose)
     except StudyFailed as exc:
@@ -103,6 +111,8 @@ def cmd_run(args) -> int:
                  else "nothing was written")
         print(f"interrupted: {saved}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     basis_chance = "/".join(sorted({f"{value:.3f}" for row in result["transition"]
                                     if (value := row["ab_basis_overlap_chance"]) is not None and math.isfinite(value)}))
     print()
@@ -152,7 +162,7 @@ def cmd_status(args) -> int:
     from .study.status import others_note, study_progress
 
     spec = study_spec(args, must_hold_results=True)
-    state, checkpointed, tables_written = study_progress(spec)
+    state, checkpointed, tables_written, run = study_progress(spec)
     counts = {"trained": 0, "part-trained": 0, "not started": 0}
     lines = []
     for trial in state.trials:
@@ -171,6 +181,8 @@ def cmd_status(args) -> int:
           f"trained, {counts['part-trained']} part-trained (resume with `gahb-scale run`), {counts['not started']} not "
           f"started; {len(state.analysed)} analysed; {len(state.compared)}/{len(state.by_pair)} split pairs compared; "
           f"study tables and report {tables_written}")
+    if run is not None:
+        print(f"running now: process {run['pid']} on {run['host']}, since {run['started']}")
     if state.others:
         print(others_note(state))
     print("\n".join([""] + lines))

@@ -4,7 +4,7 @@ on local disk, on object storage and on a multi-node cluster."""
 from __future__ import annotations
 
 from gahb_scale.study.spec import StudySpec
-from gahb_scale.study.store import StudyStore
+from gahb_scale.study.store import StudyStore, run_marker_path
 from gahb_scale.study.trials import expand_trials
 
 TABLES = ("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "pairs", "pair_bases",
@@ -38,6 +38,7 @@ def expected_row_counts(spec: StudySpec) -> dict[str, int]:
 def assert_every_row_once(results: str, spec: StudySpec) -> dict[str, list[dict]]:
     """Every table holds exactly the rows the study makes: none missing, none twice."""
     rows = table_rows(results)
+    assert not StudyStore(str(results)).exists(run_marker_path(spec.name)), "the run left its marker behind"
     for name, expected in expected_row_counts(spec).items():
         assert len(rows[name]) == expected, f"{name}: {len(rows[name])} rows, expected {expected}"
         distinct = {repr(sorted(r.items())) for r in rows[name]}

@@ -254,8 +254,10 @@ def test_ctrl_c_before_anything_is_written_exits_130_without_claiming_saved_work
     assert not (tmp_path / "out").exists()
 
 
-def test_ctrl_c_in_a_real_process_exits_130(tmp_path):
-    """A real SIGINT while `run` is busy before anything is written (a stage made to never end)."""
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_in_a_real_process_exits_130(tmp_path, sent):
+    """A real SIGINT while `run` is busy before anything is written (a stage made to never end); or
+    SIGTERM, as `ray job stop` or a deleted pod sends it, which ends the run the same way."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(micro(tmp_path)))
     script = ("import sys, time; from gahb_scale.study import runner\n"
@@ -268,7 +270,7 @@ def test_ctrl_c_in_a_real_process_exits_130(tmp_path):
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert process.stderr.readline() == "preparing\n"
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sent)
         _, err = process.communicate(timeout=CASE_SECONDS)
     finally:
         process.kill()

@@ -318,3 +318,37 @@ def test_a_failed_trial_is_told_in_one_line_from_the_exception_ray_wraps():
     assert failure_reason(ValueError("two\nlines")) == "ValueError: two lines"
     assert failure_reason("Failure # 1\nray.tune.TuneError: no resources\n") == "ray.tune.TuneError: no resources"
     assert failure_reason(None) == "no error was saved"
+
+
+def test_a_second_run_of_a_running_study_is_refused_and_status_says_it_runs(tmp_path, capsys):
+    """Two runs of one study would train the same models: while a run's marker names a live process
+    the second is refused before it writes anything, and `status` says who runs it. A marker left by a
+    process that is gone (a run killed with no clean-up) holds nothing up."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from gahb_scale.study.store import StudyStore, run_marker_path, spec_path
+
+    spec = tmp_path / "micro.yaml"
+    spec.write_text(yaml.safe_dump(micro(tmp_path)))
+    store = StudyStore(str(tmp_path / "out"))
+    store.write_bytes(spec_path("micro"), spec.read_bytes())
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        marker = {"host": socket.gethostname(), "pid": holder.pid, "started": "2026-12-07 09:00:00"}
+        store.write_bytes(run_marker_path("micro"), json.dumps(marker).encode())
+        before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "out").rglob("*"))
+        assert main(["run", str(spec)]) == 2
+        err = capsys.readouterr().err
+        assert f"study micro is being run now, by process {holder.pid} on {socket.gethostname()}" in err
+        assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "out").rglob("*")) == before
+        assert main(["status", str(spec)]) == 0
+        assert f"running now: process {holder.pid} on {socket.gethostname()}, since 2026-12-07 09:00:00" in \
+            capsys.readouterr().out
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["status", str(spec)]) == 0
+    assert "running now" not in capsys.readouterr().out

@@ -48,7 +48,9 @@ def test_a_study_makes_at_most_half_the_store_operations_per_model_of_0_6(tmp_pa
           f"(0.6.0: {BEFORE_PER_MODEL:.1f})")
     assert sum(first.values()) / models <= BEFORE_PER_MODEL / 2
 
-    _run(spec, tmp_path / "again")  # a finished study: nothing to train, analyse or write but its spec
+    # a finished study: nothing to train, analyse or write but its spec (a write and its move) and
+    # the run marker (its folder, the write, its removal)
+    _run(spec, tmp_path / "again")
     again = counting_store.counts(tmp_path / "again")
     print(f"store operations, re-run: {dict(again)}")
-    assert again["write"] <= 3 and sum(again.values()) <= 67 / 2
+    assert again["write"] <= 5 and sum(again.values()) <= 67 / 2

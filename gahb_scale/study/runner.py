@@ -13,10 +13,12 @@ model files, arrays and figures in the store.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -33,8 +35,9 @@ from .prepare import prepare_datasets
 from .progress import StageProgress, failure_reason, log, ray_output_to
 from .report import REPORT_ALWAYS, write_report
 from .spec import StudySpec
-from .status import others_note, study_state
-from .store import STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path, spec_path
+from .status import others_note, running, study_state
+from .store import (STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path,
+                    run_marker_path, spec_path)
 from .summarise import summarise_study, transition_at
 from .track import StudyTracker, experiment_url, store_notice, track_models, ui_command
 from .trials import expand_trials
@@ -214,6 +217,19 @@ def _gather(refs: dict, what: str, buffer: _Buffered, on_done: Callable[[object,
     return failed
 
 
+@contextmanager
+def _marked_running(store: StudyStore, study: str):
+    """While inside, the study's run marker names this process (`status.running` reads it)."""
+    marker = run_marker_path(study)
+    store.write_bytes(marker, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                          "started": f"{datetime.now():%Y-%m-%d %H:%M:%S}"}).encode(),
+                      atomic=False)  # a marker read half-written is taken for none
+    try:
+        yield
+    finally:
+        store.fs.delete_file(store.path(marker))
+
+
 def has_saved_work(spec: StudySpec) -> bool:
     """Whether a run of this study got past its checks (now or before), so an interrupted run
     leaves work that the same command continues from."""
@@ -244,13 +260,17 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
             log.info(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing "
                      f"{row['duplicates_removed']} near-duplicates (|correlation| > "
                      f"{row['near_duplicate_threshold']:g} on copies pooled by int(side/20))")
+    if (other := running(store, spec.name)) is not None:  # two runs would train the same models
+        raise UserInputError(f"study {spec.name} is being run now, by process {other['pid']} on {other['host']} "
+                             f"since {other['started']}: let it finish or stop it (if no such run is going on, "
+                             f"delete {store.uri(run_marker_path(spec.name))})")
     log_path = None
     if not verbose:  # Ray's own output: beside local results, else in this machine's home folder
         folder = Path(store.path("logs")) if "://" not in store.results else Path.home() / ".gahb-scale" / "logs"
         log_path = folder / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}.log"
         log.info(f"Ray's own output: {log_path} (run --verbose shows it here)")
     tracker, status = None, "FAILED"
-    with ray_output_to(log_path):
+    with ray_output_to(log_path), _marked_running(store, spec.name):
         try:
             start_ray(address, verbose)
             try:

@@ -5,6 +5,8 @@ are part-trained, whether the transition table is written)."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
@@ -12,7 +14,7 @@ from functools import cached_property
 import pyarrow.fs as pafs
 
 from .spec import StudySpec
-from .store import StudyStore, StudyTables, pack_path, pack_run_dir, report_stamp_path, spec_path
+from .store import StudyStore, StudyTables, pack_path, pack_run_dir, report_stamp_path, run_marker_path, spec_path
 from .trials import Trial, analysis_id, expand_trials
 
 
@@ -46,6 +48,25 @@ def others_note(state: StudyState) -> str:
     return (f"the study's tables also hold {len(state.others)} model(s) its spec no longer names (other training "
             f"settings, or an N, seed or dataset taken out): kept, and left out of its transition table, report "
             f"and MLflow results; a query leaves them out with JOIN spec_models (docs/tables.md)")
+
+
+def running(store: StudyStore, study: str) -> dict | None:
+    """The run of the study going on now, by its marker: {"host", "pid", "started"}; None where
+    there is none, or where its process is gone (a run killed on this machine with no clean-up).
+    A run on another machine cannot be checked: its marker holds until it ends."""
+    try:
+        run = json.loads(store.read_bytes(run_marker_path(study)))
+        pid = int(run["pid"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    if run.get("host") == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # another user's process: alive
+            pass
+    return run
 
 
 def trained_models(store: StudyStore) -> set[str]:
@@ -108,12 +129,14 @@ def holds_results(spec: StudySpec) -> bool:
     return not {info.base_name for info in models}.isdisjoint(t.trial_id for t in expand_trials(spec))
 
 
-def study_progress(spec: StudySpec) -> tuple[StudyState, dict[str, int], str]:
+def study_progress(spec: StudySpec) -> tuple[StudyState, dict[str, int], str, dict | None]:
     """What `gahb-scale status` reports: the study's state, the step each model not trained resumes
-    from (a part-trained one), and whether the study tables and report are written, up to date."""
+    from (a part-trained one), whether the study tables and report are written, up to date, and the
+    run going on now, if any."""
     store = StudyStore(spec.storage.results_location())
     state = study_state(spec, store, StudyTables(store, spec.name))
     made = store.read_if_present(report_stamp_path(spec.name))
     written = ("not written" if made is None else "written, up to date" if made == state.stamp() else
                "written, of other models or settings: `gahb-scale run` makes them again")
-    return state, _checkpoint_steps(store, {t.trial_id for t in state.trials} - state.trained), written
+    return (state, _checkpoint_steps(store, {t.trial_id for t in state.trials} - state.trained), written,
+            running(store, spec.name))

@@ -59,6 +59,12 @@ def spec_path(study: str) -> str:
     return f"specs/{study}.yaml"
 
 
+def run_marker_path(study: str) -> str:
+    """Held by a run of the study while it runs (its machine, process and start): another run of
+    the same study refuses to start, and `status` says it is running."""
+    return f"specs/{study}.running"
+
+
 def model_path(trial_id: str) -> str:
     """A trained model's weights (and final step), written once its training finished: the mark
     of a trained model."""
