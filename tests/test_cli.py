@@ -1,11 +1,14 @@
 """The command line on bad input: one clear message naming the field or file, exit 2, nothing written."""
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from gahb_scale.cli import format_transition, main
+from gahb_scale.study.status import MARKER_STALE, running
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -337,7 +340,7 @@ def test_a_second_run_of_a_running_study_is_refused_and_status_says_it_runs(tmp_
     store.write_bytes(spec_path("micro"), spec.read_bytes())
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        marker = {"host": socket.gethostname(), "pid": holder.pid, "started": "2026-12-07 09:00:00"}
+        marker = {"host": socket.gethostname(), "pid": holder.pid, "started": "2026-12-07 09:00:00", "beat": time.time()}
         store.write_bytes(run_marker_path("micro"), json.dumps(marker).encode())
         before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "out").rglob("*"))
         assert main(["run", str(spec)]) == 2
@@ -352,3 +355,27 @@ def test_a_second_run_of_a_running_study_is_refused_and_status_says_it_runs(tmp_
         holder.wait()
     assert main(["status", str(spec)]) == 0
     assert "running now" not in capsys.readouterr().out
+    # a run on another machine: its process cannot be looked up from here, its marker's beat can
+    for age, runs in ((30, True), (MARKER_STALE + 30, False)):
+        marker = {"host": "elsewhere", "pid": 1, "started": "2026-12-07 09:00:00", "beat": time.time() - age}
+        store.write_bytes(run_marker_path("micro"), json.dumps(marker).encode())
+        assert main(["status", str(spec)]) == 0
+        assert ("running now: process 1 on elsewhere" in capsys.readouterr().out) == runs
+
+
+def test_a_run_rewrites_its_marker_while_it_runs_and_removes_it_at_the_end(tmp_path, monkeypatch):
+    import json
+
+    from gahb_scale.study import runner
+    from gahb_scale.study.store import StudyStore, run_marker_path
+
+    monkeypatch.setattr(runner, "MARKER_BEAT", 0.05)
+    store = StudyStore(str(tmp_path / "out"))
+    with runner._marked_running(store, "micro"):
+        first = json.loads(store.read_bytes(run_marker_path("micro")))
+        deadline = time.monotonic() + 30
+        while json.loads(store.read_bytes(run_marker_path("micro")))["beat"] == first["beat"]:
+            assert time.monotonic() < deadline, "the marker was not rewritten"
+            time.sleep(0.05)
+        assert first["pid"] == os.getpid() and running(store, "micro") is not None
+    assert not store.exists(run_marker_path("micro")) and running(store, "micro") is None

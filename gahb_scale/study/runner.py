@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from .prepare import prepare_datasets
 from .progress import StageProgress, failure_reason, log, ray_output_to
 from .report import REPORT_ALWAYS, write_report
 from .spec import StudySpec
-from .status import others_note, running, study_state
+from .status import MARKER_BEAT, others_note, running, study_state
 from .store import (STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path,
                     run_marker_path, spec_path)
 from .summarise import summarise_study, transition_at
@@ -219,14 +220,30 @@ def _gather(refs: dict, what: str, buffer: _Buffered, on_done: Callable[[object,
 
 @contextmanager
 def _marked_running(store: StudyStore, study: str):
-    """While inside, the study's run marker names this process (`status.running` reads it)."""
-    marker = run_marker_path(study)
-    store.write_bytes(marker, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                          "started": f"{datetime.now():%Y-%m-%d %H:%M:%S}"}).encode(),
-                      atomic=False)  # a marker read half-written is taken for none
+    """While inside, the study's run marker names this process (`status.running` reads it), and is
+    rewritten every MARKER_BEAT seconds: from another machine, a marker left unrewritten is a run
+    that died there."""
+    marker, stop = run_marker_path(study), threading.Event()
+    run = {"host": socket.gethostname(), "pid": os.getpid(), "started": f"{datetime.now():%Y-%m-%d %H:%M:%S}"}
+
+    def beat(atomic: bool = True) -> None:
+        store.write_bytes(marker, json.dumps({**run, "beat": time.time()}).encode(), atomic=atomic)
+
+    def keep_beating() -> None:
+        while not stop.wait(MARKER_BEAT):
+            try:
+                beat()
+            except OSError:  # the store did not answer this once: the next beat tries again
+                pass
+
+    beat(atomic=False)  # a first marker read half-written is taken for none
+    beating = threading.Thread(target=keep_beating, name="run-marker", daemon=True)
+    beating.start()
     try:
         yield
     finally:
+        stop.set()
+        beating.join()
         store.fs.delete_file(store.path(marker))
 
 

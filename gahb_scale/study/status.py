@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
@@ -50,22 +51,28 @@ def others_note(state: StudyState) -> str:
             f"and MLflow results; a query leaves them out with JOIN spec_models (docs/tables.md)")
 
 
+# A run rewrites its marker this often; a marker from another machine not rewritten for
+# MARKER_STALE seconds is a run that died there (its process cannot be looked up from here).
+MARKER_BEAT, MARKER_STALE = 60.0, 600.0
+
+
 def running(store: StudyStore, study: str) -> dict | None:
-    """The run of the study going on now, by its marker: {"host", "pid", "started"}; None where
-    there is none, or where its process is gone (a run killed on this machine with no clean-up).
-    A run on another machine cannot be checked: its marker holds until it ends."""
+    """The run of the study going on now, by its marker: {"host", "pid", "started", "beat"}; None
+    where there is none, or where it ended with no clean-up: its process is gone (on this machine),
+    or its marker went unrewritten for MARKER_STALE seconds (on another)."""
     try:
         run = json.loads(store.read_bytes(run_marker_path(study)))
-        pid = int(run["pid"])
+        pid, beat = int(run["pid"]), float(run["beat"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
-    if run.get("host") == socket.gethostname():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:  # another user's process: alive
-            pass
+    if run.get("host") != socket.gethostname():
+        return run if time.time() - beat < MARKER_STALE else None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # another user's process: alive
+        pass
     return run
 
 
