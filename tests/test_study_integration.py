@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -293,6 +294,20 @@ def test_a_study_run_again_with_fewer_models_tabulates_only_its_own(micro, tmp_p
     assert len(store.rows("model_metrics")) == 4  # the N = 4 models' rows are kept...
     assert [(row["n"], row["models"]) for row in store.rows("transition")] == [(1, 2)]  # ...but not pooled
 
+    def run_names() -> dict[int, set[str]]:
+        client = MlflowClient(f"sqlite:///{copy / 'micro' / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("gahb-scale/micro").experiment_id
+        names = defaultdict(set)
+        for run in client.search_runs([experiment], "tags.`gahb.role` = 'trial'"):
+            names[int(run.data.params["n"])].add(run.info.run_name.endswith(" (not in the spec)"))
+        return names
+
+    assert run_names() == {1: {False}, 4: {True}}
+    data["train_sizes"] = [1, 4]  # put back: its runs get their names back
+    shrunk.write_text(yaml.safe_dump(data))
+    assert main(["run", str(shrunk)]) == 0
+    assert run_names() == {1: {False}, 4: {False}}
+
 
 def test_models_of_earlier_settings_stay_apart_from_the_spec_s_own(micro, tmp_path, capsys):
     """N = 1 trained for fewer steps in a copy of the finished micro study: its two models are new
@@ -324,6 +339,11 @@ def test_models_of_earlier_settings_stay_apart_from_the_spec_s_own(micro, tmp_pa
     client = MlflowClient(f"sqlite:///{copy / 'micro' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("gahb-scale/micro").experiment_id
     (study_run,) = client.search_runs([experiment], "tags.`gahb.role` = 'study'")
+    # in the UI, the old models' runs would read as the spec's own, whose names they share
+    names = {run.data.tags["gahb.trial_id"]: run.info.run_name
+             for run in client.search_runs([experiment], "tags.`gahb.role` = 'trial'")}
+    assert len(names) == 6 and all(name.endswith(" (not in the spec)") == (trial_id not in ids)
+                                   for trial_id, name in names.items())
     for n in (1, 4):
         (row,) = [row for row in store.rows("transition") if row["n"] == n]
         logged = [metric for metric in client.get_metric_history(study_run.info.run_id,

@@ -296,6 +296,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
                 store.write_bytes(spec_path(spec.name), spec_text.encode())  # several studies may share a folder
                 tracker = StudyTracker(spec, store)
                 tracker.start(spec_text)
+                tracker.name_outside_spec({trial.trial_id for trial in trials})
                 log.info(f"[mlflow] {experiment_url(tracker.uri, tracker.experiment_id)}  ({ui_command(tracker.uri)})")
                 tables = StudyTables(store, spec.name)
                 for name, rows in (("datasets", datasets.rows), ("spec_models", [t.as_row() for t in trials])):

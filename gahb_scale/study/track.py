@@ -26,6 +26,7 @@ from .trials import Trial
 STUDY_TAG, TRIAL_TAG, ANALYSIS_TAG = "gahb.study_id", "gahb.trial_id", "gahb.analysis_id"
 ROLE_TAG = "gahb.role"  # "study" or "trial": trial runs carry the study tag too
 ERROR_TAG = "gahb.error"  # why a run ended FAILED, in one line
+OUTSIDE_SPEC = " (not in the spec)"  # ends the name of a model's run once its spec no longer names it
 # MLflow 3 opens an experiment without this tag in its GenAI view (traces, prompts), not runs and metrics.
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
@@ -262,6 +263,17 @@ class StudyTracker:
             self.models[trial.trial_id] = run
             self.last_step[trial.trial_id] = 0
         return run.info.run_id
+
+    def name_outside_spec(self, spec_ids: set[str]) -> None:
+        """The runs of models the spec no longer names (other training settings, an N taken out) say
+        so in their name: in the UI they would read as the spec's own models, which have the same
+        names. One put back in the spec gets its name back."""
+        for trial_id, run in self.models.items():
+            name = run.info.run_name.removesuffix(OUTSIDE_SPEC)
+            wanted = name if trial_id in spec_ids else name + OUTSIDE_SPEC
+            if run.info.run_name != wanted:
+                self.client.update_run(run.info.run_id, name=wanted)
+                self.models[trial_id] = self.client.get_run(run.info.run_id)
 
     def trial_logged(self, trial: Trial, analysis_key: str) -> bool:
         """Whether the model's run is complete for these analysis settings."""
