@@ -54,11 +54,12 @@ class _Page:
         """An HTML table of `rows`; `columns` maps row keys to header text."""
         head = "".join(f"<th>{html.escape(header)}</th>" for header in columns.values())
         body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(key))}</td>" for key in columns) + "</tr>" for row in rows)
-        self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        # in a box that scrolls sideways: a table wider than the page would push the page wide
+        self.parts.append(f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
 
     def render(self) -> bytes:
         style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
-                 "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}"
+                 ".wide{overflow-x:auto}table{border-collapse:collapse;margin:1em 0;font-size:0.85em}"
                  "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
                  "figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#555}")
         # The PNGs sit beside the page: if the page was copied without them, say so on the page
