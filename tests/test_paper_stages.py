@@ -148,10 +148,11 @@ def test_memorization_over_time_and_its_onset():
 def test_disc_parameters_render_the_held_out_images():
     """The tangent space is taken at the parameters of exactly the images the analysis denoises."""
     from gahb_scale.data import render_discs
-    from gahb_scale.study.prepare import split_images, test_disc_parameters
+    from gahb_scale.dataset_kinds import held_out_disc_parameters
+    from gahb_scale.study.prepare import split_images
 
     dataset = spec().datasets[0]
     for pair in (0, 1):
         held_out = split_images(dataset, 16, 4, 6, pair, parts=("test",))["test"]
-        params = test_disc_parameters(dataset, 16, 6, pair)
+        params = held_out_disc_parameters(dataset.params, 16, 6, pair)
         assert torch.equal(render_discs(params, 16, dataset.params["antialiasing"]), held_out)

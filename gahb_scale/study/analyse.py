@@ -19,10 +19,11 @@ from ..analysis import (EigenSpectrum, MemorizationFraction, TrainingSetMatches,
                         denoiser_jacobian, disc_tangent_space, distance_to_memorizer, effective_dimensionality,
                         eigen_spectrum, fit_psnr_slope, independent_pair_similarity, match_training_set,
                         optimal_calpha_slope, psnr_curve, symmetry_error, tangent_space_measures)
+from ..dataset_kinds import held_out_disc_parameters
 from ..models import build_model, denoise
 from ..sampling import sample_kadkhodaie_simoncelli
 from . import figures
-from .prepare import split_images, test_disc_parameters
+from .prepare import split_images
 from .spec import DatasetSpec, StudySpec
 from .store import StudyStore, arrays_path, figure_path, model_path, save_arrays, snapshot_path
 from .trials import Trial
@@ -225,7 +226,7 @@ def _disc_tangent_basis(spec: StudySpec, trial: Trial, count: int) -> torch.Tens
     (and for shuffled discs, whose images no longer come from `render_discs` directly)."""
     if trial.dataset.kind != "discs" or trial.dataset.pixel_shuffle_seed is not None:
         return None
-    params = test_disc_parameters(trial.dataset, spec.image_size, count, trial.pair)
+    params = held_out_disc_parameters(trial.dataset.params, spec.image_size, count, trial.pair)
     return disc_tangent_space(params, spec.image_size, trial.dataset.params["antialiasing"]).float()
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..data import FolderImages, pool_size_needed
 from ..data.image_folder import NEAR_DUPLICATE_THRESHOLD, cache_image_folder
-from ..dataset_kinds import DATASET_KINDS, held_out_disc_parameters, split_pair_images
+from ..dataset_kinds import DATASET_KINDS, split_pair_images
 from ..errors import UserInputError
 from .spec import DatasetSpec, StudySpec
 
@@ -69,9 +69,3 @@ def split_images(dataset: DatasetSpec, size: int, n: int | dict[str, int], n_tes
     return split_pair_images(dataset.kind, dataset.params, size, n, n_test, pair, parts, keep_uint8,
                              dataset.pixel_shuffle_seed)
 
-
-def test_disc_parameters(dataset: DatasetSpec, size: int, n_test: int, pair: int) -> Tensor:
-    """(n_test, 5) generator parameters of the held-out images of a discs dataset."""
-    if dataset.kind != "discs":
-        raise ValueError(f"dataset {dataset.name!r} is {dataset.kind!r}, not discs: it has no disc parameters")
-    return held_out_disc_parameters(dataset.params, size, n_test, pair)

@@ -28,9 +28,6 @@ from ..limits import (MAX_BATCH_SIZE, MAX_BOOTSTRAP, MAX_HELD_PIXELS, MAX_IMAGE_
                       MAX_PARAMETERS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, MAX_WORKERS)
 from ..training_config import TrainConfig, TrainSettings
 
-__all__ = ["PATTERN_HINTS", "AnalysisSpec", "ArchitectureSpec", "DatasetSpec", "ResourceSpec", "SamplingSpec",
-           "StorageSpec", "StudySpec", "TrainingSpec", "did_you_mean"]
-
 # Constructor arguments of the architectures that the study fixes (images are greyscale).
 _FIXED_ARCH_PARAMS = {"channels": "images are greyscale, so the channel count is fixed to 1"}
 

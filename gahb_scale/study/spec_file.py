@@ -18,8 +18,6 @@ from ..errors import UserInputError, printable, short_repr
 from ..limits import MAX_INT_DIGITS, MAX_SPEC_BYTES, MAX_SPEC_NODES
 from .spec import PATTERN_HINTS, StudySpec, did_you_mean, results_below, results_folder_name
 
-__all__ = ["SpecError", "load_spec", "parse_spec"]
-
 
 def _message(err: dict) -> str:
     """A readable message for one pydantic error dict (without its location)."""

@@ -27,9 +27,6 @@ from ..dataset_kinds import dataset_kind
 from .spec import ArchitectureSpec, DatasetSpec, StudySpec
 from .spec_file import SpecError
 
-__all__ = ["Trial", "analysis_id", "describe_trials", "expand_trials", "format_table", "short_id",
-           "trial_identity"]
-
 # Bump when the meaning of a hashed field changes, so old trained models are not reused by mistake.
 # 2: the A and B models of a pair are independent (own weights and streams); discs by the authors' recipe.
 TRIAL_ID_VERSION = 2
