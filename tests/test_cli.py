@@ -361,10 +361,18 @@ def test_a_second_run_of_a_running_study_is_refused_and_status_says_it_runs(tmp_
         store.write_bytes(run_marker_path("micro"), json.dumps(marker).encode())
         assert main(["status", str(spec)]) == 0
         assert ("running now: process 1 on elsewhere" in capsys.readouterr().out) == runs
+    # on this machine too, a marker long unrewritten is a dead run's, though its process id lives
+    # (given to another process since)
+    for age, runs in ((30, True), (MARKER_STALE + 30, False)):
+        marker = {"host": socket.gethostname(), "pid": os.getppid(), "started": "2026-12-07 09:00:00",
+                  "beat": time.time() - age}
+        store.write_bytes(run_marker_path("micro"), json.dumps(marker).encode())
+        assert (running(store, "micro") is not None) == runs
 
 
 def test_a_run_rewrites_its_marker_while_it_runs_and_removes_it_at_the_end(tmp_path, monkeypatch):
     import json
+    import socket
 
     from gahb_scale.study import runner
     from gahb_scale.study.store import StudyStore, run_marker_path
@@ -377,5 +385,12 @@ def test_a_run_rewrites_its_marker_while_it_runs_and_removes_it_at_the_end(tmp_p
         while json.loads(store.read_bytes(run_marker_path("micro")))["beat"] == first["beat"]:
             assert time.monotonic() < deadline, "the marker was not rewritten"
             time.sleep(0.05)
-        assert first["pid"] == os.getpid() and running(store, "micro") is not None
+        assert first["pid"] == os.getpid() and first["host"] == socket.gethostname()
     assert not store.exists(run_marker_path("micro")) and running(store, "micro") is None
+
+    monkeypatch.setattr(runner, "MARKER_BEAT", 60.0)
+    with runner._marked_running(store, "micro"):  # its marker deleted by hand meanwhile: no error
+        store.fs.delete_file(store.path(run_marker_path("micro")))
+    with runner._marked_running(store, "micro"):  # another run's marker there at the end: left alone
+        store.write_bytes(run_marker_path("micro"), b'{"token": "another run"}')
+    assert store.read_bytes(run_marker_path("micro")) == b'{"token": "another run"}'

@@ -48,9 +48,11 @@ def test_a_study_makes_at_most_half_the_store_operations_per_model_of_0_6(tmp_pa
           f"(0.6.0: {BEFORE_PER_MODEL:.1f})")
     assert sum(first.values()) / models <= BEFORE_PER_MODEL / 2
 
-    # a finished study: nothing to train, analyse or write but its spec (a write and its move) and
-    # the run marker (its folder, the write, its removal)
+    # a finished study: nothing to train, analyse or write but its spec (its folder, a write and its
+    # move) and its run marker (the write, its read and removal at the end, and a rewrite a minute:
+    # counted apart, as a slow re-run rewrites it once more)
     _run(spec, tmp_path / "again")
-    again = counting_store.counts(tmp_path / "again")
-    print(f"store operations, re-run: {dict(again)}")
-    assert again["write"] <= 5 and sum(again.values()) <= 67 / 2
+    again, marker = counting_store.counts(tmp_path / "again", ".running"), counting_store.counts(tmp_path / "again")
+    print(f"store operations, re-run: {dict(again)}; the run marker's: {dict(marker - again)}")
+    assert again["write"] <= 3 and sum(again.values()) <= 67 / 2
+    assert (marker - again)["write"] >= 2  # written and removed: it was there

@@ -302,11 +302,22 @@ def test_a_study_run_again_with_fewer_models_tabulates_only_its_own(micro, tmp_p
             names[int(run.data.params["n"])].add(run.info.run_name.endswith(" (not in the spec)"))
         return names
 
+    def latest_at_4() -> float:
+        """The study run's latest A/B cosine at N = 4 (its charts show the latest point)."""
+        client = MlflowClient(f"sqlite:///{copy / 'micro' / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("gahb-scale/micro").experiment_id
+        (study_run,) = client.search_runs([experiment], "tags.`gahb.role` = 'study'")
+        history = client.get_metric_history(study_run.info.run_id, "discs/unet_micro/ab_cosine_centered")
+        return max((metric for metric in history if metric.step == 4), key=lambda metric: metric.timestamp).value
+
     assert run_names() == {1: {False}, 4: {True}}
-    data["train_sizes"] = [1, 4]  # put back: its runs get their names back
+    assert math.isnan(latest_at_4())  # N = 4's old value is not the study's latest any more
+    data["train_sizes"] = [1, 4]  # put back: its runs get their names back, the study run its values
     shrunk.write_text(yaml.safe_dump(data))
     assert main(["run", str(shrunk)]) == 0
     assert run_names() == {1: {False}, 4: {False}}
+    (row,) = [row for row in store.rows("transition") if row["n"] == 4]
+    assert latest_at_4() == pytest.approx(row["ab_cosine_centered"])
 
 
 def test_models_of_earlier_settings_stay_apart_from_the_spec_s_own(micro, tmp_path, capsys):
@@ -382,15 +393,19 @@ def _end_ray_processes_since(before: set[int], within: float = 60.0) -> None:
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # ended meanwhile; another user's
             pass
 
 
-def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys):
-    """Kill a run mid-training (SIGKILL, no clean-up), then run again: it continues from the checkpoint."""
+@pytest.mark.parametrize("sent, steps", [(signal.SIGKILL, 400), (signal.SIGTERM, 350)], ids=["SIGKILL", "SIGTERM"])
+def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys, sent, steps):
+    """Kill a run mid-training, then run again: it continues from the checkpoint. SIGKILL: no
+    clean-up at all. SIGTERM, as `ray job stop` sends it: the run ends as Ctrl-C ends it (exit 130,
+    its MLflow study run KILLED, its run marker gone)."""
     spec_path, results = micro
     data = yaml.safe_load(spec_path.read_text())
-    data["training"].update(steps=400, checkpoint_every=50, log_every=50)  # new trial ids: a fresh training run
+    # new trial ids (the steps): a fresh training run
+    data["training"].update(steps=steps, checkpoint_every=50, log_every=50)
     data["train_sizes"] = [4]
     data["resources"]["models_per_pack"] = 2  # both models in one pack: the kill interrupts a pack
     spec_file = tmp_path / "micro_resume.yaml"
@@ -400,8 +415,9 @@ def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys):
     packs = plan_packs(spec, trials, max_concurrent(spec, {"CPU": os.cpu_count()}))
 
     before = _ray_processes()
-    process = subprocess.Popen([sys.executable, "-m", "gahb_scale.cli", "run", str(spec_file)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with open(tmp_path / "stderr.txt", "w") as stderr:  # a file: a pipe left unread could fill and stall the run
+        process = subprocess.Popen([sys.executable, "-m", "gahb_scale.cli", "run", str(spec_file)], cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     # Ray Train resumes from the checkpoints it has registered (listed in its snapshot file);
     # kill as soon as one is registered for any pack.
     deadline = time.monotonic() + 300
@@ -409,26 +425,37 @@ def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys):
     while time.monotonic() < deadline and not registered and process.poll() is None:
         registered = [p for p in packs if (results / "ray" / p.pack_id / "checkpoint_manager_snapshot.json").exists()]
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    if sent == signal.SIGKILL:
+        os.killpg(process.pid, sent)
+    else:
+        process.send_signal(sent)
+    process.wait(timeout=300)
+    err = (tmp_path / "stderr.txt").read_text()
     _end_ray_processes_since(before)
     assert registered, "no checkpoint was registered before the deadline"
+    if sent == signal.SIGTERM:
+        assert process.returncode == 130 and "interrupted: " in err, err[-3000:]
+        assert not (results / "specs" / "micro.running").exists()
+        client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("gahb-scale/micro").experiment_id
+        (study_run,) = client.search_runs([experiment], "tags.`gahb.role` = 'study'")
+        assert study_run.info.status == "KILLED"
     store = StudyStore(str(results))
     assert not all(store.exists(model_path(t.trial_id)) for t in trials)
     assert main(["status", str(spec_file)]) == 0
     status = capsys.readouterr().out
     assert "2 models — 0 trained, 2 part-trained" in status
-    told = {int(step) for step in re.findall(r"part-trained \(resumes at step (\d+)/400\)", status)}
+    told = {int(step) for step in re.findall(rf"part-trained \(resumes at step (\d+)/{steps}\)", status)}
     assert len(told) == 1 and len(re.findall("resumes at step", status)) == 2
 
     assert main(["run", str(spec_file)]) == 0
     step = told.pop()
-    assert f"resumes at step {step}/400, its last checkpoint" in capsys.readouterr().out
+    assert f"resumes at step {step}/{steps}, its last checkpoint" in capsys.readouterr().out
     trained = {r["trial_id"]: r for r in store.rows("trials")}
     resumed = [trained[t.trial_id]["resumed_from_step"] for t in trials]
     # both models of the pack continued from the checkpoint `status` named, not from step 0
     assert step >= 50 and resumed == [step, step]
-    assert all(trained[t.trial_id]["steps"] == 400 for t in trials)
+    assert all(trained[t.trial_id]["steps"] == steps for t in trials)
     assert len([r for r in store.rows("pairs") if r["pair_id"] == trials[0].pair_id]) == data["sampling"]["num_samples"]
     # the finished pack's checkpoints (every model's weights and Adam state, twice) and record are dropped
     assert not any((results / "ray" / p.pack_id).exists() or (results / "packs" / f"{p.pack_id}.json").exists()

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
 import time
+import uuid
 from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime
@@ -163,11 +165,14 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
     # training quietly, and the study would then report its models as failed.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # "local", not None: None would join any Ray that `ray start` left running on this machine
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False,
                  log_to_driver=verbose, configure_logging=False)
     except ConnectionError as exc:
         raise UserInputError(f"no Ray cluster at {printable(address or 'local')}: {exc}") from None
+    finally:  # ray.init's own handler exits at once (code 15): SIGTERM is the study's to handle, as Ctrl-C is
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 class _Buffered:
@@ -221,10 +226,10 @@ def _gather(refs: dict, what: str, buffer: _Buffered, on_done: Callable[[object,
 @contextmanager
 def _marked_running(store: StudyStore, study: str):
     """While inside, the study's run marker names this process (`status.running` reads it), and is
-    rewritten every MARKER_BEAT seconds: from another machine, a marker left unrewritten is a run
-    that died there."""
+    rewritten every MARKER_BEAT seconds: a marker left unrewritten is a run that died."""
     marker, stop = run_marker_path(study), threading.Event()
-    run = {"host": socket.gethostname(), "pid": os.getpid(), "started": f"{datetime.now():%Y-%m-%d %H:%M:%S}"}
+    run = {"host": socket.gethostname(), "pid": os.getpid(), "started": f"{datetime.now():%Y-%m-%d %H:%M:%S}",
+           "token": uuid.uuid4().hex}
 
     def beat(atomic: bool = True) -> None:
         store.write_bytes(marker, json.dumps({**run, "beat": time.time()}).encode(), atomic=atomic)
@@ -244,7 +249,13 @@ def _marked_running(store: StudyStore, study: str):
     finally:
         stop.set()
         beating.join()
-        store.fs.delete_file(store.path(marker))
+        # only its own marker (a user may have deleted it, and another run written its own), and
+        # quietly: a marker left behind goes stale, a run's outcome must not change for it
+        try:
+            if json.loads(store.read_bytes(marker)).get("token") == run["token"]:
+                store.fs.delete_file(store.path(marker))
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def has_saved_work(spec: StudySpec) -> bool:
@@ -271,16 +282,16 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
         log.info(notice)
     if address is None and (local := local_resources()) is not None:
         check_resources(spec, local, strict=True)
+    if (other := running(store, spec.name)) is not None:  # two runs would train the same models
+        raise UserInputError(f"study {spec.name} is being run now, by process {other['pid']} on {other['host']} "
+                             f"since {other['started']}: let it finish or stop it (if no such run is going on, "
+                             f"delete {store.uri(run_marker_path(spec.name))})")
     datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here; caches written below
     for row in datasets.rows:
         if row["duplicates_removed"] is not None:
             log.info(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing "
                      f"{row['duplicates_removed']} near-duplicates (|correlation| > "
                      f"{row['near_duplicate_threshold']:g} on copies pooled by int(side/20))")
-    if (other := running(store, spec.name)) is not None:  # two runs would train the same models
-        raise UserInputError(f"study {spec.name} is being run now, by process {other['pid']} on {other['host']} "
-                             f"since {other['started']}: let it finish or stop it (if no such run is going on, "
-                             f"delete {store.uri(run_marker_path(spec.name))})")
     log_path = None
     if not verbose:  # Ray's own output: beside local results, else in this machine's home folder
         folder = Path(store.path("logs")) if "://" not in store.results else Path.home() / ".gahb-scale" / "logs"

@@ -51,28 +51,34 @@ def others_note(state: StudyState) -> str:
             f"and MLflow results; a query leaves them out with JOIN spec_models (docs/tables.md)")
 
 
-# A run rewrites its marker this often; a marker from another machine not rewritten for
-# MARKER_STALE seconds is a run that died there (its process cannot be looked up from here).
+# A run rewrites its marker this often; a marker not rewritten for MARKER_STALE seconds is a run
+# that died with no clean-up (on another machine its process cannot be looked up; on this one its
+# process id may have been given to another process since).
 MARKER_BEAT, MARKER_STALE = 60.0, 600.0
 
 
 def running(store: StudyStore, study: str) -> dict | None:
-    """The run of the study going on now, by its marker: {"host", "pid", "started", "beat"}; None
-    where there is none, or where it ended with no clean-up: its process is gone (on this machine),
-    or its marker went unrewritten for MARKER_STALE seconds (on another)."""
+    """The run of the study going on now, by its marker: {"host", "pid", "started", ...}; None where
+    there is none, or where it ended with no clean-up: its marker went unrewritten for MARKER_STALE
+    seconds, or (on this machine) its process is gone."""
     try:
         run = json.loads(store.read_bytes(run_marker_path(study)))
         pid, beat = int(run["pid"]), float(run["beat"])
+        if not (isinstance(run["host"], str) and isinstance(run["started"], str) and 0 < pid < 2**31):
+            return None
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
-    if run.get("host") != socket.gethostname():
-        return run if time.time() - beat < MARKER_STALE else None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if time.time() - beat >= MARKER_STALE:
         return None
-    except PermissionError:  # another user's process: alive
-        pass
+    if run["host"] == socket.gethostname():
+        if pid == os.getpid():  # a marker left by a run whose process id this one has now
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # another user's process: alive
+            pass
     return run
 
 

@@ -266,7 +266,7 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
             log.info(f"[train] {pack.pack_id} resumes at step {pack.resumes_at}/"
                      f"{spec.training.steps_for(pack.trials[0].n)}, its last checkpoint")
     progress = TrainProgress(spec, {p.pack_id: p for p in packs}, tracker)
-    experiment = f"train-{int(time.time())}"
+    experiment = f"train-{spec.name}-{int(time.time())}"  # studies may share a results folder
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads),
                                 {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
@@ -287,7 +287,7 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
     # its own run, ray/<pack id>): one folder per run would pile up
     try:
         store.fs.delete_dir(store.path(f"ray/{experiment}"))
-    except FileNotFoundError:
+    except OSError:  # absent, or the store did not answer: a folder left over costs only space
         pass
     trained = trained_models(store)
     for pack in packs:

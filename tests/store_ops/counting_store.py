@@ -109,7 +109,8 @@ def install(folder: str) -> None:
     StudyStore.__init__ = counted
 
 
-def counts(folder: str | Path) -> Counter:
-    """Operations of each kind (read, check, write), over every process."""
+def counts(folder: str | Path, leave_out: str | None = None) -> Counter:
+    """Operations of each kind (read, check, write), over every process; without those on paths
+    that hold `leave_out`."""
     return Counter(line.split("\t", 1)[0] for log in Path(folder).glob("*.tsv")
-                   for line in log.read_text().splitlines())
+                   for line in log.read_text().splitlines() if leave_out is None or leave_out not in line)
