@@ -226,10 +226,15 @@ class StudyTracker:
     def log_study(self, analysis_key: str, transition: list[dict], law: list[dict], report: dict[str, bytes],
                   held: list[dict] = ()) -> None:
         """The study-level results once every stage has run: the transition's rows not logged while
-        the pairs were compared (of those, the values `held` does not hold); the memorization-time law, per dataset/architecture and f_mem measure
+        the pairs were compared (of those, the values `held` does not hold; NaN for the N of `held`
+        it no longer has); the memorization-time law, per dataset/architecture and f_mem measure
         (the exponent of τ_mem ∝ N^b, its 95% CI and how many N values it was fitted on; NaN where
         there is no fit or no interval); the transition figure and the report."""
-        self.log_transition([row for row in transition if row["n"] not in self.transition_logged], held)
+        # an N the table no longer has (taken out of the spec): NaN, so its old values are not the latest
+        here = {_row_key(row, "") for row in transition}
+        gone = [{"dataset": row["dataset"], "architecture": row["architecture"], "n": row["n"]} for row in held
+                if _row_key(row, "") not in here]
+        self.log_transition([row for row in transition if row["n"] not in self.transition_logged] + gone, held)
         now, suffix = int(time.time() * 1000), {"f_mem": "", "f_mem_scale_free": "_scale_free"}
         # NaN too (no fit, or no interval): a value an earlier summary of the study logged must not stay
         self._metrics(self.parent_id, [
