@@ -98,7 +98,7 @@ def cmd_run(args) -> int:
     from .study.track import ui_command
 
     show_progress()
-    # SIGTERM (`ray job stop`, a pod deleted, `kill`) ends the run as Ctrl-C does: runs marked KILLED,
+    # SIGTERM (`ray job stop`, `kill`) ends the run as Ctrl-C does: runs marked KILLED,
     # the study's run marker removed, finished work saved
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -257,7 +257,7 @@ def test_ctrl_c_before_anything_is_written_exits_130_without_claiming_saved_work
 @pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_in_a_real_process_exits_130(tmp_path, sent):
     """A real SIGINT while `run` is busy before anything is written (a stage made to never end); or
-    SIGTERM, as `ray job stop` or a deleted pod sends it, which ends the run the same way."""
+    SIGTERM, as `ray job stop` sends it, which ends the run the same way."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(micro(tmp_path)))
     script = ("import sys, time; from gahb_scale.study import runner\n"
