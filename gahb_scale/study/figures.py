@@ -352,9 +352,10 @@ def basis_overlap_figure(rows: list[dict], asymmetry: list[dict], title: str) ->
         axes[1].errorbar(n, mean, yerr=sd, marker="x", capsize=3, color=colours.get(sigma), label=f"σ = {sigma:g}/255")
     axes[0].set_ylim(0, 1.02)
     axes[1].set_ylim(bottom=0)
-    for ax, (ylabel, name) in zip(axes, [("overlap of A and B eigen-subspaces", title),
-                                         ("‖J − Jᵀ‖ / ‖J‖", "asymmetry of those Jacobians (0 for an MMSE denoiser)")]):
-        _n_axis(ax, rows)
+    for ax, drawn, (ylabel, name) in zip(axes, (rows, asymmetry), [
+            ("overlap of A and B eigen-subspaces", title),
+            ("‖J − Jᵀ‖ / ‖J‖", "asymmetry of those Jacobians (0 for an MMSE denoiser)")]):
+        _n_axis(ax, drawn)  # each panel its own N: a model is analysed before its pair is compared
         _label(ax, "training-set size N", ylabel, name)
     return _png(fig)
 
