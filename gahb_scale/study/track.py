@@ -82,8 +82,11 @@ def experiment_url(uri: str, experiment_id: str) -> str:
     return f"{uri.rstrip('/') if _is_server(uri) else LOCAL_UI}/#/experiments/{experiment_id}/runs"
 
 
-def _row_key(row: dict, column: str) -> tuple:
-    return row["dataset"], row["architecture"], row["n"], column
+_POINT = ("dataset", "architecture", "n")  # what a transition row is the point of
+
+
+def _point(row: dict) -> tuple:
+    return tuple(row[key] for key in _POINT)
 
 
 class StudyTracker:
@@ -210,13 +213,13 @@ class StudyTracker:
         NaN where a measure is undefined, so that a value an earlier summary logged does not stay. A
         value the run already holds (`held`: the rows it was last given) is not logged again: it would
         be one more point at the same N."""
-        now, kept = int(time.time() * 1000), {_row_key(row, key): repr(row.get(key)) for row in held
+        now, kept = int(time.time() * 1000), {(_point(row), key): repr(row.get(key)) for row in held
                                               for key in logged_columns()}
         self.transition_logged |= {int(row["n"]) for row in rows}
         self._metrics(self.parent_id, [
             Metric(f"{row['dataset']}/{row['architecture']}/{key}",
                    math.nan if row.get(key) is None else float(row[key]), now, int(row["n"]))
-            for row in rows for key in logged_columns() if kept.get(_row_key(row, key)) != repr(row.get(key))],
+            for row in rows for key in logged_columns() if kept.get((_point(row), key)) != repr(row.get(key))],
             undefined_too=True)
 
     def study_logged(self, analysis_key: str) -> bool:
@@ -231,9 +234,8 @@ class StudyTracker:
         (the exponent of τ_mem ∝ N^b, its 95% CI and how many N values it was fitted on; NaN where
         there is no fit or no interval); the transition figure and the report."""
         # an N the table no longer has (taken out of the spec): NaN, so its old values are not the latest
-        here = {_row_key(row, "") for row in transition}
-        gone = [{"dataset": row["dataset"], "architecture": row["architecture"], "n": row["n"]} for row in held
-                if _row_key(row, "") not in here]
+        gone = [dict(zip(_POINT, point))
+                for point in {_point(row) for row in held} - {_point(row) for row in transition}]
         self.log_transition([row for row in transition if row["n"] not in self.transition_logged] + gone, held)
         now, suffix = int(time.time() * 1000), {"f_mem": "", "f_mem_scale_free": "_scale_free"}
         # NaN too (no fit, or no interval): a value an earlier summary of the study logged must not stay
