@@ -118,15 +118,28 @@ def resume_step(store: StudyStore, pack_id: str) -> int | None:
         return None
 
 
-def _checkpoint_steps(store: StudyStore, trial_ids: set[str]) -> dict[str, int]:
-    """trial id -> the step its pack resumes from (packs listed under packs/), for those with one."""
-    steps: dict[str, int] = {}
+def recorded_packs(store: StudyStore, trial_ids: set[str], trained: set[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """The packs recorded under packs/ that hold any of the study's models (`trial_ids`): those a
+    run resumes (pack id -> its trial ids: all in the study, some not `trained`), and those no run
+    will (all trained, or some no longer in the study). Another study's packs are not asked."""
+    resumed, ended = {}, []
     for file in store.files_below("packs", recursive=False):
         pack_id = file.removesuffix(".json")
-        members = set(json.loads(store.read_bytes(pack_path(pack_id)))) & trial_ids
-        # another study's pack, sharing the results folder, is not asked
-        if members and (step := resume_step(store, pack_id)) is not None:
-            steps.update(dict.fromkeys(members, step))
+        members = json.loads(store.read_bytes(pack_path(pack_id)))
+        if not trial_ids.isdisjoint(members):
+            if set(members) <= trial_ids and not set(members) <= trained:
+                resumed[pack_id] = members
+            else:
+                ended.append(pack_id)
+    return resumed, ended
+
+
+def _checkpoint_steps(store: StudyStore, state: StudyState) -> dict[str, int]:
+    """trial id -> the step its pack resumes from, for the models not trained that have one."""
+    steps: dict[str, int] = {}
+    for pack_id, members in recorded_packs(store, {t.trial_id for t in state.trials}, state.trained)[0].items():
+        if (step := resume_step(store, pack_id)) is not None:
+            steps.update(dict.fromkeys(set(members) - state.trained, step))
     return steps
 
 
@@ -151,5 +164,5 @@ def study_progress(spec: StudySpec) -> tuple[StudyState, dict[str, int], str, di
     made = store.read_if_present(report_stamp_path(spec.name))
     written = ("not written" if made is None else "written, up to date" if made == state.stamp() else
                "written, of other models or settings: `gahb-scale run` makes them again")
-    return (state, _checkpoint_steps(store, {t.trial_id for t in state.trials} - state.trained), written,
+    return (state, _checkpoint_steps(store, state), written,
             running(store, spec.name))

@@ -35,7 +35,7 @@ from .prepare import split_images
 from .progress import StageProgress, failure_reason, log, loss_summary
 from .spec import StudySpec
 from ..errors import UserInputError
-from .status import StudyState, resume_step, trained_models
+from .status import StudyState, recorded_packs, resume_step, trained_models
 from .store import (STATE_FILE, StudyStore, StudyTables, model_path, pack_path, pack_run_dir,
                     snapshot_path, training_record_path)
 from .trials import Trial, short_id
@@ -292,14 +292,14 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
     trained = trained_models(store)
     for pack in packs:
         if {t.trial_id for t in pack.trials} <= trained:
-            drop_finished_pack(store, pack.pack_id)
+            drop_pack(store, pack.pack_id)
     return todo & trained
 
 
-def drop_finished_pack(store: StudyStore, pack_id: str) -> None:
-    """A pack whose models are all saved: its record and its checkpoints go, since no run will
-    resume it. Ray Train keeps a pack's last two, every model's weights and Adam state in each: at
-    the paper's sizes that is gigabytes per pack, and 70% of the smoke study's folder."""
+def drop_pack(store: StudyStore, pack_id: str) -> None:
+    """A pack no run will resume (its models all saved, or some no longer in the study): its record
+    and its checkpoints go. Ray Train keeps a pack's last two, every model's weights and Adam state
+    in each: at the paper's sizes that is gigabytes per pack, and 70% of the smoke study's folder."""
     store.fs.delete_file(store.path(pack_path(pack_id)))
     try:
         store.fs.delete_dir(store.path(pack_run_dir(pack_id)))
@@ -309,25 +309,16 @@ def drop_finished_pack(store: StudyStore, pack_id: str) -> None:
 
 def packs_to_train(spec: StudySpec, store: StudyStore, trials: list[Trial], trained: set[str],
                    concurrency: int) -> list[Pack]:
-    """The packs that train the study's models without a model file: each recorded pack holding
-    one, as it was (it resumes from its checkpoints), and the models no recorded pack holds, packed
-    among themselves (new ones get their records here, for the next run and for `status`); the
-    costliest first. A record
-    of this study's models that no run will resume (its models all trained, or some no longer in the
-    study) goes, so `status` never reports a checkpoint no run will resume."""
+    """The packs that train the study's models without a model file: each recorded pack a run
+    resumes (from its checkpoints), as it was, and the models no such pack holds, packed among
+    themselves (new ones get their records here, for the next run and for `status`); the costliest
+    first. A recorded pack no run will resume goes, so `status` never reports its checkpoint."""
     by_id = {t.trial_id: t for t in trials}
-    resumed = []
-    for file in store.files_below("packs", recursive=False):
-        pack_id = file.removesuffix(".json")
-        members = json.loads(store.read_bytes(pack_path(pack_id)))
-        if by_id.keys().isdisjoint(members):
-            continue  # another study's
-        if set(members) <= trained:  # finished by a run that stopped before it could drop it
-            drop_finished_pack(store, pack_id)
-        elif set(members) <= by_id.keys():
-            resumed.append(Pack(tuple(by_id[trial_id] for trial_id in members), resume_step(store, pack_id)))
-        else:
-            store.fs.delete_file(store.path(pack_path(pack_id)))
+    recorded, ended = recorded_packs(store, by_id.keys(), trained)
+    for pack_id in ended:
+        drop_pack(store, pack_id)
+    resumed = [Pack(tuple(by_id[trial_id] for trial_id in members), resume_step(store, pack_id))
+               for pack_id, members in recorded.items()]
     held = {t.trial_id for p in resumed for t in p.trials}
     costs = {}
     new = plan_packs(spec, [t for t in trials if t.trial_id not in trained | held], concurrency, costs)
