@@ -97,3 +97,37 @@ def test_a_study_s_tables_read_each_file_once_and_keep_what_they_write(tmp_path)
     assert reads == ["tables/psnr/s/b.parquet"]  # the file written here is kept, not read back
     assert tables.rows("psnr") == [r for r in store.rows("psnr") if r["study_id"] == "s"]  # the store's order
     assert tables.key_rows("psnr", "missing") == [] and tables.rows("transition") == []
+
+
+def test_a_study_table_summarising_nothing_now_loses_its_old_rows(tmp_path):
+    # e.g. the spec's pixel-shuffled twin was taken out: its shuffle_psnr rows must not stay in the
+    # tables, the report and MLflow
+    from gahb_scale.study.store import StudyTables
+
+    store = StudyStore(str(tmp_path))
+    store.upsert("shuffle_psnr", [{"study_id": "s", "n": 1, "drop": 3.0}, {"study_id": "t", "n": 1, "drop": 1.0}])
+    tables = StudyTables(store, "s")
+    tables.put("shuffle_psnr", [])
+    assert tables.rows("shuffle_psnr") == [] and StudyTables(store, "s").rows("shuffle_psnr") == []
+    assert [r["study_id"] for r in store.rows("shuffle_psnr")] == ["t"]  # another study's are its own
+    tables.put("shuffle_psnr", [])  # nothing there: nothing to do
+    tables.put("psnr", [])  # a per-model table: rows are replaced per model, never all at once
+
+
+def test_status_reports_the_resume_of_a_pack_only_where_a_run_resumes_it(tmp_path):
+    # a pack with a model taken out of the spec is packed anew by the next run (from step 0), so
+    # status must not report its checkpoint
+    import json
+    from types import SimpleNamespace
+
+    from gahb_scale.study.status import _checkpoint_steps, recorded_packs
+
+    store = StudyStore(str(tmp_path))
+    packs = {"p1": ["a", "gone"], "p2": ["b"], "p3": ["another study's"], "p4": ["done"]}
+    for pack_id, members in packs.items():
+        store.write_bytes(f"packs/{pack_id}.json", json.dumps(members).encode())
+        snapshot = {"latest_checkpoint_result": {"metrics": {"step": 500}}}
+        store.write_bytes(f"ray/{pack_id}/checkpoint_manager_snapshot.json", json.dumps(snapshot).encode())
+    assert recorded_packs(store, {"a", "b", "done"}, {"done"}) == ({"p2": ["b"]}, ["p1", "p4"])
+    state = SimpleNamespace(trials=[SimpleNamespace(trial_id=t) for t in ("a", "b", "done")], trained={"done"})
+    assert _checkpoint_steps(store, state) == {"b": 500}

@@ -274,7 +274,15 @@ class StudyTables:
         return view
 
     def put(self, name: str, rows: list[dict]) -> None:
-        """Write rows (replacing their keys' files) and keep them."""
+        """Write rows (replacing their keys' files) and keep them. A study-level table given no rows
+        loses its file, so that old rows do not outlive the models they were made from."""
+        if not rows and len(TABLE_KEYS[name]) == 1:
+            if self.files[name].pop("study", None) is not None or name not in self.listed:
+                try:
+                    self.store.fs.delete_file(self.store.path(self.store.table_file(name, self.study_id, "study")))
+                except FileNotFoundError:
+                    pass
+            self.listed.add(name)
         for (study_id, key), table in self.store.upsert(name, rows).items():
             if study_id == self.study_id:
                 self.files[name][key] = table
