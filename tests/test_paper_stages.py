@@ -156,3 +156,28 @@ def test_disc_parameters_render_the_held_out_images():
         held_out = split_images(dataset, 16, 4, 6, pair, parts=("test",))["test"]
         params = held_out_disc_parameters(dataset.params, 16, 6, pair)
         assert torch.equal(render_discs(params, 16, dataset.params["antialiasing"]), held_out)
+
+
+def test_more_eigenvectors_asked_than_pixels_keeps_every_one_and_the_pair_overlaps_fully(tmp_path):
+    """eigenvector_images is capped at the number of pixels P, as eigenvalues_kept is: a model
+    analysed with more keeps its P eigenvectors, and two such models span the same (whole) space."""
+    from gahb_scale.models import build_model
+    from gahb_scale.study.analyse import analyse_model
+    from gahb_scale.study.compare import compare_pair
+    from gahb_scale.study.store import StudyStore, arrays_path, load_arrays, model_path
+    from gahb_scale.study.train import save_weights
+    from gahb_scale.study.trials import analysis_id, expand_trials
+
+    small = spec(train_sizes=[2], test_images=4, sampling={"num_samples": 2, "max_steps": 20},
+                 analysis={"sigmas": [25, 100], "psnr_images": 2, "jacobian_images": 1, "jacobian_sigmas": [25],
+                           "eigenvalues_kept": 145, "eigenvector_images": 145, "bootstrap": 10})
+    store, key = StudyStore(str(tmp_path)), analysis_id(small)
+    trials = expand_trials(small)
+    for trial in trials:
+        net = build_model(trial.architecture.kind, seed=0, **trial.architecture.params)
+        save_weights(store, model_path(trial.trial_id), net, 0)
+        analyse_model(small, trial, str(tmp_path), key)
+        assert load_arrays(store, arrays_path(small.name, trial.trial_id))["eigenvectors"].shape[2] == SIZE**2
+    rows, _ = compare_pair(small, *sorted(trials, key=lambda t: t.split), str(tmp_path), key)
+    assert [(r["k"], r["chance"]) for r in rows["pair_bases"]] == [(SIZE**2, 1.0)]
+    assert rows["pair_bases"][0]["basis_overlap"] == pytest.approx(1.0)

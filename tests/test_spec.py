@@ -397,6 +397,8 @@ MALFORMED = {
                                       "smaller than sigma_0"),
     "eigenvector_images above kept": (lambda tp: variant(analysis={"eigenvalues_kept": 4}),
                                       "analysis.eigenvector_images", "eigenvalues_kept"),
+    "no eigenvector for the basis overlap": (lambda tp: variant(analysis={"eigenvector_images": 0}),
+                                             "analysis.eigenvector_images", "greater than or equal to 1"),
     "beta 0": (lambda tp: variant(sampling={"beta": 0}), "sampling.beta", "greater than 0"),
     "beta above 1": (lambda tp: variant(sampling={"beta": 1.5}), "sampling.beta", "less than or equal to 1"),
     "gpus 1.5": (lambda tp: variant(resources={"gpus_per_trial": 1.5}), "resources.gpus_per_trial", "fractional"),

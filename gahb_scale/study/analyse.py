@@ -163,6 +163,7 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str,
     # Jacobians at noisy held-out images; the noise is seeded so A and B see the same inputs. The
     # two reference denoisers' Jacobians are taken at the same inputs, for their asymmetry.
     clean = test[:analysis.jacobian_images]
+    kept_vectors = min(analysis.eigenvector_images, clean[0].numel())  # as eigenvalues_kept: at most P
     chunk_size = 256 if device.type == "cuda" else 64  # bounds memory
     references = blind_reference_jacobians(train, spec.training.noise_range, spec.training.noise_schedule, chunk_size)
     tangent = _disc_tangent_basis(spec, trial, len(clean))
@@ -174,8 +175,8 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str,
         spectrum = eigen_spectrum(jac)
         sym, dim = symmetry_error(jac), effective_dimensionality(jac)
         reference_sym = {name: symmetry_error(jacobian_of(noisy)) for name, jacobian_of in references.items()}
-        eigenvectors.append(spectrum.eigenvectors[:, :, :analysis.eigenvector_images].transpose(1, 2)
-                            .reshape(len(clean), analysis.eigenvector_images, *clean.shape[1:]).cpu().numpy())
+        eigenvectors.append(spectrum.eigenvectors[:, :, :kept_vectors].transpose(1, 2)
+                            .reshape(len(clean), kept_vectors, *clean.shape[1:]).cpu().numpy())
         for image in range(len(clean)):
             jac_rows.append({**base, "image": image, "sigma": float(sigma), "symmetry_error": float(sym[image]),
                              "effective_dim": float(dim[image]), **{f"symmetry_error_{name}": float(values[image])

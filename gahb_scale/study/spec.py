@@ -415,9 +415,10 @@ class AnalysisSpec(_Model):
     jacobian_sigmas: list[float] = Field(default_factory=lambda: [5.0, 25.0, 100.0], min_length=1,
                                          description="noise levels of the Jacobians, grey levels /255")
     eigenvalues_kept: int = Field(default=64, ge=1, le=MAX_IMAGE_SIZE**2, description="at most; capped at the number of pixels")
-    eigenvector_images: int = Field(default=8, ge=0, validate_default=True,
-                                    description="leading eigenvectors kept per Jacobian: drawn as images, and the k "
-                                                "of the A/B basis overlap (chance k/P, P pixels)")
+    eigenvector_images: int = Field(default=8, ge=1, validate_default=True,
+                                    description="leading eigenvectors kept per Jacobian (at most; capped at the number "
+                                                "of pixels P): drawn as images, and the k of the A/B basis overlap "
+                                                "(chance k/P)")
     memorization_threshold: float = Field(default=1 / 3, gt=0, lt=1, description="d1/d2 below this: memorized")
     onset_f_mem: float = Field(default=0.5, gt=0, le=1, description="memorization has set in once f_mem reaches this "
                                                                      "(over training.snapshot_steps)")
