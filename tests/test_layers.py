@@ -275,7 +275,7 @@ def test_a_packs_last_step_is_told_once():
 
     spec = study([SMALL], sizes=(1,))
     pack = Pack(tuple(expand_trials(spec)))
-    progress = TrainProgress(spec, {pack.pack_id: pack}, SimpleNamespace(log_training=lambda *_: None))
+    progress = TrainProgress(spec, {pack.pack_id: pack}, SimpleNamespace(log_training=lambda *_: None), set())
     lines = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
@@ -292,6 +292,24 @@ def test_a_packs_last_step_is_told_once():
         log.setLevel(level)
     assert [line.split(": ", 1)[1].split(" loss")[0] for line in lines if pack.pack_id in line] == \
         [f"step {steps // 2}/{steps}", f"step {steps}/{steps}"]
+
+
+def test_a_failed_resumed_pack_fails_only_the_runs_of_its_models_not_saved_before():
+    """A resumed pack trains its saved models along (their file is kept); when it fails, their
+    MLflow runs, complete since an earlier run, must not turn FAILED."""
+    from types import SimpleNamespace
+
+    from gahb_scale.study.train import Pack, TrainProgress
+    from gahb_scale.study.trials import expand_trials
+
+    spec = study([SMALL], sizes=(1,))
+    pack = Pack(tuple(expand_trials(spec)))
+    saved, failed = pack.trials[0].trial_id, []
+    tracker = SimpleNamespace(model_failed=lambda trial, reason: failed.append(trial.trial_id))
+    progress = TrainProgress(spec, {pack.pack_id: pack}, tracker, {saved})
+    progress.on_trial_error(0, [], SimpleNamespace(config={"pack_id": pack.pack_id}, pickled_error_file=None,
+                                                   error_file=None))
+    assert failed == [t.trial_id for t in pack.trials if t.trial_id != saved] and failed
 
 
 def test_a_stages_last_count_is_told_once(monkeypatch):

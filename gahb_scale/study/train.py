@@ -257,7 +257,7 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
     packs = packs_to_train(spec, store, state.trials, state.trained, concurrency)
     payloads = {pack.pack_id: {"spec": spec, "pack": pack, "results": store.results, "local_ray": local_ray,
                                "trained": {t.trial_id for t in pack.trials} & state.trained} for pack in packs}
-    sizes = "/".join(sorted({str(len(p.trials)) for p in packs}))
+    sizes = "/".join(map(str, sorted({len(p.trials) for p in packs})))
     todo = {t.trial_id for p in packs for t in p.trials} - state.trained
     log.info(f"[train] {len(todo)} models to train in {len(packs)} pack(s) of {sizes}, "
              f"{min(concurrency, len(packs))} at a time")
@@ -265,7 +265,7 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
         if pack.resumes_at is not None:
             log.info(f"[train] {pack.pack_id} resumes at step {pack.resumes_at}/"
                      f"{spec.training.steps_for(pack.trials[0].n)}, its last checkpoint")
-    progress = TrainProgress(spec, {p.pack_id: p for p in packs}, tracker)
+    progress = TrainProgress(spec, {p.pack_id: p for p in packs}, tracker, state.trained)
     experiment = f"train-{spec.name}-{int(time.time())}"  # studies may share a results folder
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads),
@@ -357,8 +357,8 @@ class TrainProgress(ray.tune.Callback):
 
     PACK_LINE_EVERY_S = 10.0
 
-    def __init__(self, spec: StudySpec, packs: dict[str, Pack], tracker: StudyTracker):
-        self.packs, self.tracker = packs, tracker
+    def __init__(self, spec: StudySpec, packs: dict[str, Pack], tracker: StudyTracker, trained: set[str]):
+        self.packs, self.tracker, self.trained = packs, tracker, trained  # `trained`: saved before this run
         self.steps = {pack_id: spec.training.steps_for(pack.trials[0].n) for pack_id, pack in packs.items()}
         # the last step each pack reported (or resumes from: the bar counts the steps still to go)
         self.reached = {pack_id: pack.resumes_at or 0 for pack_id, pack in packs.items()}
@@ -403,7 +403,8 @@ class TrainProgress(ray.tune.Callback):
         models = ", ".join(f"{t.dataset.name} N={t.n} pair={t.pair} {t.split} seed={t.seed}" for t in pack.trials)
         log.info(f"[train] FAILED: {pack.pack_id} {pack.trials[0].architecture.name} [{models}]: {reason}")
         for model in pack.trials:
-            self.tracker.model_failed(model, f"training: {reason}")
+            if model.trial_id not in self.trained:  # a resumed pack's model saved before stays as it was
+                self.tracker.model_failed(model, f"training: {reason}")
 
     def close(self) -> None:
         self.tracker.flush(force=True)
