@@ -19,7 +19,6 @@ from . import figures
 from .spec import StudySpec
 from .store import StudyStore, StudyTables, arrays_path, load_arrays, report_dir
 from .transition_columns import report_headers
-from .trials import analysis_id
 
 DISC_DIMS = len(PARAMETER_NAMES)  # the disc family's tangent space is 5-dimensional
 # what a report holds once any model is analysed: a folder without them is rebuilt
@@ -86,9 +85,8 @@ def build_report(spec: StudySpec, store: StudyStore, study_tables: StudyTables) 
     page.heading(f"Study {spec.name}", 1)
     if spec.description:
         page.text(spec.description)
-    # Only models analysed with this spec's settings and this version: their arrays are the ones on disk.
-    analysis_key = analysis_id(spec)
-    trials = {row["trial_id"]: row for row in study_tables.rows("model_metrics") if row["analysis_id"] == analysis_key}
+    # `study_tables` gives only the models analysed with this spec's settings: their arrays are on disk
+    trials = {row["trial_id"]: row for row in study_tables.rows("model_metrics")}
     trained = [row for row in study_tables.rows("trials") if row["trial_id"] in trials]
     devices = ", ".join(sorted({row["device"] for row in trained})) or "–"
     page.text(f"{len(trials)} analysed models; images {spec.image_size}×{spec.image_size}; training budget: "
@@ -187,18 +185,17 @@ def _per_group_sections(page: _Page, spec: StudySpec, store: StudyStore, jacobia
                         "generalization: A ≈ B and both differ from it.")
             vectors = {n: (arrays[n]["A"]["eigenvectors"], arrays[n]["B"]["eigenvectors"]) for n in complete}
             inputs = head["jacobian_inputs"]
-            if head["eigenvectors"].shape[2]:
-                for sigma_index, sigma in enumerate(head["jacobian_sigmas"]):
-                    for image in range(min(2, len(inputs))):  # a few images; the 8 leading vectors stay legible
-                        by_n = [(n, vectors_a[sigma_index, image, :8], vectors_b[sigma_index, image, :8],
-                                 *(asymmetry[(first[n][split], float(sigma), image)] for split in "AB"))
-                                for n, (vectors_a, vectors_b) in vectors.items()]
-                        page.figure(f"eigenvectors-{slug}-s{sigma_index}-i{image}",
-                                    figures.eigenvectors_ab_figure(by_n, inputs[image], float(sigma),
-                                                                   f"{title}, image {image}"),
-                                    f"Geometry-adaptive harmonic basis: leading eigenvectors of the symmetric part "
-                                    f"of the Jacobian of A and of B at the same noisy held-out image {image} "
-                                    f"(σ = {float(sigma):g}/255); 'asym' is ‖J − Jᵀ‖/‖J‖ of that Jacobian.")
+            for sigma_index, sigma in enumerate(head["jacobian_sigmas"]):
+                for image in range(min(2, len(inputs))):  # a few images; the 8 leading vectors stay legible
+                    by_n = [(n, vectors_a[sigma_index, image, :8], vectors_b[sigma_index, image, :8],
+                             *(asymmetry[(first[n][split], float(sigma), image)] for split in "AB"))
+                            for n, (vectors_a, vectors_b) in vectors.items()]
+                    page.figure(f"eigenvectors-{slug}-s{sigma_index}-i{image}",
+                                figures.eigenvectors_ab_figure(by_n, inputs[image], float(sigma),
+                                                               f"{title}, image {image}"),
+                                f"Geometry-adaptive harmonic basis: leading eigenvectors of the symmetric part "
+                                f"of the Jacobian of A and of B at the same noisy held-out image {image} "
+                                f"(σ = {float(sigma):g}/255); 'asym' is ‖J − Jᵀ‖/‖J‖ of that Jacobian.")
         page.figure(f"spectra-{slug}", figures.spectra_by_n_figure(of_group["eigen"], of_group["jacobian"], title,
                                                                    DISC_DIMS if dataset in discs else None),
                     "Eigenvalues of the symmetric part of the Jacobian against rank (mean over images and models), "
