@@ -193,7 +193,8 @@ def test_a_snapshot_whose_samples_mostly_diverged_does_not_time_the_onset():
 
 def test_mlflow_shows_no_interval_once_a_summary_has_none(tmp_path, monkeypatch):
     """A study summarised again (e.g. with one seed instead of two) whose law has no interval any
-    more: the study run's CI metrics become NaN instead of keeping the interval logged before."""
+    more: the study run's CI metrics become NaN instead of keeping the interval logged before; and
+    all of its law's metrics do once the summary has no law at all."""
     import time
     from pathlib import Path
 
@@ -215,3 +216,8 @@ def test_mlflow_shows_no_interval_once_a_summary_has_none(tmp_path, monkeypatch)
     metrics = tracker.client.get_run(tracker.parent_id).data.metrics
     assert metrics["d/a/tau_mem_exponent"] == 0.9
     assert math.isnan(metrics["d/a/tau_mem_ci_low"]) and math.isnan(metrics["d/a/tau_mem_ci_high"])
+    time.sleep(0.01)
+    tracker.log_study("third", [], [], report)  # no fit any more (e.g. the snapshot steps taken out)
+    metrics = tracker.client.get_run(tracker.parent_id).data.metrics
+    assert {key for key, value in metrics.items() if "tau_mem" in key and not math.isnan(value)} == set()
+    assert "d/a/tau_mem_exponent" in metrics

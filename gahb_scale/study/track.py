@@ -237,11 +237,16 @@ class StudyTracker:
         gone = [dict(zip(_POINT, point))
                 for point in {_point(row) for row in held} - {_point(row) for row in transition}]
         self.log_transition([row for row in transition if row["n"] not in self.transition_logged] + gone, held)
-        now, suffix = int(time.time() * 1000), {"f_mem": "", "f_mem_scale_free": "_scale_free"}
-        # NaN too (no fit, or no interval): a value an earlier summary of the study logged must not stay
-        self._metrics(self.parent_id, [
-            Metric(f"{row['dataset']}/{row['architecture']}/tau_mem_{key}{suffix[row['measure']]}", float(row[key]),
-                   now, 0) for row in law for key in ("exponent", "ci_low", "ci_high", "n_values")], undefined_too=True)
+        suffix = {"f_mem": "", "f_mem_scale_free": "_scale_free"}
+        fits = {f"{row['dataset']}/{row['architecture']}/tau_mem_{key}{suffix[row['measure']]}": float(row[key])
+                for row in law for key in ("exponent", "ci_low", "ci_high", "n_values")}
+        # NaN too (no fit, no interval, or a fit the study no longer has): a value an earlier summary
+        # of the study logged must not stay the latest
+        held_fits = self.client.get_run(self.parent_id).data.metrics
+        fits.update({key: math.nan for key, value in held_fits.items()
+                     if "/tau_mem_" in key and key not in fits and not math.isnan(value)})
+        now = int(time.time() * 1000)
+        self._metrics(self.parent_id, [Metric(key, value, now, 0) for key, value in fits.items()], undefined_too=True)
         self._log_files(self.parent_id, {"phase_transition.png": report["transition.png"]})
         self.log_report(report)
         self.client.set_tag(self.parent_id, ANALYSIS_TAG, analysis_key)  # last: marks it complete
