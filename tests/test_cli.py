@@ -374,12 +374,12 @@ def test_a_run_rewrites_its_marker_while_it_runs_and_removes_it_at_the_end(tmp_p
     import json
     import socket
 
-    from gahb_scale.study import runner
+    from gahb_scale.study import status
     from gahb_scale.study.store import StudyStore, run_marker_path
 
-    monkeypatch.setattr(runner, "MARKER_BEAT", 0.05)
+    monkeypatch.setattr(status, "MARKER_BEAT", 0.05)
     store = StudyStore(str(tmp_path / "out"))
-    with runner._marked_running(store, "micro"):
+    with status.marked_running(store, "micro"):
         first = json.loads(store.read_bytes(run_marker_path("micro")))
         deadline = time.monotonic() + 30
         while json.loads(store.read_bytes(run_marker_path("micro")))["beat"] == first["beat"]:
@@ -388,9 +388,9 @@ def test_a_run_rewrites_its_marker_while_it_runs_and_removes_it_at_the_end(tmp_p
         assert first["pid"] == os.getpid() and first["host"] == socket.gethostname()
     assert not store.exists(run_marker_path("micro")) and running(store, "micro") is None
 
-    monkeypatch.setattr(runner, "MARKER_BEAT", 60.0)
-    with runner._marked_running(store, "micro"):  # its marker deleted by hand meanwhile: no error
+    monkeypatch.setattr(status, "MARKER_BEAT", 60.0)
+    with status.marked_running(store, "micro"):  # its marker deleted by hand meanwhile: no error
         store.fs.delete_file(store.path(run_marker_path("micro")))
-    with runner._marked_running(store, "micro"):  # another run's marker there at the end: left alone
+    with status.marked_running(store, "micro"):  # another run's marker there at the end: left alone
         store.write_bytes(run_marker_path("micro"), b'{"token": "another run"}')
     assert store.read_bytes(run_marker_path("micro")) == b'{"token": "another run"}'

@@ -13,15 +13,11 @@ model files, arrays and figures in the store.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import threading
 import time
-import uuid
 from collections import defaultdict
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -38,7 +34,7 @@ from .prepare import prepare_datasets
 from .progress import StageProgress, failure_reason, log, ray_output_to
 from .report import REPORT_ALWAYS, write_report
 from .spec import StudySpec
-from .status import MARKER_BEAT, others_note, running, study_state
+from .status import marked_running, others_note, running, study_state
 from .store import (STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path,
                     run_marker_path, spec_path)
 from .summarise import summarise_study, transition_at
@@ -223,41 +219,6 @@ def _gather(refs: dict, what: str, buffer: _Buffered, on_done: Callable[[object,
     return failed
 
 
-@contextmanager
-def _marked_running(store: StudyStore, study: str):
-    """While inside, the study's run marker names this process (`status.running` reads it), and is
-    rewritten every MARKER_BEAT seconds: a marker left unrewritten is a run that died."""
-    marker, stop = run_marker_path(study), threading.Event()
-    run = {"host": socket.gethostname(), "pid": os.getpid(), "started": f"{datetime.now():%Y-%m-%d %H:%M:%S}",
-           "token": uuid.uuid4().hex}
-
-    def beat(atomic: bool = True) -> None:
-        store.write_bytes(marker, json.dumps({**run, "beat": time.time()}).encode(), atomic=atomic)
-
-    def keep_beating() -> None:
-        while not stop.wait(MARKER_BEAT):
-            try:
-                beat()
-            except OSError:  # the store did not answer this once: the next beat tries again
-                pass
-
-    beat(atomic=False)  # a first marker read half-written is taken for none
-    beating = threading.Thread(target=keep_beating, name="run-marker", daemon=True)
-    beating.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        beating.join()
-        # only its own marker (a user may have deleted it, and another run written its own), and
-        # quietly: a marker left behind goes stale, a run's outcome must not change for it
-        try:
-            if json.loads(store.read_bytes(marker)).get("token") == run["token"]:
-                store.fs.delete_file(store.path(marker))
-        except (OSError, ValueError, AttributeError):
-            pass
-
-
 def has_saved_work(spec: StudySpec) -> bool:
     """Whether a run of this study got past its checks (now or before), so an interrupted run
     leaves work that the same command continues from."""
@@ -298,7 +259,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
         log_path = folder / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}.log"
         log.info(f"Ray's own output: {log_path} (run --verbose shows it here)")
     tracker, status = None, "FAILED"
-    with ray_output_to(log_path), _marked_running(store, spec.name):
+    with ray_output_to(log_path), marked_running(store, spec.name):
         try:
             start_ray(address, verbose)
             try:

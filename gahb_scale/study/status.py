@@ -1,15 +1,20 @@
 """A study's state in its store — which models are trained, analysed, which pairs compared — worked
 out once, by `run` and by `gahb-scale status` alike; and what the status report adds (which models
-are part-trained, whether the transition table is written)."""
+are part-trained, whether the transition table is written); and the run marker, which a run holds
+and both read to say whether a run is going on."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import threading
 import time
+import uuid
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 
 import pyarrow.fs as pafs
@@ -80,6 +85,41 @@ def running(store: StudyStore, study: str) -> dict | None:
         except PermissionError:  # another user's process: alive
             pass
     return run
+
+
+@contextmanager
+def marked_running(store: StudyStore, study: str):
+    """While inside, the study's run marker names this process (`running` reads it), and is
+    rewritten every MARKER_BEAT seconds: a marker left unrewritten is a run that died."""
+    marker, stop = run_marker_path(study), threading.Event()
+    run = {"host": socket.gethostname(), "pid": os.getpid(), "started": f"{datetime.now():%Y-%m-%d %H:%M:%S}",
+           "token": uuid.uuid4().hex}
+
+    def beat(atomic: bool = True) -> None:
+        store.write_bytes(marker, json.dumps({**run, "beat": time.time()}).encode(), atomic=atomic)
+
+    def keep_beating() -> None:
+        while not stop.wait(MARKER_BEAT):
+            try:
+                beat()
+            except OSError:  # the store did not answer this once: the next beat tries again
+                pass
+
+    beat(atomic=False)  # a first marker read half-written is taken for none
+    beating = threading.Thread(target=keep_beating, name="run-marker", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
+        # only its own marker (a user may have deleted it, and another run written its own), and
+        # quietly: a marker left behind goes stale, a run's outcome must not change for it
+        try:
+            if json.loads(store.read_bytes(marker)).get("token") == run["token"]:
+                store.fs.delete_file(store.path(marker))
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def trained_models(store: StudyStore) -> set[str]:
