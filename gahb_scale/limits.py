@@ -59,3 +59,8 @@ MAX_RESULTS_PATH_LENGTH = 3500
 # Pixels of one image file, checked from its header before it is decoded: above any camera's
 # 50 megapixels; decoded as RGB it is 192 MiB, times 8 decoding threads 1.5 GiB on the driver.
 MAX_IMAGE_PIXELS = 2**26
+
+# --- connections ---------------------------------------------------------------------------------
+# Seconds to wait for a Ray cluster or a tracking server to accept a connection: ray.init retries
+# one that never answers forever, silently, and MLflow for minutes.
+CONNECT_TIMEOUT_S = 10

@@ -120,6 +120,7 @@ class Case:
     code: int = 2
     words: tuple[str, ...] = ()  # each must appear in the message
     setup: Callable[[Path], None] = field(default=lambda tmp: None)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 RUN = ("run", "SPEC")
@@ -175,6 +176,14 @@ CASES = [
          setup=lambda tmp: (tmp / "project").mkdir() or (tmp / "project" / "notes.txt").write_text("x")),
     Case("jacobian-images-over-test-images", _changed(analysis__jacobian_images=9, test_images=8),
          words=("analysis.jacobian_images", "test_images = 8")),
+    Case("tracking-uri-a-folder", _changed(storage__mlflow_tracking_uri="mlruns"),
+         words=("storage.mlflow_tracking_uri", "sqlite:///")),
+    Case("tracking-uri-unknown-scheme", _changed(storage__mlflow_tracking_uri="ftp://host/x"),
+         words=("storage.mlflow_tracking_uri", "http(s)://")),
+    Case("tracking-server-refused", _changed(storage__mlflow_tracking_uri="http://127.0.0.1:1"), RUN,
+         words=("storage.mlflow_tracking_uri", "no tracking server answers at http://127.0.0.1:1")),
+    Case("tracking-env-a-folder", _changed(), RUN, words=("MLFLOW_TRACKING_URI", "file store"),
+         env={"MLFLOW_TRACKING_URI": "mlruns"}),
     Case("results-path-too-long", _changed(), ("run", "SPEC", "--results", "TMP/" + "/".join(["d" * 200] * 20)),
          words=("--results", "too long")),
     # what already held
@@ -215,6 +224,8 @@ def _alarm(signum, frame):
 def test_bad_input_is_refused_at_once_without_output(case: Case, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # a default results folder (results/<name>) lands here too
     case.setup(tmp_path)
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
     spec = tmp_path / "spec.yaml"
     spec.write_text(case.spec(tmp_path).replace("TMP", str(tmp_path)))
     argv = [arg.replace("SPEC", str(spec)).replace("TMP", str(tmp_path)) for arg in case.command]

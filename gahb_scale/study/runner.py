@@ -27,7 +27,7 @@ import ray
 import gahb_scale
 
 from ..errors import UserInputError, printable
-from ..limits import MAX_RESULTS_PATH_LENGTH
+from ..limits import CONNECT_TIMEOUT_S, MAX_RESULTS_PATH_LENGTH
 from .analyse import analyse_model
 from .compare import compare_pair
 from .prepare import prepare_datasets
@@ -38,7 +38,7 @@ from .status import marked_running, others_note, running, study_state
 from .store import (STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path,
                     run_marker_path, spec_path)
 from .summarise import summarise_study, transition_at
-from .track import StudyTracker, experiment_url, store_notice, track_models, ui_command
+from .track import StudyTracker, check_tracking, experiment_url, open_tracker, store_notice, track_models, ui_command
 from .trials import expand_trials
 
 # Ray's environment: read by this process when ray.train is first imported (so `start_ray` sets it
@@ -60,9 +60,6 @@ RAY_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "TUNE_GLOBAL_CHECKPOINT_S": str(24 * 3600),
 }
-# Seconds to wait for a cluster address to accept a connection: ray.init retries one that never
-# answers forever, silently.
-CONNECT_TIMEOUT_S = 10
 
 
 class StudyFailed(Exception):
@@ -237,6 +234,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
     # until every check has passed: a refused study leaves no trace.
     check_address(address)
     check_results_location(store.results)
+    check_tracking(spec, store)
     trials = expand_trials(spec)
     log.info(f"study {spec.name}: {len(trials)} models; results folder {store.results}")
     if notice := store_notice(spec, store):
@@ -266,7 +264,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
                 check_resources(spec, ray.cluster_resources(), strict=address is None)
                 datasets.cache()
                 store.write_bytes(spec_path(spec.name), spec_text.encode())  # several studies may share a folder
-                tracker = StudyTracker(spec, store)
+                tracker = open_tracker(spec, store)
                 tracker.start(spec_text)
                 tracker.name_outside_spec({trial.trial_id for trial in trials})
                 log.info(f"[mlflow] {experiment_url(tracker.uri, tracker.experiment_id)}  ({ui_command(tracker.uri)})")
@@ -423,8 +421,9 @@ def report_study(spec: StudySpec) -> str:
                 else "is trained yet (other training settings name other models); run `gahb-scale run` on this "
                      "spec first")
         raise UserInputError(f"study {spec.name}: no model of this spec under {store.results} {done}")
+    check_tracking(spec, store)
     files = write_report(spec, store, tables.of(state.analysed, state.compared))
-    tracker = StudyTracker(spec, store)
+    tracker = open_tracker(spec, store)
     tracker.log_report(files)
     if tracker.created:  # no `run` had logged this study here (e.g. another tracking store): not left RUNNING
         tracker.client.set_terminated(tracker.parent_id, "FINISHED")

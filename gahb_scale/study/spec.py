@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import os
+import re
 import typing
 from functools import lru_cache
 from pathlib import Path
@@ -501,6 +503,21 @@ def results_below(root: str, name: str) -> str:
     return str(Path(root) / name)
 
 
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow cannot keep a study's runs at tracking URI `uri`; None where it can."""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", uri)
+    if uri.lower() in ("databricks", "databricks-uc", "uc"):
+        return None
+    if (scheme is None or scheme[1].lower() == "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE") != "true":
+        return (f"{short_repr(uri)} names a folder, MLflow's file store, which MLflow 3 keeps no new runs in: give "
+                f"an sqlite store (sqlite:///PATH/mlflow.db) or a tracking server (http://HOST:PORT)")
+    if scheme[1].lower().split("+")[0] not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql",
+                                                 "databricks", "databricks-uc", "uc"):
+        return (f"{short_repr(uri)}: MLflow keeps runs at a tracking server (http(s)://) or in a database "
+                f"(sqlite:///, postgresql://, mysql://, mssql://) or Databricks")
+    return None
+
+
 class StorageSpec(_Model):
     """Where results go. `results_dir` is the study's results folder: a local path (relative:
     against the current directory) or a URI such as s3://bucket/prefix; default results/<study
@@ -511,6 +528,13 @@ class StorageSpec(_Model):
     mlflow_tracking_uri: str | None = Field(
         default=None, description="a tracking server (http://...) or store URI; null: MLFLOW_TRACKING_URI, else an "
                                   "sqlite store under a local results_dir (remote results: ~/.gahb-scale/mlflow)")
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _usable_by_mlflow(cls, v: str | None) -> str | None:
+        if v is not None and (problem := tracking_uri_problem(v)):
+            raise ValueError(problem)
+        return v
 
     @field_validator("results_dir")
     @classmethod

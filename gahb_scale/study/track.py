@@ -9,16 +9,21 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import sqlite3
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ..errors import UserInputError, printable
+from ..limits import CONNECT_TIMEOUT_S
 from .progress import StageProgress
-from .spec import StudySpec
+from .spec import StudySpec, tracking_uri_problem
 from .store import StudyStore, StudyTables, figure_path
 from .transition_columns import logged_columns
 from .trials import Trial
@@ -63,6 +68,42 @@ def store_notice(spec: StudySpec, store: StudyStore) -> str | None:
     return (f"storage.mlflow_tracking_uri is not set and results are remote ({store.results}): MLflow runs go to "
             f"the local store {tracking_uri(spec, store)} on this machine; set storage.mlflow_tracking_uri (or "
             f"MLFLOW_TRACKING_URI) to a tracking server to share them")
+
+
+def _refused(uri: str, exc: MlflowException) -> UserInputError:
+    return UserInputError(f"MLflow at {printable(uri)}: {printable(str(exc).split(' Response body:')[0])[:600]}")
+
+
+def check_tracking(spec: StudySpec, store: StudyStore) -> None:
+    """Before anything is written: the tracking URI (also one from MLFLOW_TRACKING_URI) is one
+    MLflow can keep runs at, and a tracking server answers within CONNECT_TIMEOUT_S (MLflow itself
+    retries for minutes) as a tracking server does."""
+    uri = tracking_uri(spec, store)
+    where = "storage.mlflow_tracking_uri" if spec.storage.mlflow_tracking_uri else "MLFLOW_TRACKING_URI"
+    if problem := tracking_uri_problem(uri):
+        raise UserInputError(f"{where}: {problem}")
+    if not _is_server(uri):
+        return
+    parsed = urllib.parse.urlsplit(uri)
+    try:
+        port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
+        socket.create_connection((parsed.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"{where}: no tracking server answers at {printable(uri)} ({exc or 'no answer'}; "
+                             f"waited at most {CONNECT_TIMEOUT_S} s)") from None
+    try:
+        MlflowClient(uri).get_experiment_by_name(f"gahb-scale/{spec.name}")  # a read: nothing is made
+    except MlflowException as exc:
+        raise _refused(uri, exc) from None
+
+
+def open_tracker(spec: StudySpec, store: StudyStore) -> StudyTracker:
+    """The study's tracker. An MLflow that refuses it (a database it cannot open) is the user's to
+    fix: one message, not MLflow's traceback."""
+    try:
+        return StudyTracker(spec, store)
+    except MlflowException as exc:
+        raise _refused(tracking_uri(spec, store), exc) from None
 
 
 # `mlflow ui`'s own address, where the command below serves a local store
