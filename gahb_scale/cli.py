@@ -58,19 +58,21 @@ def study_spec(args, must_hold_results: bool):
     storage.results_dir. Where --results itself holds the study (a study folder given as
     --results, its meaning up to version 0.5), that folder is used, with a note. With
     `must_hold_results` (status, report) a folder holding nothing of the study is an error
-    naming it, not an empty study."""
+    naming it, not an empty study. Those two read only results: a dataset folder that is not
+    on this machine is no error for them."""
     from .study.spec import results_folder_name
     from .study.spec_file import load_spec
     from .study.status import holds_results
 
-    spec = load_spec(args.spec, results_root=args.results)
+    missing = [] if must_hold_results else None
+    spec = load_spec(args.spec, results_root=args.results, missing_folders=missing)
     if args.results is None and not must_hold_results:
         return spec
     try:
         if holds_results(spec):
             return spec
         if args.results is not None:
-            given = load_spec(args.spec, results_dir=args.results)
+            given = load_spec(args.spec, results_dir=args.results, missing_folders=missing)
             if holds_results(given):
                 print(f"note: {printable(args.results)} is study {spec.name}'s own folder, used as such; --results "
                       f"names the results root, the folder above it (here: --results "

@@ -223,6 +223,23 @@ def test_a_folder_without_the_study_is_named_not_reported_empty(tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["micro.yaml", "results"]  # nothing written
 
 
+def test_status_and_report_read_results_without_the_dataset_folder(tmp_path, capsys):
+    """status and report need only the results (e.g. from a laptop, of a cluster's CelebA study):
+    a dataset folder absent here is no error for them; run still refuses it."""
+    from gahb_scale.study.store import StudyStore, spec_path
+
+    spec = tmp_path / "faces.yaml"
+    spec.write_text(yaml.safe_dump(micro(tmp_path, datasets=[{"name": "faces", "kind": "folder",
+                                                              "params": {"path": str(tmp_path / "absent")}}])))
+    StudyStore(str(tmp_path / "out")).write_bytes(spec_path("micro"), spec.read_bytes())
+    assert main(["status", str(spec)]) == 0
+    assert "4 models — 0 trained" in capsys.readouterr().out
+    assert main(["report", str(spec)]) == 2
+    assert "no model of this spec" in capsys.readouterr().err  # the study's own words, not the folder's
+    assert main(["run", str(spec)]) == 2
+    assert "absent" in capsys.readouterr().err
+
+
 def test_results_names_the_root_and_a_study_folder_given_still_works(tmp_path, capsys):
     from gahb_scale.study.store import StudyStore, spec_path
 
