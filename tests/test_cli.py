@@ -307,6 +307,43 @@ def test_a_pool_too_small_after_removing_duplicates_is_refused_before_anything_r
     assert (row["pool_images"], row["duplicates_removed"]) == (12, 0)
 
 
+def test_a_folder_changed_since_its_models_were_trained_is_refused(tmp_path, capsys):
+    """An image added to a folder changes every split pair under the same trial ids: the trained
+    models' training images and measures would no longer match. run refuses, naming the dataset;
+    with no model of it trained yet, the new pool is simply used."""
+    from PIL import Image
+
+    from gahb_scale.study.prepare import prepare_datasets
+    from gahb_scale.study.spec_file import load_spec
+    from gahb_scale.study.store import StudyStore, model_path
+    from gahb_scale.study.trials import expand_trials
+
+    folder = _folder_of(tmp_path, count=12, copies=0)
+    spec = tmp_path / "faces.yaml"
+    spec.write_text(yaml.safe_dump(micro(tmp_path, datasets=[{"name": "faces", "kind": "folder",
+                                                              "params": {"path": str(folder)}}], test_images=2)))
+    store = StudyStore(str(tmp_path / "out"))
+    store.upsert("datasets", prepare_datasets(load_spec(spec)).rows)  # as the run that trained wrote it
+    store.write_bytes(model_path(expand_trials(load_spec(spec))[0].trial_id), b"a trained model")
+    Image.open(folder / "000.png").transpose(Image.Transpose.ROTATE_90).save(folder / "012.png")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "datasets[0] ('faces')" in err and "pool of 12 images then, 13 now" in err and "Traceback" not in err
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    (folder / "012.png").unlink()
+    (folder / "011.png").rename(folder / "renamed.png")  # as many images, another pool order
+    assert main(["run", str(spec)]) == 2 and "12 images then, 12 now" in capsys.readouterr().err
+    from gahb_scale.study.prepare import check_pools_unchanged
+
+    loaded = load_spec(spec)
+    trials, now = expand_trials(loaded), prepare_datasets(loaded)
+    check_pools_unchanged(loaded, trials, now, store.rows("datasets"), set())  # nothing trained: used as it is
+    check_pools_unchanged(loaded, trials, now, now.rows, {trials[0].trial_id})  # unchanged
+    older = [{**row, "pool_files_sha256": None} for row in now.rows]  # a table written before the column
+    check_pools_unchanged(loaded, trials, now, older, {trials[0].trial_id})
+
+
 def test_a_corrupt_image_is_named_before_anything_runs_or_is_written(tmp_path, capsys):
     folder = _folder_of(tmp_path, count=12, copies=0)
     (folder / "005.png").write_bytes(b"not a png at all")

@@ -6,6 +6,7 @@ says: `gahb_scale.dataset_kinds.split_pair_images`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -15,6 +16,7 @@ from ..data.image_folder import NEAR_DUPLICATE_THRESHOLD, cache_image_folder
 from ..dataset_kinds import DATASET_KINDS, split_pair_images
 from ..errors import UserInputError
 from .spec import DatasetSpec, StudySpec
+from .trials import Trial
 
 
 def finite_pool(dataset: DatasetSpec, size: int, write_cache: bool = True) -> FolderImages | None:
@@ -46,10 +48,11 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
     rows, pools = [], []
     for dataset in spec.datasets:
         row = {"study_id": spec.name, "dataset": dataset.name, "kind": dataset.kind, "pool_images": None,
-               "duplicates_removed": None, "near_duplicate_threshold": None}
+               "duplicates_removed": None, "near_duplicate_threshold": None, "pool_files_sha256": None}
         if (pool := finite_pool(dataset, spec.image_size, write_cache=False)) is not None:
             pools.append(pool)
             row.update(pool_images=len(pool), duplicates_removed=pool.duplicates_removed,
+                       pool_files_sha256=hashlib.sha256("\n".join(pool.files).encode()).hexdigest(),
                        # a folder's own threshold (None: duplicates kept), else the photos' one
                        near_duplicate_threshold=dataset.params.get("near_duplicate_threshold",
                                                                    NEAR_DUPLICATE_THRESHOLD))
@@ -61,6 +64,27 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
                                  f"2 x N + test_images = {needed} (two disjoint splits and the held-out set)")
         rows.append(row)
     return PreparedDatasets(rows, pools)
+
+
+def check_pools_unchanged(spec: StudySpec, trials: list[Trial], prepared: PreparedDatasets, before: list[dict],
+                          trained: set[str]) -> None:
+    """A folder's pool that changed (images added, removed or renamed) since the study's `trained`
+    models were trained would give other split pairs, under the same trial ids: those models'
+    splits, training images and measures would no longer match. `before`: the datasets rows the
+    study's last run wrote."""
+    for row in prepared.rows:
+        (old,) = [old for old in before if old["dataset"] == row["dataset"]] or [None]
+        if old is None or row["pool_files_sha256"] is None or old.get("pool_files_sha256") in (
+                row["pool_files_sha256"], None) and old["pool_images"] == row["pool_images"]:
+            continue
+        models = [t for t in trials if t.dataset.name == row["dataset"] and t.trial_id in trained]
+        if models:
+            index = [d.name for d in spec.datasets].index(row["dataset"])
+            raise UserInputError(
+                f"datasets[{index}] ({row['dataset']!r}): the folder's images changed since {len(models)} of the "
+                f"study's models were trained (pool of {old['pool_images']} images then, {row['pool_images']} now): "
+                f"its split pairs would differ from those the models were trained on. Put the folder back as it "
+                f"was, or run the changed data as another study (another name or results folder)")
 
 
 def split_images(dataset: DatasetSpec, size: int, n: int | dict[str, int], n_test: int, pair: int,

@@ -30,11 +30,11 @@ from ..errors import UserInputError, printable
 from ..limits import CONNECT_TIMEOUT_S, MAX_RESULTS_PATH_LENGTH
 from .analyse import analyse_model
 from .compare import compare_pair
-from .prepare import prepare_datasets
+from .prepare import check_pools_unchanged, prepare_datasets
 from .progress import StageProgress, failure_reason, log, ray_output_to
 from .report import REPORT_ALWAYS, write_report
 from .spec import StudySpec
-from .status import marked_running, others_note, running, study_state
+from .status import marked_running, others_note, running, study_state, trained_models
 from .store import (STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path,
                     run_marker_path, spec_path)
 from .summarise import summarise_study, transition_at
@@ -246,6 +246,9 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
                              f"since {other['started']}: let it finish or stop it (if no such run is going on, "
                              f"delete {store.uri(run_marker_path(spec.name))})")
     datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here; caches written below
+    tables = StudyTables(store, spec.name)
+    if datasets.pools:
+        check_pools_unchanged(spec, trials, datasets, tables.key_rows("datasets", "study"), trained_models(store))
     for row in datasets.rows:
         if row["duplicates_removed"] is not None:
             log.info(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing "
@@ -268,7 +271,6 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
                 tracker.start(spec_text)
                 tracker.name_outside_spec({trial.trial_id for trial in trials})
                 log.info(f"[mlflow] {experiment_url(tracker.uri, tracker.experiment_id)}  ({ui_command(tracker.uri)})")
-                tables = StudyTables(store, spec.name)
                 for name, rows in (("datasets", datasets.rows), ("spec_models", [t.as_row() for t in trials])):
                     if rows != tables.key_rows(name, "study"):
                         tables.put(name, rows)
