@@ -179,9 +179,10 @@ def cmd_status(args) -> int:
         lines.append(f"{trial.trial_id}  {trial.dataset.name}/{trial.architecture.name} N={trial.n} pair={trial.pair} "
                      f"{trial.split} seed={trial.seed}: {detail}; "
                      f"{'analysed' if trial.trial_id in state.analysed else 'not analysed'}")
+    resume = " (resume with `gahb-scale run`)" if counts["part-trained"] else ""
     print(f"study {spec.name} ({spec.storage.results_location()}): {len(state.trials)} models — {counts['trained']} "
-          f"trained, {counts['part-trained']} part-trained (resume with `gahb-scale run`), {counts['not started']} not "
-          f"started; {len(state.analysed)} analysed; {len(state.compared)}/{len(state.by_pair)} split pairs compared; "
+          f"trained, {counts['part-trained']} part-trained{resume}, {counts['not started']} not started; "
+          f"{len(state.analysed)} analysed; {len(state.compared)}/{len(state.by_pair)} split pairs compared; "
           f"study tables and report {tables_written}")
     if run is not None:
         print(f"running now: process {run['pid']} on {run['host']}, since {run['started']}")

@@ -261,6 +261,10 @@ def test_extending_a_finished_study_trains_only_its_new_models(micro, tmp_path, 
     data["train_sizes"] = [1, 2, 4]
     grown = tmp_path / "micro_grown.yaml"
     grown.write_text(yaml.safe_dump(data))
+    assert main(["status", str(grown)]) == 0  # before the run: its tables are of the pairs compared so far
+    status = capsys.readouterr().out
+    assert "2 not started" in status and "study tables and report written, of the 2 split pair(s) compared so far" \
+        in status and "resume with" not in status
     finished = {p.parent.name: (p.stat().st_mtime_ns, (p.parent / "training.json").read_bytes())
                 for p in (copy / "micro" / "models").glob("*/model.pt")}
     assert len(finished) == 4

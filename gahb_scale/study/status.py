@@ -202,7 +202,9 @@ def study_progress(spec: StudySpec) -> tuple[StudyState, dict[str, int], str, di
     store = StudyStore(spec.storage.results_location())
     state = study_state(spec, store, StudyTables(store, spec.name))
     made = store.read_if_present(report_stamp_path(spec.name))
-    written = ("not written" if made is None else "written, up to date" if made == state.stamp() else
-               "written, of other models or settings: `gahb-scale run` makes them again")
+    written = ("not written" if made is None else
+               "written, of other models or settings: `gahb-scale run` makes them again" if made != state.stamp() else
+               "written, up to date" if len(state.compared) == len(state.by_pair) else
+               f"written, of the {len(state.compared)} split pair(s) compared so far")
     return (state, _checkpoint_steps(store, state), written,
             running(store, spec.name))
