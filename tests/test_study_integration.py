@@ -324,6 +324,25 @@ def test_a_study_run_again_with_fewer_models_tabulates_only_its_own(micro, tmp_p
     assert latest_at_4() == pytest.approx(row["ab_cosine_centered"])
 
 
+def test_report_of_a_spec_with_fewer_models_makes_its_study_tables_again(micro, tmp_path, capsys):
+    """`report` on a spec naming only some of the folder's models: its report and transition table
+    are of those models, not the table the last run made of all of them."""
+    spec_path, results = micro
+    copy = tmp_path / "results"
+    shutil.copytree(results.parent, copy)
+    data = yaml.safe_load(spec_path.read_text())
+    data["storage"] = {"results_dir": str(copy / "micro")}
+    data["train_sizes"] = [1]
+    shrunk = tmp_path / "micro_shrunk.yaml"
+    shrunk.write_text(yaml.safe_dump(data))
+    assert main(["report", str(shrunk)]) == 0
+    capsys.readouterr()
+    store = StudyStore(str(copy / "micro"))
+    assert [(row["n"], row["models"]) for row in store.rows("transition")] == [(1, 2)]
+    assert "2 analysed models" in (copy / "micro" / "reports" / "micro" / "index.html").read_text()
+    assert main(["status", str(shrunk)]) == 0 and "report written, up to date" in capsys.readouterr().out
+
+
 def test_models_of_earlier_settings_stay_apart_from_the_spec_s_own(micro, tmp_path, capsys):
     """N = 1 trained for fewer steps in a copy of the finished micro study: its two models are new
     ones. The old ones stay in the tables, and `run` and `status` say so; spec_models tells them

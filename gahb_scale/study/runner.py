@@ -34,7 +34,7 @@ from .prepare import check_pools_unchanged, prepare_datasets
 from .progress import StageProgress, failure_reason, log, ray_output_to
 from .report import REPORT_ALWAYS, write_report
 from .spec import StudySpec
-from .status import marked_running, others_note, running, study_state, trained_models
+from .status import StudyState, marked_running, others_note, running, study_state, trained_models
 from .store import (STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path,
                     run_marker_path, spec_path)
 from .summarise import summarise_study, transition_at
@@ -376,6 +376,20 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
     return {"state": state, "failed": failed, "complete": all(trial.trial_id in analysed for trial in trials)}
 
 
+def _tables_and_report(spec: StudySpec, store: StudyStore, tables: StudyTables, state: StudyState,
+                       with_report: bool = True) -> dict[str, bytes] | None:
+    """The study tables, summarised from the spec's own analysed models and compared pairs, and
+    (`with_report`) the report's files, written with the stamp that says what they are made from."""
+    current = tables.of(state.analysed, state.compared)
+    for name, rows in summarise_study(spec, current).items():
+        tables.put(name, rows)
+    if not with_report:
+        return None
+    files = write_report(spec, store, current)
+    store.write_bytes(report_stamp_path(spec.name), state.stamp())  # last: the tables and report are whole
+    return files
+
+
 def _report(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: StudyTracker, outcome: dict) -> dict:
     """Stages 4 and 5, once both models of a pair are analysed: the study tables (transition,
     slopes, shuffle drop, memorization over time) and the report, made again only when the models
@@ -392,12 +406,7 @@ def _report(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: St
     held = tables.key_rows("transition", "study") if complete else []
     if state.analysed and (store.read_if_present(report_stamp_path(spec.name)) != stamp or not reported or
                            not set(REPORT_ALWAYS) <= set(store.files_below(report_dir(spec.name), recursive=False))):
-        current = tables.of(state.analysed, state.compared)
-        for name, rows in summarise_study(spec, current).items():
-            tables.put(name, rows)
-        if reported:
-            report_files = write_report(spec, store, current)
-            store.write_bytes(report_stamp_path(spec.name), stamp)  # last: the tables and report are whole
+        report_files = _tables_and_report(spec, store, tables, state, with_report=bool(reported))
     transition = tables.key_rows("transition", "study")
     if not reported:
         return {"report": None, "transition": transition}
@@ -412,8 +421,9 @@ def _report(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: St
 
 
 def report_study(spec: StudySpec) -> str:
-    """`gahb-scale report`: write the report of a study (run or part-run) and log it to the study's
-    MLflow run; returns where index.html is."""
+    """`gahb-scale report`: write the report of a study (run or part-run), its study tables made
+    again first where they are of other models or settings, and log it to the study's MLflow run;
+    returns where index.html is."""
     store = StudyStore(spec.storage.results_location())
     tables = StudyTables(store, spec.name)
     state = study_state(spec, store, tables)
@@ -424,7 +434,10 @@ def report_study(spec: StudySpec) -> str:
                      "spec first")
         raise UserInputError(f"study {spec.name}: no model of this spec under {store.results} {done}")
     check_tracking(spec, store)
-    files = write_report(spec, store, tables.of(state.analysed, state.compared))
+    if store.read_if_present(report_stamp_path(spec.name)) != state.stamp():  # tables of other models or settings
+        files = _tables_and_report(spec, store, tables, state)
+    else:
+        files = write_report(spec, store, tables.of(state.analysed, state.compared))
     tracker = open_tracker(spec, store)
     tracker.log_report(files)
     if tracker.created:  # no `run` had logged this study here (e.g. another tracking store): not left RUNNING
