@@ -142,11 +142,11 @@ def cmd_run(args) -> int:
           f"--results {results}")
     print(f"progress:          {bin_dir}/gahb-scale status {shlex.quote(args.spec)} --results {results}")
     ui = ui_command(result["mlflow_uri"])
-    if ui.startswith("mlflow "):
-        print(f"MLflow UI:         {bin_dir}/{ui}")
-        print(f"                   then open {result['mlflow_url']}")
-    else:
+    if ui.startswith("open "):
         print(f"MLflow UI:         {result['mlflow_url']}")
+    else:
+        print(f"MLflow UI:         {ui}")
+        print(f"                   then open {result['mlflow_url']}")
     if result["report"]:
         print(f"report:            {result['report']}")
     return 0
@@ -223,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gahb-scale {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     results_help = ("results root, a folder or a URI such as s3://bucket/prefix, holding the study in "
-                    "<root>/<last part of storage.results_dir, by default the study's name> (default: the spec's "
-                    "storage.results_dir itself)")
+                    "<root>/<last part of storage.results_dir, by default the study's name> (without it: the study's "
+                    "folder is storage.results_dir itself)")
     p = sub.add_parser("run", help="run (or continue) a study")
     p.add_argument("spec", help="study spec (YAML)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")

@@ -339,3 +339,33 @@ def test_a_stages_last_count_is_told_once(monkeypatch):
         log.setLevel(level)
     assert [line.split(",")[0] for line in lines] == ["[analysis] 1/3 tasks", "[analysis] 2/3 tasks",
                                                       "[analysis] 3/3 tasks", "[pairs] 0/0 tasks"]
+
+
+def test_a_stages_rate_and_eta_leave_out_the_wait_before_its_first_update(monkeypatch):
+    """Training's first step comes after Ray has started the workers (tens of seconds): a rate
+    over the whole stage put the first ETA at several times the real one."""
+    import logging
+
+    from gahb_scale.study import progress as progress_module
+
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(progress_module, "PLAIN_EVERY_S", 0.0)
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    log = logging.getLogger("gahb_scale.study")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        stage = progress_module.StageProgress("train", total=800, unit="step")
+        now[0] = 40.0  # Ray's start-up, then 50 steps
+        stage.update(50)
+        now[0] = 50.0
+        stage.update(20)  # 2 steps/s since the first update
+        stage.bar.close()
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert lines == ["[train] 50/800 steps", "[train] 70/800 steps, 2/s, ETA 365 s"]

@@ -6,6 +6,7 @@ The servers are real (moto's S3 server, `mlflow server`), started on 127.0.0.1 b
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ def test_a_given_tracking_uri_or_local_results_need_no_notice(home, s3_results, 
     assert tracking_uri(spec, local) == f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
     assert store_notice(spec, local) is None
     assert ui_command(server) == f"open {server} in a browser"
-    assert ui_command("sqlite:///x/mlflow.db") == "mlflow ui --backend-store-uri sqlite:///x/mlflow.db"
+    assert ui_command("sqlite:///x/mlflow.db") == f"{Path(sys.executable).parent}/mlflow ui --backend-store-uri sqlite:///x/mlflow.db"
 
 
 def test_an_experiment_made_without_the_kind_tag_gets_it(home, tmp_path):

@@ -58,10 +58,10 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
                                                                    NEAR_DUPLICATE_THRESHOLD))
         needed = pool_size_needed(max(spec.train_sizes), spec.test_images)
         if row["pool_images"] is not None and row["pool_images"] < needed:
-            removed = f" after removing {row['duplicates_removed']} near-duplicates" if row["duplicates_removed"] else ""
+            removed = f" after removing {row['duplicates_removed']:,} near-duplicates" if row["duplicates_removed"] else ""
             raise UserInputError(f"datasets[{spec.datasets.index(dataset)}] ({dataset.name!r}): the pool holds "
-                                 f"{row['pool_images']} images{removed}, but N = {max(spec.train_sizes)} needs "
-                                 f"2 x N + test_images = {needed} (two disjoint splits and the held-out set)")
+                                 f"{row['pool_images']:,} images{removed}, but N = {max(spec.train_sizes):,} needs "
+                                 f"2 x N + test_images = {needed:,} (two disjoint splits and the held-out set)")
         rows.append(row)
     return PreparedDatasets(rows, pools)
 
@@ -82,7 +82,7 @@ def check_pools_unchanged(spec: StudySpec, trials: list[Trial], prepared: Prepar
             index = [d.name for d in spec.datasets].index(row["dataset"])
             raise UserInputError(
                 f"datasets[{index}] ({row['dataset']!r}): the folder's images changed since {len(models)} of the "
-                f"study's models were trained (pool of {old['pool_images']} images then, {row['pool_images']} now): "
+                f"study's models were trained (pool of {old['pool_images']:,} images then, {row['pool_images']:,} now): "
                 f"its split pairs would differ from those the models were trained on. Put the folder back as it "
                 f"was, or run the changed data as another study (another name or results folder)")
 

@@ -62,7 +62,10 @@ class StageProgress:
 
     def __init__(self, stage: str, total: int, unit: str):
         self.stage, self.total, self.unit = stage, total, unit
-        self.done, self.started, self.last_line = 0, time.monotonic(), time.monotonic()
+        self.done, self.last_line = 0, time.monotonic()
+        # (time, count) at the first update: the rate is measured from there, since what comes
+        # before it (Ray starting workers, a pack loading its data) says nothing of what is left
+        self.first: tuple[float, int] | None = None
         self.told: int | None = None  # the count the last plain line gave
         terminal = _out()
         self.bar = tqdm(total=total, desc=f"[{stage}]", unit=f" {unit}", file=terminal, dynamic_ncols=True,
@@ -70,16 +73,18 @@ class StageProgress:
 
     def update(self, n: int = 1) -> None:
         self.done += n
+        self.first = self.first or (time.monotonic(), self.done)
         self.bar.update(n)
         if self.bar.disable and time.monotonic() - self.last_line >= PLAIN_EVERY_S:
             self._line()
 
     def _line(self) -> None:
         self.last_line, self.told = time.monotonic(), self.done
-        seconds = self.last_line - self.started
-        rate = self.done / seconds if seconds > 0 else 0.0
-        eta = f", ETA {(self.total - self.done) / rate:.0f} s" if 0 < rate and self.done < self.total else ""
-        log.info(f"[{self.stage}] {self.done}/{self.total} {self.unit}s, {rate:.3g}/s{eta}")
+        since, counted = self.first or (self.last_line, 0)
+        rate = (self.done - counted) / (self.last_line - since) if self.last_line > since else 0.0
+        speed = f", {rate:.3g}/s" + (f", ETA {(self.total - self.done) / rate:.0f} s" if self.done < self.total
+                                     else "") if rate > 0 else ""
+        log.info(f"[{self.stage}] {self.done}/{self.total} {self.unit}s{speed}")
 
     def close(self) -> None:
         self.bar.close()

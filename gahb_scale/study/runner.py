@@ -251,8 +251,8 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
         check_pools_unchanged(spec, trials, datasets, tables.key_rows("datasets", "study"), trained_models(store))
     for row in datasets.rows:
         if row["duplicates_removed"] is not None:
-            log.info(f"[prepare] {row['dataset']}: {row['pool_images']} images after removing "
-                     f"{row['duplicates_removed']} near-duplicates (|correlation| > "
+            log.info(f"[prepare] {row['dataset']}: {row['pool_images']:,} images after removing "
+                     f"{row['duplicates_removed']:,} near-duplicates (|correlation| > "
                      f"{row['near_duplicate_threshold']:g} on copies pooled by int(side/20))")
     log_path = None
     if not verbose:  # Ray's own output: beside local results, else in this machine's home folder

@@ -362,7 +362,7 @@ class TrainingSpec(TrainSettings, _Model):
         if any(isinstance(getattr(self, name), dict) for name in PER_TRAIN_SIZE):
             sizes = sorted({n for name in PER_TRAIN_SIZE if isinstance(getattr(self, name), dict)
                             for n in getattr(self, name)})
-            return "".join(f"\n  N = {n}: " + self.model_copy(update=self.per_train_size(n)).budget() for n in sizes)
+            return "per N:" + "".join(f"\n  N = {n}: " + self.model_copy(update=self.per_train_size(n)).budget() for n in sizes)
         images = self.steps * self.batch_size
         return (f"{self.steps:,} steps of batch {self.batch_size} = {images / 1e6:.3g}M images per model = "
                 f"{images / AUTHORS_EPOCH_IMAGES:.4g} epochs of {AUTHORS_EPOCH_IMAGES:,} "

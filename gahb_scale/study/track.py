@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import sqlite3
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -111,10 +112,11 @@ LOCAL_UI = "http://127.0.0.1:5000"
 
 
 def ui_command(uri: str) -> str:
-    """How to see the runs: a tracking server has its UI at its own address; a local store needs `mlflow ui`."""
+    """How to see the runs: a tracking server has its UI at its own address; a local store needs
+    `mlflow ui`, named with its folder (this environment's, which need not be activated)."""
     if _is_server(uri):
         return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+    return f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri}"
 
 
 def experiment_url(uri: str, experiment_id: str) -> str:
