@@ -167,6 +167,22 @@ def test_query_gives_csv_and_json_for_scripts(a_table, capsys):
                                                    {"n": 4, "f_mem": 0.25, "dataset": "d, with a comma"}]
 
 
+def test_a_study_in_two_folders_under_the_root_is_noted(a_table, capsys):
+    """A copy of a study's folder kept beside it counts its rows twice: the query says so."""
+    import shutil
+
+    shutil.copytree(a_table, a_table.parent / "root" / "copy")
+    shutil.copytree(a_table, a_table.parent / "root" / "original")
+    root = a_table.parent / "root"
+    assert main(["query", "SELECT count(*) AS rows FROM transition", "--results", str(root)]) == 0
+    out, err = capsys.readouterr()
+    assert "4" in out and f"study s's tables lie in 2 results folders under {root} (copy, original)" in err
+    assert main(["query", "SELECT count(*) AS rows FROM transition", "--results", str(root / "copy")]) == 0
+    assert not capsys.readouterr().err
+    assert main(["query", "SELECT count(*) AS rows FROM transition", "--results", str(a_table)]) == 0
+    assert not capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sql", ["", "  ", ";", "-- only a comment"])
 def test_a_query_without_a_statement_is_a_clear_error(a_table, sql, capsys):
     assert main(["query", sql, "--results", str(a_table)]) == 2

@@ -11,6 +11,10 @@ summaries and the figures' groups.
 
 from __future__ import annotations
 
+import re
+import sys
+from collections import defaultdict
+
 import pyarrow as pa
 
 from ..errors import UserInputError
@@ -47,6 +51,20 @@ def sql_rows(sql: str, params: dict | None = None, **tables: pa.Table) -> list[d
         return [dict(zip(result.columns, row)) for row in result.fetchall()]
 
 
+def _note_studies_in_several_folders(files: dict[str, list[str]], root: str) -> None:
+    """A study whose tables lie in more than one results folder below the root (a copy kept beside
+    the original, or two studies of one name) has its rows counted once per folder: said on stderr."""
+    folders = defaultdict(set)
+    for path in (path for paths in files.values() for path in paths):
+        folder, study = re.fullmatch(r"(.*?)/?tables/[^/]+/([^/]+)/[^/]+", path[len(root):].lstrip("/")).groups()
+        folders[study].add(folder or ".")
+    for study, held in sorted(folders.items()):
+        if len(held) > 1:
+            print(f"note: study {study}'s tables lie in {len(held)} results folders under {root} ("
+                  f"{', '.join(sorted(held))}): its rows are counted once per folder; --results with one of "
+                  f"them queries that one", file=sys.stderr)
+
+
 def run_query(sql: str, results: str) -> tuple[list[str], list[tuple]]:
     import duckdb
     import pyarrow.dataset as ds
@@ -58,6 +76,7 @@ def run_query(sql: str, results: str) -> tuple[list[str], list[tuple]]:
     files = store.table_files_below()
     if not files:
         raise UserInputError(f"no tables under {results} (run a study first)")
+    _note_studies_in_several_folders(files, store.root)
     con = duckdb.connect()
     for name, paths in sorted(files.items()):
         factory = ds.FileSystemDatasetFactory(store.fs, paths, ds.ParquetFileFormat())
