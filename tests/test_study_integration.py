@@ -463,6 +463,7 @@ def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys, sent, st
         experiment = client.get_experiment_by_name("gahb-scale/micro").experiment_id
         (study_run,) = client.search_runs([experiment], "tags.`gahb.role` = 'study'")
         assert study_run.info.status == "KILLED"
+        assert not list((results / "ray").glob("train-*"))  # Tune's record of the grid, of no use
     store = StudyStore(str(results))
     assert not all(store.exists(model_path(t.trial_id)) for t in trials)
     assert main(["status", str(spec_file)]) == 0

@@ -283,12 +283,12 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
         tuner.fit()
     finally:
         progress.close()
-    # Tune's record of this grid serves a Tuner.restore the study never asks for (a pack resumes from
-    # its own run, ray/<pack id>): one folder per run would pile up
-    try:
-        store.fs.delete_dir(store.path(f"ray/{experiment}"))
-    except OSError:  # absent, or the store did not answer: a folder left over costs only space
-        pass
+        # Tune's record of this grid serves a Tuner.restore the study never asks for (a pack resumes
+        # from its own run, ray/<pack id>): one folder per run, interrupted or not, would pile up
+        try:
+            store.fs.delete_dir(store.path(f"ray/{experiment}"))
+        except OSError:  # absent, or the store did not answer: a folder left over costs only space
+            pass
     trained = trained_models(store)
     for pack in packs:
         if {t.trial_id for t in pack.trials} <= trained:
