@@ -1,8 +1,10 @@
 """The layering rule and the resource model: the science core knows nothing of Ray or MLflow, and
 a study never asks for more concurrent trials than the cluster can place."""
 
+import logging
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 
@@ -265,9 +267,25 @@ def test_a_model_file_without_its_training_record_is_one_clear_error(tmp_path):
         register_trained(spec, StudyTables(store, spec.name), [broken])
 
 
+@contextmanager
+def study_log_lines():
+    """The messages the study layer logs while inside, as a list."""
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    log = logging.getLogger("gahb_scale.study")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def test_a_packs_last_step_is_told_once():
     """A pack reports its last step twice, the second time with its checkpoint: one progress line."""
-    import logging
     from types import SimpleNamespace
 
     from gahb_scale.study.train import Pack, TrainProgress
@@ -276,20 +294,11 @@ def test_a_packs_last_step_is_told_once():
     spec = study([SMALL], sizes=(1,))
     pack = Pack(tuple(expand_trials(spec)))
     progress = TrainProgress(spec, {pack.pack_id: pack}, SimpleNamespace(log_training=lambda *_: None), set())
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    log = logging.getLogger("gahb_scale.study")
-    level, steps = log.level, spec.training.steps
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
+    steps = spec.training.steps
+    with study_log_lines() as lines:
         for step in (steps // 2, steps, steps):
             progress.on_trial_result(0, [], SimpleNamespace(config={"pack_id": pack.pack_id}),
                                      {"step": step, "losses": [1.0, 2.0], "images_per_s": 100.0})
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
     assert [line.split(": ", 1)[1].split(" loss")[0] for line in lines if pack.pack_id in line] == \
         [f"step {steps // 2}/{steps}", f"step {steps}/{steps}"]
 
@@ -315,28 +324,16 @@ def test_a_failed_resumed_pack_fails_only_the_runs_of_its_models_not_saved_befor
 def test_a_stages_last_count_is_told_once(monkeypatch):
     """Off a terminal a stage prints plain lines; one that already told the final count (its last
     update came after PLAIN_EVERY_S) does not tell it again when it closes."""
-    import logging
-
     from gahb_scale.study import progress as progress_module
 
     monkeypatch.setattr(progress_module, "PLAIN_EVERY_S", 0.0)  # every update prints its line
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    log = logging.getLogger("gahb_scale.study")
-    level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
+    with study_log_lines() as lines:
         stage = progress_module.StageProgress("analysis", total=3, unit="task")
         for _ in range(3):
             stage.update()
         stage.close()
         silent = progress_module.StageProgress("pairs", total=0, unit="task")  # nothing to do: still one line
         silent.close()
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
     assert [line.split(",")[0] for line in lines] == ["[analysis] 1/3 tasks", "[analysis] 2/3 tasks",
                                                       "[analysis] 3/3 tasks", "[pairs] 0/0 tasks"]
 
@@ -344,28 +341,16 @@ def test_a_stages_last_count_is_told_once(monkeypatch):
 def test_a_stages_rate_and_eta_leave_out_the_wait_before_its_first_update(monkeypatch):
     """Training's first step comes after Ray has started the workers (tens of seconds): a rate
     over the whole stage put the first ETA at several times the real one."""
-    import logging
-
     from gahb_scale.study import progress as progress_module
 
     now = [0.0]
     monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(progress_module, "PLAIN_EVERY_S", 0.0)
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    log = logging.getLogger("gahb_scale.study")
-    level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
+    with study_log_lines() as lines:
         stage = progress_module.StageProgress("train", total=800, unit="step")
         now[0] = 40.0  # Ray's start-up, then 50 steps
         stage.update(50)
         now[0] = 50.0
         stage.update(20)  # 2 steps/s since the first update
         stage.bar.close()
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
     assert lines == ["[train] 50/800 steps", "[train] 70/800 steps, 2/s, ETA 365 s"]

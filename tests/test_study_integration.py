@@ -250,17 +250,24 @@ def test_rerun_trains_nothing_and_adds_no_row(micro, capsys, tmp_path, monkeypat
     assert study_run.info.status == "FINISHED" and "report" in {f.path for f in client.list_artifacts(study_run.info.run_id)}
 
 
-def test_extending_a_finished_study_trains_only_its_new_models(micro, tmp_path, capsys):
-    """A new N added to the finished micro study (a copy of it): exactly the new N's two models
-    train; the finished models' files and training records stay as they were."""
+def _copy_with_train_sizes(micro, tmp_path, sizes: list[int], name: str) -> tuple[Path, Path]:
+    """A copy of the finished micro study's results root, and a spec `name`.yaml of these train
+    sizes whose results are in the copy: (spec, copy)."""
     spec_path, results = micro
     copy = tmp_path / "results"
     shutil.copytree(results.parent, copy)
     data = yaml.safe_load(spec_path.read_text())
     data["storage"] = {"results_dir": str(copy / "micro")}
-    data["train_sizes"] = [1, 2, 4]
-    grown = tmp_path / "micro_grown.yaml"
-    grown.write_text(yaml.safe_dump(data))
+    data["train_sizes"] = sizes
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    return spec, copy
+
+
+def test_extending_a_finished_study_trains_only_its_new_models(micro, tmp_path, capsys):
+    """A new N added to the finished micro study (a copy of it): exactly the new N's two models
+    train; the finished models' files and training records stay as they were."""
+    grown, copy = _copy_with_train_sizes(micro, tmp_path, [1, 2, 4], "micro_grown")
     assert main(["status", str(grown)]) == 0  # before the run: its tables are of the pairs compared so far
     status = capsys.readouterr().out
     assert "2 not started" in status and "study tables and report written, of the 2 split pair(s) compared so far" \
@@ -284,14 +291,7 @@ def test_extending_a_finished_study_trains_only_its_new_models(micro, tmp_path, 
 def test_a_study_run_again_with_fewer_models_tabulates_only_its_own(micro, tmp_path, capsys):
     """N = 4 dropped from the finished micro study (a copy of it): its models' files stay in the
     folder, but the study tables and the report are made again from the N = 1 models alone."""
-    spec_path, results = micro
-    copy = tmp_path / "results"
-    shutil.copytree(results.parent, copy)
-    data = yaml.safe_load(spec_path.read_text())
-    data["storage"] = {"results_dir": str(copy / "micro")}
-    data["train_sizes"] = [1]
-    shrunk = tmp_path / "micro_shrunk.yaml"
-    shrunk.write_text(yaml.safe_dump(data))
+    shrunk, copy = _copy_with_train_sizes(micro, tmp_path, [1], "micro_shrunk")
     assert main(["run", str(shrunk)]) == 0
     assert "[train] all 2 models already trained" in capsys.readouterr().out
     store = StudyStore(str(copy / "micro"))
@@ -316,6 +316,7 @@ def test_a_study_run_again_with_fewer_models_tabulates_only_its_own(micro, tmp_p
 
     assert run_names() == {1: {False}, 4: {True}}
     assert math.isnan(latest_at_4())  # N = 4's old value is not the study's latest any more
+    data = yaml.safe_load(shrunk.read_text())
     data["train_sizes"] = [1, 4]  # put back: its runs get their names back, the study run its values
     shrunk.write_text(yaml.safe_dump(data))
     assert main(["run", str(shrunk)]) == 0
@@ -327,14 +328,7 @@ def test_a_study_run_again_with_fewer_models_tabulates_only_its_own(micro, tmp_p
 def test_report_of_a_spec_with_fewer_models_makes_its_study_tables_again(micro, tmp_path, capsys):
     """`report` on a spec naming only some of the folder's models: its report and transition table
     are of those models, not the table the last run made of all of them."""
-    spec_path, results = micro
-    copy = tmp_path / "results"
-    shutil.copytree(results.parent, copy)
-    data = yaml.safe_load(spec_path.read_text())
-    data["storage"] = {"results_dir": str(copy / "micro")}
-    data["train_sizes"] = [1]
-    shrunk = tmp_path / "micro_shrunk.yaml"
-    shrunk.write_text(yaml.safe_dump(data))
+    shrunk, copy = _copy_with_train_sizes(micro, tmp_path, [1], "micro_shrunk")
     assert main(["report", str(shrunk)]) == 0
     capsys.readouterr()
     store = StudyStore(str(copy / "micro"))
