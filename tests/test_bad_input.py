@@ -246,6 +246,33 @@ def test_bad_input_is_refused_at_once_without_output(case: Case, tmp_path, monke
     assert _tree(tmp_path) == before  # nothing written, not even a cache
 
 
+def test_an_address_that_is_no_tracking_server_is_refused_before_anything_is_written(tmp_path, capsys):
+    """A web server that is not MLflow's (here one answering 404 to everything): MLflow's own
+    refusal, in one line, before the study writes a file."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    (tmp_path / "site").mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "site")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"http://127.0.0.1:{server.server_address[1]}"
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(yaml.safe_dump(micro(tmp_path, storage={"results_dir": str(tmp_path / "out"),
+                                                                "mlflow_tracking_uri": address})))
+        assert main(["run", str(spec)]) == 2
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert f"MLflow at {address}: " in err and "404" in err and "Traceback" not in err and len(err) < 1000
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # Ctrl-C
 
