@@ -66,6 +66,9 @@ def study_spec(args, must_hold_results: bool):
 
     missing = [] if must_hold_results else None
     spec = load_spec(args.spec, results_root=args.results, missing_folders=missing)
+    for folder in dict.fromkeys(missing or []):
+        print(f"note: dataset folder {printable(folder)} is not here; only results are read. A folder's models are "
+              f"named by its absolute path: this must be the path the study was run with", file=sys.stderr)
     if args.results is None and not must_hold_results:
         return spec
     try:

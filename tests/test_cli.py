@@ -249,7 +249,8 @@ def test_status_and_report_read_results_without_the_dataset_folder(tmp_path, cap
                                                               "params": {"path": str(tmp_path / "absent")}}])))
     StudyStore(str(tmp_path / "out")).write_bytes(spec_path("micro"), spec.read_bytes())
     assert main(["status", str(spec)]) == 0
-    assert "4 models — 0 trained" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "4 models — 0 trained" in out and f"dataset folder {tmp_path / 'absent'} is not here" in err
     assert main(["report", str(spec)]) == 2
     assert "no model of this spec" in capsys.readouterr().err  # the study's own words, not the folder's
     assert main(["run", str(spec)]) == 2
@@ -420,6 +421,8 @@ def test_a_second_run_of_a_running_study_is_refused_and_status_says_it_runs(tmp_
         assert main(["status", str(spec)]) == 0
         assert f"running now: process {holder.pid} on {socket.gethostname()}, since 2026-12-07 09:00:00" in \
             capsys.readouterr().out
+        assert main(["report", str(spec)]) == 2  # the running study's tables have their writer
+        assert "that run writes its report" in capsys.readouterr().err
     finally:
         holder.kill()
         holder.wait()

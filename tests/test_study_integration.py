@@ -250,6 +250,15 @@ def test_rerun_trains_nothing_and_adds_no_row(micro, capsys, tmp_path, monkeypat
     assert study_run.info.status == "FINISHED" and "report" in {f.path for f in client.list_artifacts(study_run.info.run_id)}
 
 
+def _latest_cosine(results: Path, n: int) -> float:
+    """The study run's latest A/B cosine at N = n (its charts show the latest point)."""
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("gahb-scale/micro").experiment_id
+    (study_run,) = client.search_runs([experiment], "tags.`gahb.role` = 'study'")
+    history = client.get_metric_history(study_run.info.run_id, "discs/unet_micro/ab_cosine_centered")
+    return max((metric for metric in history if metric.step == n), key=lambda metric: metric.timestamp).value
+
+
 def _copy_with_train_sizes(micro, tmp_path, sizes: list[int], name: str) -> tuple[Path, Path]:
     """A copy of the finished micro study's results root, and a spec `name`.yaml of these train
     sizes whose results are in the copy: (spec, copy)."""
@@ -306,23 +315,15 @@ def test_a_study_run_again_with_fewer_models_tabulates_only_its_own(micro, tmp_p
             names[int(run.data.params["n"])].add(run.info.run_name.endswith(" (not in the spec)"))
         return names
 
-    def latest_at_4() -> float:
-        """The study run's latest A/B cosine at N = 4 (its charts show the latest point)."""
-        client = MlflowClient(f"sqlite:///{copy / 'micro' / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name("gahb-scale/micro").experiment_id
-        (study_run,) = client.search_runs([experiment], "tags.`gahb.role` = 'study'")
-        history = client.get_metric_history(study_run.info.run_id, "discs/unet_micro/ab_cosine_centered")
-        return max((metric for metric in history if metric.step == 4), key=lambda metric: metric.timestamp).value
-
     assert run_names() == {1: {False}, 4: {True}}
-    assert math.isnan(latest_at_4())  # N = 4's old value is not the study's latest any more
+    assert math.isnan(_latest_cosine(copy / 'micro', 4))  # N = 4's old value is not the study's latest any more
     data = yaml.safe_load(shrunk.read_text())
     data["train_sizes"] = [1, 4]  # put back: its runs get their names back, the study run its values
     shrunk.write_text(yaml.safe_dump(data))
     assert main(["run", str(shrunk)]) == 0
     assert run_names() == {1: {False}, 4: {False}}
     (row,) = [row for row in store.rows("transition") if row["n"] == 4]
-    assert latest_at_4() == pytest.approx(row["ab_cosine_centered"])
+    assert _latest_cosine(copy / 'micro', 4) == pytest.approx(row["ab_cosine_centered"])
 
 
 def test_report_of_a_spec_with_fewer_models_makes_its_study_tables_again(micro, tmp_path, capsys):
@@ -334,6 +335,7 @@ def test_report_of_a_spec_with_fewer_models_makes_its_study_tables_again(micro, 
     store = StudyStore(str(copy / "micro"))
     assert [(row["n"], row["models"]) for row in store.rows("transition")] == [(1, 2)]
     assert "2 analysed models" in (copy / "micro" / "reports" / "micro" / "index.html").read_text()
+    assert math.isnan(_latest_cosine(copy / "micro", 4))  # MLflow's study run follows the tables, as after a run
     assert main(["status", str(shrunk)]) == 0 and "report written, up to date" in capsys.readouterr().out
 
 
@@ -457,7 +459,6 @@ def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys, sent, st
         experiment = client.get_experiment_by_name("gahb-scale/micro").experiment_id
         (study_run,) = client.search_runs([experiment], "tags.`gahb.role` = 'study'")
         assert study_run.info.status == "KILLED"
-        assert not list((results / "ray").glob("train-*"))  # Tune's record of the grid, of no use
     store = StudyStore(str(results))
     assert not all(store.exists(model_path(t.trial_id)) for t in trials)
     assert main(["status", str(spec_file)]) == 0
@@ -469,6 +470,7 @@ def test_killed_study_resumes_from_checkpoints(micro, tmp_path, capsys, sent, st
     assert main(["run", str(spec_file)]) == 0
     step = told.pop()
     assert f"resumes at step {step}/{steps}, its last checkpoint" in capsys.readouterr().out
+    assert not list((results / "ray").glob("train-*"))  # Tune's records of the grids, of no use
     trained = {r["trial_id"]: r for r in store.rows("trials")}
     resumed = [trained[t.trial_id]["resumed_from_step"] for t in trials]
     # both models of the pack continued from the checkpoint `status` named, not from step 0

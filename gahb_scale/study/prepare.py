@@ -52,7 +52,9 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
         if (pool := finite_pool(dataset, spec.image_size, write_cache=False)) is not None:
             pools.append(pool)
             row.update(pool_images=len(pool), duplicates_removed=pool.duplicates_removed,
-                       pool_files_sha256=hashlib.sha256("\n".join(pool.files).encode()).hexdigest(),
+                       # of a folder's files (the photos' tiles, bundled, have none)
+                       pool_files_sha256=hashlib.sha256("\n".join(pool.files).encode()).hexdigest()
+                       if pool.files else None,
                        # a folder's own threshold (None: duplicates kept), else the photos' one
                        near_duplicate_threshold=dataset.params.get("near_duplicate_threshold",
                                                                    NEAR_DUPLICATE_THRESHOLD))

@@ -51,7 +51,7 @@ def sql_rows(sql: str, params: dict | None = None, **tables: pa.Table) -> list[d
         return [dict(zip(result.columns, row)) for row in result.fetchall()]
 
 
-def _note_studies_in_several_folders(files: dict[str, list[str]], root: str) -> None:
+def _note_studies_in_several_folders(files: dict[str, list[str]], root: str, results: str) -> None:
     """A study whose tables lie in more than one results folder below the root (a copy kept beside
     the original, or two studies of one name) has its rows counted once per folder: said on stderr."""
     folders = defaultdict(set)
@@ -60,7 +60,7 @@ def _note_studies_in_several_folders(files: dict[str, list[str]], root: str) -> 
         folders[study].add(folder or ".")
     for study, held in sorted(folders.items()):
         if len(held) > 1:
-            print(f"note: study {study}'s tables lie in {len(held)} results folders under {root} ("
+            print(f"note: study {study}'s tables lie in {len(held)} results folders under {results} ("
                   f"{', '.join(sorted(held))}): its rows are counted once per folder; --results with one of "
                   f"them queries that one", file=sys.stderr)
 
@@ -76,7 +76,7 @@ def run_query(sql: str, results: str) -> tuple[list[str], list[tuple]]:
     files = store.table_files_below()
     if not files:
         raise UserInputError(f"no tables under {results} (run a study first)")
-    _note_studies_in_several_folders(files, store.root)
+    _note_studies_in_several_folders(files, store.root, results)
     con = duckdb.connect()
     for name, paths in sorted(files.items()):
         factory = ds.FileSystemDatasetFactory(store.fs, paths, ds.ParquetFileFormat())

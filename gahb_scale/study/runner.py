@@ -425,6 +425,9 @@ def report_study(spec: StudySpec) -> str:
     again first where they are of other models or settings, and log it to the study's MLflow run;
     returns where index.html is."""
     store = StudyStore(spec.storage.results_location())
+    if (other := running(store, spec.name)) is not None:  # the tables have one writer at a time
+        raise UserInputError(f"study {spec.name} is being run now, by process {other['pid']} on {other['host']} "
+                             f"since {other['started']}: that run writes its report")
     tables = StudyTables(store, spec.name)
     state = study_state(spec, store, tables)
     if not state.analysed:
@@ -434,12 +437,16 @@ def report_study(spec: StudySpec) -> str:
                      "spec first")
         raise UserInputError(f"study {spec.name}: no model of this spec under {store.results} {done}")
     check_tracking(spec, store)
+    tracker = open_tracker(spec, store)
     if store.read_if_present(report_stamp_path(spec.name)) != state.stamp():  # tables of other models or settings
+        # as a run does: the study run's transition from the tables made now, NaN for a value gone
+        held = tables.key_rows("transition", "study") if tracker.study_logged(state.analysis_key) else []
         files = _tables_and_report(spec, store, tables, state)
+        tracker.log_study(state.analysis_key, tables.key_rows("transition", "study"),
+                          tables.key_rows("memorization_law", "study"), files, held)
     else:
         files = write_report(spec, store, tables.of(state.analysed, state.compared))
-    tracker = open_tracker(spec, store)
-    tracker.log_report(files)
+        tracker.log_report(files)
     if tracker.created:  # no `run` had logged this study here (e.g. another tracking store): not left RUNNING
         tracker.client.set_terminated(tracker.parent_id, "FINISHED")
     return store.uri(f"{report_dir(spec.name)}/index.html")

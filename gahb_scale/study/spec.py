@@ -508,7 +508,8 @@ def tracking_uri_problem(uri: str) -> str | None:
     scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", uri)
     if uri.lower() in ("databricks", "databricks-uc", "uc"):
         return None
-    if (scheme is None or scheme[1].lower() == "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE") != "true":
+    if (scheme is None or scheme[1].lower() == "file") and \
+            os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
         return (f"{short_repr(uri)} names a folder, MLflow's file store, which MLflow 3 keeps no new runs in: give "
                 f"an sqlite store (sqlite:///PATH/mlflow.db) or a tracking server (http://HOST:PORT)")
     if scheme[1].lower().split("+")[0] not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql",

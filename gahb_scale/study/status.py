@@ -159,18 +159,19 @@ def resume_step(store: StudyStore, pack_id: str) -> int | None:
 
 
 def recorded_packs(store: StudyStore, trial_ids: set[str], trained: set[str]) -> tuple[dict[str, list[str]], list[str]]:
-    """The packs recorded under packs/ that hold any of the study's models (`trial_ids`): those a
-    run resumes (pack id -> its trial ids: all in the study, some not `trained`), and those no run
-    will (all trained, or some no longer in the study). Another study's packs are not asked."""
+    """The packs recorded under packs/ of the study's models (`trial_ids`): those a run resumes
+    (pack id -> its trial ids, some not `trained`), and those whose models are all trained. A pack
+    holding models the spec does not name is left alone: another study sharing the folder may be
+    training it now, and this study packs its own models anew."""
     resumed, ended = {}, []
     for file in store.files_below("packs", recursive=False):
         pack_id = file.removesuffix(".json")
         members = json.loads(store.read_bytes(pack_path(pack_id)))
-        if not trial_ids.isdisjoint(members):
-            if set(members) <= trial_ids and not set(members) <= trained:
-                resumed[pack_id] = members
-            else:
+        if set(members) <= trial_ids:
+            if set(members) <= trained:
                 ended.append(pack_id)
+            else:
+                resumed[pack_id] = members
     return resumed, ended
 
 

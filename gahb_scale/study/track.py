@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import socket
 import sqlite3
 import sys
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
@@ -71,8 +73,13 @@ def store_notice(spec: StudySpec, store: StudyStore) -> str | None:
             f"MLFLOW_TRACKING_URI) to a tracking server to share them")
 
 
+def _shown(uri: str) -> str:
+    """A URI as messages show it: printable, its password (user:password@) left out."""
+    return printable(re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", uri))
+
+
 def _refused(uri: str, exc: MlflowException) -> UserInputError:
-    return UserInputError(f"MLflow at {printable(uri)}: {printable(str(exc).split(' Response body:')[0])[:600]}")
+    return UserInputError(f"MLflow at {_shown(uri)}: {printable(str(exc).split(' Response body:')[0])[:600]}")
 
 
 def check_tracking(spec: StudySpec, store: StudyStore) -> None:
@@ -86,16 +93,25 @@ def check_tracking(spec: StudySpec, store: StudyStore) -> None:
     if not _is_server(uri):
         return
     parsed = urllib.parse.urlsplit(uri)
-    try:
-        port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
-        socket.create_connection((parsed.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"{where}: no tracking server answers at {printable(uri)} ({exc or 'no answer'}; "
-                             f"waited at most {CONNECT_TIMEOUT_S} s)") from None
-    try:
+    if not urllib.request.getproxies() or urllib.request.proxy_bypass(parsed.hostname or ""):  # else: via a proxy
+        try:
+            port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
+            socket.create_connection((parsed.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
+        except (OSError, ValueError) as exc:
+            raise UserInputError(f"{where}: no tracking server answers at {_shown(uri)} ({exc or 'no answer'}; "
+                                 f"waited at most {CONNECT_TIMEOUT_S} s)") from None
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(CONNECT_TIMEOUT_S))
+    try:  # one try, not MLflow's minutes of retries
         MlflowClient(uri).get_experiment_by_name(f"gahb-scale/{spec.name}")  # a read: nothing is made
     except MlflowException as exc:
         raise _refused(uri, exc) from None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def open_tracker(spec: StudySpec, store: StudyStore) -> StudyTracker:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.tune
@@ -267,6 +268,12 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
                      f"{spec.training.steps_for(pack.trials[0].n)}, its last checkpoint")
     progress = TrainProgress(spec, {p.pack_id: p for p in packs}, tracker, state.trained)
     experiment = f"train-{spec.name}-{int(time.time())}"  # studies may share a results folder
+    # Tune's record of a grid serves a Tuner.restore the study never asks for (a pack resumes from
+    # its own run, ray/<pack id>): this run's goes when it ends, and one an interrupted run left
+    # (Tune writes it again while it stops) goes now
+    for info in store.fs.get_file_info(pafs.FileSelector(store.path("ray"), allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith(f"train-{spec.name}-"):
+            store.fs.delete_dir(info.path)
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads),
                                 {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
@@ -283,8 +290,6 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
         tuner.fit()
     finally:
         progress.close()
-        # Tune's record of this grid serves a Tuner.restore the study never asks for (a pack resumes
-        # from its own run, ray/<pack id>): one folder per run, interrupted or not, would pile up
         try:
             store.fs.delete_dir(store.path(f"ray/{experiment}"))
         except OSError:  # absent, or the store did not answer: a folder left over costs only space
@@ -297,8 +302,7 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
 
 
 def drop_pack(store: StudyStore, pack_id: str) -> None:
-    """A pack no run will resume (its models all saved, or some no longer in the study): its record
-    and its checkpoints go. Ray Train keeps a pack's last two, every model's weights and Adam state
+    """A pack no run will resume (its models all saved): its record and its checkpoints go. Ray Train keeps a pack's last two, every model's weights and Adam state
     in each: at the paper's sizes that is gigabytes per pack, and 70% of the smoke study's folder."""
     store.fs.delete_file(store.path(pack_path(pack_id)))
     try:
@@ -312,7 +316,7 @@ def packs_to_train(spec: StudySpec, store: StudyStore, trials: list[Trial], trai
     """The packs that train the study's models without a model file: each recorded pack a run
     resumes (from its checkpoints), as it was, and the models no such pack holds, packed among
     themselves (new ones get their records here, for the next run and for `status`); the costliest
-    first. A recorded pack no run will resume goes, so `status` never reports its checkpoint."""
+    first. A recorded pack whose models are all saved goes."""
     by_id = {t.trial_id: t for t in trials}
     recorded, ended = recorded_packs(store, by_id.keys(), trained)
     for pack_id in ended:
