@@ -355,10 +355,10 @@ def test_a_folder_changed_since_its_models_were_trained_is_refused(tmp_path, cap
 
     loaded = load_spec(spec)
     trials, now = expand_trials(loaded), prepare_datasets(loaded)
-    check_pools_unchanged(loaded, trials, now, store.rows("datasets"), set())  # nothing trained: used as it is
-    check_pools_unchanged(loaded, trials, now, now.rows, {trials[0].trial_id})  # unchanged
+    check_pools_unchanged(trials, now, store.rows("datasets"), set())  # nothing trained: used as it is
+    check_pools_unchanged(trials, now, now.rows, {trials[0].trial_id})  # unchanged
     older = [{**row, "pool_files_sha256": None} for row in now.rows]  # a table written before the column
-    check_pools_unchanged(loaded, trials, now, older, {trials[0].trial_id})
+    check_pools_unchanged(trials, now, older, {trials[0].trial_id})
 
 
 def test_a_corrupt_image_is_named_before_anything_runs_or_is_written(tmp_path, capsys):

@@ -60,7 +60,8 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
                                                                    NEAR_DUPLICATE_THRESHOLD))
         needed = pool_size_needed(max(spec.train_sizes), spec.test_images)
         if row["pool_images"] is not None and row["pool_images"] < needed:
-            removed = f" after removing {row['duplicates_removed']:,} near-duplicates" if row["duplicates_removed"] else ""
+            removed = (f" after removing {row['duplicates_removed']:,} near-duplicates" if row["duplicates_removed"]
+                       else "")
             raise UserInputError(f"datasets[{spec.datasets.index(dataset)}] ({dataset.name!r}): the pool holds "
                                  f"{row['pool_images']:,} images{removed}, but N = {max(spec.train_sizes):,} needs "
                                  f"2 x N + test_images = {needed:,} (two disjoint splits and the held-out set)")
@@ -68,25 +69,28 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
     return PreparedDatasets(rows, pools)
 
 
-def check_pools_unchanged(spec: StudySpec, trials: list[Trial], prepared: PreparedDatasets, before: list[dict],
+def check_pools_unchanged(trials: list[Trial], prepared: PreparedDatasets, before: list[dict],
                           trained: set[str]) -> None:
     """A folder's pool that changed (images added, removed or renamed) since the study's `trained`
     models were trained would give other split pairs, under the same trial ids: those models'
     splits, training images and measures would no longer match. `before`: the datasets rows the
     study's last run wrote."""
-    for row in prepared.rows:
-        (old,) = [old for old in before if old["dataset"] == row["dataset"]] or [None]
-        if old is None or row["pool_files_sha256"] is None or old.get("pool_files_sha256") in (
-                row["pool_files_sha256"], None) and old["pool_images"] == row["pool_images"]:
+    for index, row in enumerate(prepared.rows):  # one row per dataset of the spec, in its order
+        old = next((old for old in before if old["dataset"] == row["dataset"]), None)
+        if old is None or row["pool_files_sha256"] is None:
+            continue  # a dataset new to the study, or one with no files (generated, bundled)
+        # (a table written before the hash was recorded: the pool's size at least)
+        same_files = old.get("pool_files_sha256") in (row["pool_files_sha256"], None)
+        if same_files and old["pool_images"] == row["pool_images"]:
             continue
         models = [t for t in trials if t.dataset.name == row["dataset"] and t.trial_id in trained]
         if models:
-            index = [d.name for d in spec.datasets].index(row["dataset"])
             raise UserInputError(
                 f"datasets[{index}] ({row['dataset']!r}): the folder's images changed since {len(models)} of the "
-                f"study's models were trained (pool of {old['pool_images']:,} images then, {row['pool_images']:,} now): "
-                f"its split pairs would differ from those the models were trained on. Put the folder back as it "
-                f"was, or run the changed data as another study (another name or results folder)")
+                f"study's models were trained (pool of {old['pool_images']:,} images then, "
+                f"{row['pool_images']:,} now): its split pairs would differ from those the models were trained "
+                f"on. Put the folder back as it was, or run the changed data as another study (another name or "
+                f"results folder)")
 
 
 def split_images(dataset: DatasetSpec, size: int, n: int | dict[str, int], n_test: int, pair: int,

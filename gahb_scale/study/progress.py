@@ -82,8 +82,11 @@ class StageProgress:
         self.last_line, self.told = time.monotonic(), self.done
         since, counted = self.first or (self.last_line, 0)
         rate = (self.done - counted) / (self.last_line - since) if self.last_line > since else 0.0
-        speed = f", {rate:.3g}/s" + (f", ETA {(self.total - self.done) / rate:.0f} s" if self.done < self.total
-                                     else "") if rate > 0 else ""
+        speed = ""
+        if rate > 0:
+            speed = f", {rate:.3g}/s"
+            if self.done < self.total:
+                speed += f", ETA {(self.total - self.done) / rate:.0f} s"
         log.info(f"[{self.stage}] {self.done}/{self.total} {self.unit}s{speed}")
 
     def close(self) -> None:

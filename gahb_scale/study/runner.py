@@ -34,7 +34,7 @@ from .prepare import check_pools_unchanged, prepare_datasets
 from .progress import StageProgress, failure_reason, log, ray_output_to
 from .report import REPORT_ALWAYS, write_report
 from .spec import StudySpec
-from .status import StudyState, marked_running, others_note, running, study_state, trained_models
+from .status import StudyState, marked_running, others_note, refuse_while_running, study_state, trained_models
 from .store import (STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path,
                     run_marker_path, spec_path)
 from .summarise import summarise_study, transition_at
@@ -241,14 +241,13 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
         log.info(notice)
     if address is None and (local := local_resources()) is not None:
         check_resources(spec, local, strict=True)
-    if (other := running(store, spec.name)) is not None:  # two runs would train the same models
-        raise UserInputError(f"study {spec.name} is being run now, by process {other['pid']} on {other['host']} "
-                             f"since {other['started']}: let it finish or stop it (if no such run is going on, "
-                             f"delete {store.uri(run_marker_path(spec.name))})")
+    # two runs would train the same models
+    refuse_while_running(store, spec.name, f"let it finish or stop it (if no such run is going on, delete "
+                                           f"{store.uri(run_marker_path(spec.name))})")
     datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here; caches written below
     tables = StudyTables(store, spec.name)
     if datasets.pools:
-        check_pools_unchanged(spec, trials, datasets, tables.key_rows("datasets", "study"), trained_models(store))
+        check_pools_unchanged(trials, datasets, tables.key_rows("datasets", "study"), trained_models(store))
     for row in datasets.rows:
         if row["duplicates_removed"] is not None:
             log.info(f"[prepare] {row['dataset']}: {row['pool_images']:,} images after removing "
@@ -425,9 +424,7 @@ def report_study(spec: StudySpec) -> str:
     again first where they are of other models or settings, and log it to the study's MLflow run;
     returns where index.html is."""
     store = StudyStore(spec.storage.results_location())
-    if (other := running(store, spec.name)) is not None:  # the tables have one writer at a time
-        raise UserInputError(f"study {spec.name} is being run now, by process {other['pid']} on {other['host']} "
-                             f"since {other['started']}: that run writes its report")
+    refuse_while_running(store, spec.name, "that run writes its report")  # the tables have one writer at a time
     tables = StudyTables(store, spec.name)
     state = study_state(spec, store, tables)
     if not state.analysed:

@@ -19,6 +19,7 @@ from functools import cached_property
 
 import pyarrow.fs as pafs
 
+from ..errors import UserInputError
 from .spec import StudySpec
 from .store import StudyStore, StudyTables, pack_path, pack_run_dir, report_stamp_path, run_marker_path, spec_path
 from .trials import Trial, analysis_id, expand_trials
@@ -60,6 +61,13 @@ def others_note(state: StudyState) -> str:
 # that died with no clean-up (on another machine its process cannot be looked up; on this one its
 # process id may have been given to another process since).
 MARKER_BEAT, MARKER_STALE = 60.0, 600.0
+
+
+def refuse_while_running(store: StudyStore, study: str, then: str) -> None:
+    """A UserInputError naming the run of the study going on now, if any; `then`: what to do."""
+    if (run := running(store, study)) is not None:
+        raise UserInputError(f"study {study} is being run now, by process {run['pid']} on {run['host']} since "
+                             f"{run['started']}: {then}")
 
 
 def running(store: StudyStore, study: str) -> dict | None:

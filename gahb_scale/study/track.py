@@ -18,6 +18,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from unittest import mock
 
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
@@ -100,18 +101,12 @@ def check_tracking(spec: StudySpec, store: StudyStore) -> None:
         except (OSError, ValueError) as exc:
             raise UserInputError(f"{where}: no tracking server answers at {_shown(uri)} ({exc or 'no answer'}; "
                                  f"waited at most {CONNECT_TIMEOUT_S} s)") from None
-    saved = {name: os.environ.get(name) for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(CONNECT_TIMEOUT_S))
-    try:  # one try, not MLflow's minutes of retries
-        MlflowClient(uri).get_experiment_by_name(f"gahb-scale/{spec.name}")  # a read: nothing is made
+    once = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CONNECT_TIMEOUT_S)}
+    try:
+        with mock.patch.dict(os.environ, once):  # one try, not MLflow's minutes of retries
+            MlflowClient(uri).get_experiment_by_name(f"gahb-scale/{spec.name}")  # a read: nothing is made
     except MlflowException as exc:
         raise _refused(uri, exc) from None
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def open_tracker(spec: StudySpec, store: StudyStore) -> StudyTracker:

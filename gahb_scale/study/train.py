@@ -268,12 +268,7 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
                      f"{spec.training.steps_for(pack.trials[0].n)}, its last checkpoint")
     progress = TrainProgress(spec, {p.pack_id: p for p in packs}, tracker, state.trained)
     experiment = f"train-{spec.name}-{int(time.time())}"  # studies may share a results folder
-    # Tune's record of a grid serves a Tuner.restore the study never asks for (a pack resumes from
-    # its own run, ray/<pack id>): this run's goes when it ends, and one an interrupted run left
-    # (Tune writes it again while it stops) goes now
-    for info in store.fs.get_file_info(pafs.FileSelector(store.path("ray"), allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith(f"train-{spec.name}-"):
-            store.fs.delete_dir(info.path)
+    _drop_grid_records(store, spec.name)  # one an interrupted run left (Tune writes it again while it stops)
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(tune_trial, payloads=payloads),
                                 {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
@@ -290,10 +285,7 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
         tuner.fit()
     finally:
         progress.close()
-        try:
-            store.fs.delete_dir(store.path(f"ray/{experiment}"))
-        except OSError:  # absent, or the store did not answer: a folder left over costs only space
-            pass
+        _drop_grid_records(store, spec.name)
     trained = trained_models(store)
     for pack in packs:
         if {t.trial_id for t in pack.trials} <= trained:
@@ -301,9 +293,21 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray
     return todo & trained
 
 
+def _drop_grid_records(store: StudyStore, study: str) -> None:
+    """Tune's records of the study's training grids (ray/train-<study>-<time>) go: they serve a
+    Tuner.restore the study never asks for (a pack resumes from its own run, ray/<pack id>)."""
+    try:
+        for info in store.fs.get_file_info(pafs.FileSelector(store.path("ray"), allow_not_found=True)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith(f"train-{study}-"):
+                store.fs.delete_dir(info.path)
+    except OSError:  # the store did not answer: a folder left over costs only space
+        pass
+
+
 def drop_pack(store: StudyStore, pack_id: str) -> None:
-    """A pack no run will resume (its models all saved): its record and its checkpoints go. Ray Train keeps a pack's last two, every model's weights and Adam state
-    in each: at the paper's sizes that is gigabytes per pack, and 70% of the smoke study's folder."""
+    """A pack no run will resume (its models all saved): its record and its checkpoints go. Ray
+    Train keeps a pack's last two, every model's weights and Adam state in each: at the paper's
+    sizes that is gigabytes per pack, and 70% of the smoke study's folder."""
     store.fs.delete_file(store.path(pack_path(pack_id)))
     try:
         store.fs.delete_dir(store.path(pack_run_dir(pack_id)))
