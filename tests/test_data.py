@@ -499,6 +499,14 @@ def test_load_image_folder_names_every_corrupt_file(folder, tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing written
 
 
+def test_load_image_folder_names_a_link_to_no_file(folder, tmp_path):
+    """An image the folder links to but does not hold would otherwise be left out of the pool unsaid."""
+    (folder / "gone.png").symlink_to(tmp_path / "moved-away.png")
+    with pytest.raises(UserInputError, match="1 link") as error:
+        load_image_folder(folder, 8, cache_dir=tmp_path / "cache")
+    assert str(folder / "gone.png") in str(error.value) and not (tmp_path / "cache").exists()
+
+
 # ---------------------------------------------------------------- embedded photographs
 
 
