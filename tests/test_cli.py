@@ -1,5 +1,6 @@
 """The command line on bad input: one clear message naming the field or file, exit 2, nothing written."""
 
+import json
 import os
 import time
 from pathlib import Path
@@ -351,14 +352,56 @@ def test_a_folder_changed_since_its_models_were_trained_is_refused(tmp_path, cap
     (folder / "012.png").unlink()
     (folder / "011.png").rename(folder / "renamed.png")  # as many images, another pool order
     assert main(["run", str(spec)]) == 2 and "12 images then, 12 now" in capsys.readouterr().err
+    from gahb_scale.errors import UserInputError
     from gahb_scale.study.prepare import check_pools_unchanged
+    from gahb_scale.study.store import training_record_path
 
     loaded = load_spec(spec)
     trials, now = expand_trials(loaded), prepare_datasets(loaded)
-    check_pools_unchanged(trials, now, store.rows("datasets"), set())  # nothing trained: used as it is
-    check_pools_unchanged(trials, now, now.rows, {trials[0].trial_id})  # unchanged
+    trial = trials[0].trial_id
+    check_pools_unchanged(store, trials, now, store.rows("datasets"), set(), set())  # nothing trained: used as it is
+    check_pools_unchanged(store, trials, now, now.rows, {trial}, set())  # unchanged
     older = [{**row, "pool_files_sha256": None} for row in now.rows]  # a table written before the column
-    check_pools_unchanged(trials, now, older, {trials[0].trial_id})
+    check_pools_unchanged(store, trials, now, older, {trial}, set())
+    # a part-trained model (a checkpoint, no model file) was trained on the study's last pool
+    with pytest.raises(UserInputError, match="12 images then, 12 now"):
+        check_pools_unchanged(store, trials, now, store.rows("datasets"), set(), {trial})
+    # the model's own record names its pool: a study sharing the results folder, whose datasets
+    # table is new or of the changed pool, still may not analyse it on another pool
+    then = {key: store.rows("datasets")[0][key] for key in ("pool_images", "pool_files_sha256")}
+    store.write_bytes(training_record_path(trial), json.dumps({"pool": then}).encode())
+    for before in ([], now.rows):
+        with pytest.raises(UserInputError, match="1 of the spec's models were trained on it"):
+            check_pools_unchanged(store, trials, now, before, {trial}, set())
+    store.write_bytes(training_record_path(trial), json.dumps({"pool": {
+        "pool_images": 12, "pool_files_sha256": now.rows[0]["pool_files_sha256"]}}).encode())
+    check_pools_unchanged(store, trials, now, store.rows("datasets"), {trial}, set())  # its record outranks the table
+
+
+def test_models_of_a_folder_changed_since_are_refused_to_a_study_sharing_them(tmp_path, capsys):
+    """Each model's training record keeps the pool it was trained on, so a second study in the same
+    results folder (the same trial ids; a datasets table that never saw the old pool) may not
+    analyse those models on the folder as it is now."""
+    from PIL import Image
+
+    folder = _folder_of(tmp_path, count=12, copies=0)
+    data = micro(tmp_path, datasets=[{"name": "faces", "kind": "folder", "params": {"path": str(folder)}}],
+                 train_sizes=[1], test_images=2)
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(data))
+    assert main(["run", str(tmp_path / "first.yaml")]) == 0
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "models").glob("*/training.json")]
+    from gahb_scale.study.store import StudyStore
+
+    (row,) = StudyStore(str(tmp_path / "out")).rows("datasets")
+    assert len(records) == 2 and all(r["pool"] == {"pool_images": 12, "pool_files_sha256": row["pool_files_sha256"]}
+                                     for r in records)
+    Image.open(folder / "000.png").transpose(Image.Transpose.ROTATE_90).save(folder / "012.png")
+    (tmp_path / "second.yaml").write_text(yaml.safe_dump({**data, "name": "second"}))
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "second.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "2 of the spec's models were trained on it (pool of 12 images then, 13 now)" in err
+    assert "Traceback" not in err and not (tmp_path / "out" / "specs" / "second.yaml").exists()
 
 
 def test_a_corrupt_image_is_named_before_anything_runs_or_is_written(tmp_path, capsys):

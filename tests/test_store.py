@@ -119,9 +119,8 @@ def test_status_reports_the_resume_of_a_pack_only_where_a_run_resumes_it(tmp_pat
     # a pack with a model taken out of the spec is packed anew by the next run (from step 0), so
     # status must not report its checkpoint
     import json
-    from types import SimpleNamespace
 
-    from gahb_scale.study.status import _checkpoint_steps, recorded_packs
+    from gahb_scale.study.status import checkpoint_steps, recorded_packs
 
     store = StudyStore(str(tmp_path))
     packs = {"p1": ["a", "gone"], "p2": ["b"], "p3": ["another study's"], "p4": ["done"]}
@@ -132,5 +131,4 @@ def test_status_reports_the_resume_of_a_pack_only_where_a_run_resumes_it(tmp_pat
     # p1 holds a model the spec no longer names: packed anew, and left alone (another study
     # sharing the folder may be training it)
     assert recorded_packs(store, {"a", "b", "done"}, {"done"}) == ({"p2": ["b"]}, ["p4"])
-    state = SimpleNamespace(trials=[SimpleNamespace(trial_id=t) for t in ("a", "b", "done")], trained={"done"})
-    assert _checkpoint_steps(store, state) == {"b": 500}
+    assert checkpoint_steps(store, {"a", "b", "done"}, {"done"}) == {"b": 500}

@@ -7,6 +7,7 @@ says: `gahb_scale.dataset_kinds.split_pair_images`).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -16,6 +17,7 @@ from ..data.image_folder import NEAR_DUPLICATE_THRESHOLD, cache_image_folder
 from ..dataset_kinds import DATASET_KINDS, split_pair_images
 from ..errors import UserInputError
 from .spec import DatasetSpec, StudySpec
+from .store import StudyStore, training_record_path
 from .trials import Trial
 
 
@@ -69,28 +71,33 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
     return PreparedDatasets(rows, pools)
 
 
-def check_pools_unchanged(trials: list[Trial], prepared: PreparedDatasets, before: list[dict],
-                          trained: set[str]) -> None:
-    """A folder's pool that changed (images added, removed or renamed) since the study's `trained`
-    models were trained would give other split pairs, under the same trial ids: those models'
-    splits, training images and measures would no longer match. `before`: the datasets rows the
-    study's last run wrote."""
+def check_pools_unchanged(store: StudyStore, trials: list[Trial], prepared: PreparedDatasets, before: list[dict],
+                          trained: set[str], packed: set[str]) -> None:
+    """A folder's pool that changed (images added, removed or renamed) since a model of it was
+    trained, or began training (`packed`: in a pack with checkpoints), would give other split pairs
+    under the same trial ids: the model's training images and measures would no longer match. The
+    pool a model was trained on is in its training record; for a part-trained model, or one whose
+    record predates it, the pool of the study's last run (`before`: its datasets rows) stands in."""
+    last = {row["dataset"]: row for row in before}
     for index, row in enumerate(prepared.rows):  # one row per dataset of the spec, in its order
-        old = next((old for old in before if old["dataset"] == row["dataset"]), None)
-        if old is None or row["pool_files_sha256"] is None:
-            continue  # a dataset new to the study, or one with no files (generated, bundled)
-        # (a table written before the hash was recorded: the pool's size at least)
-        same_files = old.get("pool_files_sha256") in (row["pool_files_sha256"], None)
-        if same_files and old["pool_images"] == row["pool_images"]:
-            continue
-        models = [t for t in trials if t.dataset.name == row["dataset"] and t.trial_id in trained]
-        if models:
+        if row["pool_files_sha256"] is None:
+            continue  # no files: generated images, the bundled photographs
+        changed = []
+        for trial in trials:
+            if trial.dataset.name != row["dataset"] or trial.trial_id not in trained | packed:
+                continue
+            record = store.read_if_present(training_record_path(trial.trial_id)) if trial.trial_id in trained else None
+            then = (json.loads(record) if record else {}).get("pool") or last.get(row["dataset"])
+            # (a datasets table written before the hash was recorded: the pool's size at least)
+            if then is not None and (then["pool_images"] != row["pool_images"] or
+                                     then.get("pool_files_sha256") not in (None, row["pool_files_sha256"])):
+                changed.append(then["pool_images"])
+        if changed:
             raise UserInputError(
-                f"datasets[{index}] ({row['dataset']!r}): the folder's images changed since {len(models)} of the "
-                f"study's models were trained (pool of {old['pool_images']:,} images then, "
-                f"{row['pool_images']:,} now): its split pairs would differ from those the models were trained "
-                f"on. Put the folder back as it was, or run the changed data as another study (another name or "
-                f"results folder)")
+                f"datasets[{index}] ({row['dataset']!r}): the folder's images changed since {len(changed)} of the "
+                f"spec's models were trained on it (pool of {changed[0]:,} images then, {row['pool_images']:,} "
+                f"now): its split pairs would differ from those the models were trained on. Put the folder back "
+                f"as it was, or run the changed data in another results folder")
 
 
 def split_images(dataset: DatasetSpec, size: int, n: int | dict[str, int], n_test: int, pair: int,

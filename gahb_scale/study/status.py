@@ -183,12 +183,12 @@ def recorded_packs(store: StudyStore, trial_ids: set[str], trained: set[str]) ->
     return resumed, ended
 
 
-def _checkpoint_steps(store: StudyStore, state: StudyState) -> dict[str, int]:
-    """trial id -> the step its pack resumes from, for the models not trained that have one."""
+def checkpoint_steps(store: StudyStore, trial_ids: set[str], trained: set[str]) -> dict[str, int]:
+    """trial id -> the step its pack resumes from, for the models of `trial_ids` not `trained` that have one."""
     steps: dict[str, int] = {}
-    for pack_id, members in recorded_packs(store, {t.trial_id for t in state.trials}, state.trained)[0].items():
+    for pack_id, members in recorded_packs(store, trial_ids, trained)[0].items():
         if (step := resume_step(store, pack_id)) is not None:
-            steps.update(dict.fromkeys(set(members) - state.trained, step))
+            steps.update(dict.fromkeys(set(members) - trained, step))
     return steps
 
 
@@ -215,5 +215,5 @@ def study_progress(spec: StudySpec) -> tuple[StudyState, dict[str, int], str, di
                "written, of other models or settings: `gahb-scale run` makes them again" if made != state.stamp() else
                "written, up to date" if len(state.compared) == len(state.by_pair) else
                f"written, of the {len(state.compared)} split pair(s) compared so far")
-    return (state, _checkpoint_steps(store, state), written,
+    return (state, checkpoint_steps(store, {t.trial_id for t in state.trials}, state.trained), written,
             running(store, spec.name))

@@ -121,7 +121,8 @@ def train_worker(payload: dict) -> None:
                 "trial": trial.as_row(), "losses": result.losses, "steps": result.steps_done,
                 "resumed_from": result.resumed_from, "train_seconds": seconds, "pack_id": pack.pack_id,
                 "pack_size": len(pack.trials), "device": str(device), "workers": world,
-                "num_parameters": count_parameters(result.net)}).encode(), atomic=False)
+                "num_parameters": count_parameters(result.net),
+                "pool": payload["pools"].get(trial.dataset.name)}).encode(), atomic=False)
             save_weights(store, model_path(trial.trial_id), result.net, result.steps_done)
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -247,17 +248,17 @@ def ray_storage(store: StudyStore) -> dict:
     return {"storage_path": store.path("ray"), "storage_filesystem": store.fs}
 
 
-def train_study(spec: StudySpec, store: StudyStore, state: StudyState, local_ray: bool, tracker: StudyTracker,
-                verbose: bool = False) -> set[str]:
+def train_study(spec: StudySpec, store: StudyStore, state: StudyState, pools: dict, local_ray: bool,
+                tracker: StudyTracker, verbose: bool = False) -> set[str]:
     """Train every model of the study that has no model file yet, pack by pack, with a Tune grid,
     each model's progress streamed to its MLflow run; returns the ids of the models trained now
     (the store is the ground truth: a pack that failed before its first report has no config in
-    Tune's results). `local_ray`: the study's own Ray on this machine (a fixed size, no dashboard)
+    Tune's results). `pools`: each folder dataset's pool, which its models' training records keep. `local_ray`: the study's own Ray on this machine (a fixed size, no dashboard)
     rather than a cluster's. `verbose` lets Tune print its own status too."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if local_ray else None)
     packs = packs_to_train(spec, store, state.trials, state.trained, concurrency)
     payloads = {pack.pack_id: {"spec": spec, "pack": pack, "results": store.results, "local_ray": local_ray,
-                               "trained": {t.trial_id for t in pack.trials} & state.trained} for pack in packs}
+                               "pools": pools, "trained": {t.trial_id for t in pack.trials} & state.trained} for pack in packs}
     sizes = "/".join(map(str, sorted({len(p.trials) for p in packs})))
     todo = {t.trial_id for p in packs for t in p.trials} - state.trained
     log.info(f"[train] {len(todo)} models to train in {len(packs)} pack(s) of {sizes}, "
