@@ -24,9 +24,11 @@ EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
 def _cell(value) -> str:
-    from .study.transition_columns import number
-
-    return number(value, 4) if isinstance(value, float) else str(value)
+    """A value as `query` shows it: a float to 6 significant digits, so a small eigenvalue is not
+    shown as 0 nor a rounded 86.5 as 86.5000."""
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
 
 
 def format_transition(rows: list[dict]) -> str:

@@ -155,6 +155,12 @@ def a_table(tmp_path) -> Path:
     return tmp_path / "results"
 
 
+def test_query_shows_floats_to_six_significant_digits(a_table, capsys):
+    sql = "SELECT n, f_mem, f_mem * 1e-6 AS small, round(86.54, 1) AS rounded FROM transition ORDER BY n"
+    assert main(["query", sql, "--results", str(a_table)]) == 0
+    assert capsys.readouterr().out.splitlines()[-3:-1] == ["1    n/a      n/a     86.5", "4   0.25  2.5e-07     86.5"]
+
+
 def test_query_gives_csv_and_json_for_scripts(a_table, capsys):
     import csv
     import json
@@ -188,6 +194,12 @@ def test_a_study_in_two_folders_under_the_root_is_noted(a_table, capsys):
 def test_a_query_without_a_statement_is_a_clear_error(a_table, sql, capsys):
     assert main(["query", sql, "--results", str(a_table)]) == 2
     assert "holds no statement" in capsys.readouterr().err
+
+
+def test_a_query_of_several_statements_is_refused(a_table, capsys):
+    """DuckDB would run them all and show only the last one's rows."""
+    assert main(["query", "SELECT 1; SELECT n FROM transition", "--results", str(a_table)]) == 2
+    assert "the query holds 2 statements; give one" in capsys.readouterr().err
 
 
 def test_a_query_writes_no_file(a_table, tmp_path, capsys):

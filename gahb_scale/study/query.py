@@ -86,11 +86,13 @@ def run_query(sql: str, results: str) -> tuple[list[str], list[tuple]]:
     # writes (COPY ... TO, ATTACH) could put files into a results folder. Export: --format csv or json.
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    try:
-        cursor = con.execute(sql)
+    try:  # DuckDB would run every statement and answer with the last one's rows
+        statements = len(duckdb.extract_statements(sql))
+        cursor = con.execute(sql) if statements == 1 else None
     except duckdb.Error as exc:
         raise UserInputError(f"query failed: {exc}\ntables: {', '.join(sorted(files))}") from None
-    if cursor is None or cursor.description is None:  # DuckDB's answer to no statement at all
-        raise UserInputError("the query holds no statement (it is empty, or only comments); e.g. "
+    if cursor is None:
+        raise UserInputError(f"the query holds {statements} statements; give one" if statements else
+                             "the query holds no statement (it is empty, or only comments); e.g. "
                              "\"SELECT * FROM transition\"")
     return [d[0] for d in cursor.description], cursor.fetchall()
