@@ -102,7 +102,7 @@ def cmd_run(args) -> int:
     spec = study_spec(args, must_hold_results=False)  # validate before Ray starts: a bad spec writes nothing
     from .study.progress import show_progress
     from .study.runner import StudyFailed, has_saved_work, run_study
-    from .study.track import ui_command
+    from .study.track import console_command, ui_command
 
     show_progress()
     # SIGTERM (`ray job stop`, `kill`) ends the run as Ctrl-C does: runs marked KILLED,
@@ -139,13 +139,12 @@ def cmd_run(args) -> int:
         if told:
             print(f"note: {row['dataset']}/{row['architecture']} N = {row['n']}: {'; '.join(told)}")
     print()
-    # runnable as printed: the console scripts live beside this interpreter (e.g. .venv/bin)
-    bin_dir = Path(sys.executable).parent
+    command = console_command("gahb-scale", "gahb_scale.cli")  # runnable as printed, from any folder
     results = shlex.quote(args.results or spec.storage.results_root())
     print(f"tables (Parquet):  {result['tables']}")
-    print(f"SQL:               {bin_dir}/gahb-scale query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\" "
+    print(f"SQL:               {command} query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\" "
           f"--results {results}")
-    print(f"progress:          {bin_dir}/gahb-scale status {shlex.quote(args.spec)} --results {results}")
+    print(f"progress:          {command} status {shlex.quote(args.spec)} --results {results}")
     ui = ui_command(result["mlflow_uri"])
     if ui.startswith("open "):
         print(f"MLflow UI:         {result['mlflow_url']}")

@@ -122,12 +122,20 @@ def open_tracker(spec: StudySpec, store: StudyStore) -> StudyTracker:
 LOCAL_UI = "http://127.0.0.1:5000"
 
 
+def console_command(script: str, module: str) -> str:
+    """A console script as runnable from anywhere: its file beside this Python (an environment's
+    bin folder, which need not be activated), else this Python running its module (as after a
+    `pip install --user`, whose scripts lie elsewhere)."""
+    beside = Path(sys.executable).parent / script
+    return str(beside) if beside.exists() else f"{sys.executable} -m {module}"
+
+
 def ui_command(uri: str) -> str:
     """How to see the runs: a tracking server has its UI at its own address; a local store needs
-    `mlflow ui`, named with its folder (this environment's, which need not be activated)."""
+    `mlflow ui`."""
     if _is_server(uri):
         return f"open {uri} in a browser"
-    return f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri}"
+    return f"{console_command('mlflow', 'mlflow')} ui --backend-store-uri {uri}"
 
 
 def experiment_url(uri: str, experiment_id: str) -> str:
