@@ -25,9 +25,9 @@ EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 def _cell(value) -> str:
     """A value as `query` shows it: a float to 6 significant digits, so a small eigenvalue is not
-    shown as 0 nor a rounded 86.5 as 86.5000."""
+    shown as 0 nor a rounded 86.5 as 86.5000; from a million on, whole (seconds summed, counts)."""
     if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.6g}"
+        return "n/a" if math.isnan(value) else f"{value:.6g}" if abs(value) < 1e6 else f"{value:.0f}"
     return str(value)
 
 

@@ -156,9 +156,11 @@ def a_table(tmp_path) -> Path:
 
 
 def test_query_shows_floats_to_six_significant_digits(a_table, capsys):
-    sql = "SELECT n, f_mem, f_mem * 1e-6 AS small, round(86.54, 1) AS rounded FROM transition ORDER BY n"
+    sql = ("SELECT n, f_mem, f_mem * 1e-6 AS small, round(86.54, 1) AS rounded, n * 1234567.0::DOUBLE AS seconds "
+           "FROM transition ORDER BY n")
     assert main(["query", sql, "--results", str(a_table)]) == 0
-    assert capsys.readouterr().out.splitlines()[-3:-1] == ["1    n/a      n/a     86.5", "4   0.25  2.5e-07     86.5"]
+    assert capsys.readouterr().out.splitlines()[-3:-1] == ["1    n/a      n/a     86.5  1234567",
+                                                           "4   0.25  2.5e-07     86.5  4938268"]
 
 
 def test_query_gives_csv_and_json_for_scripts(a_table, capsys):
@@ -364,34 +366,44 @@ def test_a_folder_changed_since_its_models_were_trained_is_refused(tmp_path, cap
     (folder / "012.png").unlink()
     (folder / "011.png").rename(folder / "renamed.png")  # as many images, another pool order
     assert main(["run", str(spec)]) == 2 and "12 images then, 12 now" in capsys.readouterr().err
+    from types import SimpleNamespace
+
     from gahb_scale.errors import UserInputError
     from gahb_scale.study.prepare import check_pools_unchanged
-    from gahb_scale.study.store import training_record_path
+    from gahb_scale.study.store import pool_path
 
     loaded = load_spec(spec)
-    trials, now = expand_trials(loaded), prepare_datasets(loaded)
+    trials, now, last = expand_trials(loaded), prepare_datasets(loaded), store.rows("datasets")
     trial = trials[0].trial_id
-    check_pools_unchanged(store, trials, now, store.rows("datasets"), set(), set())  # nothing trained: used as it is
-    check_pools_unchanged(store, trials, now, now.rows, {trial}, set())  # unchanged
-    older = [{**row, "pool_files_sha256": None} for row in now.rows]  # a table written before the column
-    check_pools_unchanged(store, trials, now, older, {trial}, set())
-    # a part-trained model (a checkpoint, no model file) was trained on the study's last pool
-    with pytest.raises(UserInputError, match="12 images then, 12 now"):
-        check_pools_unchanged(store, trials, now, store.rows("datasets"), set(), {trial})
-    # the model's own record names its pool: a study sharing the results folder, whose datasets
-    # table is new or of the changed pool, still may not analyse it on another pool
-    then = {key: store.rows("datasets")[0][key] for key in ("pool_images", "pool_files_sha256")}
-    store.write_bytes(training_record_path(trial), json.dumps({"pool": then}).encode())
-    for before in ([], now.rows):
-        with pytest.raises(UserInputError, match="1 of the spec's models were trained on it"):
-            check_pools_unchanged(store, trials, now, before, {trial}, set())
-    store.write_bytes(training_record_path(trial), json.dumps({"pool": {
-        "pool_images": 12, "pool_files_sha256": now.rows[0]["pool_files_sha256"]}}).encode())
-    check_pools_unchanged(store, trials, now, store.rows("datasets"), {trial}, set())  # its record outranks the table
+
+    def check(before, trained=frozenset(), analysed=frozenset(), packed=frozenset()):
+        state = SimpleNamespace(trials=trials, trained=set(trained), analysed=set(analysed))
+        check_pools_unchanged(store, state, now, before, set(packed))
+
+    check(last)  # nothing trained: used as it is
+    check(now.rows, {trial})  # unchanged
+    check([{**row, "pool_files_sha256": None} for row in now.rows], {trial})  # a table from before the hash
+    # the study's last row is another folder's, or another kind's, under the same name: no witness
+    check([{**row, "path": str(tmp_path)} for row in last], {trial})
+    check([{**row, "kind": "discs", "path": None, "pool_images": None, "pool_files_sha256": None} for row in last],
+          {trial})
+    # the pool a model began on, kept beside it, outranks the study's rows: a part-trained model (a
+    # checkpoint), and a model still to analyse by a study sharing the results folder (its datasets
+    # table new, or of the pool now), may not go on on another pool
+    def began_on(row):
+        store.write_bytes(pool_path(trial), json.dumps({key: row[key] for key in ("pool_images", "pool_files_sha256")}).encode())
+
+    began_on(last[0])
+    for before, trained, packed in (([], set(), {trial}), ([], {trial}, set()), (now.rows, {trial}, set())):
+        with pytest.raises(UserInputError, match="1 of the spec's models began training on it"):
+            check(before, trained, packed=packed)
+    check(now.rows, {trial}, analysed={trial})  # measured already: nothing is taken on the pool now
+    began_on(now.rows[0])
+    check(last, {trial}, packed={trial})
 
 
 def test_models_of_a_folder_changed_since_are_refused_to_a_study_sharing_them(tmp_path, capsys):
-    """Each model's training record keeps the pool it was trained on, so a second study in the same
+    """Each model keeps the pool it began training on beside it, so a second study in the same
     results folder (the same trial ids; a datasets table that never saw the old pool) may not
     analyse those models on the folder as it is now."""
     from PIL import Image
@@ -401,18 +413,18 @@ def test_models_of_a_folder_changed_since_are_refused_to_a_study_sharing_them(tm
                  train_sizes=[1], test_images=2)
     (tmp_path / "first.yaml").write_text(yaml.safe_dump(data))
     assert main(["run", str(tmp_path / "first.yaml")]) == 0
-    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "models").glob("*/training.json")]
+    pools = [json.loads(p.read_text()) for p in (tmp_path / "out" / "models").glob("*/pool.json")]
     from gahb_scale.study.store import StudyStore
 
     (row,) = StudyStore(str(tmp_path / "out")).rows("datasets")
-    assert len(records) == 2 and all(r["pool"] == {"pool_images": 12, "pool_files_sha256": row["pool_files_sha256"]}
-                                     for r in records)
+    assert row["path"] == str(folder) and len(pools) == 2
+    assert all(pool == {"pool_images": 12, "pool_files_sha256": row["pool_files_sha256"]} for pool in pools)
     Image.open(folder / "000.png").transpose(Image.Transpose.ROTATE_90).save(folder / "012.png")
     (tmp_path / "second.yaml").write_text(yaml.safe_dump({**data, "name": "second"}))
     capsys.readouterr()
     assert main(["run", str(tmp_path / "second.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "2 of the spec's models were trained on it (pool of 12 images then, 13 now)" in err
+    assert "2 of the spec's models began training on it (pool of 12 images then, 13 now)" in err
     assert "Traceback" not in err and not (tmp_path / "out" / "specs" / "second.yaml").exists()
 
 

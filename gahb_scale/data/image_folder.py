@@ -210,11 +210,13 @@ def _image_files(root: Path) -> list[Path]:
     if not root.is_dir():
         raise UserInputError(f"image folder path is not a directory: {printable(str(root))}")
     found = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
-    if broken := [p for p in found if p.is_symlink() and not p.exists()]:  # an image not there: not skipped
+    files = [p for p in found if p.is_file()]
+    # an image linked to but not there is said, not skipped
+    if broken := sorted(p for p in set(found) - set(files) if p.is_symlink()):
         raise UserInputError(f"{len(broken)} link(s) under {printable(str(root))} lead to no file: "
                              f"{', '.join(printable(str(p)) for p in broken[:5])}{', ...' if len(broken) > 5 else ''}")
     # Sort on the POSIX string so the order (and thus the pool) is the same on every OS.
-    files = sorted((p.relative_to(root) for p in found if p.is_file()), key=Path.as_posix)
+    files = sorted((p.relative_to(root) for p in files), key=Path.as_posix)
     if not files:
         raise UserInputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found under {printable(str(root))}")
     return files

@@ -17,8 +17,8 @@ from ..data.image_folder import NEAR_DUPLICATE_THRESHOLD, cache_image_folder
 from ..dataset_kinds import DATASET_KINDS, split_pair_images
 from ..errors import UserInputError
 from .spec import DatasetSpec, StudySpec
-from .store import StudyStore, training_record_path
-from .trials import Trial
+from .status import StudyState
+from .store import StudyStore, pool_path
 
 
 def finite_pool(dataset: DatasetSpec, size: int, write_cache: bool = True) -> FolderImages | None:
@@ -49,8 +49,9 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
     `PreparedDatasets.cache` once the study's other checks have passed too."""
     rows, pools = [], []
     for dataset in spec.datasets:
-        row = {"study_id": spec.name, "dataset": dataset.name, "kind": dataset.kind, "pool_images": None,
-               "duplicates_removed": None, "near_duplicate_threshold": None, "pool_files_sha256": None}
+        row = {"study_id": spec.name, "dataset": dataset.name, "kind": dataset.kind, "path": dataset.params.get("path"),
+               "pool_images": None, "duplicates_removed": None, "near_duplicate_threshold": None,
+               "pool_files_sha256": None}
         if (pool := finite_pool(dataset, spec.image_size, write_cache=False)) is not None:
             pools.append(pool)
             row.update(pool_images=len(pool), duplicates_removed=pool.duplicates_removed,
@@ -71,31 +72,35 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
     return PreparedDatasets(rows, pools)
 
 
-def check_pools_unchanged(store: StudyStore, trials: list[Trial], prepared: PreparedDatasets, before: list[dict],
-                          trained: set[str], packed: set[str]) -> None:
-    """A folder's pool that changed (images added, removed or renamed) since a model of it was
-    trained, or began training (`packed`: in a pack with checkpoints), would give other split pairs
-    under the same trial ids: the model's training images and measures would no longer match. The
-    pool a model was trained on is in its training record; for a part-trained model, or one whose
-    record predates it, the pool of the study's last run (`before`: its datasets rows) stands in."""
-    last = {row["dataset"]: row for row in before}
+def check_pools_unchanged(store: StudyStore, state: StudyState, prepared: PreparedDatasets, before: list[dict],
+                          packed: set[str]) -> None:
+    """A folder's pool that changed (images added, removed or renamed) under models trained, or
+    begun, on it would give other split pairs under the same trial ids: training would go on, or
+    measures be taken, on other images than the model's. Judged by the pool each model began
+    training on (`pool_path`; read for the models still to analyse, and those to resume: `packed`)
+    and, for the study's trained models, by the pool of its last run (`before`: its datasets rows;
+    the only witness for models trained before 0.7.16)."""
     for index, row in enumerate(prepared.rows):  # one row per dataset of the spec, in its order
         if row["pool_files_sha256"] is None:
             continue  # no files: generated images, the bundled photographs
-        changed = []
-        for trial in trials:
-            if trial.dataset.name != row["dataset"] or trial.trial_id not in trained | packed:
+        # the same folder (a row without a path: written before 0.7.16)
+        last = next((old for old in before if (old["dataset"], old["kind"], old.get("path", row["path"])) ==
+                     (row["dataset"], row["kind"], row["path"])), None)
+        then = []  # the pools the models began on
+        for trial in state.trials:
+            if trial.dataset.name != row["dataset"]:
                 continue
-            record = store.read_if_present(training_record_path(trial.trial_id)) if trial.trial_id in trained else None
-            then = (json.loads(record) if record else {}).get("pool") or last.get(row["dataset"])
-            # (a datasets table written before the hash was recorded: the pool's size at least)
-            if then is not None and (then["pool_images"] != row["pool_images"] or
-                                     then.get("pool_files_sha256") not in (None, row["pool_files_sha256"])):
-                changed.append(then["pool_images"])
-        if changed:
+            if (trial.trial_id in (state.trained - state.analysed) | packed and
+                    (record := store.read_if_present(pool_path(trial.trial_id))) is not None):
+                then.append(json.loads(record))
+            elif trial.trial_id in state.trained and last is not None:
+                then.append(last)
+        # (a datasets table written before the hash was recorded: the pool's size at least)
+        if changed := [pool["pool_images"] for pool in then if pool["pool_images"] != row["pool_images"] or
+                       pool.get("pool_files_sha256") not in (None, row["pool_files_sha256"])]:
             raise UserInputError(
                 f"datasets[{index}] ({row['dataset']!r}): the folder's images changed since {len(changed)} of the "
-                f"spec's models were trained on it (pool of {changed[0]:,} images then, {row['pool_images']:,} "
+                f"spec's models began training on it (pool of {changed[0]:,} images then, {row['pool_images']:,} "
                 f"now): its split pairs would differ from those the models were trained on. Put the folder back "
                 f"as it was, or run the changed data in another results folder")
 

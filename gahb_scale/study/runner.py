@@ -34,7 +34,7 @@ from .prepare import check_pools_unchanged, prepare_datasets
 from .progress import StageProgress, failure_reason, log, ray_output_to
 from .report import REPORT_ALWAYS, write_report
 from .spec import StudySpec
-from .status import StudyState, checkpoint_steps, marked_running, others_note, refuse_while_running, study_state, trained_models
+from .status import StudyState, checkpoint_steps, marked_running, others_note, refuse_while_running, study_state
 from .store import (STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path,
                     run_marker_path, spec_path)
 from .summarise import summarise_study, transition_at
@@ -246,10 +246,13 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
                                            f"{store.uri(run_marker_path(spec.name))})")
     datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here; caches written below
     tables = StudyTables(store, spec.name)
-    if datasets.pools:  # a model part-trained has a checkpoint
-        trained, ids = trained_models(store), {trial.trial_id for trial in trials}
-        check_pools_unchanged(store, trials, datasets, tables.key_rows("datasets", "study"), trained,
-                              set(checkpoint_steps(store, ids, trained)))
+    state = study_state(spec, store, tables)
+    # the pool each folder's models begin training on: kept beside them, and checked at every run
+    pools = {row["dataset"]: {key: row[key] for key in ("pool_images", "pool_files_sha256")}
+             for row in datasets.rows if row["pool_files_sha256"] is not None}
+    if pools:  # a model part-trained has a checkpoint
+        check_pools_unchanged(store, state, datasets, tables.key_rows("datasets", "study"),
+                              set(checkpoint_steps(store, {trial.trial_id for trial in trials}, state.trained)))
     for row in datasets.rows:
         if row["duplicates_removed"] is not None:
             log.info(f"[prepare] {row['dataset']}: {row['pool_images']:,} images after removing "
@@ -275,10 +278,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
                 for name, rows in (("datasets", datasets.rows), ("spec_models", [t.as_row() for t in trials])):
                     if rows != tables.key_rows(name, "study"):
                         tables.put(name, rows)
-                # the pool each folder's models are trained on, for their training records
-                pools = {row["dataset"]: {key: row[key] for key in ("pool_images", "pool_files_sha256")}
-                         for row in datasets.rows if row["pool_files_sha256"] is not None}
-                outcome = _run_stages(spec, store, tables, tracker, pools, address, verbose)
+                outcome = _run_stages(spec, store, tables, tracker, state, pools, address, verbose)
             finally:
                 ray.shutdown()
             outcome.update(_report(spec, store, tables, tracker, outcome))
@@ -299,13 +299,12 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
             "tables": store.uri("tables/"), "report": outcome["report"]}
 
 
-def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: StudyTracker, pools: dict,
-                address: str | None, verbose: bool) -> dict:
+def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: StudyTracker, state: StudyState,
+                pools: dict, address: str | None, verbose: bool) -> dict:
     """Stages 1-4 on Ray, each model's and N's results logged to MLflow as they come; `pools`: dataset
     name -> the folder's pool (its datasets row's pool_images and pool_files_sha256)."""
     from .train import register_trained, train_study  # only now: ray.train reads RAY_ENV when first imported
 
-    state = study_state(spec, store, tables)
     trials, analysis_key, resources = state.trials, state.analysis_key, spec.resources
     if state.others:
         log.info(others_note(state))

@@ -77,6 +77,12 @@ def training_record_path(trial_id: str) -> str:
     return f"models/{trial_id}/training.json"
 
 
+def pool_path(trial_id: str) -> str:
+    """The folder pool a model began training on (its datasets row's pool_images and
+    pool_files_sha256), written as its training starts from step 0."""
+    return f"models/{trial_id}/pool.json"
+
+
 def pack_path(pack_id: str) -> str:
     """The trial ids of a pack, as JSON: which models its checkpoints (`pack_run_dir`) hold."""
     return f"packs/{pack_id}.json"

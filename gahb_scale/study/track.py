@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import re
+import shlex
 import socket
 import sqlite3
 import sys
@@ -127,7 +128,7 @@ def console_command(script: str, module: str) -> str:
     bin folder, which need not be activated), else this Python running its module (as after a
     `pip install --user`, whose scripts lie elsewhere)."""
     beside = Path(sys.executable).parent / script
-    return str(beside) if beside.exists() else f"{sys.executable} -m {module}"
+    return shlex.quote(str(beside)) if beside.exists() else f"{shlex.quote(sys.executable)} -m {module}"
 
 
 def ui_command(uri: str) -> str:

@@ -37,7 +37,7 @@ from .progress import StageProgress, failure_reason, log, loss_summary
 from .spec import StudySpec
 from ..errors import UserInputError
 from .status import StudyState, recorded_packs, resume_step, trained_models
-from .store import (STATE_FILE, StudyStore, StudyTables, model_path, pack_path, pack_run_dir,
+from .store import (STATE_FILE, StudyStore, StudyTables, model_path, pack_path, pack_run_dir, pool_path,
                     snapshot_path, training_record_path)
 from .trials import Trial, short_id
 
@@ -121,8 +121,7 @@ def train_worker(payload: dict) -> None:
                 "trial": trial.as_row(), "losses": result.losses, "steps": result.steps_done,
                 "resumed_from": result.resumed_from, "train_seconds": seconds, "pack_id": pack.pack_id,
                 "pack_size": len(pack.trials), "device": str(device), "workers": world,
-                "num_parameters": count_parameters(result.net),
-                "pool": payload["pools"].get(trial.dataset.name)}).encode(), atomic=False)
+                "num_parameters": count_parameters(result.net)}).encode(), atomic=False)
             save_weights(store, model_path(trial.trial_id), result.net, result.steps_done)
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -253,12 +252,15 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, pools: di
     """Train every model of the study that has no model file yet, pack by pack, with a Tune grid,
     each model's progress streamed to its MLflow run; returns the ids of the models trained now
     (the store is the ground truth: a pack that failed before its first report has no config in
-    Tune's results). `pools`: each folder dataset's pool, which its models' training records keep. `local_ray`: the study's own Ray on this machine (a fixed size, no dashboard)
+    Tune's results). `pools`: each folder dataset's pool, kept beside each model that begins on it. `local_ray`: the study's own Ray on this machine (a fixed size, no dashboard)
     rather than a cluster's. `verbose` lets Tune print its own status too."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if local_ray else None)
     packs = packs_to_train(spec, store, state.trials, state.trained, concurrency)
     payloads = {pack.pack_id: {"spec": spec, "pack": pack, "results": store.results, "local_ray": local_ray,
-                               "pools": pools, "trained": {t.trial_id for t in pack.trials} & state.trained} for pack in packs}
+                               "trained": {t.trial_id for t in pack.trials} & state.trained} for pack in packs}
+    for trial in (t for p in packs if p.resumes_at is None for t in p.trials if t.trial_id not in state.trained):
+        if trial.dataset.name in pools:  # a resumed pack's models go on on the pool they began on (checked)
+            store.write_bytes(pool_path(trial.trial_id), json.dumps(pools[trial.dataset.name]).encode())
     sizes = "/".join(map(str, sorted({len(p.trials) for p in packs})))
     todo = {t.trial_id for p in packs for t in p.trials} - state.trained
     log.info(f"[train] {len(todo)} models to train in {len(packs)} pack(s) of {sizes}, "
