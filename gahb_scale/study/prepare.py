@@ -49,9 +49,8 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
     `PreparedDatasets.cache` once the study's other checks have passed too."""
     rows, pools = [], []
     for dataset in spec.datasets:
-        row = {"study_id": spec.name, "dataset": dataset.name, "kind": dataset.kind, "path": dataset.params.get("path"),
-               "pool_images": None, "duplicates_removed": None, "near_duplicate_threshold": None,
-               "pool_files_sha256": None}
+        row = {"study_id": spec.name, "dataset": dataset.name, "kind": dataset.kind, "pool_images": None,
+               "duplicates_removed": None, "near_duplicate_threshold": None, "pool_files_sha256": None}
         if (pool := finite_pool(dataset, spec.image_size, write_cache=False)) is not None:
             pools.append(pool)
             row.update(pool_images=len(pool), duplicates_removed=pool.duplicates_removed,
@@ -73,27 +72,25 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
 
 
 def check_pools_unchanged(store: StudyStore, state: StudyState, prepared: PreparedDatasets, before: list[dict],
-                          packed: set[str]) -> None:
+                          last_models: set[str], packed: set[str]) -> None:
     """A folder's pool that changed (images added, removed or renamed) under models trained, or
     begun, on it would give other split pairs under the same trial ids: training would go on, or
     measures be taken, on other images than the model's. Judged by the pool each model began
-    training on (`pool_path`; read for the models still to analyse, and those to resume: `packed`)
-    and, for the study's trained models, by the pool of its last run (`before`: its datasets rows;
-    the only witness for models trained before 0.7.16)."""
+    training on (`pool_path`; read for the models still to analyse, and those to resume: `packed`),
+    else, for a model the study's last run named (`last_models`), by that run's pool (`before`: its
+    datasets rows), the only witness for models begun before 0.7.16."""
     for index, row in enumerate(prepared.rows):  # one row per dataset of the spec, in its order
         if row["pool_files_sha256"] is None:
             continue  # no files: generated images, the bundled photographs
-        # the same folder (a row without a path: written before 0.7.16)
-        last = next((old for old in before if (old["dataset"], old["kind"], old.get("path", row["path"])) ==
-                     (row["dataset"], row["kind"], row["path"])), None)
+        last = next((old for old in before if old["dataset"] == row["dataset"]), None)
         then = []  # the pools the models began on
         for trial in state.trials:
-            if trial.dataset.name != row["dataset"]:
+            if trial.dataset.name != row["dataset"] or trial.trial_id not in state.trained | packed:
                 continue
             if (trial.trial_id in (state.trained - state.analysed) | packed and
                     (record := store.read_if_present(pool_path(trial.trial_id))) is not None):
                 then.append(json.loads(record))
-            elif trial.trial_id in state.trained and last is not None:
+            elif trial.trial_id in last_models and last is not None:
                 then.append(last)
         # (a datasets table written before the hash was recorded: the pool's size at least)
         if changed := [pool["pool_images"] for pool in then if pool["pool_images"] != row["pool_images"] or

@@ -83,6 +83,9 @@ def train_worker(payload: dict) -> None:
     workdir = Path(tempfile.mkdtemp(prefix=f"gahb-{pack.pack_id}-"))
     state_path = workdir / STATE_FILE
     restored = ray.train.get_checkpoint()
+    for trial in pack.trials if restored is None and rank == 0 else ():  # from step 0: on the pool now
+        if trial.trial_id not in payload["trained"] and trial.dataset.name in payload["pools"]:
+            store.write_bytes(pool_path(trial.trial_id), json.dumps(payload["pools"][trial.dataset.name]).encode())
     if restored is not None:
         with restored.as_directory() as directory:
             shutil.copy(Path(directory) / STATE_FILE, state_path)
@@ -252,15 +255,14 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, pools: di
     """Train every model of the study that has no model file yet, pack by pack, with a Tune grid,
     each model's progress streamed to its MLflow run; returns the ids of the models trained now
     (the store is the ground truth: a pack that failed before its first report has no config in
-    Tune's results). `pools`: each folder dataset's pool, kept beside each model that begins on it. `local_ray`: the study's own Ray on this machine (a fixed size, no dashboard)
+    Tune's results). `pools`: each folder dataset's pool, kept beside each model that begins
+    training on it. `local_ray`: the study's own Ray on this machine (a fixed size, no dashboard)
     rather than a cluster's. `verbose` lets Tune print its own status too."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if local_ray else None)
     packs = packs_to_train(spec, store, state.trials, state.trained, concurrency)
     payloads = {pack.pack_id: {"spec": spec, "pack": pack, "results": store.results, "local_ray": local_ray,
-                               "trained": {t.trial_id for t in pack.trials} & state.trained} for pack in packs}
-    for trial in (t for p in packs if p.resumes_at is None for t in p.trials if t.trial_id not in state.trained):
-        if trial.dataset.name in pools:  # a resumed pack's models go on on the pool they began on (checked)
-            store.write_bytes(pool_path(trial.trial_id), json.dumps(pools[trial.dataset.name]).encode())
+                               "pools": pools, "trained": {t.trial_id for t in pack.trials} & state.trained}
+                for pack in packs}
     sizes = "/".join(map(str, sorted({len(p.trials) for p in packs})))
     todo = {t.trial_id for p in packs for t in p.trials} - state.trained
     log.info(f"[train] {len(todo)} models to train in {len(packs)} pack(s) of {sizes}, "
