@@ -156,11 +156,13 @@ def a_table(tmp_path) -> Path:
 
 
 def test_query_shows_floats_to_six_significant_digits(a_table, capsys):
-    sql = ("SELECT n, f_mem, f_mem * 1e-6 AS small, round(86.54, 1) AS rounded, n * 1234567.0::DOUBLE AS seconds "
-           "FROM transition ORDER BY n")
+    sql = ("SELECT n, f_mem, f_mem * 1e-6 AS small, round(86.54, 1) AS rounded, n * 1234567.0::DOUBLE AS seconds, "
+           "999999.95::DOUBLE AS almost, CASE WHEN n > 1 THEN 'x' END AS null FROM transition ORDER BY n")
     assert main(["query", sql, "--results", str(a_table)]) == 0
-    assert capsys.readouterr().out.splitlines()[-3:-1] == ["1    n/a      n/a     86.5  1234567",
-                                                           "4   0.25  2.5e-07     86.5  4938268"]
+    assert capsys.readouterr().out.splitlines()[-3:-1] == ["1    n/a      n/a     86.5  1234567  1000000   n/a",
+                                                           "4   0.25  2.5e-07     86.5  4938268  1000000     x"]
+    assert main(["query", "SELECT 1.5 AS k, [1.5, 2.0] AS l", "--results", str(a_table), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"k": 1.5, "l": [1.5, 2.0]}]
 
 
 def test_query_gives_csv_and_json_for_scripts(a_table, capsys):
@@ -384,16 +386,14 @@ def test_a_folder_changed_since_its_models_were_trained_is_refused(tmp_path, cap
     check(last)  # nothing trained: used as it is
     check(now.rows, {trial})  # unchanged
     check([{**row, "pool_files_sha256": None} for row in now.rows], {trial})  # a table from before the hash
-    # a model begun before its pool was kept beside it: the study's last run, if it named the model
-    # (the spec's datasets under the same names may have been others, e.g. other pool settings)
+    # a model the study's last run named, trained or part-trained (a checkpoint): that run's pool
     for trained, packed in (({trial}, set()), (set(), {trial})):
         with pytest.raises(UserInputError, match="1 of the spec's models began training on it"):
             check(last, trained, packed=packed)
-        check(last, trained, packed=packed, last_models=())
+        check(last, trained, packed=packed, last_models=())  # begun before its pool was kept: no witness
 
-    # the pool a model began on, kept beside it, outranks the study's rows: a part-trained model (a
-    # checkpoint), and a model still to analyse by a study sharing the results folder (its datasets
-    # table new, or of the pool now), may not go on on another pool
+    # any other model (of another study sharing the results folder, or of a spec switched back after
+    # the study's last run named others): the pool it began on, kept beside it
     def began_on(row):
         store.write_bytes(pool_path(trial), json.dumps({key: row[key] for key in ("pool_images", "pool_files_sha256")}).encode())
 
@@ -401,9 +401,9 @@ def test_a_folder_changed_since_its_models_were_trained_is_refused(tmp_path, cap
     for before, trained, packed in (([], set(), {trial}), ([], {trial}, set()), (now.rows, {trial}, set())):
         with pytest.raises(UserInputError, match="1 of the spec's models began training on it"):
             check(before, trained, packed=packed, last_models=())
-    check(now.rows, {trial}, analysed={trial})  # measured already: nothing is taken on the pool now
+    check(now.rows, {trial})  # the last run named it, on the pool now: so it checked it then
     began_on(now.rows[0])
-    check(last, {trial}, packed={trial})
+    check(last, {trial}, packed={trial}, last_models=())  # the folder put back as the model began on it
 
 
 def test_models_of_a_folder_changed_since_are_refused_to_a_study_sharing_them(tmp_path, capsys):

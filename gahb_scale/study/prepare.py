@@ -74,11 +74,11 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
 def check_pools_unchanged(store: StudyStore, state: StudyState, prepared: PreparedDatasets, before: list[dict],
                           last_models: set[str], packed: set[str]) -> None:
     """A folder's pool that changed (images added, removed or renamed) under models trained, or
-    begun, on it would give other split pairs under the same trial ids: training would go on, or
-    measures be taken, on other images than the model's. Judged by the pool each model began
-    training on (`pool_path`; read for the models still to analyse, and those to resume: `packed`),
-    else, for a model the study's last run named (`last_models`), by that run's pool (`before`: its
-    datasets rows), the only witness for models begun before 0.7.16."""
+    begun (`packed`: in a pack with a checkpoint), on it would give other split pairs under the
+    same trial ids: training would go on, or measures be taken, on other images than the model's.
+    A model the study's last run named (`last_models`) is judged by that run's pool (`before`: its
+    datasets rows), which that run checked it against; any other by the pool it began training on,
+    kept beside it (`pool_path`; none for a model begun before 0.7.16). So a re-run reads nothing."""
     for index, row in enumerate(prepared.rows):  # one row per dataset of the spec, in its order
         if row["pool_files_sha256"] is None:
             continue  # no files: generated images, the bundled photographs
@@ -87,11 +87,10 @@ def check_pools_unchanged(store: StudyStore, state: StudyState, prepared: Prepar
         for trial in state.trials:
             if trial.dataset.name != row["dataset"] or trial.trial_id not in state.trained | packed:
                 continue
-            if (trial.trial_id in (state.trained - state.analysed) | packed and
-                    (record := store.read_if_present(pool_path(trial.trial_id))) is not None):
-                then.append(json.loads(record))
-            elif trial.trial_id in last_models and last is not None:
+            if trial.trial_id in last_models and last is not None:
                 then.append(last)
+            elif (record := store.read_if_present(pool_path(trial.trial_id))) is not None:
+                then.append(json.loads(record))
         # (a datasets table written before the hash was recorded: the pool's size at least)
         if changed := [pool["pool_images"] for pool in then if pool["pool_images"] != row["pool_images"] or
                        pool.get("pool_files_sha256") not in (None, row["pool_files_sha256"])]:
