@@ -507,6 +507,21 @@ def test_load_image_folder_names_a_link_to_no_file(folder, tmp_path):
     assert str(folder / "gone.png") in str(error.value) and not (tmp_path / "cache").exists()
 
 
+def test_load_image_folder_follows_linked_folders_once(folder, tmp_path):
+    """A folder assembled from links (to other disks) holds their images; a link back up is no
+    loop, and a folder linked twice gives its images once."""
+    alone = load_image_folder(folder, 8)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (folder / "a_wide.png").rename(outside / "moved.png")
+    (folder / "linked").symlink_to(outside, target_is_directory=True)
+    (folder / "sub" / "loop").symlink_to(folder, target_is_directory=True)
+    (folder / "twice").symlink_to(outside, target_is_directory=True)
+    linked = load_image_folder(folder, 8)
+    assert len(linked) == len(alone) and "linked/moved.png" in linked.files and not any(
+        name.startswith(("twice/", "sub/loop/")) for name in linked.files)
+
+
 # ---------------------------------------------------------------- embedded photographs
 
 

@@ -209,7 +209,7 @@ def _image_files(root: Path) -> list[Path]:
         raise UserInputError(f"image folder not found: {printable(str(root))}")
     if not root.is_dir():
         raise UserInputError(f"image folder path is not a directory: {printable(str(root))}")
-    found = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+    found = [p for p in _walk(root) if p.suffix.lower() in IMAGE_SUFFIXES]
     files = [p for p in found if p.is_file()]
     # an image linked to but not there is said, not skipped
     if broken := sorted(p for p in set(found) - set(files) if p.is_symlink()):
@@ -220,6 +220,20 @@ def _image_files(root: Path) -> list[Path]:
     if not files:
         raise UserInputError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) found under {printable(str(root))}")
     return files
+
+
+def _walk(root: Path):
+    """Every entry under `root` that is no folder, through linked folders too (a dataset assembled
+    from links to other disks), each real folder once: a link back up is no loop, and a folder
+    linked twice gives its images once. Folders in sorted order, so the same path wins everywhere."""
+    seen = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        subfolders.sort()
+        if (real := os.path.realpath(folder)) in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        yield from (Path(folder) / name for name in names)
 
 
 def _cache_key(root: Path, files: list[Path], settings: str) -> str:
