@@ -15,6 +15,7 @@ import shlex
 import signal
 import sys
 import textwrap
+from decimal import Decimal
 from pathlib import Path
 
 from . import __version__
@@ -25,9 +26,12 @@ EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 def _cell(value) -> str:
     """A value as `query` shows it: a float to 6 significant digits, so a small eigenvalue is not
-    shown as 0 nor a rounded 86.5 as 86.5000; from a million on, whole (seconds summed, counts)."""
+    shown as 0 nor a rounded 86.5 as 86.5000, but whole where that would take an exponent (seconds
+    summed); "n/a" for NaN and NULL alike."""
+    if value is None or isinstance(value, float) and math.isnan(value):
+        return "n/a"
     if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.6g}" if abs(value) < 1e6 else f"{value:.0f}"
+        return f"{value:.0f}" if "e+" in (text := f"{value:.6g}") else text
     return str(value)
 
 
@@ -70,7 +74,8 @@ def study_spec(args, must_hold_results: bool):
     spec = load_spec(args.spec, results_root=args.results, missing_folders=missing)
     for folder in dict.fromkeys(missing or []):
         print(f"note: dataset folder {printable(folder)} is not here; only results are read. A folder's models are "
-              f"named by its absolute path: this must be the path the study was run with", file=sys.stderr)
+              f"named by its absolute path: this must be the path the study was run with (a relative path resolves "
+              f"against the current directory: give the command from the one the study was run from)", file=sys.stderr)
     if args.results is None and not must_hold_results:
         return spec
     try:
@@ -144,7 +149,7 @@ def cmd_run(args) -> int:
     print(f"tables (Parquet):  {result['tables']}")
     print(f"SQL:               {command} query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\" "
           f"--results {results}")
-    print(f"progress:          {command} status {shlex.quote(args.spec)} --results {results}")
+    print(f"progress:          {command} status {shlex.quote(str(Path(args.spec).resolve()))} --results {results}")
     ui = ui_command(result["mlflow_uri"])
     if ui.startswith("open "):
         print(f"MLflow UI:         {result['mlflow_url']}")
@@ -216,6 +221,8 @@ def cmd_query(args) -> int:
 def _json_value(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, Decimal):  # a SQL literal such as 1.5 or a cast: a number, not its text
+        return float(value)
     if isinstance(value, (list, tuple)):
         return [_json_value(v) for v in value]
     return value

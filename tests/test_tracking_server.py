@@ -86,6 +86,8 @@ def test_a_given_tracking_uri_or_local_results_need_no_notice(home, s3_results, 
     assert ui_command("sqlite:///x/mlflow.db") == f"{Path(sys.executable).parent}/mlflow ui --backend-store-uri sqlite:///x/mlflow.db"
     monkeypatch.setattr(sys, "executable", "/nowhere/python3")  # no mlflow beside it: its module
     assert ui_command("sqlite:///x/mlflow.db") == "/nowhere/python3 -m mlflow ui --backend-store-uri sqlite:///x/mlflow.db"
+    assert ui_command("sqlite:////it's here/mlflow.db").endswith(  # pasted as printed
+        "--backend-store-uri 'sqlite:////it'\"'\"'s here/mlflow.db'")
 
 
 def test_an_experiment_made_without_the_kind_tag_gets_it(home, tmp_path):

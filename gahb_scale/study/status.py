@@ -53,7 +53,8 @@ class StudyState:
 def others_note(state: StudyState) -> str:
     """What a reader of the tables must know when they hold models the spec no longer names."""
     return (f"the study's tables also hold {len(state.others)} model(s) its spec no longer names (other training "
-            f"settings, or an N, seed or dataset taken out): kept, and left out of its transition table, report "
+            f"settings, an N, seed or dataset taken out, or an image folder at another path: a relative path resolves "
+            f"against the current directory): kept, and left out of its transition table, report "
             f"and MLflow results; a query leaves them out with JOIN spec_models (docs/tables.md)")
 
 

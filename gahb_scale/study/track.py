@@ -136,7 +136,7 @@ def ui_command(uri: str) -> str:
     `mlflow ui`."""
     if _is_server(uri):
         return f"open {uri} in a browser"
-    return f"{console_command('mlflow', 'mlflow')} ui --backend-store-uri {uri}"
+    return f"{console_command('mlflow', 'mlflow')} ui --backend-store-uri {shlex.quote(uri)}"
 
 
 def experiment_url(uri: str, experiment_id: str) -> str:
