@@ -145,7 +145,8 @@ def cmd_run(args) -> int:
             print(f"note: {row['dataset']}/{row['architecture']} N = {row['n']}: {'; '.join(told)}")
     print()
     command = console_command("gahb-scale", "gahb_scale.cli")  # runnable as printed, from any folder
-    results = shlex.quote(args.results or spec.storage.results_root())
+    results = args.results or spec.storage.results_root()
+    results = shlex.quote(results if "://" in results else str(Path(results).resolve()))
     print(f"tables (Parquet):  {result['tables']}")
     print(f"SQL:               {command} query \"SELECT * FROM transition WHERE study_id = '{spec.name}'\" "
           f"--results {results}")

@@ -379,31 +379,31 @@ def test_a_folder_changed_since_its_models_were_trained_is_refused(tmp_path, cap
     trials, now, last = expand_trials(loaded), prepare_datasets(loaded), store.rows("datasets")
     trial = trials[0].trial_id
 
-    def check(before, trained=frozenset(), analysed=frozenset(), packed=frozenset(), last_models=(trial,)):
-        state = SimpleNamespace(trials=trials, trained=set(trained), analysed=set(analysed))
-        check_pools_unchanged(store, state, now, before, set(last_models), set(packed))
+    def check(before, trained=frozenset(), packed=frozenset()):
+        check_pools_unchanged(store, SimpleNamespace(trials=trials, trained=set(trained)), now, before, set(packed))
 
     check(last)  # nothing trained: used as it is
     check(now.rows, {trial})  # unchanged
     check([{**row, "pool_files_sha256": None} for row in now.rows], {trial})  # a table from before the hash
-    # a model the study's last run named, trained or part-trained (a checkpoint): that run's pool
+    # a model trained, or part-trained (a checkpoint), before its pool was kept beside it: the
+    # study's last run stands in
     for trained, packed in (({trial}, set()), (set(), {trial})):
         with pytest.raises(UserInputError, match="1 of the spec's models began training on it"):
-            check(last, trained, packed=packed)
-        check(last, trained, packed=packed, last_models=())  # begun before its pool was kept: no witness
+            check(last, trained, packed)
+        check([], trained, packed)  # no witness at all
 
-    # any other model (of another study sharing the results folder, or of a spec switched back after
-    # the study's last run named others): the pool it began on, kept beside it
+    # the pool a model began on, kept beside it, outranks the study's rows, whichever study began
+    # it: a study sharing the results folder, or a run of this study on the changed folder (another
+    # N) that rewrote its datasets row, must not make its models pass on another pool
     def began_on(row):
         store.write_bytes(pool_path(trial), json.dumps({key: row[key] for key in ("pool_images", "pool_files_sha256")}).encode())
 
     began_on(last[0])
     for before, trained, packed in (([], set(), {trial}), ([], {trial}, set()), (now.rows, {trial}, set())):
         with pytest.raises(UserInputError, match="1 of the spec's models began training on it"):
-            check(before, trained, packed=packed, last_models=())
-    check(now.rows, {trial})  # the last run named it, on the pool now: so it checked it then
+            check(before, trained, packed)
     began_on(now.rows[0])
-    check(last, {trial}, packed={trial}, last_models=())  # the folder put back as the model began on it
+    check(last, {trial}, {trial})  # the folder as the model began on it, whatever the study's last run saw
 
 
 def test_models_of_a_folder_changed_since_are_refused_to_a_study_sharing_them(tmp_path, capsys):

@@ -509,7 +509,8 @@ def test_load_image_folder_names_a_link_to_no_file(folder, tmp_path):
 
 def test_load_image_folder_follows_linked_folders_once(folder, tmp_path):
     """A folder assembled from links (to other disks) holds their images; a link back up is no
-    loop, and a folder linked twice gives its images once."""
+    loop, a folder linked twice gives its images once, and a link to a folder the tree holds
+    changes no image's name (nor so the pool)."""
     alone = load_image_folder(folder, 8)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -517,9 +518,26 @@ def test_load_image_folder_follows_linked_folders_once(folder, tmp_path):
     (folder / "linked").symlink_to(outside, target_is_directory=True)
     (folder / "sub" / "loop").symlink_to(folder, target_is_directory=True)
     (folder / "twice").symlink_to(outside, target_is_directory=True)
+    (folder / "a_link_to_sub").symlink_to(folder / "sub", target_is_directory=True)  # sorted before it
     linked = load_image_folder(folder, 8)
-    assert len(linked) == len(alone) and "linked/moved.png" in linked.files and not any(
-        name.startswith(("twice/", "sub/loop/")) for name in linked.files)
+    assert len(linked) == len(alone) and "linked/moved.png" in linked.files
+    assert set(linked.files) - {"linked/moved.png"} == set(alone.files) - {"a_wide.png"}  # each under its own path
+
+
+def test_load_image_folder_names_a_folder_it_cannot_read(folder, monkeypatch):
+    """Its images would otherwise be left out of the pool unsaid (as root, permissions cannot make one)."""
+    import os
+
+    listing = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(UserInputError, match=r"cannot read folder .*sub: Permission denied"):
+        load_image_folder(folder, 8)
 
 
 # ---------------------------------------------------------------- embedded photographs

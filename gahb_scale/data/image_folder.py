@@ -224,12 +224,17 @@ def _image_files(root: Path) -> list[Path]:
 
 def _walk(root: Path):
     """Every entry under `root` that is no folder, through linked folders too (a dataset assembled
-    from links to other disks), each real folder once: a link back up is no loop, and a folder
-    linked twice gives its images once. Folders in sorted order, so the same path wins everywhere."""
+    from links to other disks), each real folder once, under its own path where the tree holds it
+    without links (so a link to a folder inside, or back up, changes nothing) and otherwise under
+    the first link in sorted order. A folder that cannot be read is an error, not a gap."""
+    def unreadable(error: OSError) -> None:
+        raise UserInputError(f"cannot read folder {printable(str(error.filename))}: {error.strerror}")
+
+    plain = {os.path.realpath(folder): folder for folder, _, _ in os.walk(root, onerror=unreadable)}
     seen = set()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+    for folder, subfolders, names in os.walk(root, onerror=unreadable, followlinks=True):
         subfolders.sort()
-        if (real := os.path.realpath(folder)) in seen:
+        if (real := os.path.realpath(folder)) in seen or plain.get(real, folder) != folder:
             subfolders.clear()
             continue
         seen.add(real)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -72,28 +73,26 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
 
 
 def check_pools_unchanged(store: StudyStore, state: StudyState, prepared: PreparedDatasets, before: list[dict],
-                          last_models: set[str], packed: set[str]) -> None:
+                          packed: set[str]) -> None:
     """A folder's pool that changed (images added, removed or renamed) under models trained, or
     begun (`packed`: in a pack with a checkpoint), on it would give other split pairs under the
     same trial ids: training would go on, or measures be taken, on other images than the model's.
-    A model the study's last run named (`last_models`) is judged by that run's pool (`before`: its
-    datasets rows), which that run checked it against; any other by the pool it began training on,
-    kept beside it (`pool_path`; none for a model begun before 0.7.16). So a re-run reads nothing."""
+    Each model is judged by the pool it began training on, kept beside it (`pool_path`), whichever
+    study began it; a model begun before 0.7.16 has none, and the pool of the study's last run
+    (`before`: its datasets rows) stands in."""
     for index, row in enumerate(prepared.rows):  # one row per dataset of the spec, in its order
         if row["pool_files_sha256"] is None:
             continue  # no files: generated images, the bundled photographs
         last = next((old for old in before if old["dataset"] == row["dataset"]), None)
-        then = []  # the pools the models began on
-        for trial in state.trials:
-            if trial.dataset.name != row["dataset"] or trial.trial_id not in state.trained | packed:
-                continue
-            if trial.trial_id in last_models and last is not None:
-                then.append(last)
-            elif (record := store.read_if_present(pool_path(trial.trial_id))) is not None:
-                then.append(json.loads(record))
+        models = [t.trial_id for t in state.trials if t.dataset.name == row["dataset"] and
+                  t.trial_id in state.trained | packed]
+        with ThreadPoolExecutor(8) as pool:  # a small file each: on object storage, a request each
+            kept = pool.map(lambda trial_id: store.read_if_present(pool_path(trial_id)), models)
+        then = [json.loads(record) if record is not None else last for record in kept]
         # (a datasets table written before the hash was recorded: the pool's size at least)
-        if changed := [pool["pool_images"] for pool in then if pool["pool_images"] != row["pool_images"] or
-                       pool.get("pool_files_sha256") not in (None, row["pool_files_sha256"])]:
+        if changed := [pool["pool_images"] for pool in then if pool is not None and (
+                pool["pool_images"] != row["pool_images"] or
+                pool.get("pool_files_sha256") not in (None, row["pool_files_sha256"]))]:
             raise UserInputError(
                 f"datasets[{index}] ({row['dataset']!r}): the folder's images changed since {len(changed)} of the "
                 f"spec's models began training on it (pool of {changed[0]:,} images then, {row['pool_images']:,} "

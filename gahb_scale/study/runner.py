@@ -252,7 +252,6 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
              for row in datasets.rows if row["pool_files_sha256"] is not None}
     if pools:  # a model part-trained has a checkpoint
         check_pools_unchanged(store, state, datasets, tables.key_rows("datasets", "study"),
-                              {row["trial_id"] for row in tables.key_rows("spec_models", "study")},
                               set(checkpoint_steps(store, {trial.trial_id for trial in trials}, state.trained)))
     for row in datasets.rows:
         if row["duplicates_removed"] is not None:
