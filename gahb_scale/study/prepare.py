@@ -80,12 +80,12 @@ def check_pools_unchanged(store: StudyStore, state: StudyState, prepared: Prepar
     Each model is judged by the pool it began training on, kept beside it (`pool_path`), whichever
     study began it; a model begun before 0.7.16 has none, and the pool of the study's last run
     (`before`: its datasets rows) stands in."""
+    begun = state.trained | packed
     for index, row in enumerate(prepared.rows):  # one row per dataset of the spec, in its order
         if row["pool_files_sha256"] is None:
             continue  # no files: generated images, the bundled photographs
         last = next((old for old in before if old["dataset"] == row["dataset"]), None)
-        models = [t.trial_id for t in state.trials if t.dataset.name == row["dataset"] and
-                  t.trial_id in state.trained | packed]
+        models = [t.trial_id for t in state.trials if t.dataset.name == row["dataset"] and t.trial_id in begun]
         with ThreadPoolExecutor(8) as pool:  # a small file each: on object storage, a request each
             kept = pool.map(lambda trial_id: store.read_if_present(pool_path(trial_id)), models)
         then = [json.loads(record) if record is not None else last for record in kept]
