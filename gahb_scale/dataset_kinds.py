@@ -202,7 +202,7 @@ def _stream_seed(pair: int, part: str) -> int:
 
 def split_pair_images(kind: str, params: dict, size: int, n: int | dict[str, int], n_test: int, pair: int,
                       parts: tuple[str, ...] = ("A", "B", "test"), keep_uint8: bool = False,
-                      pixel_shuffle_seed: int | None = None) -> dict[str, Tensor]:
+                      pixel_shuffle_seed: int | None = None, pool: FolderImages | None = None) -> dict[str, Tensor]:
     """{"A": (n,1,S,S), "B": (n,1,S,S), "test": (n_test,1,S,S)} of split pair `pair` of dataset
     `kind` (with the parameters of its model), in [0, 1], restricted to `parts` (synthetic images
     cost time to make, a folder's are read from its prepared pool: a model needs only its own split).
@@ -217,7 +217,9 @@ def split_pair_images(kind: str, params: dict, size: int, n: int | dict[str, int
       test = the head (`gahb_scale.data.split_pair`), the authors' recipe. With `keep_uint8` its
       images stay uint8 (0…255), a quarter of float32, for a trainer that converts batch by batch.
 
-    With `pixel_shuffle_seed` every image has its pixels moved by that one seeded permutation.
+    With `pixel_shuffle_seed` every image has its pixels moved by that one seeded permutation. `pool`:
+    a finite dataset's pool as already prepared (`gahb_scale.data.image_folder.read_prepared_folder`),
+    used instead of preparing it again from `params`.
     """
     from .data import shuffle_pixels, split_pair
 
@@ -227,7 +229,7 @@ def split_pair_images(kind: str, params: dict, size: int, n: int | dict[str, int
     if not record.finite:
         images = {name: record.build(counts[name], size, _stream_seed(pair, name), validated) for name in parts}
     else:
-        pool = record.pool(size, validated)
+        pool = pool if pool is not None else record.pool(size, validated)
         convert = pool.uint8_images if keep_uint8 else pool.float_images
         # the held-out set does not depend on N: taken from the split of the largest N given, so the
         # pool is checked to hold that split pair

@@ -441,6 +441,28 @@ def test_near_duplicates_compare_chunks_against_every_earlier_image():
         assert near_duplicates(images, chunk_size=chunk).nonzero().flatten().tolist() == [37, 49]
 
 
+def test_a_study_reads_its_folder_as_prepared_when_the_folder_changes_while_it_runs(folder, tmp_path, monkeypatch):
+    """A run prepares a folder's pool once and records it (its datasets row, each model's
+    pool.json); its tasks read that prepared pool, not the folder again, so images added, removed or
+    renamed while the study runs cannot put a model on other images than those recorded."""
+    from gahb_scale.study.prepare import prepare_datasets, split_images
+    from gahb_scale.study.spec_file import parse_spec
+
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec({"name": "f", "image_size": 8, "train_sizes": [1], "test_images": 1,
+                       "datasets": [{"name": "mine", "kind": "folder", "params": {"path": str(folder)}}],
+                       "architectures": [{"name": "u", "kind": "unet", "params": {"width": 4, "blocks": 1}}]})
+    prepared = prepare_datasets(spec).cache()
+    dataset = spec.datasets[0]
+    before = split_images(dataset, 8, 1, 1, 0, prepared=prepared)
+    (folder / "a_wide.png").unlink()
+    save_image(folder / "e_new.png", white_centre(9, 9))
+    after = split_images(dataset, 8, 1, 1, 0, prepared=prepared)
+    assert all(torch.equal(before[part], after[part]) for part in ("A", "B", "test"))
+    # read without the run's pool, the changed folder is another pool: other split pairs
+    assert not all(torch.equal(before[part], split_images(dataset, 8, 1, 1, 0)[part]) for part in ("A", "B", "test"))
+
+
 def test_load_image_folder_cache_is_reused_without_decoding(folder, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = load_image_folder(folder, 8, cache_dir=cache)

@@ -151,8 +151,7 @@ def load_image_folder(path: str | Path, size: int, cache_dir: str | Path | None 
         cache_files = (Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json")
         images_file, files_file = cache_files
         if images_file.exists():  # written last: its presence vouches for the list of files
-            kept = json.loads(files_file.read_text())
-            return FolderImages(CachedImages(images_file), tuple(kept["files"]), kept["duplicates_removed"], cache_files)
+            return read_prepared_folder(images_file)
     grey = _decode_all(root, files, size, crop)
     keep = np.ones(len(files), dtype=bool)
     if near_duplicate_threshold is not None:
@@ -160,6 +159,17 @@ def load_image_folder(path: str | Path, size: int, cache_dir: str | Path | None 
     prepared = FolderImages(grey[keep], tuple(f.as_posix() for f, k in zip(files, keep) if k), int((~keep).sum()),
                             cache_files)
     return cache_image_folder(prepared) if write_cache else prepared
+
+
+def read_prepared_folder(images_file: str | Path) -> FolderImages:
+    """The pool a `load_image_folder` call cached as `images_file` (`<key>.npy`, beside its `<key>.json`),
+    read as it was prepared: the folder itself is not looked at, so a pool stays the one it was
+    even if its folder changes."""
+    images_file = Path(images_file)
+    files_file = images_file.with_suffix(".json")
+    kept = json.loads(files_file.read_text())
+    return FolderImages(CachedImages(images_file), tuple(kept["files"]), kept["duplicates_removed"],
+                        (images_file, files_file))
 
 
 def cache_image_folder(prepared: FolderImages) -> FolderImages:

@@ -107,10 +107,11 @@ def optimal_slope(dataset: DatasetSpec) -> float:
     return optimal_calpha_slope(params["alpha"])
 
 
-def analyse_model(spec: StudySpec, trial: Trial, results: str,
-                  analysis_key: str) -> tuple[dict[str, list[dict]], dict[str, bytes]]:
+def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str,
+                  prepared: dict[str, str] | None = None) -> tuple[dict[str, list[dict]], dict[str, bytes]]:
     """Every per-model table's rows of one trained model (analysed with the settings whose id is
-    `analysis_key`), and its figures; its arrays and figures are left in the store at `results`."""
+    `analysis_key`), and its figures; its arrays and figures are left in the store at `results`.
+    `prepared`: the folders' pools as the run prepared them (`split_images`)."""
     store = StudyStore(results)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = load_model(store, trial, device)
@@ -122,7 +123,7 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str,
     partner = "B" if trial.split == "A" else "A"
     data = split_images(trial.dataset, spec.image_size, {trial.split: trial.n,
                                                          partner: min(trial.n, analysis.psnr_images)},
-                        spec.test_images, trial.pair, parts=(trial.split, partner, "test"))
+                        spec.test_images, trial.pair, parts=(trial.split, partner, "test"), prepared=prepared)
     train, unseen, test = (data[part].to(device) for part in (trial.split, partner, "test"))
     base = {"study_id": spec.name, "trial_id": trial.trial_id}
 

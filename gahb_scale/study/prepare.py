@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..data import FolderImages, pool_size_needed
-from ..data.image_folder import NEAR_DUPLICATE_THRESHOLD, cache_image_folder
+from ..data.image_folder import NEAR_DUPLICATE_THRESHOLD, cache_image_folder, read_prepared_folder
 from ..dataset_kinds import DATASET_KINDS, split_pair_images
 from ..errors import UserInputError
 from .spec import DatasetSpec, StudySpec
@@ -33,14 +33,18 @@ def finite_pool(dataset: DatasetSpec, size: int, write_cache: bool = True) -> Fo
 
 @dataclass(frozen=True)
 class PreparedDatasets:
-    """The `datasets` table rows of a study, and its finite pools decoded but not yet cached."""
+    """The `datasets` table rows of a study, and its finite pools (dataset name -> pool) decoded but
+    not yet cached."""
     rows: list[dict]
-    pools: list[FolderImages]
+    pools: dict[str, FolderImages]
 
-    def cache(self) -> None:
-        """Write the folders' caches (which tasks read): called once every check of the study passed."""
-        for pool in self.pools:
-            cache_image_folder(pool)
+    def cache(self) -> dict[str, str]:
+        """Write the folders' caches: called once every check of the study passed. Returns dataset
+        name -> its cached pool, which every task reads (`split_images`) instead of the folder: the
+        pool a study records is the one its models train and are measured on, whatever happens to
+        the folder while the study runs."""
+        return {name: str(cache_image_folder(pool).cache_files[0]) for name, pool in self.pools.items()
+                if pool.cache_files is not None}
 
 
 def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
@@ -48,12 +52,12 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
     near-duplicates) and check that every finite pool holds the largest split pair. Nothing is
     written: a pool too small is a UserInputError naming it, and the caches are written by
     `PreparedDatasets.cache` once the study's other checks have passed too."""
-    rows, pools = [], []
+    rows, pools = [], {}
     for dataset in spec.datasets:
         row = {"study_id": spec.name, "dataset": dataset.name, "kind": dataset.kind, "pool_images": None,
                "duplicates_removed": None, "near_duplicate_threshold": None, "pool_files_sha256": None}
         if (pool := finite_pool(dataset, spec.image_size, write_cache=False)) is not None:
-            pools.append(pool)
+            pools[dataset.name] = pool
             row.update(pool_images=len(pool), duplicates_removed=pool.duplicates_removed,
                        # of a folder's files (the photos' tiles, bundled, have none)
                        pool_files_sha256=hashlib.sha256("\n".join(pool.files).encode()).hexdigest()
@@ -101,8 +105,11 @@ def check_pools_unchanged(store: StudyStore, state: StudyState, prepared: Prepar
 
 
 def split_images(dataset: DatasetSpec, size: int, n: int | dict[str, int], n_test: int, pair: int,
-                 parts: tuple[str, ...] = ("A", "B", "test"), keep_uint8: bool = False) -> dict[str, Tensor]:
-    """The images of split pair `pair` of a spec's dataset (`gahb_scale.dataset_kinds.split_pair_images`)."""
+                 parts: tuple[str, ...] = ("A", "B", "test"), keep_uint8: bool = False,
+                 prepared: dict[str, str] | None = None) -> dict[str, Tensor]:
+    """The images of split pair `pair` of a spec's dataset (`gahb_scale.dataset_kinds.split_pair_images`),
+    a folder's read from the pool the run prepared (`prepared`: `PreparedDatasets.cache`) where given."""
+    pool = read_prepared_folder(prepared[dataset.name]) if dataset.name in (prepared or {}) else None
     return split_pair_images(dataset.kind, dataset.params, size, n, n_test, pair, parts, keep_uint8,
-                             dataset.pixel_shuffle_seed)
+                             dataset.pixel_shuffle_seed, pool)
 

@@ -269,7 +269,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
             start_ray(address, verbose)
             try:
                 check_resources(spec, ray.cluster_resources(), strict=address is None)
-                datasets.cache()
+                prepared = datasets.cache()
                 store.write_bytes(spec_path(spec.name), spec_text.encode())  # several studies may share a folder
                 tracker = open_tracker(spec, store)
                 tracker.start(spec_text)
@@ -278,7 +278,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
                 for name, rows in (("datasets", datasets.rows), ("spec_models", [t.as_row() for t in trials])):
                     if rows != tables.key_rows(name, "study"):
                         tables.put(name, rows)
-                outcome = _run_stages(spec, store, tables, tracker, state, pools, address, verbose)
+                outcome = _run_stages(spec, store, tables, tracker, state, pools, prepared, address, verbose)
             finally:
                 ray.shutdown()
             outcome.update(_report(spec, store, tables, tracker, outcome))
@@ -300,9 +300,10 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
 
 
 def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: StudyTracker, state: StudyState,
-                pools: dict, address: str | None, verbose: bool) -> dict:
+                pools: dict, prepared: dict[str, str], address: str | None, verbose: bool) -> dict:
     """Stages 1-4 on Ray, each model's and N's results logged to MLflow as they come; `pools`: dataset
-    name -> the folder's pool (its datasets row's pool_images and pool_files_sha256)."""
+    name -> the folder's pool (its datasets row's pool_images and pool_files_sha256), `prepared`:
+    dataset name -> its pool as this run prepared it, which every task reads."""
     from .train import register_trained, train_study  # only now: ray.train reads RAY_ENV when first imported
 
     trials, analysis_key, resources = state.trials, state.analysis_key, spec.resources
@@ -313,8 +314,8 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
     # 1. training (Tune grid of TorchTrainers, one per pack), then each trained model's rows
     failed = []
     if len(state.trained) < len(trials):
-        state.trained |= train_study(spec, store, state, pools, local_ray=address is None, tracker=tracker,
-                                     verbose=verbose)
+        state.trained |= train_study(spec, store, state, pools, prepared, local_ray=address is None,
+                                     tracker=tracker, verbose=verbose)
         failed = [trial.trial_id for trial in trials if trial.trial_id not in state.trained]
     else:
         log.info(f"[train] all {len(trials)} models already trained")
@@ -339,7 +340,8 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
         task = ray.remote(analyse_model).options(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial,
                                                  max_retries=resources.max_failures)
         log.info(f"[analysis] {len(pending)} models to analyse")
-        failed += _gather({task.remote(spec, trial, store.results, analysis_key): trial.trial_id for trial in pending},
+        failed += _gather({task.remote(spec, trial, store.results, analysis_key, prepared): trial.trial_id
+                           for trial in pending},
                           "analysis", buffer, analysis_done,
                           lambda trial_id, reason: tracker.model_failed(by_id[trial_id], reason))
     else:

@@ -75,7 +75,8 @@ def train_worker(payload: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, round(spec.resources.cpus_per_trial)))  # Ray's own default rounds fractions down
     images = [split_images(trial.dataset, spec.image_size, trial.n, spec.test_images, trial.pair,
-                           parts=(trial.split,), keep_uint8=True)[trial.split] for trial in pack.trials]
+                           parts=(trial.split,), keep_uint8=True, prepared=payload["prepared"])[trial.split]
+              for trial in pack.trials]
     nets, configs = zip(*(initial_model(spec, trial) for trial in pack.trials))
     models = ModelPack(list(nets))
     parallel = ray.train.torch.prepare_model(models) if world > 1 else models.to(device)
@@ -250,18 +251,18 @@ def ray_storage(store: StudyStore) -> dict:
     return {"storage_path": store.path("ray"), "storage_filesystem": store.fs}
 
 
-def train_study(spec: StudySpec, store: StudyStore, state: StudyState, pools: dict, local_ray: bool,
-                tracker: StudyTracker, verbose: bool = False) -> set[str]:
+def train_study(spec: StudySpec, store: StudyStore, state: StudyState, pools: dict, prepared: dict[str, str],
+                local_ray: bool, tracker: StudyTracker, verbose: bool = False) -> set[str]:
     """Train every model of the study that has no model file yet, pack by pack, with a Tune grid,
     each model's progress streamed to its MLflow run; returns the ids of the models trained now
     (the store is the ground truth: a pack that failed before its first report has no config in
     Tune's results). `pools`: each folder dataset's pool, kept beside each model that begins
-    training on it. `local_ray`: the study's own Ray on this machine (a fixed size, no dashboard)
+    training on it; `prepared`: where the packs read it (`PreparedDatasets.cache`). `local_ray`: the study's own Ray on this machine (a fixed size, no dashboard)
     rather than a cluster's. `verbose` lets Tune print its own status too."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if local_ray else None)
     packs = packs_to_train(spec, store, state.trials, state.trained, concurrency)
     payloads = {pack.pack_id: {"spec": spec, "pack": pack, "results": store.results, "local_ray": local_ray,
-                               "pools": pools, "trained": {t.trial_id for t in pack.trials} & state.trained}
+                               "pools": pools, "prepared": prepared, "trained": {t.trial_id for t in pack.trials} & state.trained}
                 for pack in packs}
     sizes = "/".join(map(str, sorted({len(p.trials) for p in packs})))
     todo = {t.trial_id for p in packs for t in p.trials} - state.trained
