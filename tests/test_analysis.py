@@ -163,6 +163,26 @@ def test_memorization_fraction_of_known_ratios():
     assert memorization_fraction(ratio, seed=0) == memorization_fraction(ratio, seed=0)
 
 
+def test_a_fraction_pooled_over_models_resamples_the_models():
+    """Samples of one model are not independent: two models that disagree completely (one copies
+    in every sample, the other never) say little about the pooled share, whatever their number of
+    samples, while models that agree say as much as their samples do."""
+    copies, new = torch.full((64,), 0.1), torch.full((64,), 0.9)
+    models = ["A"] * 64 + ["B"] * 64
+    disagree = memorization_fraction(torch.cat([copies, new]), models=models)
+    assert disagree.value == 0.5 and (disagree.low, disagree.high) == (0.0, 1.0)
+    assert memorization_fraction(torch.cat([copies, new])).high - 0.5 < 0.1  # the samples alone: far too sure
+    half = torch.cat([torch.full((32,), 0.1), torch.full((32,), 0.9)])
+    agree = memorization_fraction(torch.cat([half, half]), models=models)
+    alone = memorization_fraction(torch.cat([half, half]))
+    assert agree.low < 0.5 < agree.high
+    assert agree.high - agree.low == pytest.approx(alone.high - alone.low, abs=0.04)
+    # one model: the samples' own bootstrap, Bonnaire et al.'s
+    assert memorization_fraction(half, models=["A"] * 64) == memorization_fraction(half)
+    pooled = torch.cat([half, copies])
+    assert memorization_fraction(pooled, models=models, seed=3) == memorization_fraction(pooled, models=models, seed=3)
+
+
 def test_memorization_fraction_threshold_is_strict():
     ratio = torch.tensor([0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     assert memorization_fraction(ratio, threshold=0.5).value == pytest.approx(0.25)

@@ -82,9 +82,11 @@ def _mean(values: list[float], sd: bool = False) -> float:
     return math.nan if not defined.size else float(defined.std() if sd else defined.mean())
 
 
-def _fraction(name: str, ratios: list[float]) -> dict:
-    f = memorization_fraction(torch.tensor(ratios, dtype=torch.float64), SPEC.analysis.memorization_threshold,
-                              SPEC.analysis.bootstrap, seed=0)
+def _fraction(name: str, samples: list[dict], column: str = "d1_d2") -> dict:
+    """f_mem of `samples` pooled, its interval resampling their models too."""
+    f = memorization_fraction(torch.tensor([sample[column] for sample in samples], dtype=torch.float64),
+                              SPEC.analysis.memorization_threshold, SPEC.analysis.bootstrap, seed=0,
+                              models=[sample["trial_id"] for sample in samples])
     return {name: f.value, f"{name}_low": f.low, f"{name}_high": f.high}
 
 
@@ -108,8 +110,7 @@ def test_transition_pools_and_averages_each_group_in_row_order():
             "models": len(models), "psnr_gap": _mean([model["psnr_gap"] for model in models]),
             "psnr_gap_std": _mean([model["psnr_gap"] for model in models], sd=True),
             "nn_cosine_centered": _mean([model["nn_cosine_centered"] for model in models]),
-            **_fraction("f_mem", [sample["d1_d2"] for sample in usable]),
-            **_fraction("f_mem_scale_free", [sample["d1_d2_scale_free"] for sample in usable]),
+            **_fraction("f_mem", usable), **_fraction("f_mem_scale_free", usable, "d1_d2_scale_free"),
             "ab_samples": len(compared), "ab_cosine_centered": _mean([pair["cosine_centered"] for pair in compared]),
             "ab_basis_overlap": _mean(overlaps), "ab_basis_overlap_chance": 2 / 144,
             **{column: _mean([model[column] for model in models]) for column in REFERENCE_COLUMNS + CHANCE_COLUMNS},
@@ -143,7 +144,7 @@ def test_memorization_over_time_onset_shuffle_and_slopes_match_the_reference():
         usable = [sample for sample in tables["snapshot_samples"]
                   if (group_of[sample["trial_id"]], sample["step"]) == (group, step) and not sample["diverged"]]
         expected.append({"n": group[2], "step": step, "samples": len(usable),
-                         **_fraction("f_mem", [sample["d1_d2"] for sample in usable]),
+                         **_fraction("f_mem", usable),
                          "nn_cosine_centered": _mean([sample["nn_cosine_centered"] for sample in usable])})
     assert _agree(over_time, expected)
 

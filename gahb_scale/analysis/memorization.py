@@ -106,7 +106,7 @@ def memorized_share(ratio: torch.Tensor, threshold: float = 1.0 / 3.0) -> float:
 
 
 def memorization_fraction(ratio: torch.Tensor, threshold: float = 1.0 / 3.0, n_boot: int = 1000, seed: int = 0,
-                          confidence: float = 0.95) -> MemorizationFraction:
+                          confidence: float = 0.95, models: np.ndarray | list | None = None) -> MemorizationFraction:
     """Share of samples with d1/d2 < `threshold` and its percentile-bootstrap `confidence` interval.
 
     With raw pixel distances this is Bonnaire et al.'s f_mem (their `compute_fmem.py`: two nearest
@@ -115,6 +115,12 @@ def memorization_fraction(ratio: torch.Tensor, threshold: float = 1.0 / 3.0, n_b
     undefined: it is reported as such (defined=False, NaN numbers) instead of dropping samples or
     guessing how they count. `scipy.stats.bootstrap` resamples the samples `n_boot` times from a
     generator seeded by `seed`; a single sample has no spread, so its interval is the value itself.
+
+    `models`: the model each sample comes from, for a share pooled over several models. Samples of
+    one model are not independent of each other (a model that memorizes copies in most of them), so
+    the interval is then a two-stage bootstrap: the models resampled, then each drawn model's
+    samples. Resampling the samples alone would read two models that disagree completely (one
+    copies every time, the other never) as a share known to a few hundredths.
     """
     value = memorized_share(ratio, threshold)
     if np.isnan(value):
@@ -122,8 +128,19 @@ def memorization_fraction(ratio: torch.Tensor, threshold: float = 1.0 / 3.0, n_b
     memorized = (torch.as_tensor(ratio).detach().flatten().cpu().double().numpy() < threshold).astype(float)
     if len(memorized) < 2:
         return MemorizationFraction(value=value, low=value, high=value, defined=True)
+    rng = np.random.default_rng(seed)
+    if models is not None and len(set(models)) > 1:
+        _, model = np.unique(np.asarray(models), return_inverse=True)
+        sizes = np.bincount(model).astype(np.int64)
+        shares = np.bincount(model, weights=memorized) / sizes
+        drawn = rng.integers(len(sizes), size=(n_boot, len(sizes)))
+        # a drawn model's samples, resampled: as many memorized as a binomial draw at its share
+        resampled = rng.binomial(sizes[drawn], shares[drawn]).sum(axis=1) / sizes[drawn].sum(axis=1)
+        tail = 50 * (1 - confidence)
+        low, high = np.percentile(resampled, [tail, 100 - tail])
+        return MemorizationFraction(value=value, low=float(low), high=float(high), defined=True)
     interval = scipy.stats.bootstrap((memorized,), np.mean, n_resamples=n_boot, confidence_level=confidence,
-                                     method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+                                     method="percentile", rng=rng).confidence_interval
     return MemorizationFraction(value=value, low=float(interval.low), high=float(interval.high), defined=True)
 
 

@@ -39,7 +39,7 @@ def split_pair_similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.T
 
     `cosine`: raw cosine (what the paper reports; degenerate for flat images, see
     `cosine_similarity`); `cosine_centered`: cosine of mean-removed images; `l2_normalized`:
-    ||a - b||_2 / sqrt(n), the RMS difference in grey units, which sees the grey offset the raw
+    ||a - b||_2 / sqrt(n), the RMS difference on the images' [0, 1] scale, which sees the grey offset the raw
     cosine misses.
     """
     n_pixels = a[0].numel()

@@ -1,10 +1,13 @@
 """C^α images: two smooth random backgrounds separated by a C^α boundary curve (the authors' recipe).
 
 Regularity comes from fractional integration: white noise whose Fourier transform is multiplied by
-|f|^(-α) is (roughly) α-Hölder. The boundary is one such 1-D curve (one row per column); each side is
-filled with a 2-D field integrated the same way (exponent β), rescaled so that one side tends to be
-brighter. The images are the C^α class of the paper's Fig. 5: their optimal denoiser is known to
-have a PSNR slope set by α, which the analysis compares against.
+|f|^(-α). The boundary is one such 1-D curve (one row per column); each side is filled with a 2-D
+field integrated the same way (exponent β), rescaled so that one side tends to be brighter. The
+images are the C^α class of the paper's Fig. 5, whose optimal denoiser has a PSNR slope α/(α+1),
+which the analysis compares against. α names the filter's exponent, as in the paper and the
+authors' code: a spectrum |f|^(-2α) makes a curve of Hölder regularity about α − 1/2 (fractional
+Brownian motion of Hurst index α − 1/2, for 1/2 < α < 3/2) and a 2-D field of about α − 1, so the
+boundary is rougher than its nominal α.
 """
 
 from __future__ import annotations

@@ -5,10 +5,12 @@ positions in output-pixel units with pixel (row i, column j) covering [j, j+1) �
 centre is at (j + 0.5, i + 0.5), as drawn on the fine grid. The db2 low-pass is not centred on the
 pixels it averages, so the rendered disc sits (2 − √3)/2 · (1 − 2^−antialiasing) ≈ 0.1 pixel up and
 left of its parameters (`DB2_OFFSET`); `render_discs` is the definition, so the family and its
-tangent space are unaffected. As in the authors' `circle_dataset`, the radius is U[3, (size − 3)/2)
-pixels, the centre keeps the whole disc inside the image, both greys are U(0, 1), and the disc is drawn
-hard on a grid `2**antialiasing` times finer, then low-passed and down-sampled with the db2 wavelet
-`antialiasing` times. Because the family is 5-dimensional, a good denoiser's Jacobian should act on it
+tangent space are unaffected. As in the authors' `circle_dataset`, the centre keeps the whole disc
+inside the image, both greys are U(0, 1), and the disc is drawn hard on a grid `2**antialiasing` times
+finer, then low-passed and down-sampled with the db2 wavelet `antialiasing` times. The radius is
+U[3, (size − 3)/2) output pixels. The authors draw theirs on the fine grid, U[3, (2^k·size − 3)//2)
+fine pixels, so from 3/2^k output pixels (0.75 at the default k = 2) to about size/2: their family
+also holds discs under two pixels across, which this one leaves out. Because the family is 5-dimensional, a good denoiser's Jacobian should act on it
 as a projection onto the 5-D tangent space, computed through `render_discs`.
 """
 

@@ -202,8 +202,11 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str
                                                        arrays["jacobian_inputs"], jac_rows, title)})
 
     over_time = _memorization_over_time(spec, trial, store, train, device, base)
-    if over_time:  # the final model closes the curve
-        over_time += _snapshot_rows(base, spec.training.steps_for(trial.n), seeds, sampled, matches)
+    last = spec.training.steps_for(trial.n)
+    if over_time and last not in spec.training.snapshot_steps:  # the final model closes the curve
+        # (where a snapshot holds the last step's weights, that step is the snapshot's alone: its
+        # samples again, or the weight average's, would count one step twice, or two models at it)
+        over_time += _snapshot_rows(base, last, seeds, sampled, matches)
 
     metrics = {**base, **trial.as_row(), "analysis_id": analysis_key, **psnr_columns(curves),
                "psnr_slope": slope, "optimal_slope": optimal_slope(trial.dataset),

@@ -46,9 +46,11 @@ def _with_sd(name: str, values: list[float] | None) -> dict[str, float]:
     return {name: mean, f"{name}_std": sd}
 
 
-def _pooled_fraction(spec: StudySpec, ratios: list[float] | None) -> MemorizationFraction:
+def _pooled_fraction(spec: StudySpec, ratios: list[float] | None, models: list[str] | None) -> MemorizationFraction:
+    """f_mem of the samples of several models pooled, its interval resampling the models too."""
     return memorization_fraction(torch.tensor(ratios or [], dtype=torch.float64),
-                                 threshold=spec.analysis.memorization_threshold, n_boot=spec.analysis.bootstrap, seed=0)
+                                 threshold=spec.analysis.memorization_threshold, n_boot=spec.analysis.bootstrap, seed=0,
+                                 models=models)
 
 
 def summarise_study(spec: StudySpec, tables: StudyTables) -> dict[str, list[dict]]:
@@ -151,7 +153,7 @@ def memorization_time_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) ->
     groups = sql_rows(f"""
         WITH {OBSERVED_SAMPLES}
         SELECT dataset, architecture, n, step, count(*) FILTER (WHERE observed) AS samples,
-               {row_lists("d1_d2", "d1_d2_scale_free", "nn_cosine_centered", where="observed")}
+               {row_lists("trial_id", "d1_d2", "d1_d2_scale_free", "nn_cosine_centered", where="observed")}
         FROM observed_samples JOIN (SELECT trial_id, dataset, architecture, n FROM metrics) USING (trial_id)
         GROUP BY ALL ORDER BY dataset, architecture, n, step""", {"share": MIN_CONVERGED},
         metrics=indexed_table(metrics, "trial_id", "dataset", "architecture", "n"),
@@ -159,8 +161,8 @@ def memorization_time_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) ->
                               "nn_cosine_centered"))
     return [{"study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"],
              "n": group["n"], "step": group["step"], "samples": group["samples"],
-             **fraction_columns("f_mem", _pooled_fraction(spec, group["d1_d2"])),
-             **fraction_columns("f_mem_scale_free", _pooled_fraction(spec, group["d1_d2_scale_free"])),
+             **fraction_columns("f_mem", _pooled_fraction(spec, group["d1_d2"], group["trial_id"])),
+             **fraction_columns("f_mem_scale_free", _pooled_fraction(spec, group["d1_d2_scale_free"], group["trial_id"])),
              "nn_cosine_centered": _mean_std(group["nn_cosine_centered"])[0]} for group in groups]
 
 
@@ -266,7 +268,7 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
                    sum(capped_samples) AS capped_samples, sum(diverged_samples) AS diverged_samples
             FROM metrics GROUP BY ALL),
         ratios AS (
-            SELECT dataset, architecture, n, {row_lists("d1_d2", "d1_d2_scale_free")}
+            SELECT dataset, architecture, n, {row_lists("trial_id", "d1_d2", "d1_d2_scale_free")}
             FROM samples JOIN (SELECT trial_id, dataset, architecture, n FROM metrics) USING (trial_id)
             WHERE diverged IS NOT TRUE GROUP BY ALL),
         ab AS (
@@ -293,8 +295,8 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
             "study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"], "n": group["n"],
             "models": group["models"] or 0, "train_psnr": mean("train_psnr"), "test_psnr": mean("test_psnr"),
             **_with_sd("psnr_gap", group["psnr_gap"]), **_with_sd("nn_cosine_centered", group["nn_cosine_centered"]),
-            **fraction_columns("f_mem", _pooled_fraction(spec, group["d1_d2"])),
-            **fraction_columns("f_mem_scale_free", _pooled_fraction(spec, group["d1_d2_scale_free"])),
+            **fraction_columns("f_mem", _pooled_fraction(spec, group["d1_d2"], group["trial_id"])),
+            **fraction_columns("f_mem_scale_free", _pooled_fraction(spec, group["d1_d2_scale_free"], group["trial_id"])),
             "memorizer_distance": mean("memorizer_distance"),
             "memorizer_distance_bias_free": mean("memorizer_distance_bias_free"),
             "ab_samples": group["ab_samples"] or 0, "ab_cosine": mean("ab_cosine"),
