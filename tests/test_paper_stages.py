@@ -181,3 +181,29 @@ def test_more_eigenvectors_asked_than_pixels_keeps_every_one_and_the_pair_overla
     rows, _ = compare_pair(small, *sorted(trials, key=lambda t: t.split), str(tmp_path), key)
     assert [(r["k"], r["chance"]) for r in rows["pair_bases"]] == [(SIZE**2, 1.0)]
     assert rows["pair_bases"][0]["basis_overlap"] == pytest.approx(1.0)
+
+
+def test_a_snapshot_at_the_last_step_is_that_step_once_in_memorization_over_time(tmp_path):
+    """Where a snapshot holds the last step's weights, the final model does not close the curve
+    again at that step: a step counted twice doubled its samples (an interval too narrow) and, with
+    average_last, pooled the weights at that step with their average, two models at one step."""
+    from gahb_scale.models import build_model
+    from gahb_scale.study.analyse import analyse_model
+    from gahb_scale.study.store import StudyStore, model_path, snapshot_path
+    from gahb_scale.study.train import save_weights
+    from gahb_scale.study.trials import analysis_id, expand_trials
+
+    store = StudyStore(str(tmp_path))
+    for snapshots, steps in (([5, 10], [5, 10]), ([5], [5, 10])):  # the last step a snapshot, or not
+        small = spec(train_sizes=[2], test_images=2, sampling={"num_samples": 2, "max_steps": 10},
+                     training={"steps": 10, "snapshot_steps": snapshots},
+                     analysis={"sigmas": [25, 100], "psnr_images": 2, "jacobian_images": 1, "jacobian_sigmas": [25],
+                               "eigenvalues_kept": 4, "eigenvector_images": 2, "bootstrap": 10})
+        trial = expand_trials(small)[0]
+        net = build_model(trial.architecture.kind, seed=0, **trial.architecture.params)
+        for step in snapshots:
+            save_weights(store, snapshot_path(trial.trial_id, step), net, step)
+        save_weights(store, model_path(trial.trial_id), net, 10)
+        rows, _ = analyse_model(small, trial, str(tmp_path), analysis_id(small))
+        seen = [(row["step"], row["sample_seed"]) for row in rows["snapshot_samples"]]
+        assert sorted(seen) == sorted({(step, seed) for step in steps for seed in (0, 1)})
