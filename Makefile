@@ -6,11 +6,19 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean FORCE
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The TORCH a virtualenv was made with. Another one given (a CUDA build after the CPU one) takes torch
+# out first, since pip keeps an installed torch of the same version; without TORCH, torch stays.
+$(VENV)/.torch: FORCE
+	@if [ '$(origin TORCH)' != file ] && [ "$$(cat $@ 2>/dev/null)" != '$(TORCH)' ]; then \
+		if [ -x $(BIN)/python ]; then $(BIN)/python -m pip uninstall --quiet -y torch; fi; \
+		mkdir -p $(VENV) && echo '$(TORCH)' > $@; \
+	elif [ ! -f $@ ]; then mkdir -p $(VENV) && echo '$(TORCH)' > $@; fi
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)

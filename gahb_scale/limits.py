@@ -4,7 +4,7 @@ No bound here limits a study that could run: each lies beyond what a cluster cou
 with margin. They exist so that a typo or a hostile file (a YAML alias bomb, a 5,000-digit
 integer, `split_pairs: 100000000`, a 20 KB PNG of 13,000 x 13,000 pixels) is refused in
 milliseconds, before anything is built, allocated or written, instead of hanging the command or
-exhausting memory. The README ("Study spec") states them and why.
+exhausting memory. docs/spec.md ("Bounds") states them and why.
 """
 
 # --- the spec file -------------------------------------------------------------------------

@@ -317,7 +317,7 @@ def test_kuberay_head_gets_credentials_from_a_secret_and_the_tracking_uri(name, 
 
 def test_images_are_tagged_with_the_package_version():
     tags = []
-    for path in [*MANIFESTS, CLUSTER / "Dockerfile"]:
+    for path in [*MANIFESTS, CLUSTER / "Dockerfile", CLUSTER.parent / "docs" / "cluster.md"]:
         tags += [(path.name, tag) for tag in re.findall(r"/gahb-scale:([\w.\-]+)", path.read_text())]
     assert tags
     assert [t for t in tags if t[1] != gahb_scale.__version__] == []

@@ -55,7 +55,8 @@ TRANSITION_COLUMNS = (
     _C("f_mem", "Bonnaire et al.'s f_mem: share of samples closer to a training image than 1/3 of the distance to "
        "the second nearest (samples of every model pooled, diverged ones left out); NaN at N = 1", "f_mem",
        "f_mem [95% CI]", 2, logged=True),
-    _C("f_mem_low", "f_mem's 95% bootstrap interval, lower end", "f_mem low"),
+    _C("f_mem_low", "f_mem's 95% bootstrap interval, lower end: two-stage, the models resampled and then each "
+       "drawn model's samples (one model's samples are not independent of each other)", "f_mem low"),
     _C("f_mem_high", "upper end", "f_mem high"),
     _C("f_mem_scale_free", "f_mem with the distances taken up to gain (pooled like f_mem)", "f_mem scale-free",
        logged=True),
@@ -83,7 +84,8 @@ TRANSITION_COLUMNS = (
        "A/B cos centred chance", "chance", 3, logged=True),
     _C("ab_cosine", "cosine of the samples of A and B, uncentred (mean over samples)", "A/B cos", logged=True),
     _C("ab_cosine_chance", "the same for disjoint pairs of held-out images", "A/B cos chance", logged=True),
-    _C("ab_l2", "‖a − b‖/√n of the samples of A and B, their RMS difference in grey levels (mean over samples)",
+    _C("ab_l2", "‖a − b‖/√P (P pixels) of the samples of A and B, their RMS difference on the [0, 1] scale "
+       "(× 255 for grey levels; mean over samples)",
        "A/B L2", logged=True),
     _C("ab_l2_chance", "the same for disjoint pairs of held-out images", "A/B L2 chance", logged=True),
     _C("ab_basis_overlap", "mean cos² of the principal angles between the k leading Jacobian eigenvectors of A and "
@@ -91,10 +93,11 @@ TRANSITION_COLUMNS = (
        logged=True),
     _C("ab_basis_overlap_chance", "the overlap of random k-dimensional subspaces, k/P (P pixels)",
        "basis chance (k/P)", logged=True),
-    _C("effective_dim", "tr J, the trace of the denoiser's Jacobian: its effective dimension (mean over models)",
+    _C("effective_dim", "tr J, the trace of the denoiser's Jacobian: its effective dimension (mean over models, "
+       "and over the images and `analysis.jacobian_sigmas` of each; per σ in the `jacobian` table)",
        "tr J", logged=True),
     _C("symmetry_error", "‖J − Jᵀ‖/‖J‖ of the network's Jacobian, 0 for an MMSE denoiser at a known noise level "
-       "(mean over models)", "‖J−Jᵀ‖/‖J‖", logged=True),
+       "(mean over models, images and σ, as effective_dim)", "‖J−Jᵀ‖/‖J‖", logged=True),
     _C("symmetry_error_memorizer", "the same for the blind memorizer of the model's training set", "memorizer's",
        logged=True),
     _C("symmetry_error_gaussian", "the same for the blind Gaussian MMSE denoiser of the training set", "Gaussian's",
