@@ -10,19 +10,25 @@ BIN = $(VENV)/bin
 
 setup: $(VENV)/.installed
 
-# The TORCH a virtualenv was made with. Another one given (a CUDA build after the CPU one) takes torch
-# out first, since pip keeps an installed torch of the same version; without TORCH, torch stays.
+# The TORCH a virtualenv was made with, written once it is installed. Another TORCH given (a CUDA build
+# after the CPU one) takes torch out first, since pip keeps an installed torch of the same version;
+# without TORCH, torch stays. The recipes read it from the environment: it may hold quotes.
+export TORCH
 $(VENV)/.torch: FORCE
-	@if [ '$(origin TORCH)' != file ] && [ "$$(cat $@ 2>/dev/null)" != '$(TORCH)' ]; then \
+	@if [ ! -f $@ ]; then \
+		mkdir -p $(VENV) && printf '%s\n' "$$TORCH" > $@ && \
+		if [ -f $(VENV)/.installed ]; then touch -r $(VENV)/.installed $@; fi; \
+	elif [ '$(origin TORCH)' != file ] && [ "$$(cat $@)" != "$$TORCH" ]; then \
 		if [ -x $(BIN)/python ]; then $(BIN)/python -m pip uninstall --quiet -y torch; fi; \
-		mkdir -p $(VENV) && echo '$(TORCH)' > $@; \
-	elif [ ! -f $@ ]; then mkdir -p $(VENV) && echo '$(TORCH)' > $@; fi
+		: > $@; \
+	fi
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@printf '%s\n' "$$TORCH" > $(VENV)/.torch
 	touch $@
 
 demo: setup

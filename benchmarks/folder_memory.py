@@ -34,7 +34,7 @@ from gahb_scale.study.prepare import split_images
 spec = parse_spec(json.loads(sys.argv[1]))
 base = rss("VmRSS:")
 images = split_images(spec.datasets[0], spec.image_size, int(sys.argv[2]), spec.test_images, 0, parts=("A",),
-                      keep_uint8=True)["A"]
+                      keep_uint8=True, prepared={spec.datasets[0].name: sys.argv[3]})["A"]
 print(json.dumps({"base": base, "peak": rss("VmHWM:"), "images": images.numel() * images.element_size()}))
 """
 
@@ -75,7 +75,8 @@ def main() -> None:
               f"({len(pool_images)} kept, {pool_images.duplicates_removed} near-duplicates removed); "
               f"the pool as float32 would be {float_pool / 2**20:.0f} MiB")
         for n in (10, min(20_000, (len(pool_images) - 64) // 2)):  # a small --images cannot hold N = 20,000
-            out = subprocess.run([sys.executable, "-c", TRIAL, json.dumps(spec), str(n)], capture_output=True,
+            out = subprocess.run([sys.executable, "-c", TRIAL, json.dumps(spec), str(n),
+                                  str(pool_images.cache_files[0])], capture_output=True,
                                  text=True, check=True).stdout
             m = json.loads(out.strip().splitlines()[-1])
             print(f"trial N={n}: peak RSS {m['peak'] / 2**20:.0f} MiB ({m['peak'] / float_pool:.2f} x float32 pool), "

@@ -36,13 +36,14 @@ def training_seconds(spec_path: str, models_per_pack: int | None) -> tuple[float
         spec = spec.model_copy(update={"resources": spec.resources.model_copy(
             update={"models_per_pack": models_per_pack})})
         store = StudyStore(results)
-        prepare_datasets(spec).cache()
+        datasets = prepare_datasets(spec)
+        prepared = datasets.cache()
         tracker = StudyTracker(spec, store)  # the study streams training to MLflow: so does this
         tracker.start(Path(spec_path).read_text())
         state = study_state(spec, store, StudyTables(store, spec.name))
         packs = plan_packs(spec, state.trials, max_concurrent(spec, ray.cluster_resources()))
         start = time.perf_counter()
-        trained = train_study(spec, store, state, local_ray=True, tracker=tracker)
+        trained = train_study(spec, store, state, datasets.kept_pools(), prepared, local_ray=True, tracker=tracker)
         seconds = time.perf_counter() - start
         tracker.finish("FINISHED")
         if len(trained) < len(state.trials):

@@ -85,9 +85,10 @@ class FolderParams(DatasetParams):
     @field_validator("cache_dir")
     @classmethod
     def _absolute_cache(cls, v: str | None) -> str | None:
-        if v is None or "://" in v:
-            return v
-        return str(Path(v).expanduser().resolve())
+        if v is not None and "://" in v:
+            raise ValueError(f"{v!r}: a folder path, not a URI: the prepared images are read by file offset, so "
+                             f"they need a folder every node reads at the same path (a shared volume)")
+        return v if v is None else str(Path(v).expanduser().resolve())
 
 
 class PhotosParams(DatasetParams):
@@ -224,12 +225,12 @@ def split_pair_images(kind: str, params: dict, size: int, n: int | dict[str, int
     from .data import shuffle_pixels, split_pair
 
     record = dataset_kind(kind)
-    validated = _validated(record, params)
     counts = {**(n if isinstance(n, dict) else {"A": n, "B": n}), "test": n_test}
     if not record.finite:
+        validated = _validated(record, params)
         images = {name: record.build(counts[name], size, _stream_seed(pair, name), validated) for name in parts}
-    else:
-        pool = pool if pool is not None else record.pool(size, validated)
+    else:  # a pool given is read as it is: its folder need not be on this machine
+        pool = pool if pool is not None else record.pool(size, _validated(record, params))
         convert = pool.uint8_images if keep_uint8 else pool.float_images
         # the held-out set does not depend on N: taken from the split of the largest N given, so the
         # pool is checked to hold that split pair

@@ -461,6 +461,12 @@ def test_a_study_reads_its_folder_as_prepared_when_the_folder_changes_while_it_r
     assert all(torch.equal(before[part], after[part]) for part in ("A", "B", "test"))
     # read without the run's pool, the changed folder is another pool: other split pairs
     assert not all(torch.equal(before[part], split_images(dataset, 8, 1, 1, 0)[part]) for part in ("A", "B", "test"))
+    # a task needs the prepared pool, not the folder (on a cluster: only the driver reads it) ...
+    folder.rename(tmp_path / "elsewhere")
+    assert torch.equal(split_images(dataset, 8, 1, 1, 0, parts=("A",), prepared=prepared)["A"], before["A"])
+    # ... and a node that does not see the prepared pool is told where it should be
+    with pytest.raises(UserInputError, match=r"dataset 'mine': its prepared images .* are not on node .*shared volume"):
+        split_images(dataset, 8, 1, 1, 0, prepared={"mine": str(tmp_path / "nowhere.npy")})
 
 
 def test_load_image_folder_cache_is_reused_without_decoding(folder, tmp_path, monkeypatch):

@@ -183,10 +183,10 @@ def test_more_eigenvectors_asked_than_pixels_keeps_every_one_and_the_pair_overla
     assert rows["pair_bases"][0]["basis_overlap"] == pytest.approx(1.0)
 
 
-def test_a_snapshot_at_the_last_step_is_that_step_once_in_memorization_over_time(tmp_path):
-    """Where a snapshot holds the last step's weights, the final model does not close the curve
-    again at that step: a step counted twice doubled its samples (an interval too narrow) and, with
-    average_last, pooled the weights at that step with their average, two models at one step."""
+def test_the_final_model_closes_memorization_over_time_once_whatever_the_snapshots(tmp_path):
+    """The last step of the curve is the final model's, the one every other table measures, once:
+    a snapshot there too counted the step twice (an interval too narrow) and, with average_last,
+    pooled the weights at that step with their average, two models at one step."""
     from gahb_scale.models import build_model
     from gahb_scale.study.analyse import analyse_model
     from gahb_scale.study.store import StudyStore, model_path, snapshot_path
@@ -200,10 +200,13 @@ def test_a_snapshot_at_the_last_step_is_that_step_once_in_memorization_over_time
                      analysis={"sigmas": [25, 100], "psnr_images": 2, "jacobian_images": 1, "jacobian_sigmas": [25],
                                "eigenvalues_kept": 4, "eigenvector_images": 2, "bootstrap": 10})
         trial = expand_trials(small)[0]
-        net = build_model(trial.architecture.kind, seed=0, **trial.architecture.params)
-        for step in snapshots:
-            save_weights(store, snapshot_path(trial.trial_id, step), net, step)
-        save_weights(store, model_path(trial.trial_id), net, 10)
+        for step in snapshots:  # weights of their own: other samples than the final model's
+            save_weights(store, snapshot_path(trial.trial_id, step),
+                         build_model(trial.architecture.kind, seed=step, **trial.architecture.params), step)
+        save_weights(store, model_path(trial.trial_id), build_model(trial.architecture.kind, seed=0,
+                                                                     **trial.architecture.params), 10)
         rows, _ = analyse_model(small, trial, str(tmp_path), analysis_id(small))
         seen = [(row["step"], row["sample_seed"]) for row in rows["snapshot_samples"]]
         assert sorted(seen) == sorted({(step, seed) for step in steps for seed in (0, 1)})
+        final = {row["sample_seed"]: row["d1_d2"] for row in rows["samples"]}
+        assert {row["sample_seed"]: row["d1_d2"] for row in rows["snapshot_samples"] if row["step"] == 10} == final

@@ -197,6 +197,10 @@ def test_folder_dataset_path_is_made_absolute(tmp_path, monkeypatch):
     assert spec.datasets[0].params["near_duplicate_threshold"] == NEAR_DUPLICATE_THRESHOLD
     elsewhere = variant(datasets=[{"name": "f", "kind": "folder", "params": {"path": "imgs", "cache_dir": "c"}}])
     assert parse_spec(elsewhere).datasets[0].params["cache_dir"] == str((tmp_path / "c").resolve())
+    # the prepared images are read by file offset: an object store cannot hold them
+    remote = variant(datasets=[{"name": "f", "kind": "folder", "params": {"path": "imgs", "cache_dir": "s3://b/c"}}])
+    with pytest.raises(SpecError, match=r"datasets\[0\]\.params\.cache_dir: .*a folder path, not a URI"):
+        parse_spec(remote)
 
 
 def test_spec_modules_import_neither_ray_nor_mlflow():

@@ -202,11 +202,8 @@ def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str
                                                        arrays["jacobian_inputs"], jac_rows, title)})
 
     over_time = _memorization_over_time(spec, trial, store, train, device, base)
-    last = spec.training.steps_for(trial.n)
-    if over_time and last not in spec.training.snapshot_steps:  # the final model closes the curve
-        # (where a snapshot holds the last step's weights, that step is the snapshot's alone: its
-        # samples again, or the weight average's, would count one step twice, or two models at it)
-        over_time += _snapshot_rows(base, last, seeds, sampled, matches)
+    if spec.training.snapshot_steps_for(trial.n):  # the final model, the one measured above, closes the curve
+        over_time += _snapshot_rows(base, spec.training.steps_for(trial.n), seeds, sampled, matches)
 
     metrics = {**base, **trial.as_row(), "analysis_id": analysis_key, **psnr_columns(curves),
                "psnr_slope": slope, "optimal_slope": optimal_slope(trial.dataset),
@@ -246,10 +243,13 @@ def tangent_rows(jac: torch.Tensor, spectrum: EigenSpectrum, tangent: torch.Tens
 
 def _memorization_over_time(spec: StudySpec, trial: Trial, store: StudyStore, train: torch.Tensor,
                             device: torch.device, base: dict) -> list[dict]:
-    """Per snapshot of training (training.snapshot_steps): each sample's d1/d2 and similarity to
-    its nearest training image, with the same seeds as the final model's samples."""
+    """Per snapshot of training (training.snapshot_steps) before the last step: each sample's d1/d2
+    and similarity to its nearest training image, with the same seeds as the final model's samples.
+    A snapshot at the last step is left to the final model, which closes the curve: the same weights,
+    or with `training.average_last` their average, the model every other table measures (both at one
+    step would count that step twice, or pool two models there)."""
     rows = []
-    for step in spec.training.snapshot_steps_for(trial.n):
+    for step in (s for s in spec.training.snapshot_steps_for(trial.n) if s < spec.training.steps_for(trial.n)):
         net = load_model(store, trial, device, step)
         rows += _snapshot_rows(base, step, *_sample_and_match(net, train, spec, device))
     return rows

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -37,6 +39,12 @@ class PreparedDatasets:
     not yet cached."""
     rows: list[dict]
     pools: dict[str, FolderImages]
+
+    def kept_pools(self) -> dict[str, dict]:
+        """Dataset name -> the pool a folder's models begin training on, as kept beside each model
+        (`pool_path`) and checked at every run (`check_pools_unchanged`)."""
+        return {row["dataset"]: {key: row[key] for key in ("pool_images", "pool_files_sha256")}
+                for row in self.rows if row["pool_files_sha256"] is not None}
 
     def cache(self) -> dict[str, str]:
         """Write the folders' caches: called once every check of the study passed. Returns dataset
@@ -109,7 +117,13 @@ def split_images(dataset: DatasetSpec, size: int, n: int | dict[str, int], n_tes
                  prepared: dict[str, str] | None = None) -> dict[str, Tensor]:
     """The images of split pair `pair` of a spec's dataset (`gahb_scale.dataset_kinds.split_pair_images`),
     a folder's read from the pool the run prepared (`prepared`: `PreparedDatasets.cache`) where given."""
-    pool = read_prepared_folder(prepared[dataset.name]) if dataset.name in (prepared or {}) else None
+    pool = None
+    if dataset.name in (prepared or {}):
+        if not os.path.exists(prepared[dataset.name]):
+            raise UserInputError(f"dataset {dataset.name!r}: its prepared images {prepared[dataset.name]} are not on "
+                                 f"node {socket.gethostname()}: cache_dir must be a folder every node reads at the "
+                                 f"same path (a shared volume)")
+        pool = read_prepared_folder(prepared[dataset.name])
     return split_pair_images(dataset.kind, dataset.params, size, n, n_test, pair, parts, keep_uint8,
                              dataset.pixel_shuffle_seed, pool)
 

@@ -247,9 +247,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
     datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here; caches written below
     tables = StudyTables(store, spec.name)
     state = study_state(spec, store, tables)
-    # the pool each folder's models begin training on: kept beside them, and checked at every run
-    pools = {row["dataset"]: {key: row[key] for key in ("pool_images", "pool_files_sha256")}
-             for row in datasets.rows if row["pool_files_sha256"] is not None}
+    pools = datasets.kept_pools()
     if pools:  # a model part-trained has a checkpoint
         check_pools_unchanged(store, state, datasets, tables.key_rows("datasets", "study"),
                               set(checkpoint_steps(store, {trial.trial_id for trial in trials}, state.trained)))

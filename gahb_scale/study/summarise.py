@@ -254,8 +254,8 @@ def memorization_law_rows(spec: StudySpec, tau_rows: list[dict]) -> list[dict]:
 def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, bases: Rows) -> list[dict]:
     """One row per (dataset, architecture, N): the memorization → generalization transition.
 
-    Both f_mem and their bootstrap intervals pool the samples of every model of the group (A and
-    B, all pairs and seeds), diverged samples left out; the other columns average over models
+    Both f_mem pool the samples of every model of the group (A and B, all pairs and seeds), diverged
+    samples left out, their bootstrap intervals resampling the models and then their samples; the other columns average over models
     (PSNR, nearest neighbours, distance to the memorizer, Jacobian) or over sample pairs (A/B).
     """
     per_model = ("train_psnr", "test_psnr", "psnr_gap", "nn_cosine_centered", "memorizer_distance",
