@@ -132,3 +132,33 @@ def test_status_reports_the_resume_of_a_pack_only_where_a_run_resumes_it(tmp_pat
     # sharing the folder may be training it)
     assert recorded_packs(store, {"a", "b", "done"}, {"done"}) == ({"p2": ["b"]}, ["p4"])
     assert checkpoint_steps(store, {"a", "b", "done"}, {"done"}) == {"b": 500}
+
+
+def test_a_model_run_holds_the_metrics_of_its_latest_analysis(tmp_path, monkeypatch):
+    """A model re-analysed with other settings gets the new analysis's metrics as its latest points
+    (they were skipped as already logged, so the run showed the old numbers under the new analysis
+    id); the same analysis logged again adds no second point; an undefined measure is NaN, as in
+    the study run."""
+    from mlflow.tracking import MlflowClient
+
+    from gahb_scale.study.spec_file import load_spec
+    from gahb_scale.study.track import StudyTracker
+    from gahb_scale.study.trials import expand_trials
+
+    monkeypatch.chdir(tmp_path)
+    spec_file = tmp_path / "micro.yaml"
+    spec_file.write_text((Path(__file__).resolve().parents[1] / "studies" / "micro.yaml").read_text())
+    spec = load_spec(spec_file, results_root=str(tmp_path / "results"))
+    trial = expand_trials(spec)[0]
+
+    def analysed(key: str, gap: float) -> MlflowClient:
+        tracker = StudyTracker(spec, StudyStore(spec.storage.results_location()))  # a run of its own, as `run` is
+        tracker.log_analysis(trial, {"analysis_id": key, "psnr_gap": gap, "f_mem": math.nan}, {})
+        return tracker.client, tracker.model_run(trial)
+
+    client, run_id = analysed("first", 1.0)
+    analysed("first", 5.0)  # a re-run of the same analysis (a killed driver's): already there
+    assert [m.value for m in client.get_metric_history(run_id, "psnr_gap")] == [1.0]
+    assert math.isnan(client.get_run(run_id).data.metrics["f_mem"])
+    analysed("second", 2.0)
+    assert client.get_run(run_id).data.metrics["psnr_gap"] == 2.0

@@ -36,6 +36,7 @@ from .trials import Trial
 STUDY_TAG, TRIAL_TAG, ANALYSIS_TAG = "gahb.study_id", "gahb.trial_id", "gahb.analysis_id"
 ROLE_TAG = "gahb.role"  # "study" or "trial": trial runs carry the study tag too
 ERROR_TAG = "gahb.error"  # why a run ended FAILED, in one line
+METRICS_TAG = "gahb.metrics_analysis_id"  # the analysis a model run's metrics are of (the last logged)
 OUTSIDE_SPEC = " (not in the spec)"  # ends the name of a model's run once its spec no longer names it
 # MLflow 3 opens an experiment without this tag in its GenAI view (traces, prompts), not runs and metrics.
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
@@ -401,11 +402,17 @@ class StudyTracker:
                                               if step not in logged])
 
     def log_analysis(self, trial: Trial, metrics: dict, figures: dict[str, bytes]) -> None:
+        """A model's analysis (its `model_metrics` row, undefined measures as NaN as in the study run)
+        and figures. A run holding this analysis's metrics already gets no second point of them; one
+        holding another analysis's gets this one's as its latest points."""
         now = int(time.time() * 1000)
         run_id = self.model_run(trial)
-        logged = self.models[trial.trial_id].data.metrics  # as found: a re-run adds no second point
+        run = self.models[trial.trial_id]
+        logged = run.data.metrics if run.data.tags.get(METRICS_TAG) == metrics["analysis_id"] else {}
         self._metrics(run_id, [Metric(k, float(v), now, 0) for k, v in metrics.items()
-                               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in logged])
+                               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in logged],
+                      undefined_too=True)
+        self.client.set_tag(run_id, METRICS_TAG, metrics["analysis_id"])
         self._log_files(run_id, figures)
 
     def log_compared(self, trial: Trial, analysis_key: str, figures: dict[str, bytes]) -> None:
