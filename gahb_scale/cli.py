@@ -119,9 +119,9 @@ def cmd_run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        saved = ("finished work is saved; run the same command again to continue" if has_saved_work(spec)
-                 else "nothing was written")
-        print(f"interrupted: {saved}", file=sys.stderr)
+        saved = (": finished work is saved; run the same command again to continue" if has_saved_work(spec)
+                 else " before any result was saved")
+        print(f"interrupted{saved}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)

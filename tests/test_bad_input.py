@@ -288,7 +288,7 @@ def test_ctrl_c_before_anything_is_written_exits_130_without_claiming_saved_work
     spec.write_text(yaml.safe_dump(micro(tmp_path)))
     assert main(["run", str(spec)]) == 130
     err = capsys.readouterr().err
-    assert "interrupted: nothing was written" in err and "saved" not in err
+    assert "interrupted before any result was saved" in err and "finished work is saved" not in err
     assert not (tmp_path / "out").exists()
 
 
@@ -313,7 +313,7 @@ def test_ctrl_c_in_a_real_process_exits_130(tmp_path, sent):
     finally:
         process.kill()
     assert process.returncode == 130, err
-    assert "interrupted: nothing was written" in err and "Traceback" not in err
+    assert "interrupted before any result was saved" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 

@@ -5,7 +5,7 @@ report → track (MLflow; the driver).
 Every stage skips what is already done, judged from the study's state in the store, worked out
 once per run (`study_state`, whose fields say what marks each stage done); the study tables and
 report are made again only when what they were made from changed (their stamp). So re-running a
-finished study trains and writes nothing, and a study stopped at any point continues where it was.
+finished study trains and tabulates nothing, and a study stopped at any point continues where it was.
 Each stage hands its rows and figures on in memory (`StudyTables`), so nothing written in a run is
 read back by it. The driver is the only writer of the Parquet tables and of MLflow; tasks leave
 model files, arrays and figures in the store.
@@ -435,8 +435,8 @@ def report_study(spec: StudySpec) -> str:
     if not state.analysed:
         done = (f"is analysed with this spec's sampling/analysis settings and gahb-scale {gahb_scale.__version__} "
                 f"yet; run `gahb-scale run` on this spec first (it analyses again without retraining)" if state.trained
-                else "is trained yet (other training settings name other models); run `gahb-scale run` on this "
-                     "spec first")
+                else "is trained yet (part-trained ones are not, nor those of other training settings); run "
+                     "`gahb-scale run` on this spec first")
         raise UserInputError(f"study {spec.name}: no model of this spec under {store.results} {done}")
     check_tracking(spec, store)
     tracker = open_tracker(spec, store)

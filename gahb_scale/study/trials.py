@@ -151,7 +151,7 @@ def describe_trials(spec: StudySpec) -> str:
         f"{_plural(len(spec.architectures), 'architecture')} x {_plural(len(spec.train_sizes), 'train size')} x "
         f"{_plural(spec.split_pairs, 'split pair')} x {_plural(len(spec.seeds), 'seed')} x 2 splits (A, B)",
         f"images {spec.image_size}x{spec.image_size}; {spec.test_images} held-out images; results in "
-        f"{spec.storage.results_dir}",
+        f"{spec.storage.results_location()}",
         f"training budget: {spec.training.budget()}",
     ]
     for architecture in spec.architectures:
