@@ -132,15 +132,17 @@ def test_status_reports_the_resume_of_a_pack_only_where_a_run_resumes_it(tmp_pat
     # sharing the folder may be training it)
     assert recorded_packs(store, {"a", "b", "done"}, {"done"}) == ({"p2": ["b"]}, ["p4"])
     assert checkpoint_steps(store, {"a", "b", "done"}, {"done"}) == {"b": 500}
-    # p1's models named again, after p5 began "a" anew from step 0: both hold "a", and only the one
-    # further along resumes (both would train "a", each saving it); p5 waits until "a" is trained
+    # p1's models named again, after p5 began "a" anew: both hold "a", and only the one holding the
+    # most training resumes (both would train "a", each saving it): steps x models not yet trained
     store.write_bytes("packs/p5.json", json.dumps(["a", "c"]).encode())
     store.write_bytes("ray/p5/checkpoint_manager_snapshot.json",
                       json.dumps({"latest_checkpoint_result": {"metrics": {"step": 400}}}).encode())
     named = {"a", "b", "c", "gone", "done"}
     assert recorded_packs(store, named, {"done"}) == ({"p1": ["a", "gone"], "p2": ["b"]}, ["p4"])
     assert checkpoint_steps(store, named, {"done"}) == {"a": 500, "gone": 500, "b": 500}
-    assert recorded_packs(store, named, {"done", "a", "gone"})[0] == {"p2": ["b"], "p5": ["a", "c"]}
+    assert recorded_packs(store, named, {"done", "gone"})[0] == {"p2": ["b"], "p5": ["a", "c"]}  # 800 > 500
+    # a model trained already is no overlap: a pack does not save a model that has its file
+    assert recorded_packs(store, named, {"done", "a"})[0] == {"p1": ["a", "gone"], "p2": ["b"], "p5": ["a", "c"]}
 
 
 def test_a_model_run_holds_the_metrics_of_its_latest_analysis(tmp_path, monkeypatch):

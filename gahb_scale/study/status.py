@@ -171,10 +171,10 @@ def recorded_packs(store: StudyStore, trial_ids: set[str], trained: set[str]) ->
     """The packs recorded under packs/ of the study's models (`trial_ids`): those a run resumes
     (pack id -> its trial ids, some not `trained`), and those whose models are all trained. A pack
     holding models the spec does not name is left alone: another study sharing the folder may be
-    training it now, and this study packs its own models anew. Of packs that share a model (one
-    begun while the spec named fewer models, beside the pack it left), the one furthest along is
-    resumed: both would train that model, each saving it; the other is left until its models are
-    all trained."""
+    training it now, and this study packs its own models anew. Of packs that share a model not yet
+    trained (one begun while the spec named fewer models, beside the pack it left), the one holding
+    the most training (steps × models not yet trained) is resumed: both would train that model, each
+    saving it; the other is left, and dropped once its models are all trained."""
     candidates, ended = {}, []
     for file in store.files_below("packs", recursive=False):
         pack_id = file.removesuffix(".json")
@@ -184,15 +184,16 @@ def recorded_packs(store: StudyStore, trial_ids: set[str], trained: set[str]) ->
                 ended.append(pack_id)
             else:
                 candidates[pack_id] = members
-    counts = Counter(trial_id for members in candidates.values() for trial_id in members)
+    untrained = {pack_id: set(members) - trained for pack_id, members in candidates.items()}
+    counts = Counter(trial_id for members in untrained.values() for trial_id in members)
     if max(counts.values(), default=0) < 2:
         return candidates, ended
-    steps = {pack_id: resume_step(store, pack_id) or 0 for pack_id in candidates}
+    done = {pack_id: (resume_step(store, pack_id) or 0) * len(members) for pack_id, members in untrained.items()}
     resumed, held = {}, set()
-    for pack_id in sorted(candidates, key=lambda p: (-steps[p], -len(candidates[p]), p)):
-        if held.isdisjoint(candidates[pack_id]):
+    for pack_id in sorted(candidates, key=lambda p: (-done[p], p)):
+        if held.isdisjoint(untrained[pack_id]):
             resumed[pack_id] = candidates[pack_id]
-            held.update(candidates[pack_id])
+            held.update(untrained[pack_id])
     return resumed, ended
 
 

@@ -413,6 +413,7 @@ class StudyTracker:
                                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in logged],
                       undefined_too=True)
         self.client.set_tag(run_id, METRICS_TAG, metrics["analysis_id"])
+        run.data.tags[METRICS_TAG] = metrics["analysis_id"]
         self._log_files(run_id, figures)
 
     def log_compared(self, trial: Trial, analysis_key: str, figures: dict[str, bytes]) -> None:

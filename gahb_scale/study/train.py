@@ -293,9 +293,9 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, pools: di
         progress.close()
         _drop_grid_records(store, spec.name)
     trained = trained_models(store)
-    for pack in packs:
-        if {t.trial_id for t in pack.trials} <= trained:
-            drop_pack(store, pack.pack_id)
+    # this run's packs whose models are all saved, and any left aside for sharing a model with one
+    for pack_id in recorded_packs(store, {t.trial_id for t in state.trials}, trained)[1]:
+        drop_pack(store, pack_id)
     return todo & trained
 
 
