@@ -26,7 +26,8 @@ class TrainSettings(BaseModel):
     lr: float = Field(default=1e-3, gt=0, description="Adam's initial learning rate")
     lr_halve_every: int = Field(default=1_000, ge=1, le=MAX_STEPS, description="Adam lr halved every this many steps")
     noise_range: tuple[float, float] = Field(default=(0.0, 255.0), description="sigma range, grey levels /255")
-    noise_schedule: Literal["quadratic", "linear"] = Field(default="quadratic", description="`quadratic`: denser at low sigma (the authors'); or `linear`")
+    noise_schedule: Literal["quadratic", "linear"] = Field(
+        default="quadratic", description="`quadratic`: denser at low sigma (the authors'); or `linear`")
     precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16 autocast is used only on CUDA")
     checkpoint_every: int = Field(default=500, ge=1, le=MAX_STEPS, description="steps between checkpoints a "
                                                                               "stopped run resumes from")

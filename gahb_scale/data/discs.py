@@ -10,8 +10,9 @@ inside the image, both greys are U(0, 1), and the disc is drawn hard on a grid `
 finer, then low-passed and down-sampled with the db2 wavelet `antialiasing` times. The radius is
 U[3, (size − 3)/2) output pixels. The authors draw theirs on the fine grid, U[3, (2^k·size − 3)//2)
 fine pixels, so from 3/2^k output pixels (0.75 at the default k = 2) to about size/2: their family
-also holds discs under two pixels across, which this one leaves out. Because the family is 5-dimensional, a good denoiser's Jacobian should act on it
-as a projection onto the 5-D tangent space, computed through `render_discs`.
+also holds discs under two pixels across, which this one leaves out. Because the family is
+5-dimensional, a good denoiser's Jacobian should act on it as a projection onto the 5-D tangent
+space, computed through `render_discs`.
 """
 
 from __future__ import annotations

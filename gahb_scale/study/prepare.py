@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -119,11 +118,12 @@ def split_images(dataset: DatasetSpec, size: int, n: int | dict[str, int], n_tes
     a folder's read from the pool the run prepared (`prepared`: `PreparedDatasets.cache`) where given."""
     pool = None
     if dataset.name in (prepared or {}):
-        if not os.path.exists(prepared[dataset.name]):
+        try:
+            pool = read_prepared_folder(prepared[dataset.name])
+        except FileNotFoundError:
             raise UserInputError(f"dataset {dataset.name!r}: its prepared images {prepared[dataset.name]} are not on "
                                  f"node {socket.gethostname()}: cache_dir must be a folder every node reads at the "
-                                 f"same path (a shared volume)")
-        pool = read_prepared_folder(prepared[dataset.name])
+                                 f"same path (a shared volume)") from None
     return split_pair_images(dataset.kind, dataset.params, size, n, n_test, pair, parts, keep_uint8,
                              dataset.pixel_shuffle_seed, pool)
 

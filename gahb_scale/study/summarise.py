@@ -46,11 +46,15 @@ def _with_sd(name: str, values: list[float] | None) -> dict[str, float]:
     return {name: mean, f"{name}_std": sd}
 
 
-def _pooled_fraction(spec: StudySpec, ratios: list[float] | None, models: list[str] | None) -> MemorizationFraction:
-    """f_mem of the samples of several models pooled, its interval resampling the models too."""
-    return memorization_fraction(torch.tensor(ratios or [], dtype=torch.float64),
-                                 threshold=spec.analysis.memorization_threshold, n_boot=spec.analysis.bootstrap, seed=0,
-                                 models=models)
+def _pooled_fractions(spec: StudySpec, group: dict) -> dict[str, float | bool]:
+    """Both f_mem columns of a group's samples (its lists `d1_d2`, `d1_d2_scale_free` and the
+    `trial_id` of each) pooled over its models, their intervals resampling the models too."""
+    def pooled(ratios: list[float] | None) -> MemorizationFraction:
+        return memorization_fraction(torch.tensor(ratios or [], dtype=torch.float64),
+                                     threshold=spec.analysis.memorization_threshold, n_boot=spec.analysis.bootstrap,
+                                     seed=0, models=group["trial_id"])
+    return {**fraction_columns("f_mem", pooled(group["d1_d2"])),
+            **fraction_columns("f_mem_scale_free", pooled(group["d1_d2_scale_free"]))}
 
 
 def summarise_study(spec: StudySpec, tables: StudyTables) -> dict[str, list[dict]]:
@@ -161,8 +165,7 @@ def memorization_time_rows(spec: StudySpec, metrics: Rows, sample_rows: Rows) ->
                               "nn_cosine_centered"))
     return [{"study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"],
              "n": group["n"], "step": group["step"], "samples": group["samples"],
-             **fraction_columns("f_mem", _pooled_fraction(spec, group["d1_d2"], group["trial_id"])),
-             **fraction_columns("f_mem_scale_free", _pooled_fraction(spec, group["d1_d2_scale_free"], group["trial_id"])),
+             **_pooled_fractions(spec, group),
              "nn_cosine_centered": _mean_std(group["nn_cosine_centered"])[0]} for group in groups]
 
 
@@ -255,8 +258,9 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
     """One row per (dataset, architecture, N): the memorization → generalization transition.
 
     Both f_mem pool the samples of every model of the group (A and B, all pairs and seeds), diverged
-    samples left out, their bootstrap intervals resampling the models and then their samples; the other columns average over models
-    (PSNR, nearest neighbours, distance to the memorizer, Jacobian) or over sample pairs (A/B).
+    samples left out, their bootstrap intervals resampling the models and then their samples; the
+    other columns average over models (PSNR, nearest neighbours, distance to the memorizer,
+    Jacobian) or over sample pairs (A/B).
     """
     per_model = ("train_psnr", "test_psnr", "psnr_gap", "nn_cosine_centered", "memorizer_distance",
                  "memorizer_distance_bias_free", "effective_dim", "symmetry_error", *REFERENCE_COLUMNS,
@@ -295,8 +299,7 @@ def transition_rows(spec: StudySpec, metrics: Rows, samples: Rows, pairs: Rows, 
             "study_id": spec.name, "dataset": group["dataset"], "architecture": group["architecture"], "n": group["n"],
             "models": group["models"] or 0, "train_psnr": mean("train_psnr"), "test_psnr": mean("test_psnr"),
             **_with_sd("psnr_gap", group["psnr_gap"]), **_with_sd("nn_cosine_centered", group["nn_cosine_centered"]),
-            **fraction_columns("f_mem", _pooled_fraction(spec, group["d1_d2"], group["trial_id"])),
-            **fraction_columns("f_mem_scale_free", _pooled_fraction(spec, group["d1_d2_scale_free"], group["trial_id"])),
+            **_pooled_fractions(spec, group),
             "memorizer_distance": mean("memorizer_distance"),
             "memorizer_distance_bias_free": mean("memorizer_distance_bias_free"),
             "ab_samples": group["ab_samples"] or 0, "ab_cosine": mean("ab_cosine"),

@@ -257,12 +257,14 @@ def train_study(spec: StudySpec, store: StudyStore, state: StudyState, pools: di
     each model's progress streamed to its MLflow run; returns the ids of the models trained now
     (the store is the ground truth: a pack that failed before its first report has no config in
     Tune's results). `pools`: each folder dataset's pool, kept beside each model that begins
-    training on it; `prepared`: where the packs read it (`PreparedDatasets.cache`). `local_ray`: the study's own Ray on this machine (a fixed size, no dashboard)
-    rather than a cluster's. `verbose` lets Tune print its own status too."""
+    training on it; `prepared`: where the packs read it (`PreparedDatasets.cache`). `local_ray`:
+    the study's own Ray on this machine (a fixed size, no dashboard) rather than a cluster's.
+    `verbose` lets Tune print its own status too."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if local_ray else None)
     packs = packs_to_train(spec, store, state.trials, state.trained, concurrency)
     payloads = {pack.pack_id: {"spec": spec, "pack": pack, "results": store.results, "local_ray": local_ray,
-                               "pools": pools, "prepared": prepared, "trained": {t.trial_id for t in pack.trials} & state.trained}
+                               "pools": pools, "prepared": prepared,
+                               "trained": {t.trial_id for t in pack.trials} & state.trained}
                 for pack in packs}
     sizes = "/".join(map(str, sorted({len(p.trials) for p in packs})))
     todo = {t.trial_id for p in packs for t in p.trials} - state.trained
