@@ -29,8 +29,8 @@ TRIAL = """
 import json, sys
 def rss(field):
     return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) * 1024
-from gahb_scale.study.spec_file import parse_spec
-from gahb_scale.study.prepare import split_images
+from gahb_scale.design.spec_file import parse_spec
+from gahb_scale.design.datasets import split_images
 spec = parse_spec(json.loads(sys.argv[1]))
 base = rss("VmRSS:")
 images = split_images(spec.datasets[0], spec.image_size, int(sys.argv[2]), spec.test_images, 0, parts=("A",),
@@ -64,8 +64,8 @@ def main() -> None:
                 "datasets": [{"name": "faces", "kind": "folder",
                               "params": {"path": str(faces), "crop": "celeba", "cache_dir": str(cache)}}],
                 "architectures": [{"name": "u", "kind": "unet", "params": {"width": 4, "blocks": 1}}]}
-        from gahb_scale.study.prepare import finite_pool
-        from gahb_scale.study.spec_file import parse_spec
+        from gahb_scale.design.datasets import finite_pool
+        from gahb_scale.design.spec_file import parse_spec
 
         started = time.perf_counter()
         pool_images = finite_pool(parse_spec(spec).datasets[0], SIZE)

@@ -19,12 +19,12 @@ from pathlib import Path
 import ray
 
 from gahb_scale.study.runner import start_ray
-from gahb_scale.study.prepare import prepare_datasets
-from gahb_scale.study.spec_file import load_spec
+from gahb_scale.design.datasets import prepare_datasets
+from gahb_scale.design.spec_file import load_spec
 from gahb_scale.study.status import study_state
 from gahb_scale.study.store import StudyStore, StudyTables
 from gahb_scale.study.track import StudyTracker
-from gahb_scale.study.trials import expand_trials
+from gahb_scale.design.trials import expand_trials
 
 
 def training_seconds(spec_path: str, models_per_pack: int | None) -> tuple[float, int]:

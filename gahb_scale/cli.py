@@ -38,8 +38,8 @@ def _cell(value) -> str:
 def format_transition(rows: list[dict]) -> str:
     """The transition's key columns, at most 120 characters wide for the names of the studies in
     studies/; every column is in the `transition` table (`query`) and the report."""
-    from .study.transition_columns import printed_columns
-    from .study.trials import format_table
+    from .design.transition_columns import printed_columns
+    from .design.trials import format_table
 
     columns = printed_columns()
     body = [[column.text(r) for column in columns]
@@ -48,8 +48,8 @@ def format_transition(rows: list[dict]) -> str:
 
 
 def cmd_validate(args) -> int:
-    from .study.spec_file import load_spec
-    from .study.trials import describe_trials
+    from .design.spec_file import load_spec
+    from .design.trials import describe_trials
 
     missing: list[str] = []  # a preview needs no data: the grid and budget do not depend on it
     print(describe_trials(load_spec(args.spec, missing_folders=missing)))
@@ -66,8 +66,8 @@ def study_spec(args, must_hold_results: bool):
     `must_hold_results` (status, report) a folder holding nothing of the study is an error
     naming it, not an empty study. Those two read only results: a dataset folder that is not
     on this machine is no error for them."""
-    from .study.spec import results_folder_name
-    from .study.spec_file import load_spec
+    from .design.spec import results_folder_name
+    from .design.spec_file import load_spec
     from .study.status import holds_results
 
     missing = [] if must_hold_results else None
@@ -204,7 +204,7 @@ def cmd_status(args) -> int:
 
 def cmd_query(args) -> int:
     from .study.query import run_query
-    from .study.trials import format_table
+    from .design.trials import format_table
 
     columns, rows = run_query(args.sql, args.results)
     if args.format == "csv":

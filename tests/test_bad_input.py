@@ -336,7 +336,7 @@ def test_16_bit_grey_images_are_scaled_to_8_bits_not_clipped(tmp_path):
 
 
 def test_a_single_n_study_draws_its_memorization_over_time():
-    from gahb_scale.study.figures import memorization_time_figure
+    from gahb_scale.figures import memorization_time_figure
 
     for f_mem in (math.nan, 0.5):  # N = 1: f_mem is undefined
         rows = [{"dataset": "d", "architecture": "a", "n": 1, "step": step,

@@ -331,8 +331,8 @@ def test_a_pool_too_small_after_removing_duplicates_is_refused_before_anything_r
     assert "'faces'" in err and "9 images after removing 3 near-duplicates" in err and "10" in err
     assert not (tmp_path / "out").exists()  # not even the prepared pool's cache
     # keeping duplicates (the spec option) makes the pool large enough
-    from gahb_scale.study.prepare import prepare_datasets
-    from gahb_scale.study.spec_file import load_spec
+    from gahb_scale.design.datasets import prepare_datasets
+    from gahb_scale.design.spec_file import load_spec
 
     spec.write_text(yaml.safe_dump(micro(tmp_path, datasets=[
         {"name": "faces", "kind": "folder", "params": {"path": str(folder), "near_duplicate_threshold": None}}],
@@ -347,10 +347,10 @@ def test_a_folder_changed_since_its_models_were_trained_is_refused(tmp_path, cap
     with no model of it trained yet, the new pool is simply used."""
     from PIL import Image
 
-    from gahb_scale.study.prepare import prepare_datasets
-    from gahb_scale.study.spec_file import load_spec
+    from gahb_scale.design.datasets import prepare_datasets
+    from gahb_scale.design.spec_file import load_spec
     from gahb_scale.study.store import StudyStore, model_path
-    from gahb_scale.study.trials import expand_trials
+    from gahb_scale.design.trials import expand_trials
 
     folder = _folder_of(tmp_path, count=12, copies=0)
     spec = tmp_path / "faces.yaml"
@@ -372,7 +372,7 @@ def test_a_folder_changed_since_its_models_were_trained_is_refused(tmp_path, cap
     from types import SimpleNamespace
 
     from gahb_scale.errors import UserInputError
-    from gahb_scale.study.prepare import check_pools_unchanged
+    from gahb_scale.study.status import check_pools_unchanged
     from gahb_scale.study.store import pool_path
 
     loaded = load_spec(spec)

@@ -24,7 +24,7 @@ import yaml
 import gahb_scale
 from gahb_scale.cli import build_parser
 from gahb_scale.errors import UserInputError
-from gahb_scale.study.spec_file import load_spec
+from gahb_scale.design.spec_file import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

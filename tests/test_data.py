@@ -445,8 +445,8 @@ def test_a_study_reads_its_folder_as_prepared_when_the_folder_changes_while_it_r
     """A run prepares a folder's pool once and records it (its datasets row, each model's
     pool.json); its tasks read that prepared pool, not the folder again, so images added, removed or
     renamed while the study runs cannot put a model on other images than those recorded."""
-    from gahb_scale.study.prepare import prepare_datasets, split_images
-    from gahb_scale.study.spec_file import parse_spec
+    from gahb_scale.design.datasets import prepare_datasets, split_images
+    from gahb_scale.design.spec_file import parse_spec
 
     monkeypatch.chdir(tmp_path)
     spec = parse_spec({"name": "f", "image_size": 8, "train_sizes": [1], "test_images": 1,

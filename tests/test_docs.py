@@ -20,8 +20,8 @@ from test_cluster_manifests import _gahb_commands
 
 from gahb_scale.cli import build_parser, main
 from gahb_scale.errors import UserInputError
-from gahb_scale.study.spec_file import load_spec
-from gahb_scale.study.transition_columns import markdown_table
+from gahb_scale.design.spec_file import load_spec
+from gahb_scale.design.transition_columns import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -64,7 +64,7 @@ def spec_field_tables() -> str:
     spec's pydantic models give them: the tables of docs/spec.md's "Every field"."""
     from pydantic_core import PydanticUndefined
 
-    from gahb_scale.study.spec import AnalysisSpec, ResourceSpec, SamplingSpec, StorageSpec, StudySpec, TrainingSpec
+    from gahb_scale.design.spec import AnalysisSpec, ResourceSpec, SamplingSpec, StorageSpec, StudySpec, TrainingSpec
 
     parts = []
     for section, model in (("top level", StudySpec), ("training", TrainingSpec), ("sampling", SamplingSpec),

@@ -8,17 +8,31 @@ from contextlib import contextmanager
 
 import pytest
 
-from gahb_scale.study.spec_file import parse_spec
+from gahb_scale.design.spec_file import parse_spec
 
 CORE = ["gahb_scale.data", "gahb_scale.models", "gahb_scale.packing", "gahb_scale.training", "gahb_scale.sampling",
-        "gahb_scale.analysis"]
+        "gahb_scale.analysis", "gahb_scale.figures"]
+# a study's design: spec, trials, datasets as images, measures of a model and of a pair
+DESIGN = ["gahb_scale.design.spec_file", "gahb_scale.design.trials", "gahb_scale.design.datasets",
+          "gahb_scale.design.measures", "gahb_scale.design.transition_columns"]
+
+
+def loaded_by(modules: list[str]) -> list[str]:
+    """The top-level packages among ray, mlflow, pyarrow, duckdb and gahb_scale.study that importing
+    `modules` in a fresh interpreter loads."""
+    code = (f"import sys; import {', '.join(modules)}; print(sorted({{m for m in sys.modules if m.split('.')[0] in "
+            f"('ray', 'mlflow', 'pyarrow', 'duckdb') or m.startswith('gahb_scale.study')}}))")
+    return eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 def test_science_core_imports_neither_ray_nor_mlflow():
-    code = (f"import sys; import {', '.join(CORE)}; "
-            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')); print(loaded)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert not [m for m in loaded_by(CORE) if m.split(".")[0] in ("ray", "mlflow")]
+
+
+def test_the_design_layer_imports_no_ray_mlflow_parquet_or_study():
+    """The study layer is the machinery alone: what a study trains and measures loads none of it."""
+    assert loaded_by(DESIGN) == []
+    assert loaded_by(["gahb_scale.figures"]) == []
 
 
 def spec_with(**resources):
@@ -58,7 +72,7 @@ SMALL = {"name": "small", "kind": "unet", "params": {"width": 16, "blocks": 2}}
 
 def test_small_models_are_packed_into_as_many_packs_as_run_side_by_side():
     from gahb_scale.study.train import plan_packs
-    from gahb_scale.study.trials import expand_trials
+    from gahb_scale.design.trials import expand_trials
 
     spec = study([SMALL])
     trials = expand_trials(spec)
@@ -78,7 +92,7 @@ def test_with_several_schedules_each_is_one_pack_and_the_costliest_goes_first():
     the study, so each schedule is one pack (not two of two: half the worker-group starts), and the
     workers take the longest pack first."""
     from gahb_scale.study.train import plan_packs
-    from gahb_scale.study.trials import expand_trials
+    from gahb_scale.design.trials import expand_trials
 
     spec = parse_spec({"name": "p", "image_size": 16, "datasets": [{"name": "d", "kind": "discs"}],
                        "architectures": [SMALL], "train_sizes": [2, 4, 16, 64], "split_pairs": 2,
@@ -114,7 +128,7 @@ def test_on_the_studys_own_ray_a_pack_runs_without_the_placement_group_cleaner()
 
 def test_a_pack_holds_one_architecture_and_the_papers_unet_at_80_trains_alone():
     from gahb_scale.study.train import plan_packs
-    from gahb_scale.study.trials import expand_trials
+    from gahb_scale.design.trials import expand_trials
 
     paper = {"name": "paper", "kind": "unet", "params": {}}
     spec = study([SMALL, paper], sizes=(1, 10), image_size=80, batch_size=512)
@@ -222,7 +236,7 @@ def test_a_restarted_study_resumes_the_packs_it_recorded_and_packs_only_untraine
 
     from gahb_scale.study.store import StudyStore, pack_path
     from gahb_scale.study.train import packs_to_train, plan_packs
-    from gahb_scale.study.trials import expand_trials
+    from gahb_scale.design.trials import expand_trials
 
     spec = study([SMALL])
     store = StudyStore(str(tmp_path))
@@ -257,7 +271,7 @@ def test_a_model_file_without_its_training_record_is_one_clear_error(tmp_path):
     from gahb_scale.errors import UserInputError
     from gahb_scale.study.store import StudyStore, StudyTables, model_path
     from gahb_scale.study.train import register_trained
-    from gahb_scale.study.trials import expand_trials
+    from gahb_scale.design.trials import expand_trials
 
     spec = study([SMALL], sizes=(1,))
     store = StudyStore(str(tmp_path))
@@ -289,7 +303,7 @@ def test_a_packs_last_step_is_told_once():
     from types import SimpleNamespace
 
     from gahb_scale.study.train import Pack, TrainProgress
-    from gahb_scale.study.trials import expand_trials
+    from gahb_scale.design.trials import expand_trials
 
     spec = study([SMALL], sizes=(1,))
     pack = Pack(tuple(expand_trials(spec)))
@@ -309,7 +323,7 @@ def test_a_failed_resumed_pack_fails_only_the_runs_of_its_models_not_saved_befor
     from types import SimpleNamespace
 
     from gahb_scale.study.train import Pack, TrainProgress
-    from gahb_scale.study.trials import expand_trials
+    from gahb_scale.design.trials import expand_trials
 
     spec = study([SMALL], sizes=(1,))
     pack = Pack(tuple(expand_trials(spec)))

@@ -17,8 +17,8 @@ import torch
 from gahb_scale.analysis import (EmpiricalOptimalDenoiser, distance_to_memorizer, independent_pair_similarity,
                                  memorization_fraction, nearest_neighbours, shrunk_gaussian_fit, training_noise_prior,
                                  unit_vectors)
-from gahb_scale.study.analyse import chance_columns, median_over_sigma, psnr_columns
-from gahb_scale.study.spec_file import parse_spec
+from gahb_scale.design.measures import chance_columns, median_over_sigma, psnr_columns
+from gahb_scale.design.spec_file import parse_spec
 from gahb_scale.study.summarise import transition_rows
 from gahb_scale.training import draw_noise_levels
 
@@ -262,7 +262,7 @@ def test_every_measure_in_the_docs_names_known_answer_tests_that_exist():
 def test_a_flat_sample_is_not_memorized_and_voids_nothing():
     """A flat sample has no direction once its mean is removed: it counts as not memorized by the
     scale-free measure instead of turning f_mem_scale_free into 'undefined' for the whole model."""
-    from gahb_scale.study.analyse import _sample_and_match
+    from gahb_scale.design.measures import _sample_and_match
 
     spec = parse_spec({"name": "t", "image_size": 12, "datasets": [{"name": "d", "kind": "discs"}],
                        "architectures": [{"name": "u", "kind": "unet", "params": {"width": 4, "blocks": 1}}],

@@ -9,9 +9,9 @@ import math
 import pytest
 
 from gahb_scale.analysis import fit_memorization_law, level_crossing
-from gahb_scale.study import figures
+from gahb_scale import figures
 from gahb_scale.study.report import law_statement
-from gahb_scale.study.spec_file import parse_spec
+from gahb_scale.design.spec_file import parse_spec
 from gahb_scale.study.summarise import (memorization_law_rows, memorization_tau_rows,
                                         memorization_time_rows, onset_rows)
 
@@ -198,7 +198,7 @@ def test_mlflow_shows_no_interval_once_a_summary_has_none(tmp_path, monkeypatch)
     import time
     from pathlib import Path
 
-    from gahb_scale.study.spec_file import load_spec
+    from gahb_scale.design.spec_file import load_spec
     from gahb_scale.study.store import StudyStore
     from gahb_scale.study.track import StudyTracker
 

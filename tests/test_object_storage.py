@@ -14,7 +14,7 @@ from servers import s3_server
 from study_checks import assert_every_row_once
 
 from gahb_scale.cli import main
-from gahb_scale.study.spec_file import load_spec
+from gahb_scale.design.spec_file import load_spec
 from gahb_scale.study.store import StudyStore
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gahb_scale.analysis import disc_tangent_space, eigen_spectrum
-from gahb_scale.study.spec_file import parse_spec
-from gahb_scale.study.analyse import optimal_slope, tangent_rows
+from gahb_scale.design.spec_file import parse_spec
+from gahb_scale.design.measures import optimal_slope, tangent_rows
 from gahb_scale.study.summarise import memorization_time_rows, onset_rows, shuffle_rows, slope_rows
 
 SIZE = 12
@@ -149,7 +149,7 @@ def test_disc_parameters_render_the_held_out_images():
     """The tangent space is taken at the parameters of exactly the images the analysis denoises."""
     from gahb_scale.data import render_discs
     from gahb_scale.dataset_kinds import held_out_disc_parameters
-    from gahb_scale.study.prepare import split_images
+    from gahb_scale.design.datasets import split_images
 
     dataset = spec().datasets[0]
     for pair in (0, 1):
@@ -162,11 +162,10 @@ def test_more_eigenvectors_asked_than_pixels_keeps_every_one_and_the_pair_overla
     """eigenvector_images is capped at the number of pixels P, as eigenvalues_kept is: a model
     analysed with more keeps its P eigenvectors, and two such models span the same (whole) space."""
     from gahb_scale.models import build_model
-    from gahb_scale.study.analyse import analyse_model
-    from gahb_scale.study.compare import compare_pair
+    from gahb_scale.study.analyse import analyse_model, compare_pair
     from gahb_scale.study.store import StudyStore, arrays_path, load_arrays, model_path
     from gahb_scale.study.train import save_weights
-    from gahb_scale.study.trials import analysis_id, expand_trials
+    from gahb_scale.design.trials import analysis_id, expand_trials
 
     small = spec(train_sizes=[2], test_images=4, sampling={"num_samples": 2, "max_steps": 20},
                  analysis={"sigmas": [25, 100], "psnr_images": 2, "jacobian_images": 1, "jacobian_sigmas": [25],
@@ -191,7 +190,7 @@ def test_the_final_model_closes_memorization_over_time_once_whatever_the_snapsho
     from gahb_scale.study.analyse import analyse_model
     from gahb_scale.study.store import StudyStore, model_path, snapshot_path
     from gahb_scale.study.train import save_weights
-    from gahb_scale.study.trials import analysis_id, expand_trials
+    from gahb_scale.design.trials import analysis_id, expand_trials
 
     store = StudyStore(str(tmp_path))
     for snapshots, steps in (([5, 10], [5, 10]), ([5], [5, 10])):  # the last step a snapshot, or not

@@ -14,9 +14,9 @@ import yaml
 from gahb_scale.data.image_folder import NEAR_DUPLICATE_THRESHOLD
 from gahb_scale.dataset_kinds import DATASET_KINDS
 from gahb_scale.errors import UserInputError
-from gahb_scale.study.spec import ArchitectureSpec, StudySpec
-from gahb_scale.study.spec_file import SpecError, load_spec, parse_spec
-from gahb_scale.study.trials import Trial, describe_trials, expand_trials
+from gahb_scale.design.spec import ArchitectureSpec, StudySpec
+from gahb_scale.design.spec_file import SpecError, load_spec, parse_spec
+from gahb_scale.design.trials import Trial, describe_trials, expand_trials
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -204,7 +204,7 @@ def test_folder_dataset_path_is_made_absolute(tmp_path, monkeypatch):
 
 
 def test_spec_modules_import_neither_ray_nor_mlflow():
-    code = ("import sys, gahb_scale.study.spec, gahb_scale.study.spec_file, gahb_scale.study.trials; "
+    code = ("import sys, gahb_scale.design.spec, gahb_scale.design.spec_file, gahb_scale.design.trials; "
             "print(sorted(m for m in ('ray', 'mlflow', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # torch is imported only when an architecture is validated

@@ -51,7 +51,7 @@ def test_a_moved_results_folder_logs_to_mlflow_in_its_new_place_only(tmp_path, m
     the same process, where MLflow keeps each run's artifact store)."""
     import shutil
 
-    from gahb_scale.study.spec_file import load_spec
+    from gahb_scale.design.spec_file import load_spec
     from gahb_scale.study.track import StudyTracker
 
     monkeypatch.chdir(tmp_path)
@@ -73,7 +73,7 @@ def test_a_moved_results_folder_logs_to_mlflow_in_its_new_place_only(tmp_path, m
 
 
 def test_a_results_root_names_each_study_folder_by_its_last_part():
-    from gahb_scale.study.spec import StorageSpec, results_below, results_folder_name
+    from gahb_scale.design.spec import StorageSpec, results_below, results_folder_name
 
     assert results_folder_name("results/paper_cpu") == "paper_cpu"  # studies sharing a folder share it below any root
     assert results_folder_name("s3://b/p/smoke/?endpoint_override=h:9000") == "smoke"
@@ -152,9 +152,9 @@ def test_a_model_run_holds_the_metrics_of_its_latest_analysis(tmp_path, monkeypa
     the study run."""
     from mlflow.tracking import MlflowClient
 
-    from gahb_scale.study.spec_file import load_spec
+    from gahb_scale.design.spec_file import load_spec
     from gahb_scale.study.track import StudyTracker
-    from gahb_scale.study.trials import expand_trials
+    from gahb_scale.design.trials import expand_trials
 
     monkeypatch.chdir(tmp_path)
     spec_file = tmp_path / "micro.yaml"

@@ -54,7 +54,7 @@ def test_energy_in_subspace_of_a_projection_and_of_the_identity():
 
 
 def test_pair_basis_overlap_is_one_for_the_same_basis_and_zero_for_orthogonal_ones():
-    from gahb_scale.study.compare import _basis_overlaps
+    from gahb_scale.design.measures import _basis_overlaps
 
     eye = torch.eye(16, dtype=torch.float64)
     first, last = eye[:4].reshape(1, 1, 4, 1, 4, 4).numpy(), eye[8:12].reshape(1, 1, 4, 1, 4, 4).numpy()

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from gahb_scale.analysis import memorization_fraction
-from gahb_scale.study.spec_file import parse_spec
+from gahb_scale.design.spec_file import parse_spec
 from gahb_scale.study.store import StudyStore, StudyTables
 from gahb_scale.study.summarise import (CHANCE_COLUMNS, REFERENCE_COLUMNS, memorization_law_rows,
                                         memorization_tau_rows, memorization_time_rows, onset_rows, shuffle_rows,
                                         slope_rows, summarise_study, transition_rows, with_switch_n)
-from gahb_scale.study.transition_columns import TRANSITION_COLUMNS, logged_columns, markdown_table, report_headers
+from gahb_scale.design.transition_columns import TRANSITION_COLUMNS, logged_columns, markdown_table, report_headers
 
 SPEC = parse_spec({"name": "t", "image_size": 12,
                    "datasets": [{"name": "plain", "kind": "discs"},

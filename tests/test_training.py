@@ -179,7 +179,7 @@ def test_uint8_images_train_exactly_as_their_float_conversion():
 def test_training_settings_are_checked_once_for_a_run_and_a_study():
     """A run's TrainConfig and a study's `training` section share one model of the settings: the
     same defaults and the same bounds, each error naming the field."""
-    from gahb_scale.study.spec import TrainingSpec
+    from gahb_scale.design.spec import TrainingSpec
 
     assert TrainingSpec().config(seed=0, n=1) == TrainConfig()
     for bad in ({"lr": 0}, {"noise_range": (5, 5)}, {"batch_size": 0}, {"steps": 4, "snapshot_steps": (5,)}):

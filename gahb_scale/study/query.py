@@ -6,7 +6,7 @@ compare studies; `study_id` tells them apart. The files are read through the sto
 so a results URI (s3://...) is queried exactly like a local folder.
 
 Rows in memory are grouped by SQL too (`sql_rows` over `indexed_table`s): the study tables'
-summaries and the figures' groups.
+summaries.
 """
 
 from __future__ import annotations

@@ -14,11 +14,11 @@ import math
 
 import numpy as np
 
+from .. import figures
 from ..data.discs import PARAMETER_NAMES
-from . import figures
-from .spec import StudySpec
+from ..design.spec import StudySpec
+from ..design.transition_columns import report_headers
 from .store import StudyStore, StudyTables, arrays_path, load_arrays, report_dir
-from .transition_columns import report_headers
 
 DISC_DIMS = len(PARAMETER_NAMES)  # the disc family's tangent space is 5-dimensional
 # what a report holds once any model is analysed: a folder without them is rebuilt

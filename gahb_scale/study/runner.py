@@ -26,20 +26,20 @@ import ray
 
 import gahb_scale
 
+from ..design.datasets import prepare_datasets
+from ..design.spec import StudySpec
+from ..design.trials import expand_trials
 from ..errors import UserInputError, printable
 from ..limits import CONNECT_TIMEOUT_S, MAX_RESULTS_PATH_LENGTH
-from .analyse import analyse_model
-from .compare import compare_pair
-from .prepare import check_pools_unchanged, prepare_datasets
+from .analyse import analyse_model, compare_pair
 from .progress import StageProgress, failure_reason, log, ray_output_to
 from .report import REPORT_ALWAYS, write_report
-from .spec import StudySpec
-from .status import StudyState, checkpoint_steps, marked_running, others_note, refuse_while_running, study_state
+from .status import (StudyState, check_pools_unchanged, checkpoint_steps, marked_running, others_note,
+                     refuse_while_running, study_state)
 from .store import (STUDY_ENTRIES, StudyStore, StudyTables, read_report, report_dir, report_stamp_path,
                     run_marker_path, spec_path)
 from .summarise import summarise_study, transition_at
 from .track import StudyTracker, check_tracking, experiment_url, open_tracker, store_notice, track_models, ui_command
-from .trials import expand_trials
 
 # Ray's environment: read by this process when ray.train is first imported (so `start_ray` sets it
 # before the training stage is imported) and by every worker (the job's runtime env carries it).

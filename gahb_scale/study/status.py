@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,10 +20,12 @@ from functools import cached_property
 
 import pyarrow.fs as pafs
 
+from ..design.datasets import PreparedDatasets
+from ..design.spec import StudySpec
+from ..design.trials import Trial, analysis_id, expand_trials
 from ..errors import UserInputError
-from .spec import StudySpec
-from .store import StudyStore, StudyTables, pack_path, pack_run_dir, report_stamp_path, run_marker_path, spec_path
-from .trials import Trial, analysis_id, expand_trials
+from .store import (StudyStore, StudyTables, pack_path, pack_run_dir, pool_path, report_stamp_path, run_marker_path,
+                    spec_path)
 
 
 @dataclass
@@ -204,6 +207,34 @@ def checkpoint_steps(store: StudyStore, trial_ids: set[str], trained: set[str]) 
         if (step := resume_step(store, pack_id)) is not None:
             steps.update(dict.fromkeys(set(members) - trained, step))
     return steps
+
+
+def check_pools_unchanged(store: StudyStore, state: StudyState, prepared: PreparedDatasets, before: list[dict],
+                          packed: set[str]) -> None:
+    """A folder's pool that changed (images added, removed or renamed) under models trained, or
+    begun (`packed`: in a pack with a checkpoint), on it would give other split pairs under the
+    same trial ids: training would go on, or measures be taken, on other images than the model's.
+    Each model is judged by the pool it began training on, kept beside it (`pool_path`), whichever
+    study began it; a model begun before 0.7.16 has none, and the pool of the study's last run
+    (`before`: its datasets rows) stands in."""
+    begun = state.trained | packed
+    for index, row in enumerate(prepared.rows):  # one row per dataset of the spec, in its order
+        if row["pool_files_sha256"] is None:
+            continue  # no files: generated images, the bundled photographs
+        last = next((old for old in before if old["dataset"] == row["dataset"]), None)
+        models = [t.trial_id for t in state.trials if t.dataset.name == row["dataset"] and t.trial_id in begun]
+        with ThreadPoolExecutor(8) as pool:  # a small file each: on object storage, a request each
+            kept = pool.map(lambda trial_id: store.read_if_present(pool_path(trial_id)), models)
+        then = [json.loads(record) if record is not None else last for record in kept]
+        # (a datasets table written before the hash was recorded: the pool's size at least)
+        if changed := [pool["pool_images"] for pool in then if pool is not None and (
+                pool["pool_images"] != row["pool_images"] or
+                pool.get("pool_files_sha256") not in (None, row["pool_files_sha256"]))]:
+            raise UserInputError(
+                f"datasets[{index}] ({row['dataset']!r}): the folder's images changed since {len(changed)} of the "
+                f"spec's models began training on it (pool of {changed[0]:,} images then, {row['pool_images']:,} "
+                f"now): its split pairs would differ from those the models were trained on. Put the folder back "
+                f"as it was, or run the changed data in another results folder")
 
 
 def holds_results(spec: StudySpec) -> bool:

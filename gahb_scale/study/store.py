@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ..design.spec import results_below
 from ..errors import UserInputError
-from .spec import results_below
 
 # table -> the columns that identify a row group (one file each); new rows replace the old file.
 TABLE_KEYS: dict[str, tuple[str, ...]] = {

@@ -20,9 +20,9 @@ import torch
 
 from ..analysis import (MemorizationFraction, fit_memorization_law, level_crossing, memorization_fraction,
                         memorized_share, switch_n)
-from .analyse import fraction_columns, optimal_slope
+from ..design.measures import fraction_columns, optimal_slope
+from ..design.spec import DatasetSpec, StudySpec
 from .query import Rows, indexed_table, row_lists, sql_rows
-from .spec import DatasetSpec, StudySpec
 from .store import StudyTables
 
 # per-model columns the transition averages beside the network's own: the Jacobian asymmetry of the

@@ -25,13 +25,13 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ..design.spec import StudySpec, tracking_uri_problem
+from ..design.transition_columns import logged_columns
+from ..design.trials import Trial
 from ..errors import UserInputError, printable
 from ..limits import CONNECT_TIMEOUT_S
 from .progress import StageProgress
-from .spec import StudySpec, tracking_uri_problem
 from .store import StudyStore, StudyTables, figure_path
-from .transition_columns import logged_columns
-from .trials import Trial
 
 STUDY_TAG, TRIAL_TAG, ANALYSIS_TAG = "gahb.study_id", "gahb.trial_id", "gahb.analysis_id"
 ROLE_TAG = "gahb.role"  # "study" or "trial": trial runs carry the study tag too

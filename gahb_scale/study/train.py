@@ -29,17 +29,17 @@ import torch
 from ray import cloudpickle
 from ray.train.torch import TorchTrainer
 
+from ..design.datasets import split_images
+from ..design.spec import StudySpec
+from ..design.trials import Trial, short_id
+from ..errors import UserInputError
 from ..models import build_model, count_parameters
 from ..packing import ModelPack
 from ..training import TrainConfig, train_pack, training_flops_per_image
-from .prepare import split_images
 from .progress import StageProgress, failure_reason, log, loss_summary
-from .spec import StudySpec
-from ..errors import UserInputError
 from .status import StudyState, recorded_packs, resume_step, trained_models
-from .store import (STATE_FILE, StudyStore, StudyTables, model_path, pack_path, pack_run_dir, pool_path,
-                    snapshot_path, training_record_path)
-from .trials import Trial, short_id
+from .store import (STATE_FILE, StudyStore, StudyTables, model_path, pack_path, pack_run_dir, pool_path, snapshot_path,
+                    training_record_path)
 
 if TYPE_CHECKING:  # MLflow stays out of the Train workers, which import this module
     from .track import StudyTracker

@@ -1,5 +1,6 @@
-"""Figures of a study as PNG bytes (matplotlib, no display needed). The per-model rows the study-level
-figures draw carry their model's N (`n`)."""
+"""Figures of a study as PNG bytes (matplotlib, no display needed), drawn from table rows (dicts) and
+arrays: no Ray, MLflow or Parquet, so a notebook draws them from `gahb-scale query` rows as the report
+does. The per-model rows the study-level figures draw carry their model's N (`n`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-from .query import indexed_table, row_lists, sql_rows  # noqa: E402
 
 
 def _png(fig, title: str | None = None) -> bytes:
@@ -229,12 +228,12 @@ def eigenvector_figure(eigenvectors: np.ndarray, sigmas: np.ndarray, inputs: np.
 
 
 def group_rows(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
-    """`rows` grouped by their values of `keys` (SQL): the groups in the order of those values, each
-    group's rows in their order in `rows`."""
-    columns = ", ".join(f'"{key}"' for key in keys)
-    groups = sql_rows(f"SELECT {columns}, {row_lists('row_index')} FROM positions GROUP BY ALL ORDER BY {columns}",
-                      positions=indexed_table(rows, *keys))
-    return {tuple(group[key] for key in keys): [rows[index] for index in group["row_index"]] for group in groups}
+    """`rows` grouped by their values of `keys`: the groups in the order of those values (None
+    last, as SQL orders NULL), each group's rows in their order in `rows`."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in keys), []).append(row)
+    return dict(sorted(groups.items(), key=lambda group: [(value is None, value) for value in group[0]]))
 
 
 def _colours(count: int):

@@ -1,15 +1,14 @@
-"""Stage 0, prepare: every image folder decoded by the authors' recipe and cached once per study,
-before Ray starts (`prepare_datasets`); then the images a trial trains and is tested on: split A
-or B of pair p, and the pair's held-out set (`split_images`, drawn as the dataset kind's record
-says: `gahb_scale.dataset_kinds.split_pair_images`).
+"""A spec's datasets as images: every image folder decoded by the authors' recipe and checked once
+per study, before Ray starts (`prepare_datasets`), its cache written once the study's checks have
+passed (`PreparedDatasets.cache`); then the images a trial trains and is tested on: split A or B of
+pair p, and the pair's held-out set (`split_images`, drawn as the dataset kind's record says:
+`gahb_scale.dataset_kinds.split_pair_images`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -19,8 +18,6 @@ from ..data.image_folder import NEAR_DUPLICATE_THRESHOLD, cache_image_folder, re
 from ..dataset_kinds import DATASET_KINDS, split_pair_images
 from ..errors import UserInputError
 from .spec import DatasetSpec, StudySpec
-from .status import StudyState
-from .store import StudyStore, pool_path
 
 
 def finite_pool(dataset: DatasetSpec, size: int, write_cache: bool = True) -> FolderImages | None:
@@ -81,34 +78,6 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
                                  f"2 x N + test_images = {needed:,} (two disjoint splits and the held-out set)")
         rows.append(row)
     return PreparedDatasets(rows, pools)
-
-
-def check_pools_unchanged(store: StudyStore, state: StudyState, prepared: PreparedDatasets, before: list[dict],
-                          packed: set[str]) -> None:
-    """A folder's pool that changed (images added, removed or renamed) under models trained, or
-    begun (`packed`: in a pack with a checkpoint), on it would give other split pairs under the
-    same trial ids: training would go on, or measures be taken, on other images than the model's.
-    Each model is judged by the pool it began training on, kept beside it (`pool_path`), whichever
-    study began it; a model begun before 0.7.16 has none, and the pool of the study's last run
-    (`before`: its datasets rows) stands in."""
-    begun = state.trained | packed
-    for index, row in enumerate(prepared.rows):  # one row per dataset of the spec, in its order
-        if row["pool_files_sha256"] is None:
-            continue  # no files: generated images, the bundled photographs
-        last = next((old for old in before if old["dataset"] == row["dataset"]), None)
-        models = [t.trial_id for t in state.trials if t.dataset.name == row["dataset"] and t.trial_id in begun]
-        with ThreadPoolExecutor(8) as pool:  # a small file each: on object storage, a request each
-            kept = pool.map(lambda trial_id: store.read_if_present(pool_path(trial_id)), models)
-        then = [json.loads(record) if record is not None else last for record in kept]
-        # (a datasets table written before the hash was recorded: the pool's size at least)
-        if changed := [pool["pool_images"] for pool in then if pool is not None and (
-                pool["pool_images"] != row["pool_images"] or
-                pool.get("pool_files_sha256") not in (None, row["pool_files_sha256"]))]:
-            raise UserInputError(
-                f"datasets[{index}] ({row['dataset']!r}): the folder's images changed since {len(changed)} of the "
-                f"spec's models began training on it (pool of {changed[0]:,} images then, {row['pool_images']:,} "
-                f"now): its split pairs would differ from those the models were trained on. Put the folder back "
-                f"as it was, or run the changed data in another results folder")
 
 
 def split_images(dataset: DatasetSpec, size: int, n: int | dict[str, int], n_test: int, pair: int,
