@@ -7,7 +7,7 @@ import torch
 
 from gahb_scale.models import build_model
 from gahb_scale.design.spec_file import parse_spec
-from gahb_scale.study.train import initial_model
+from gahb_scale.design.trials import initial_model
 from gahb_scale.design.trials import expand_trials
 from gahb_scale.training import train_denoiser
 

@@ -47,5 +47,7 @@ def psnr_curve(denoiser: Denoiser, images: torch.Tensor, sigmas: torch.Tensor, s
         "sigma": sigmas.cpu(),
         "psnr_in": -20.0 * torch.log10(sigmas.cpu()),
         "psnr_out": per_image.mean(dim=1),
-        "psnr_out_std": per_image.std(dim=1),
+        # one image has no spread: NaN, without torch's warning about it
+        "psnr_out_std": per_image.std(dim=1) if len(images) > 1 else torch.full((len(sigmas),), torch.nan,
+                                                                                 dtype=torch.float64),
     }

@@ -18,14 +18,18 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .. import __version__
 from ..dataset_kinds import dataset_kind
+from ..training_config import TrainConfig
 from .spec import ArchitectureSpec, DatasetSpec, StudySpec
 from .spec_file import SpecError
+
+if TYPE_CHECKING:  # torch is imported where a network is built: `validate` needs none
+    import torch
 
 # Bump when the meaning of a hashed field changes, so old trained models are not reused by mistake.
 # 2: the A and B models of a pair are independent (own weights and streams); discs by the authors' recipe.
@@ -163,3 +167,13 @@ def describe_trials(spec: StudySpec) -> str:
             for t in trials]
     lines.append(format_table(["trial_id", "dataset", "architecture", "N", "pair", "split", "seed"], rows))
     return "\n".join(lines)
+
+
+def initial_model(spec: StudySpec, trial: Trial) -> tuple[torch.nn.Module, TrainConfig]:
+    """A trial's network at step 0 and its training settings, both seeded by its training seed:
+    independent for the two models of a pair unless `training.shared_init` asks for the ablation."""
+    from ..models import build_model  # here: the spec's own modules import no torch
+
+    seed = trial.training_seed(spec.training.shared_init)
+    net = build_model(trial.architecture.kind, seed=seed, **trial.architecture.params)
+    return net, spec.training.config(seed, trial.n)

@@ -31,11 +31,11 @@ from ray.train.torch import TorchTrainer
 
 from ..design.datasets import split_images
 from ..design.spec import StudySpec
-from ..design.trials import Trial, short_id
+from ..design.trials import Trial, initial_model, short_id
 from ..errors import UserInputError
 from ..models import build_model, count_parameters
 from ..packing import ModelPack
-from ..training import TrainConfig, train_pack, training_flops_per_image
+from ..training import train_pack, training_flops_per_image
 from .progress import StageProgress, failure_reason, log, loss_summary
 from .status import StudyState, recorded_packs, resume_step, trained_models
 from .store import (STATE_FILE, StudyStore, StudyTables, model_path, pack_path, pack_run_dir, pool_path, snapshot_path,
@@ -49,14 +49,6 @@ if TYPE_CHECKING:  # MLflow stays out of the Train workers, which import this mo
 TRIAL_DRIVER_MEMORY = 512 * 2**20
 # Ray Train V2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default)
 REPORT_EVERY_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))
-
-
-def initial_model(spec: StudySpec, trial: Trial) -> tuple[torch.nn.Module, TrainConfig]:
-    """A trial's network at step 0 and its training settings, both seeded by its training seed:
-    independent for the two models of a pair unless `training.shared_init` asks for the ablation."""
-    seed = trial.training_seed(spec.training.shared_init)
-    net = build_model(trial.architecture.kind, seed=seed, **trial.architecture.params)
-    return net, spec.training.config(seed, trial.n)
 
 
 def save_weights(store: StudyStore, relative: str, net: torch.nn.Module, step: int) -> None:
