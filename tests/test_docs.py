@@ -220,3 +220,20 @@ def test_the_notebook_example_runs(capsys):
     for line in printed:  # f_mem and its chance are shares, the cosines cosines
         f_mem, f_mem_chance, ab, ab_chance = (float(x) for x in re.findall(r"(-?\d+\.\d+|nan)", line))
         assert 0 <= f_mem <= 1 and 0 <= f_mem_chance <= 1 and -1 <= ab <= 1 and -1 <= ab_chance <= 1, line
+
+
+def test_the_design_example_runs(capsys, tmp_path):
+    """docs/internals.md's example of a study's design without a study, on the smoke spec cut to a
+    few steps and samples."""
+    section = (REPO / "docs" / "internals.md").read_text().split("### A study's design from a notebook", 1)[1]
+    code = re.search(r"^```python\n(.*?)^```", section, re.S | re.M).group(1)
+    smoke = (REPO / "studies" / "smoke.yaml").read_text()
+    assert "  steps: 400\n" in smoke and "  num_samples: 32\n" in smoke and '"studies/smoke.yaml"' in code
+    (tmp_path / "smoke.yaml").write_text(smoke.replace("  steps: 400\n", "  steps: 10\n")
+                                         .replace("  num_samples: 32\n", "  num_samples: 3\n"))
+    exec(compile(code.replace('"studies/smoke.yaml"', repr(str(tmp_path / "smoke.yaml"))), "internals.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed] == ["N = 1, model A", "N = 1, model B"]
+    for line in printed:
+        assert "3 samples, ['eigen_spectrum.png', 'eigenvectors.png', 'psnr_curves.png']" in line, line
+
