@@ -4,4 +4,4 @@ The science core (data, models, training, sampling, analysis) is plain PyTorch a
 neither Ray nor MLflow; the study layer (`gahb_scale.study`) runs it at scale.
 """
 
-__version__ = "0.7.17"
+__version__ = "0.7.18"
