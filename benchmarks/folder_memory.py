@@ -29,12 +29,12 @@ TRIAL = """
 import json, sys
 def rss(field):
     return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) * 1024
-from gahb_scale.design.spec_file import parse_spec
 from gahb_scale.design.datasets import split_images
+from gahb_scale.design.spec_file import parse_spec
 spec = parse_spec(json.loads(sys.argv[1]))
 base = rss("VmRSS:")
 images = split_images(spec.datasets[0], spec.image_size, int(sys.argv[2]), spec.test_images, 0, parts=("A",),
-                      keep_uint8=True, prepared={spec.datasets[0].name: sys.argv[3]})["A"]
+                      keep_uint8=True, prepared={spec.datasets[0].name: {"cache": sys.argv[3]}})["A"]
 print(json.dumps({"base": base, "peak": rss("VmHWM:"), "images": images.numel() * images.element_size()}))
 """
 

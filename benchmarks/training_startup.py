@@ -18,13 +18,13 @@ from pathlib import Path
 
 import ray
 
-from gahb_scale.study.runner import start_ray
 from gahb_scale.design.datasets import prepare_datasets
 from gahb_scale.design.spec_file import load_spec
+from gahb_scale.design.trials import expand_trials
+from gahb_scale.study.runner import start_ray
 from gahb_scale.study.status import study_state
 from gahb_scale.study.store import StudyStore, StudyTables
 from gahb_scale.study.track import StudyTracker
-from gahb_scale.design.trials import expand_trials
 
 
 def training_seconds(spec_path: str, models_per_pack: int | None) -> tuple[float, int]:
@@ -43,7 +43,7 @@ def training_seconds(spec_path: str, models_per_pack: int | None) -> tuple[float
         state = study_state(spec, store, StudyTables(store, spec.name))
         packs = plan_packs(spec, state.trials, max_concurrent(spec, ray.cluster_resources()))
         start = time.perf_counter()
-        trained = train_study(spec, store, state, datasets.kept_pools(), prepared, local_ray=True, tracker=tracker)
+        trained = train_study(spec, store, state, prepared, local_ray=True, tracker=tracker)
         seconds = time.perf_counter() - start
         tracker.finish("FINISHED")
         if len(trained) < len(state.trials):

@@ -28,8 +28,8 @@ from gahb_scale.data import (
     unshuffle_pixels,
 )
 from gahb_scale.data.calpha import _box_smooth_2x2, _contour, _mask_below
-from gahb_scale.data.embedded import _all_tiles, _grid_tiles
 from gahb_scale.data.discs import DB2_OFFSET
+from gahb_scale.data.embedded import _all_tiles, _grid_tiles
 from gahb_scale.data.image_folder import CachedImages
 from gahb_scale.dataset_kinds import (DATASET_KINDS, CalphaParams, build_pool, held_out_disc_parameters,
                                      split_pair_images)
@@ -466,7 +466,7 @@ def test_a_study_reads_its_folder_as_prepared_when_the_folder_changes_while_it_r
     assert torch.equal(split_images(dataset, 8, 1, 1, 0, parts=("A",), prepared=prepared)["A"], before["A"])
     # ... and a node that does not see the prepared pool is told where it should be
     with pytest.raises(UserInputError, match=r"dataset 'mine': its prepared images .* are not on node .*shared volume"):
-        split_images(dataset, 8, 1, 1, 0, prepared={"mine": str(tmp_path / "nowhere.npy")})
+        split_images(dataset, 8, 1, 1, 0, prepared={"mine": {"cache": str(tmp_path / "nowhere.npy")}})
 
 
 def test_load_image_folder_cache_is_reused_without_decoding(folder, tmp_path, monkeypatch):

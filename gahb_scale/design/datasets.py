@@ -29,6 +29,10 @@ def finite_pool(dataset: DatasetSpec, size: int, write_cache: bool = True) -> Fo
     return kind.pool(size, kind.params.model_validate(dataset.params), write_cache=write_cache)
 
 
+# what a model keeps of the folder pool it began training on
+POOL_RECORD = ("pool_images", "pool_files_sha256")
+
+
 @dataclass(frozen=True)
 class PreparedDatasets:
     """The `datasets` table rows of a study, and its finite pools (dataset name -> pool) decoded but
@@ -36,19 +40,22 @@ class PreparedDatasets:
     rows: list[dict]
     pools: dict[str, FolderImages]
 
-    def kept_pools(self) -> dict[str, dict]:
-        """Dataset name -> the pool a folder's models begin training on, as kept beside each model
-        (`pool_path`) and checked at every run (`check_pools_unchanged`)."""
-        return {row["dataset"]: {key: row[key] for key in ("pool_images", "pool_files_sha256")}
-                for row in self.rows if row["pool_files_sha256"] is not None}
+    @property
+    def has_folders(self) -> bool:
+        """Whether a dataset is a folder of files (whose pool each model keeps, `cache`)."""
+        return any(row["pool_files_sha256"] is not None for row in self.rows)
 
-    def cache(self) -> dict[str, str]:
-        """Write the folders' caches: called once every check of the study passed. Returns dataset
-        name -> its cached pool, which every task reads (`split_images`) instead of the folder: the
-        pool a study records is the one its models train and are measured on, whatever happens to
-        the folder while the study runs."""
-        return {name: str(cache_image_folder(pool).cache_files[0]) for name, pool in self.pools.items()
-                if pool.cache_files is not None}
+    def cache(self) -> dict[str, dict]:
+        """Write the folders' caches: called once every check of the study passed. Returns each
+        folder's prepared pool, by dataset name: "cache", the file every task reads (`split_images`)
+        instead of the folder, so that the pool a study records is the one its models train and are
+        measured on, whatever happens to the folder while the study runs; and "pool_images" and
+        "pool_files_sha256" (its `datasets` row's), which each model beginning training on it keeps
+        (`gahb_scale.study.store.pool_path`) and every run checks."""
+        rows = {row["dataset"]: row for row in self.rows}
+        return {name: {"cache": str(cache_image_folder(pool).cache_files[0]),
+                       **{key: rows[name][key] for key in POOL_RECORD}}
+                for name, pool in self.pools.items() if pool.cache_files is not None}
 
 
 def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
@@ -82,15 +89,16 @@ def prepare_datasets(spec: StudySpec) -> PreparedDatasets:
 
 def split_images(dataset: DatasetSpec, size: int, n: int | dict[str, int], n_test: int, pair: int,
                  parts: tuple[str, ...] = ("A", "B", "test"), keep_uint8: bool = False,
-                 prepared: dict[str, str] | None = None) -> dict[str, Tensor]:
+                 prepared: dict[str, dict] | None = None) -> dict[str, Tensor]:
     """The images of split pair `pair` of a spec's dataset (`gahb_scale.dataset_kinds.split_pair_images`),
     a folder's read from the pool the run prepared (`prepared`: `PreparedDatasets.cache`) where given."""
     pool = None
     if dataset.name in (prepared or {}):
+        cache = prepared[dataset.name]["cache"]
         try:
-            pool = read_prepared_folder(prepared[dataset.name])
+            pool = read_prepared_folder(cache)
         except FileNotFoundError:
-            raise UserInputError(f"dataset {dataset.name!r}: its prepared images {prepared[dataset.name]} are not on "
+            raise UserInputError(f"dataset {dataset.name!r}: its prepared images {cache} are not on "
                                  f"node {socket.gethostname()}: cache_dir must be a folder every node reads at the "
                                  f"same path (a shared volume)") from None
     return split_pair_images(dataset.kind, dataset.params, size, n, n_test, pair, parts, keep_uint8,

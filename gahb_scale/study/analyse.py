@@ -34,7 +34,7 @@ def save_figures(store: StudyStore, spec: StudySpec, trial: Trial, pngs: dict[st
 
 
 def analyse_model(spec: StudySpec, trial: Trial, results: str, analysis_key: str,
-                  prepared: dict[str, str] | None = None) -> tuple[dict[str, list[dict]], dict[str, bytes]]:
+                  prepared: dict[str, dict] | None = None) -> tuple[dict[str, list[dict]], dict[str, bytes]]:
     """Every per-model table's rows of one trained model (analysed with the settings whose id is
     `analysis_key`), and its figures; its arrays and figures are left in the store at `results`.
     `prepared`: the folders' pools as the run prepared them (`split_images`)."""

@@ -1,6 +1,7 @@
-"""Run a study end to end, one module per stage in the order data flows: prepare (driver) → train
-(Ray Train, packs) → analyse each model → compare each pair (Ray tasks) → summarise the study →
-report → track (MLflow; the driver).
+"""Run a study end to end, its stages in the order data flows: prepare (the driver;
+`gahb_scale.design.datasets`) → train (Ray Train, packs; `train`) → analyse each model → compare each
+pair (Ray tasks; `analyse`) → summarise the study (`summarise`) → report (`report`) → track (MLflow,
+the driver; `track`).
 
 Every stage skips what is already done, judged from the study's state in the store, worked out
 once per run (`study_state`, whose fields say what marks each stage done); the study tables and
@@ -247,8 +248,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
     datasets = prepare_datasets(spec)  # a bad folder or a pool too small fails here; caches written below
     tables = StudyTables(store, spec.name)
     state = study_state(spec, store, tables)
-    pools = datasets.kept_pools()
-    if pools:  # a model part-trained has a checkpoint
+    if datasets.has_folders:  # a model part-trained has a checkpoint
         check_pools_unchanged(store, state, datasets, tables.key_rows("datasets", "study"),
                               set(checkpoint_steps(store, {trial.trial_id for trial in trials}, state.trained)))
     for row in datasets.rows:
@@ -276,7 +276,7 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
                 for name, rows in (("datasets", datasets.rows), ("spec_models", [t.as_row() for t in trials])):
                     if rows != tables.key_rows(name, "study"):
                         tables.put(name, rows)
-                outcome = _run_stages(spec, store, tables, tracker, state, pools, prepared, address, verbose)
+                outcome = _run_stages(spec, store, tables, tracker, state, prepared, address, verbose)
             finally:
                 ray.shutdown()
             outcome.update(_report(spec, store, tables, tracker, outcome))
@@ -298,10 +298,9 @@ def run_study(spec: StudySpec, spec_text: str, address: str | None = None, verbo
 
 
 def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker: StudyTracker, state: StudyState,
-                pools: dict, prepared: dict[str, str], address: str | None, verbose: bool) -> dict:
-    """Stages 1-4 on Ray, each model's and N's results logged to MLflow as they come; `pools`: dataset
-    name -> the folder's pool (its datasets row's pool_images and pool_files_sha256), `prepared`:
-    dataset name -> its pool as this run prepared it, which every task reads."""
+                prepared: dict[str, dict], address: str | None, verbose: bool) -> dict:
+    """Stages 1-4 on Ray, each model's and N's results logged to MLflow as they come; `prepared`:
+    each folder's pool as this run prepared it (`PreparedDatasets.cache`), which every task reads."""
     from .train import register_trained, train_study  # only now: ray.train reads RAY_ENV when first imported
 
     trials, analysis_key, resources = state.trials, state.analysis_key, spec.resources
@@ -312,7 +311,7 @@ def _run_stages(spec: StudySpec, store: StudyStore, tables: StudyTables, tracker
     # 1. training (Tune grid of TorchTrainers, one per pack), then each trained model's rows
     failed = []
     if len(state.trained) < len(trials):
-        state.trained |= train_study(spec, store, state, pools, prepared, local_ray=address is None,
+        state.trained |= train_study(spec, store, state, prepared, local_ray=address is None,
                                      tracker=tracker, verbose=verbose)
         failed = [trial.trial_id for trial in trials if trial.trial_id not in state.trained]
     else:

@@ -29,7 +29,7 @@ import torch
 from ray import cloudpickle
 from ray.train.torch import TorchTrainer
 
-from ..design.datasets import split_images
+from ..design.datasets import POOL_RECORD, split_images
 from ..design.spec import StudySpec
 from ..design.trials import Trial, initial_model, short_id
 from ..errors import UserInputError
@@ -77,8 +77,9 @@ def train_worker(payload: dict) -> None:
     state_path = workdir / STATE_FILE
     restored = ray.train.get_checkpoint()
     for trial in pack.trials if restored is None and rank == 0 else ():  # from step 0: on the pool now
-        if trial.trial_id not in payload["trained"] and trial.dataset.name in payload["pools"]:
-            store.write_bytes(pool_path(trial.trial_id), json.dumps(payload["pools"][trial.dataset.name]).encode())
+        if trial.trial_id not in payload["trained"] and trial.dataset.name in payload["prepared"]:
+            pool = payload["prepared"][trial.dataset.name]
+            store.write_bytes(pool_path(trial.trial_id), json.dumps({key: pool[key] for key in POOL_RECORD}).encode())
     if restored is not None:
         with restored.as_directory() as directory:
             shutil.copy(Path(directory) / STATE_FILE, state_path)
@@ -243,19 +244,19 @@ def ray_storage(store: StudyStore) -> dict:
     return {"storage_path": store.path("ray"), "storage_filesystem": store.fs}
 
 
-def train_study(spec: StudySpec, store: StudyStore, state: StudyState, pools: dict, prepared: dict[str, str],
+def train_study(spec: StudySpec, store: StudyStore, state: StudyState, prepared: dict[str, dict],
                 local_ray: bool, tracker: StudyTracker, verbose: bool = False) -> set[str]:
     """Train every model of the study that has no model file yet, pack by pack, with a Tune grid,
     each model's progress streamed to its MLflow run; returns the ids of the models trained now
     (the store is the ground truth: a pack that failed before its first report has no config in
-    Tune's results). `pools`: each folder dataset's pool, kept beside each model that begins
-    training on it; `prepared`: where the packs read it (`PreparedDatasets.cache`). `local_ray`:
+    Tune's results). `prepared`: each folder dataset's pool, which the packs read and each model
+    beginning training on it keeps (`PreparedDatasets.cache`). `local_ray`:
     the study's own Ray on this machine (a fixed size, no dashboard) rather than a cluster's.
     `verbose` lets Tune print its own status too."""
     concurrency = max_concurrent(spec, ray.cluster_resources() if local_ray else None)
     packs = packs_to_train(spec, store, state.trials, state.trained, concurrency)
     payloads = {pack.pack_id: {"spec": spec, "pack": pack, "results": store.results, "local_ray": local_ray,
-                               "pools": pools, "prepared": prepared,
+                               "prepared": prepared,
                                "trained": {t.trial_id for t in pack.trials} & state.trained}
                 for pack in packs}
     sizes = "/".join(map(str, sorted({len(p.trials) for p in packs})))
