@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from gahb_scale.models import build_model
 from gahb_scale.design.spec_file import parse_spec
-from gahb_scale.study.train import plan_packs
 from gahb_scale.design.trials import expand_trials
+from gahb_scale.models import build_model
+from gahb_scale.study.train import plan_packs
 from gahb_scale.training import training_flops_per_image
 from training_throughput import throughput  # this folder: run as benchmarks/gpu_cost.py
 

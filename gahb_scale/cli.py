@@ -203,8 +203,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_query(args) -> int:
-    from .study.query import run_query
     from .design.trials import format_table
+    from .study.query import run_query
 
     columns, rows = run_query(args.sql, args.results)
     if args.format == "csv":

@@ -1,6 +1,6 @@
 """Figures of a study as PNG bytes (matplotlib, no display needed), drawn from table rows (dicts) and
-arrays: no Ray, MLflow or Parquet, so a notebook draws them from `gahb-scale query` rows as the report
-does. The per-model rows the study-level figures draw carry their model's N (`n`)."""
+arrays: no Ray, MLflow or Parquet, so a notebook draws them from a table's rows as the report does.
+The per-model rows the study-level figures draw carry their model's N (`n`)."""
 
 from __future__ import annotations
 

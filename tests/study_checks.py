@@ -4,8 +4,8 @@ on local disk, on object storage and on a multi-node cluster."""
 from __future__ import annotations
 
 from gahb_scale.design.spec import StudySpec
-from gahb_scale.study.store import StudyStore, run_marker_path
 from gahb_scale.design.trials import expand_trials
+from gahb_scale.study.store import StudyStore, run_marker_path
 
 TABLES = ("trials", "train_curves", "model_metrics", "psnr", "samples", "jacobian", "eigen", "pairs", "pair_bases",
           "transition", "disc_tangent", "snapshot_samples", "slopes", "memorization_time", "memorization_onset",

@@ -349,8 +349,8 @@ def test_a_folder_changed_since_its_models_were_trained_is_refused(tmp_path, cap
 
     from gahb_scale.design.datasets import prepare_datasets
     from gahb_scale.design.spec_file import load_spec
-    from gahb_scale.study.store import StudyStore, model_path
     from gahb_scale.design.trials import expand_trials
+    from gahb_scale.study.store import StudyStore, model_path
 
     folder = _folder_of(tmp_path, count=12, copies=0)
     spec = tmp_path / "faces.yaml"

@@ -26,9 +26,9 @@ from servers import RayCluster, s3_server
 from study_checks import assert_every_row_once
 
 from gahb_scale.design.spec_file import load_spec
+from gahb_scale.design.trials import expand_trials
 from gahb_scale.study.store import StudyStore, model_path
 from gahb_scale.study.train import max_concurrent, plan_packs
-from gahb_scale.design.trials import expand_trials
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

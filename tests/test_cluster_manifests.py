@@ -23,8 +23,8 @@ import yaml
 
 import gahb_scale
 from gahb_scale.cli import build_parser
-from gahb_scale.errors import UserInputError
 from gahb_scale.design.spec_file import load_spec
+from gahb_scale.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

@@ -19,9 +19,9 @@ import pytest
 from test_cluster_manifests import _gahb_commands
 
 from gahb_scale.cli import build_parser, main
-from gahb_scale.errors import UserInputError
 from gahb_scale.design.spec_file import load_spec
 from gahb_scale.design.transition_columns import markdown_table
+from gahb_scale.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -236,4 +236,3 @@ def test_the_design_example_runs(capsys, tmp_path):
     assert [line.split(":")[0] for line in printed] == ["N = 1, model A", "N = 1, model B"]
     for line in printed:
         assert "3 samples, ['eigen_spectrum.png', 'eigenvectors.png', 'psnr_curves.png']" in line, line
-

@@ -17,22 +17,32 @@ DESIGN = ["gahb_scale.design.spec_file", "gahb_scale.design.trials", "gahb_scale
           "gahb_scale.design.measures", "gahb_scale.design.transition_columns"]
 
 
-def loaded_by(modules: list[str]) -> list[str]:
-    """The top-level packages among ray, mlflow, pyarrow, duckdb and gahb_scale.study that importing
-    `modules` in a fresh interpreter loads."""
-    code = (f"import sys; import {', '.join(modules)}; print(sorted({{m for m in sys.modules if m.split('.')[0] in "
-            f"('ray', 'mlflow', 'pyarrow', 'duckdb') or m.startswith('gahb_scale.study')}}))")
+def loaded_by(modules: list[str], above: tuple[str, ...]) -> list[str]:
+    """The modules of ray, mlflow, pyarrow, duckdb and the layers `above` that importing `modules` in
+    a fresh interpreter loads."""
+    code = (f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            f"('ray', 'mlflow', 'pyarrow', 'duckdb') or m.startswith({above!r})))")
     return eval(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
-def test_science_core_imports_neither_ray_nor_mlflow():
-    assert not [m for m in loaded_by(CORE) if m.split(".")[0] in ("ray", "mlflow")]
+def test_the_core_loads_no_ray_mlflow_parquet_design_or_study():
+    assert loaded_by(CORE, ("gahb_scale.design", "gahb_scale.study")) == []
 
 
-def test_the_design_layer_imports_no_ray_mlflow_parquet_or_study():
+def test_the_design_layer_loads_no_ray_mlflow_parquet_or_study():
     """The study layer is the machinery alone: what a study trains and measures loads none of it."""
-    assert loaded_by(DESIGN) == []
-    assert loaded_by(["gahb_scale.figures"]) == []
+    assert loaded_by(DESIGN, ("gahb_scale.study",)) == []
+
+
+def test_no_layer_imports_one_above_it_even_inside_a_function():
+    """core -> nothing above; design -> core only; what importing them loads (above) cannot see an
+    import inside a function that has not run."""
+    def layer(module: str) -> int:
+        return 2 if module.startswith("gahb_scale.study") or module == "gahb_scale.cli" else \
+            1 if module.startswith("gahb_scale.design") else 0
+    upward = sorted((module, target) for module, targets in _package_imports().items() for target in targets
+                    if layer(target) > layer(module))
+    assert upward == []
 
 
 def spec_with(**resources):
@@ -71,8 +81,8 @@ SMALL = {"name": "small", "kind": "unet", "params": {"width": 16, "blocks": 2}}
 
 
 def test_small_models_are_packed_into_as_many_packs_as_run_side_by_side():
-    from gahb_scale.study.train import plan_packs
     from gahb_scale.design.trials import expand_trials
+    from gahb_scale.study.train import plan_packs
 
     spec = study([SMALL])
     trials = expand_trials(spec)
@@ -91,8 +101,8 @@ def test_with_several_schedules_each_is_one_pack_and_the_costliest_goes_first():
     """Two workers, four schedules of four models each: a schedule's models fit one worker's share of
     the study, so each schedule is one pack (not two of two: half the worker-group starts), and the
     workers take the longest pack first."""
-    from gahb_scale.study.train import plan_packs
     from gahb_scale.design.trials import expand_trials
+    from gahb_scale.study.train import plan_packs
 
     spec = parse_spec({"name": "p", "image_size": 16, "datasets": [{"name": "d", "kind": "discs"}],
                        "architectures": [SMALL], "train_sizes": [2, 4, 16, 64], "split_pairs": 2,
@@ -127,8 +137,8 @@ def test_on_the_studys_own_ray_a_pack_runs_without_the_placement_group_cleaner()
 
 
 def test_a_pack_holds_one_architecture_and_the_papers_unet_at_80_trains_alone():
-    from gahb_scale.study.train import plan_packs
     from gahb_scale.design.trials import expand_trials
+    from gahb_scale.study.train import plan_packs
 
     paper = {"name": "paper", "kind": "unet", "params": {}}
     spec = study([SMALL, paper], sizes=(1, 10), image_size=80, batch_size=512)
@@ -234,9 +244,9 @@ def test_the_module_map_names_every_module_and_only_existing_ones():
 def test_a_restarted_study_resumes_the_packs_it_recorded_and_packs_only_untrained_models(tmp_path):
     import json
 
+    from gahb_scale.design.trials import expand_trials
     from gahb_scale.study.store import StudyStore, pack_path
     from gahb_scale.study.train import packs_to_train, plan_packs
-    from gahb_scale.design.trials import expand_trials
 
     spec = study([SMALL])
     store = StudyStore(str(tmp_path))
@@ -268,10 +278,10 @@ def test_a_restarted_study_resumes_the_packs_it_recorded_and_packs_only_untraine
 def test_a_model_file_without_its_training_record_is_one_clear_error(tmp_path):
     """A model file with no training record beside it (a folder copied in part) is named in one
     message that says how to train that model again."""
+    from gahb_scale.design.trials import expand_trials
     from gahb_scale.errors import UserInputError
     from gahb_scale.study.store import StudyStore, StudyTables, model_path
     from gahb_scale.study.train import register_trained
-    from gahb_scale.design.trials import expand_trials
 
     spec = study([SMALL], sizes=(1,))
     store = StudyStore(str(tmp_path))
@@ -302,8 +312,8 @@ def test_a_packs_last_step_is_told_once():
     """A pack reports its last step twice, the second time with its checkpoint: one progress line."""
     from types import SimpleNamespace
 
-    from gahb_scale.study.train import Pack, TrainProgress
     from gahb_scale.design.trials import expand_trials
+    from gahb_scale.study.train import Pack, TrainProgress
 
     spec = study([SMALL], sizes=(1,))
     pack = Pack(tuple(expand_trials(spec)))
@@ -322,8 +332,8 @@ def test_a_failed_resumed_pack_fails_only_the_runs_of_its_models_not_saved_befor
     MLflow runs, complete since an earlier run, must not turn FAILED."""
     from types import SimpleNamespace
 
-    from gahb_scale.study.train import Pack, TrainProgress
     from gahb_scale.design.trials import expand_trials
+    from gahb_scale.study.train import Pack, TrainProgress
 
     spec = study([SMALL], sizes=(1,))
     pack = Pack(tuple(expand_trials(spec)))

@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from gahb_scale.analysis import fit_memorization_law, level_crossing
 from gahb_scale import figures
-from gahb_scale.study.report import law_statement
+from gahb_scale.analysis import fit_memorization_law, level_crossing
 from gahb_scale.design.spec_file import parse_spec
+from gahb_scale.study.report import law_statement
 from gahb_scale.study.summarise import (memorization_law_rows, memorization_tau_rows,
                                         memorization_time_rows, onset_rows)
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gahb_scale.analysis import disc_tangent_space, eigen_spectrum
-from gahb_scale.design.spec_file import parse_spec
 from gahb_scale.design.measures import optimal_slope, tangent_rows
+from gahb_scale.design.spec_file import parse_spec
 from gahb_scale.study.summarise import memorization_time_rows, onset_rows, shuffle_rows, slope_rows
 
 SIZE = 12
@@ -161,11 +161,11 @@ def test_disc_parameters_render_the_held_out_images():
 def test_more_eigenvectors_asked_than_pixels_keeps_every_one_and_the_pair_overlaps_fully(tmp_path):
     """eigenvector_images is capped at the number of pixels P, as eigenvalues_kept is: a model
     analysed with more keeps its P eigenvectors, and two such models span the same (whole) space."""
+    from gahb_scale.design.trials import analysis_id, expand_trials
     from gahb_scale.models import build_model
     from gahb_scale.study.analyse import analyse_model, compare_pair
     from gahb_scale.study.store import StudyStore, arrays_path, load_arrays, model_path
     from gahb_scale.study.train import save_weights
-    from gahb_scale.design.trials import analysis_id, expand_trials
 
     small = spec(train_sizes=[2], test_images=4, sampling={"num_samples": 2, "max_steps": 20},
                  analysis={"sigmas": [25, 100], "psnr_images": 2, "jacobian_images": 1, "jacobian_sigmas": [25],
@@ -186,11 +186,11 @@ def test_the_final_model_closes_memorization_over_time_once_whatever_the_snapsho
     """The last step of the curve is the final model's, the one every other table measures, once:
     a snapshot there too counted the step twice (an interval too narrow) and, with average_last,
     pooled the weights at that step with their average, two models at one step."""
+    from gahb_scale.design.trials import analysis_id, expand_trials
     from gahb_scale.models import build_model
     from gahb_scale.study.analyse import analyse_model
     from gahb_scale.study.store import StudyStore, model_path, snapshot_path
     from gahb_scale.study.train import save_weights
-    from gahb_scale.design.trials import analysis_id, expand_trials
 
     store = StudyStore(str(tmp_path))
     for snapshots, steps in (([5, 10], [5, 10]), ([5], [5, 10])):  # the last step a snapshot, or not

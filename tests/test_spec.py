@@ -13,10 +13,10 @@ import yaml
 
 from gahb_scale.data.image_folder import NEAR_DUPLICATE_THRESHOLD
 from gahb_scale.dataset_kinds import DATASET_KINDS
-from gahb_scale.errors import UserInputError
 from gahb_scale.design.spec import ArchitectureSpec, StudySpec
 from gahb_scale.design.spec_file import SpecError, load_spec, parse_spec
 from gahb_scale.design.trials import Trial, describe_trials, expand_trials
+from gahb_scale.errors import UserInputError
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 

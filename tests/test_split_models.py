@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from gahb_scale.models import build_model
 from gahb_scale.design.spec_file import parse_spec
-from gahb_scale.design.trials import initial_model
-from gahb_scale.design.trials import expand_trials
+from gahb_scale.design.trials import expand_trials, initial_model
+from gahb_scale.models import build_model
 from gahb_scale.training import train_denoiser
 
 

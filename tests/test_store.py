@@ -153,8 +153,8 @@ def test_a_model_run_holds_the_metrics_of_its_latest_analysis(tmp_path, monkeypa
     from mlflow.tracking import MlflowClient
 
     from gahb_scale.design.spec_file import load_spec
-    from gahb_scale.study.track import StudyTracker
     from gahb_scale.design.trials import expand_trials
+    from gahb_scale.study.track import StudyTracker
 
     monkeypatch.chdir(tmp_path)
     spec_file = tmp_path / "micro.yaml"

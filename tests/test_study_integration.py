@@ -23,11 +23,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from gahb_scale.cli import main
-from gahb_scale.study.query import run_query
 from gahb_scale.design.spec_file import load_spec
+from gahb_scale.design.trials import expand_trials
+from gahb_scale.study.query import run_query
 from gahb_scale.study.store import StudyStore, model_path
 from gahb_scale.study.train import max_concurrent, plan_packs
-from gahb_scale.design.trials import expand_trials
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ from servers import mlflow_server, s3_server
 
 from gahb_scale.cli import main
 from gahb_scale.design.spec_file import load_spec
+from gahb_scale.design.trials import expand_trials
 from gahb_scale.study.store import StudyStore
 from gahb_scale.study.track import StudyTracker, store_notice, tracking_uri, ui_command
-from gahb_scale.design.trials import expand_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 KIND = ("mlflow.experimentKind", "custom_model_development")

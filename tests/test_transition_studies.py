@@ -10,8 +10,8 @@ import yaml
 
 from gahb_scale.cli import main
 from gahb_scale.design.spec_file import load_spec
-from gahb_scale.study.store import StudyStore
 from gahb_scale.design.trials import expand_trials
+from gahb_scale.study.store import StudyStore
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 

@@ -96,10 +96,11 @@ def optimal_slope(dataset: DatasetSpec) -> float:
     return optimal_calpha_slope(params["alpha"])
 
 
-def model_images(spec: StudySpec, trial: Trial, prepared: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
-    """The images a model is measured on: its own split, as many of its partner's training images as
-    `analysis.psnr_images` (never seen by it: the PSNR gap's chance level; a split at a smaller N is
-    a subset of the same split at N) and the pair's held-out set. `prepared`: `split_images`."""
+def model_images(spec: StudySpec, trial: Trial, prepared: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
+    """The images a model is measured on: its own split, its partner's first training images, as many
+    as it has of its own up to `analysis.psnr_images` (never seen by it: the PSNR gap's chance level;
+    a split at a smaller N is a subset of the same split at N), and the pair's held-out set.
+    `prepared`: `split_images`."""
     partner = "B" if trial.split == "A" else "A"
     return split_images(trial.dataset, spec.image_size, {trial.split: trial.n,
                                                          partner: min(trial.n, spec.analysis.psnr_images)},
@@ -113,7 +114,11 @@ def measure_model(spec: StudySpec, trial: Trial, net: torch.nn.Module, data: dic
     `analysis_key`), its arrays (samples, nearest training images, Jacobian eigenvectors: what the
     pair's comparison draws on) and its figures. `data`: `model_images`; `snapshot(step)`: the
     network at each of `training.snapshot_steps` (memorization over time; needed only where
-    the spec sets them)."""
+    the spec sets them). Networks are measured in eval mode: `net` is left in it."""
+    if snapshot is None and (steps := _snapshot_steps(spec, trial)):
+        raise ValueError(f"the spec sets training.snapshot_steps: measure_model needs `snapshot`, the network at "
+                         f"each of steps {steps}")
+    net.eval()  # in training mode, batch norm would normalise by each batch and move its running statistics
     device = next(net.parameters()).device
     denoiser = functools.partial(denoise, net)
     analysis = spec.analysis
@@ -243,9 +248,14 @@ def _memorization_over_time(spec: StudySpec, trial: Trial, snapshot: Callable[[i
     or with `training.average_last` their average, the model every other table measures (both at one
     step would count that step twice, or pool two models there)."""
     rows = []
-    for step in (s for s in spec.training.snapshot_steps_for(trial.n) if s < spec.training.steps_for(trial.n)):
-        rows += _snapshot_rows(base, step, *_sample_and_match(snapshot(step), train, spec, train.device))
+    for step in _snapshot_steps(spec, trial):
+        rows += _snapshot_rows(base, step, *_sample_and_match(snapshot(step).eval(), train, spec, train.device))
     return rows
+
+
+def _snapshot_steps(spec: StudySpec, trial: Trial) -> list[int]:
+    """The snapshot steps measured from a snapshot: those before the last step (`_memorization_over_time`)."""
+    return [step for step in spec.training.snapshot_steps_for(trial.n) if step < spec.training.steps_for(trial.n)]
 
 
 def _snapshot_rows(base: dict, step: int, seeds: list[int], sampled, matches: TrainingSetMatches) -> list[dict]:

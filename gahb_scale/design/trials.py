@@ -2,7 +2,8 @@
 
 A study is every dataset × architecture × N × split pair × seed, and for each, two models trained
 on the disjoint halves A and B of the split pair: `expand_trials` lists them in that order;
-`describe_trials` renders the grid for `gahb-scale validate`.
+`describe_trials` renders the grid for `gahb-scale validate`; `initial_model` gives a trial's
+network at step 0 and its training settings.
 
 Trial ids. A trial's id is a hash of exactly what determines the trained network: the dataset
 spec (minus its cache folder, plus its kind's version), the architecture spec (hyper-parameters

@@ -1,4 +1,4 @@
-"""The study layer: Ray, MLflow and the results store (Parquet tables, model files, arrays), one
-module per stage in the order data flows (the module map: docs/internals.md), run by `runner`.
-What a study trains and measures is `gahb_scale.design`'s.
+"""The study layer: Ray, MLflow and the results store (Parquet tables, model files, arrays), run by
+`runner` stage by stage (the module map: docs/internals.md). What a study trains and measures is
+`gahb_scale.design`'s.
 """

@@ -17,15 +17,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
-from ..design.datasets import PreparedDatasets
 from ..design.spec import StudySpec
 from ..design.trials import Trial, analysis_id, expand_trials
 from ..errors import UserInputError
 from .store import (StudyStore, StudyTables, pack_path, pack_run_dir, pool_path, report_stamp_path, run_marker_path,
                     spec_path)
+
+if TYPE_CHECKING:  # the datasets import torch, which `status` does not need
+    from ..design.datasets import PreparedDatasets
 
 
 @dataclass
