@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
 from pathlib import Path
 
@@ -236,3 +237,31 @@ def test_the_design_example_runs(capsys, tmp_path):
     assert [line.split(":")[0] for line in printed] == ["N = 1, model A", "N = 1, model B"]
     for line in printed:
         assert "3 samples, ['eigen_spectrum.png', 'eigenvectors.png', 'psnr_curves.png']" in line, line
+
+
+def test_the_example_measuring_a_trained_model_runs(capsys, tmp_path, monkeypatch):
+    """docs/internals.md's example that measures a model the study trained, on a model file of the
+    smoke spec's first N = 10 model written here (untrained) where the demo would leave it."""
+    import torch
+
+    from gahb_scale.design.trials import expand_trials, initial_model
+
+    section = (REPO / "docs" / "internals.md").read_text().split("A model the study trained is measured", 1)[1]
+    code = re.search(r"^```python\n(.*?)^```", section, re.S | re.M).group(1)
+    spec = load_spec(REPO / "studies" / "smoke.yaml")
+    trial = expand_trials(spec)[2]
+    assert trial.n == 10 and trial.split == "A"
+    (tmp_path / "results" / "smoke" / "models" / trial.trial_id).mkdir(parents=True)
+    torch.save({"state_dict": initial_model(spec, trial)[0].state_dict(), "step": 0},
+               tmp_path / "results" / "smoke" / "models" / trial.trial_id / "model.pt")
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "smoke.yaml").write_text((REPO / "studies" / "smoke.yaml").read_text()
+                                                     .replace("  num_samples: 32\n", "  num_samples: 3\n"))
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        exec(compile(code, "internals.md", "exec"), {})
+    finally:
+        torch.set_num_threads(threads)
+    assert math.isfinite(float(capsys.readouterr().out))  # the PSNR gap
+
