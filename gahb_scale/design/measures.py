@@ -101,7 +101,7 @@ def model_images(spec: StudySpec, trial: Trial, prepared: dict[str, dict] | None
     as it has of its own up to `analysis.psnr_images` (never seen by it: the PSNR gap's chance level;
     a split at a smaller N is a subset of the same split at N), and the pair's held-out set.
     `prepared`: `split_images`."""
-    partner = "B" if trial.split == "A" else "A"
+    partner = trial.partner_split
     return split_images(trial.dataset, spec.image_size, {trial.split: trial.n,
                                                          partner: min(trial.n, spec.analysis.psnr_images)},
                         spec.test_images, trial.pair, parts=(trial.split, partner, "test"), prepared=prepared)
@@ -124,8 +124,7 @@ def measure_model(spec: StudySpec, trial: Trial, net: torch.nn.Module, data: dic
     analysis = spec.analysis
     # The gap's chance level is the same PSNR difference for images this model never saw: its
     # partner's training images. Two sets of 64 images differ by a dB or two on their own.
-    partner = "B" if trial.split == "A" else "A"
-    train, unseen, test = (data[part].to(device) for part in (trial.split, partner, "test"))
+    train, unseen, test = (data[part].to(device) for part in (trial.split, trial.partner_split, "test"))
     base = {"study_id": spec.name, "trial_id": trial.trial_id}
 
     sigmas = torch.tensor(analysis.sigmas) / 255.0

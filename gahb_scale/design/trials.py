@@ -64,6 +64,11 @@ class Trial:
             return self.seed
         return int(np.random.SeedSequence([self.seed, "AB".index(self.split)]).generate_state(1)[0])
 
+    @property
+    def partner_split(self) -> Literal["A", "B"]:
+        """The split of the pair's other model, trained on the disjoint half."""
+        return "B" if self.split == "A" else "A"
+
     def as_row(self) -> dict[str, Any]:
         """Flat description for tables (no nested specs)."""
         return {

@@ -54,4 +54,5 @@ def compare_pair(spec: StudySpec, trial_a: Trial, trial_b: Trial, results: str,
     store = StudyStore(results)
     arrays_a, arrays_b = (load_arrays(store, arrays_path(spec.name, t.trial_id)) for t in (trial_a, trial_b))
     tables, pngs = compare_models(spec, trial_a, trial_b, arrays_a, arrays_b, analysis_key)
-    return tables, {trial.trial_id: save_figures(store, spec, trial, pngs[trial.trial_id]) for trial in (trial_a, trial_b)}
+    return tables, {trial.trial_id: save_figures(store, spec, trial, pngs[trial.trial_id])
+                    for trial in (trial_a, trial_b)}
